@@ -1,0 +1,75 @@
+"""The activation vocabulary: an open list of names with stable integer ids.
+
+Id 0 (``"none"``) marks neurons without an activation (identity), id 1 (``"unknown"``) marks an
+element-wise function that is known to be element-wise but has no name of its own. New names are
+appended by :func:`register_activation`, so existing ids never change.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS: list[str] = [
+    "none", "unknown", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "silu", "elu", "selu", "celu",
+    "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "relu6", "softsign", "tanhshrink",
+    "logsigmoid", "sin", "softmax", "log_softmax",
+]
+
+#: module type -> activation name
+MODULE_ACTIVATIONS: dict[type, str] = {
+    nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
+    nn.SiLU: "silu", nn.ELU: "elu", nn.SELU: "selu", nn.CELU: "celu", nn.Softplus: "softplus",
+    nn.Mish: "mish", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Hardtanh: "hardtanh",
+    nn.ReLU6: "relu6", nn.Softsign: "softsign", nn.Tanhshrink: "tanhshrink", nn.LogSigmoid: "logsigmoid",
+    nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax",
+}
+
+#: function -> activation name (torch.* and torch.nn.functional.* spellings)
+FUNCTION_ACTIVATIONS: dict[Callable, str] = {
+    F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.leaky_relu: "leaky_relu",
+    F.gelu: "gelu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    F.silu: "silu", F.elu: "elu", F.selu: "selu", torch.selu: "selu", F.celu: "celu", F.softplus: "softplus",
+    F.mish: "mish", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.hardtanh: "hardtanh",
+    F.relu6: "relu6", F.softsign: "softsign", F.tanhshrink: "tanhshrink", F.logsigmoid: "logsigmoid",
+    torch.sin: "sin", F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax",
+    torch.log_softmax: "log_softmax",
+    # element-wise functions without a name of their own
+    torch.exp: "unknown", torch.abs: "unknown", torch.square: "unknown", torch.erf: "unknown",
+    torch.cos: "unknown", torch.sqrt: "unknown", torch.log1p: "unknown",
+}
+
+#: tensor method name -> activation name (``x.relu()``, ``x.sigmoid()``, ...)
+METHOD_ACTIVATIONS: dict[str, str] = {
+    "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
+    "sigmoid_": "sigmoid", "sin": "sin", "softmax": "softmax", "log_softmax": "log_softmax",
+    "exp": "unknown", "abs": "unknown", "square": "unknown", "cos": "unknown", "sqrt": "unknown",
+}
+
+
+def activation_id(name: str) -> int:
+    """Integer id of an activation name."""
+    try:
+        return ACTIVATIONS.index(name)
+    except ValueError:
+        raise KeyError(f"unknown activation {name!r}; known: {ACTIVATIONS}") from None
+
+
+def register_activation(fn_or_module: Callable | type, name: str) -> int:
+    """Teach the converter a new activation: a module class (kept as a leaf of the trace) or a function.
+
+    The name is appended to :data:`ACTIVATIONS` if new; returns its id. Example::
+
+        class Sine(nn.Module):                      # SIREN's sin(w0 * x)
+            def forward(self, x): return torch.sin(30.0 * x)
+        register_activation(Sine, "sine")
+    """
+    if name not in ACTIVATIONS:
+        ACTIVATIONS.append(name)
+    if isinstance(fn_or_module, type) and issubclass(fn_or_module, nn.Module):
+        MODULE_ACTIVATIONS[fn_or_module] = name
+    else:
+        FUNCTION_ACTIVATIONS[fn_or_module] = name
+    return activation_id(name)

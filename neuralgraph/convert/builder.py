@@ -1,0 +1,207 @@
+"""The one graph builder: rules add nodes and edges here; :meth:`GraphBuilder.finalize` makes a plan.
+
+Rules never write parameter *values*: they record which parameter element each edge tap or node
+feature holds. The plan turns those records into two gathers, so the next model of the same
+architecture converts without tracing again.
+
+Neuron state. A rule may only add incoming edges to a neuron, or set its activation, while the
+neuron is *open*: not an input, not yet activated, not yet read by another operation (observed),
+and not referenced by any value that another, still unprocessed, operation will read. Otherwise the
+rule adds a new layer (identity edges) and works on that, so the graph always computes what the
+module computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from neuralgraph.convert.config import ConvertConfig
+from neuralgraph.data.graph import EDGE_KIND, ROLE
+
+
+@dataclass
+class Val:
+    """What the tracer knows about one tensor of the module's dataflow.
+
+    Args:
+        nodes: graph node per channel / feature, ``[C]`` (``None``: an input not yet materialised).
+        kind: ``"input"`` (not yet known), ``"vec"`` (features on the last dim), ``"map"`` (channels on
+            dim 1, ``sdims`` spatial dims after) or ``"flat"`` (a flattened map: ``C * P`` features,
+            channel-major).
+        sdims: number of spatial dims of a map.
+        positions: number of spatial positions ``P`` of a map / flat value when known.
+    """
+
+    nodes: Tensor | None
+    kind: str
+    sdims: int = 0
+    positions: int | None = None
+
+    @property
+    def channels(self) -> int:
+        return 0 if self.nodes is None else self.nodes.numel()
+
+
+@dataclass
+class EdgeBlock:
+    src: Tensor  # [E] long
+    dst: Tensor  # [E] long
+    kind: int
+    geometry: tuple[int, ...]  # stride, padding, dilation per spatial dim
+    const: float | None = None  # identity edges: value on the centre tap
+    # param-backed taps: (param name, element index [E, T] into the flattened param, tap positions [T])
+    sources: list[tuple[str, Tensor, Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class NodeParam:
+    nodes: Tensor  # [n] long
+    column: int
+    param: str
+    elem: Tensor  # [n] long index into the flattened param
+
+
+class GraphBuilder:
+    """Accumulates neurons and edges while the tracer walks the module's dataflow."""
+
+    def __init__(self, config: ConvertConfig):
+        self.config = config
+        self.dims = len(config.max_kernel)
+        # per-node scalars (python lists: the graph is small at trace time)
+        self.layer: list[int] = []
+        self.role: list[int] = []
+        self.act: list[int] = []
+        self.pool: list[int] = []
+        self.spatial: list[int] = []
+        self.has_bias: list[int] = []
+        self.frozen: list[bool] = []
+        self.pending: list[int] = []
+        self.replaced: list[bool] = []
+        self.inputs: list[int] = []
+        self.outputs: list[int] = []
+        self.edges: list[EdgeBlock] = []
+        self.node_params: list[NodeParam] = []
+        self.param_shapes: dict[str, tuple[int, ...]] = {}
+        self.layers: list[tuple[str, str | None]] = []  # (weight, bias) of linear/conv layers, dataflow order
+
+    # ----------------------------------------------------------------------------------------- nodes
+    @property
+    def num_nodes(self) -> int:
+        return len(self.layer)
+
+    def add_nodes(self, count: int, layer: int, role: str = "hidden", spatial: int = 0) -> Tensor:
+        start = self.num_nodes
+        self.layer += [layer] * count
+        self.role += [ROLE[role]] * count
+        self.act += [0] * count
+        self.pool += [0] * count
+        self.spatial += [spatial] * count
+        self.has_bias += [0] * count
+        self.frozen += [role == "input"] * count
+        self.pending += [0] * count
+        self.replaced += [False] * count
+        return torch.arange(start, start + count)
+
+    def add_inputs(self, count: int) -> Tensor:
+        nodes = self.add_nodes(count, layer=0, role="input")
+        self.inputs += nodes.tolist()
+        return nodes
+
+    def next_layer(self, *sources: Tensor) -> int:
+        """Layer number of neurons fed by ``sources``: one deeper than the deepest source."""
+        return 1 + max((max(self.layer[i] for i in s.tolist()) for s in sources if s.numel()), default=0)
+
+    def is_open(self, nodes: Tensor) -> bool:
+        """Whether rules may add incoming edges to / set the activation of all ``nodes``."""
+        return all(not self.frozen[i] and self.pending[i] == 0 for i in nodes.tolist())
+
+    def observe(self, nodes: Tensor) -> None:
+        """``nodes`` are read by an operation: their value is final from now on."""
+        for i in nodes.tolist():
+            self.frozen[i] = True
+
+    def set_activation(self, nodes: Tensor, act: int) -> None:
+        for i in nodes.tolist():
+            self.act[i] = act
+            self.frozen[i] = True
+
+    def set_pool(self, nodes: Tensor, pool: int) -> None:
+        for i in nodes.tolist():
+            self.pool[i] = pool
+
+    def add_pending(self, nodes: Tensor, count: int) -> None:
+        for i in nodes.tolist():
+            self.pending[i] += count
+
+    def mark_outputs(self, nodes: Tensor) -> None:
+        self.observe(nodes)
+        self.outputs += nodes.tolist()
+
+    # ----------------------------------------------------------------------------------------- edges
+    def default_geometry(self) -> tuple[int, ...]:
+        return (1,) * self.dims + (0,) * self.dims + (1,) * self.dims
+
+    def add_edges(self, src: Tensor, dst: Tensor, kind: str, *, geometry: tuple[int, ...] | None = None,
+                  const: float | None = None, sources: list[tuple[str, Tensor, Tensor]] | None = None) -> None:
+        """Add edges ``src[e] -> dst[e]``; the sources become observed (their value is read)."""
+        if src.numel() == 0:
+            return
+        self.observe(src)
+        self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
+                                    const, sources or []))
+
+    def add_identity_edges(self, src: Tensor, dst: Tensor, kind: str) -> None:
+        self.add_edges(src, dst, kind, const=1.0)
+
+    def add_node_param(self, nodes: Tensor, param: str, elem: Tensor, column: int = 0) -> None:
+        self.node_params.append(NodeParam(nodes.long(), column, param, elem.long()))
+        if column == 0:
+            for i in nodes.tolist():
+                self.has_bias[i] = 1
+
+    def register_param(self, name: str, shape: tuple[int, ...]) -> None:
+        self.param_shapes[name] = tuple(shape)
+
+    def replicate(self, nodes: Tensor, copies: int) -> Tensor:
+        """``copies`` copies of each node (with its incoming edges and node params), copy-major per node.
+
+        Returns ``[len(nodes) * copies]`` new node ids ordered ``(node, copy)``. The originals are
+        dropped from the final graph if nothing else reads them.
+        """
+        c = nodes.numel()
+        new = torch.empty(c, copies, dtype=torch.long)
+        for k, i in enumerate(nodes.tolist()):
+            start = self.num_nodes
+            self.layer += [self.layer[i]] * copies
+            self.role += [self.role[i]] * copies
+            self.act += [self.act[i]] * copies
+            self.pool += [self.pool[i]] * copies
+            self.spatial += list(range(1, copies + 1))
+            self.has_bias += [self.has_bias[i]] * copies
+            self.frozen += [True] * copies
+            self.pending += [0] * copies
+            self.replaced += [False] * copies
+            self.replaced[i] = True
+            new[k] = torch.arange(start, start + copies)
+        # map old node id -> row in `new`
+        lookup = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        lookup[nodes] = torch.arange(c)
+        for block in list(self.edges):
+            rows = lookup[block.dst]
+            hit = (rows >= 0).nonzero().view(-1)
+            if hit.numel() == 0:
+                continue
+            # each hit edge is copied once per position: [hit, copies] flattened
+            dst = new[rows[hit]].reshape(-1)
+            src = block.src[hit].repeat_interleave(copies)
+            sources = [(p, elem[hit].repeat_interleave(copies, dim=0), taps) for p, elem, taps in block.sources]
+            self.edges.append(EdgeBlock(src, dst, block.kind, block.geometry, block.const, sources))
+        for np_ in list(self.node_params):
+            rows = lookup[np_.nodes]
+            hit = (rows >= 0).nonzero().view(-1)
+            if hit.numel():
+                self.node_params.append(NodeParam(new[rows[hit]].reshape(-1), np_.column, np_.param,
+                                                  np_.elem[hit].repeat_interleave(copies)))
+        return new.reshape(-1)

@@ -1,0 +1,325 @@
+"""Per-architecture conversion plans and the public ``to_neural_graph`` / ``from_neural_graph``.
+
+Tracing a module once yields a :class:`ConversionPlan`: the graph's structure and categories as
+templates, plus two index maps saying which parameter element lands in which edge tap / node
+feature. Converting any model of that architecture is then one gather into preallocated tensors;
+reading a graph back into parameters is the inverse gather, so the round trip is exact.
+"""
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from neuralgraph.convert.builder import GraphBuilder
+from neuralgraph.convert.config import ConvertConfig
+from neuralgraph.convert.trace import trace_module
+from neuralgraph.data.graph import ROLE, NeuralGraph
+from neuralgraph.data.weightspace import WeightSpace
+
+_CACHE_SIZE = 256
+
+
+class ConversionPlan:
+    """Structure of the neural graph of one architecture and the parameter <-> graph index maps.
+
+    Attributes:
+        config (ConvertConfig): the converter options.
+        num_nodes (int), num_edges (int): graph size.
+        param_names (list[str]): parameters represented in the graph, in gather order.
+        param_shapes (dict[str, tuple]): their shapes.
+        layers (list[tuple[str, str | None]]): (weight, bias) names of linear/conv layers in dataflow order.
+        edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
+            ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
+        node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
+    """
+
+    def __init__(self, builder: GraphBuilder):
+        cfg = builder.config
+        self.config = cfg
+        n_all = builder.num_nodes
+        f_edge, f_node = cfg.edge_dim, cfg.node_dim
+
+        # -- drop nodes that 'repeat' flattening replaced and nothing reads
+        has_out = torch.zeros(n_all, dtype=torch.bool)
+        for blk in builder.edges:
+            has_out[blk.src] = True
+        is_output = torch.zeros(n_all, dtype=torch.bool)
+        is_output[torch.tensor(builder.outputs, dtype=torch.long)] = True
+        keep = ~(torch.tensor(builder.replaced, dtype=torch.bool) & ~has_out & ~is_output)
+        remap = torch.cumsum(keep.long(), 0) - 1
+        n = int(keep.sum())
+        self.num_nodes = n
+
+        # -- node categories
+        def node_tensor(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long)[keep]
+
+        layer = node_tensor(builder.layer)
+        role = node_tensor(builder.role)
+        pos = layer.clone()
+        inputs = remap[torch.tensor(builder.inputs, dtype=torch.long)]
+        outputs = remap[torch.tensor(list(OrderedDict.fromkeys(builder.outputs)), dtype=torch.long)]
+        role[outputs] = ROLE["output"]
+        role[inputs] = ROLE["input"]
+        pos[outputs] = torch.arange(outputs.numel())
+        pos[inputs] = torch.arange(inputs.numel())
+        self.categories = {
+            "node_layer": layer, "node_role": role, "node_pos": pos, "node_act": node_tensor(builder.act),
+            "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
+        }
+        x0 = torch.zeros(n, f_node)
+        x0[:, 1] = node_tensor(builder.has_bias).float()
+
+        # -- edges, constant taps and the parameter gather
+        self.param_names: list[str] = []
+        offsets: dict[str, int] = {}
+
+        def offset(name: str) -> int:
+            if name not in offsets:
+                offsets[name] = sum(_numel(builder.param_shapes[p]) for p in self.param_names)
+                self.param_names.append(name)
+            return offsets[name]
+
+        srcs, dsts, kinds, geoms, consts = [], [], [], [], []
+        e_src, e_dst = [], []
+        rows = 0
+        centre = cfg.centre_tap
+        for blk in builder.edges:
+            ok = (keep[blk.src] & keep[blk.dst]).nonzero().view(-1)
+            m = ok.numel()
+            if m == 0:
+                continue
+            srcs.append(remap[blk.src[ok]])
+            dsts.append(remap[blk.dst[ok]])
+            kinds.append(torch.full((m,), blk.kind, dtype=torch.long))
+            geoms.append(torch.tensor(blk.geometry, dtype=torch.long).expand(m, -1))
+            edge_rows = torch.arange(rows, rows + m)
+            if blk.const is not None:
+                consts.append((edge_rows, blk.const))
+            for name, elem, taps in blk.sources:
+                e_dst.append((edge_rows.view(-1, 1) * f_edge + taps.view(1, -1)).reshape(-1))
+                e_src.append((elem[ok] + offset(name)).reshape(-1))
+            rows += m
+        self.num_edges = rows
+        self.edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)]) if rows else torch.empty(
+            2, 0, dtype=torch.long)
+        self.categories["edge_kind"] = torch.cat(kinds) if rows else torch.empty(0, dtype=torch.long)
+        self.categories["edge_conv"] = (torch.cat(geoms) if rows else
+                                        torch.empty(0, 3 * len(cfg.max_kernel), dtype=torch.long))
+        ea0 = torch.zeros(rows, f_edge)
+        for edge_rows, value in consts:
+            ea0[edge_rows, centre] = value
+
+        n_src, n_dst = [], []
+        for np_ in builder.node_params:
+            ok = keep[np_.nodes].nonzero().view(-1)
+            n_dst.append(remap[np_.nodes[ok]] * f_node + np_.column)
+            n_src.append(np_.elem[ok] + offset(np_.param))
+
+        def cat(parts: list[Tensor]) -> Tensor:
+            return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+        self.edge_src, self.edge_dst = cat(e_src), cat(e_dst)
+        self.node_src, self.node_dst = cat(n_src), cat(n_dst)
+        self.x0, self.edge_attr0 = x0, ea0
+        self.param_shapes = {p: builder.param_shapes[p] for p in self.param_names}
+        self.layers = list(builder.layers)
+        self.offsets = offsets
+        # -- read-back maps: one graph position per parameter element
+        self.edge_param = self._read_map(self.edge_src, self.edge_dst)
+        self.node_param = self._read_map(self.node_src, self.node_dst)
+
+    def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for name in self.param_names:
+            start, numel = self.offsets[name], _numel(self.param_shapes[name])
+            sel = ((src >= start) & (src < start + numel)).nonzero().view(-1)
+            if sel.numel() == 0:
+                continue
+            pos = torch.full((numel,), -1, dtype=torch.long)
+            pos[src[sel] - start] = dst[sel]
+            if (pos < 0).any():
+                raise AssertionError(f"conversion plan does not represent every element of {name}")
+            out[name] = pos
+        return out
+
+    # ------------------------------------------------------------------------------------------ use
+    def _param_vector(self, params: nn.Module | Mapping[str, Tensor]) -> Tensor:
+        sd = dict(params.named_parameters()) if isinstance(params, nn.Module) else params
+        try:
+            return torch.cat([sd[name].detach().reshape(-1) for name in self.param_names])
+        except KeyError as err:
+            raise KeyError(f"parameter {err.args[0]!r} of this architecture is missing from the given "
+                           f"parameters") from None
+
+    def graph(self, params: nn.Module | Mapping[str, Tensor]) -> NeuralGraph:
+        """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping)."""
+        vec = self._param_vector(params)
+        if not torch.isfinite(vec).all():
+            bad = next(n for n in self.param_names if not torch.isfinite(_get(params, n)).all())
+            raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
+                             "meaningless")
+        dev, dt = vec.device, vec.dtype
+        x = self.x0.to(dev, dt, copy=True)
+        ea = self.edge_attr0.to(dev, dt, copy=True)
+        x.view(-1)[self.node_dst.to(dev)] = vec[self.node_src.to(dev)]
+        ea.view(-1)[self.edge_dst.to(dev)] = vec[self.edge_src.to(dev)]
+        cats = {k: v.to(dev, copy=True) for k, v in self.categories.items()}
+        return NeuralGraph(x=x, edge_index=self.edge_index.to(dev, copy=True), edge_attr=ea, **cats)
+
+    def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
+        """Parameter-shaped tensors read from per-edge ``[E, F_edge, ...]`` and per-node ``[N, F_node, ...]``
+        values laid out like ``edge_attr`` / ``x`` (e.g. the graph itself, or an equivariant head's
+        output). Differentiable."""
+        out: dict[str, Tensor] = {}
+        for maps, values in ((self.edge_param, edge_values), (self.node_param, node_values)):
+            flat = values.reshape(values.size(0) * values.size(1), *values.shape[2:])
+            for name, pos in maps.items():
+                out[name] = flat[pos.to(flat.device)].reshape(*self.param_shapes[name], *values.shape[2:])
+        return {name: out[name] for name in self.param_names}
+
+    def state_dict(self, graph: NeuralGraph) -> dict[str, Tensor]:
+        """The parameters stored in ``graph`` (exact copies of the converted values)."""
+        self.check(graph)
+        return self.read(graph.edge_attr, graph.x)
+
+    def weight_space(self, params: nn.Module | Mapping[str, Tensor]) -> WeightSpace:
+        """The linear / conv parameters as a one-network :class:`WeightSpace` (dataflow order)."""
+        weights, biases = [], []
+        for w, b in self.layers:
+            wt = _get(params, w).detach()
+            weights.append(wt.unsqueeze(0))
+            biases.append((_get(params, b).detach() if b else wt.new_zeros(wt.size(0))).unsqueeze(0))
+        return WeightSpace(tuple(weights), tuple(biases))
+
+    def check(self, graph: NeuralGraph) -> None:
+        if (graph.num_nodes != self.num_nodes or graph.edge_index.size(1) != self.num_edges
+                or graph.edge_attr.size(1) != self.config.edge_dim
+                or not torch.equal(graph.edge_index.cpu(), self.edge_index)):
+            raise ValueError(f"graph does not belong to this architecture/configuration: it has "
+                             f"{graph.num_nodes} nodes and {graph.edge_index.size(1)} edges, the plan "
+                             f"{self.num_nodes} nodes and {self.num_edges} edges")
+
+    def __repr__(self) -> str:
+        return (f"ConversionPlan(nodes={self.num_nodes}, edges={self.num_edges}, "
+                f"params={len(self.param_names)}, config={self.config})")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _get(params: nn.Module | Mapping[str, Tensor], name: str) -> Tensor:
+    if isinstance(params, nn.Module):
+        return params.get_parameter(name)
+    return params[name]
+
+
+# ---------------------------------------------------------------------------------------- caching
+def _freeze(v: Any) -> Any:
+    if isinstance(v, (int, float, str, bool, type(None), torch.dtype)):
+        return v
+    if isinstance(v, (tuple, list)):
+        return tuple(_freeze(i) for i in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _freeze(i)) for k, i in v.items()))
+    if isinstance(v, Tensor):
+        return ("tensor", tuple(v.shape), v.dtype)
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return (type(v), id(v))
+
+
+def architecture_key(model: nn.Module) -> tuple:
+    """A hashable description of everything but parameter values: module types, hyperparameters,
+    plain attributes a forward may branch on, and parameter shapes / dtypes."""
+    parts: list[Any] = []
+    for name, m in model.named_modules():
+        parts.append((name, type(m)))
+        for k, v in m.__dict__.items():
+            if k[0] != "_" and k != "training":
+                parts.append((k, _freeze(v)))
+        for k, p in m._parameters.items():
+            parts.append((k, None if p is None else (tuple(p.shape), p.dtype)))
+    return tuple(parts)
+
+
+def _input_key(example_input: Any) -> Any:
+    if example_input is None:
+        return None
+    items = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    return tuple((tuple(t.shape), t.dtype) if isinstance(t, Tensor) else _freeze(t) for t in items)
+
+
+_PLANS: "OrderedDict[tuple, ConversionPlan]" = OrderedDict()
+
+
+def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
+    """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
+    cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
+    arch = architecture_key(model)
+    key = (arch, _input_key(example_input), cfg)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = ConversionPlan(trace_module(model, example_input, cfg))
+        _PLANS[key] = plan
+        if len(_PLANS) > _CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    else:
+        _PLANS.move_to_end(key)
+    return plan
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached plan (the next conversion of each architecture traces again)."""
+    _PLANS.clear()
+
+
+def to_neural_graph(model: nn.Module, example_input: Any = None, **config) -> NeuralGraph:
+    """Convert a torch module into its :class:`NeuralGraph`.
+
+    Args:
+        model (nn.Module): the network; its dataflow is discovered with ``torch.fx``.
+        example_input (Tensor or tuple, optional): an input to run shape propagation with, needed when
+            sizes can only be known by running the model (e.g. a flatten before a linear layer that
+            cannot be resolved from layer sizes alone). (default: ``None``)
+        **config: converter options, see :class:`~neuralgraph.convert.config.ConvertConfig`.
+
+    Raises:
+        UnsupportedModuleError: a module or operation that cannot be represented, named by path and type.
+        ValueError: NaN / Inf parameters.
+    """
+    return get_plan(model, example_input, **config).graph(model)
+
+
+def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any = None,
+                      **config) -> nn.Module:
+    """A copy of ``model`` carrying the parameters stored in ``graph`` (bit-exact inverse of
+    :func:`to_neural_graph`). Pass the same ``example_input`` / options used for the conversion if they
+    were needed; otherwise a plan of this architecture already in the cache is found by the graph's
+    shape."""
+    plan = None
+    if example_input is None and not config:
+        arch = architecture_key(model)
+        for (a, _, _), cand in reversed(_PLANS.items()):
+            if a == arch and cand.num_nodes == graph.num_nodes and cand.num_edges == graph.edge_index.size(1) \
+                    and cand.config.edge_dim == graph.edge_attr.size(1):
+                plan = cand
+                break
+    if plan is None:
+        plan = get_plan(model, example_input, **config)
+    params = plan.state_dict(graph)
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, value in params.items():
+            out.get_parameter(name).copy_(value)
+    return out

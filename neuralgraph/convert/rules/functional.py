@@ -1,0 +1,251 @@
+"""Parameter-free dataflow: residual additions, channel slicing / concatenation, flattening, pooling,
+dropout and other pass-through operations."""
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuralgraph.convert.builder import Val
+from neuralgraph.convert.rules import function_rule, method_rule, module_rule
+from neuralgraph.data.graph import POOL
+
+# ------------------------------------------------------------------------------------ pass-through
+
+
+@module_rule(nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+             nn.FeatureAlphaDropout)
+def _identity_module(ctx, node, x: Val, *args, **kwargs) -> Val:
+    return Val(x.nodes, x.kind, x.sdims, x.positions)
+
+
+@function_rule(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone)
+def _identity_function(ctx, node, x: Val, *args, **kwargs) -> Val:
+    return Val(x.nodes, x.kind, x.sdims, x.positions)
+
+
+@method_rule("contiguous", "clone", "float", "double", "half", "to", "type_as", "detach")
+def _identity_method(ctx, node, x: Val, *args, **kwargs) -> Val:
+    return Val(x.nodes, x.kind, x.sdims, x.positions)
+
+
+@method_rule("size", "dim")
+def _size(ctx, node, x: Val, *args, **kwargs):
+    from neuralgraph.convert.trace import SYM
+
+    return SYM
+
+
+@function_rule(builtins.getattr)
+def _getattr(ctx, node, x: Val, name: str):
+    from neuralgraph.convert.trace import SYM
+
+    if name in ("shape", "ndim", "dtype", "device"):
+        return SYM
+    raise ctx.unsupported(node, f"reads attribute {name!r} of a tensor")
+
+
+# ------------------------------------------------------------------------------------ residuals
+
+
+@function_rule(operator.add, operator.iadd, torch.add)
+def add(ctx, node, a, b, **kwargs) -> Val:
+    """``a + b``: identity (residual) edges from one operand's neurons into the other's.
+
+    The skipped operand feeds the other operand's neurons directly when those are still open (their
+    pre-activation value not read anywhere else); otherwise a new layer of sum neurons is added.
+    """
+    if not (isinstance(a, Val) and isinstance(b, Val)):
+        raise ctx.unsupported(node, "adding a constant or a tensor that is not a neuron value (a bias-like "
+                                    "shift outside a layer) is not supported")
+    if kwargs.get("alpha", 1) != 1:
+        raise ctx.unsupported(node, "torch.add with alpha != 1 is not supported")
+    bld = ctx.builder
+    a = ctx.materialize(node, node.all_input_nodes[0], a)
+    b = ctx.materialize(node, node.all_input_nodes[-1], b)
+    if a.channels != b.channels:
+        raise ctx.unsupported(node, f"adds values with {a.channels} and {b.channels} channels; slice both "
+                                    "to the joined channels first (x[:, :m] + y[:, :m])")
+    if a.kind != b.kind and "flat" not in (a.kind, b.kind):
+        raise ctx.unsupported(node, f"adds a {a.kind} value and a {b.kind} value")
+    disjoint = not set(a.nodes.tolist()) & set(b.nodes.tolist())
+    for target, skip in ((a, b), (b, a)):
+        if disjoint and bld.is_open(target.nodes):
+            bld.add_identity_edges(skip.nodes, target.nodes, "residual")
+            return Val(target.nodes, target.kind, target.sdims, target.positions)
+    out = bld.add_nodes(a.channels, bld.next_layer(a.nodes, b.nodes))
+    bld.add_identity_edges(torch.cat([a.nodes, b.nodes]), out.repeat(2), "residual")
+    return Val(out, a.kind, a.sdims, a.positions)
+
+
+# ------------------------------------------------------------------------------------ channels
+
+
+def _channel_dim(ctx, node, v: Val, dim: int) -> None:
+    ok = dim == 1 or (v.kind in ("vec", "flat") and dim == -1)
+    if not ok:
+        raise ctx.unsupported(node, f"operates on dim {dim} of a {v.kind} value; only the channel / "
+                                    "feature dim (1) is supported")
+
+
+@function_rule(torch.cat, torch.concat)
+def cat(ctx, node, tensors, dim: int = 0) -> Val:
+    """``torch.cat`` along channels: the result's neurons are the operands' neurons, in order."""
+    vals = [ctx.materialize(node, n, v) for n, v in zip(node.all_input_nodes, tensors)]
+    for v in vals:
+        _channel_dim(ctx, node, v, dim)
+    kinds = {v.kind for v in vals}
+    if len(kinds) != 1:
+        raise ctx.unsupported(node, f"concatenates values of kinds {sorted(kinds)}")
+    first = vals[0]
+    return Val(torch.cat([v.nodes for v in vals]), first.kind, first.sdims, first.positions)
+
+
+@function_rule(operator.getitem)
+def getitem(ctx, node, x, index) -> Val:
+    """Channel slicing ``x[:, a:b]`` (or ``x[..., a:b]`` on features)."""
+    if not isinstance(x, Val):
+        from neuralgraph.convert.trace import SYM
+
+        return SYM
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    idx = index if isinstance(index, tuple) else (index,)
+    full = slice(None)
+    if len(idx) >= 2 and idx[0] == full and isinstance(idx[1], slice) and all(
+            i == full or i is Ellipsis for i in idx[2:]):
+        sel = idx[1]
+    elif x.kind in ("vec", "flat") and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice):
+        sel = idx[1]
+    else:
+        raise ctx.unsupported(node, f"indexing {index!r} is not supported; only channel slices "
+                                    "x[:, a:b] are")
+    return Val(x.nodes[torch.arange(x.channels)[sel]], x.kind, x.sdims, x.positions)
+
+
+# ------------------------------------------------------------------------------------ flattening
+
+
+def _flat(v: Val) -> Val:
+    if v.kind == "map":
+        return Val(v.nodes, "flat", 0, v.positions)
+    return Val(v.nodes, v.kind, v.sdims, v.positions)
+
+
+@module_rule(nn.Flatten)
+def _flatten_module(ctx, node, x: Val) -> Val:
+    mod = ctx.module(node)
+    if mod.start_dim != 1 or mod.end_dim != -1:
+        raise ctx.unsupported(node, "nn.Flatten must flatten dims 1..-1")
+    return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
+
+
+@function_rule(torch.flatten)
+@method_rule("flatten")
+def _flatten(ctx, node, x: Val, start_dim: int = 0, end_dim: int = -1) -> Val:
+    if start_dim != 1 or end_dim != -1:
+        raise ctx.unsupported(node, "flatten must keep the batch dim and flatten the rest: flatten(x, 1)")
+    return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
+
+
+@method_rule("view", "reshape")
+@function_rule(torch.reshape)
+def _reshape(ctx, node, x: Val, *shape) -> Val:
+    """``x.view(x.size(0), -1)`` and equivalents (the batch-keeping flatten)."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    out_shape = ctx.shape(node)
+    in_shape = ctx.shape(node.all_input_nodes[0])
+    if out_shape is not None and in_shape is not None:
+        ok = len(out_shape) == 2 and out_shape[0] == in_shape[0]
+    else:
+        ok = len(shape) == 2 and (shape[1] == -1 or isinstance(shape[1], int))
+    if not ok:
+        raise ctx.unsupported(node, f"reshape to {shape} is not supported; only the batch-keeping flatten "
+                                    "x.view(x.size(0), -1) is")
+    return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
+
+
+# ------------------------------------------------------------------------------------ pooling
+
+_GLOBAL_ADAPTIVE = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
+                    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max"}
+
+
+def _pool(ctx, node, x: Val, kind: str, output_size=None) -> Val:
+    """Pooling keeps the neurons and records the pool on them; global pooling fixes ``P = 1``."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    if x.kind != "map":
+        raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported")
+    positions = None
+    if output_size is not None:
+        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * x.sdims
+        if all(isinstance(s, int) for s in sizes):
+            positions = math.prod(sizes)
+    name = f"global_{kind}" if positions == 1 and kind in ("avg", "max") else kind
+    ctx.builder.set_pool(x.nodes, POOL[name])
+    return Val(x.nodes, "map", x.sdims, positions)
+
+
+@module_rule(*_GLOBAL_ADAPTIVE)
+def _adaptive_pool_module(ctx, node, x: Val) -> Val:
+    mod = ctx.module(node)
+    return _pool(ctx, node, x, _GLOBAL_ADAPTIVE[type(mod)], mod.output_size)
+
+
+@module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+def _max_pool_module(ctx, node, x: Val) -> Val:
+    return _pool(ctx, node, x, "max")
+
+
+@module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+def _avg_pool_module(ctx, node, x: Val) -> Val:
+    return _pool(ctx, node, x, "avg")
+
+
+@module_rule(nn.LPPool1d, nn.LPPool2d)
+def _lp_pool_module(ctx, node, x: Val) -> Val:
+    return _pool(ctx, node, x, "lp")
+
+
+@function_rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+def _adaptive_avg_pool(ctx, node, x: Val, output_size, *args, **kwargs) -> Val:
+    return _pool(ctx, node, x, "avg", output_size)
+
+
+@function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+def _adaptive_max_pool(ctx, node, x: Val, output_size, *args, **kwargs) -> Val:
+    return _pool(ctx, node, x, "max", output_size)
+
+
+@function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d)
+def _max_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
+    return _pool(ctx, node, x, "max")
+
+
+@function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+def _avg_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
+    return _pool(ctx, node, x, "avg")
+
+
+@function_rule(torch.mean, torch.amax)
+@method_rule("mean", "amax")
+def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val:
+    """``x.mean((2, 3))``: global pooling when the reduced dims are exactly the spatial dims."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    kind = "max" if getattr(node.target, "__name__", node.target) == "amax" else "avg"
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if x.kind != "map" or dim is None:
+        raise ctx.unsupported(node, "only reductions over all spatial dims of a feature map (global "
+                                    "pooling) are supported")
+    nd = 2 + x.sdims
+    if sorted(d % nd for d in dims) != list(range(2, nd)):
+        raise ctx.unsupported(node, f"reduces dims {dims}; only the spatial dims {tuple(range(2, nd))} "
+                                    "(global pooling) are supported")
+    ctx.builder.set_pool(x.nodes, POOL[f"global_{kind}"])
+    if keepdim:
+        return Val(x.nodes, "map", x.sdims, 1)
+    return Val(x.nodes, "vec")

@@ -1,0 +1,266 @@
+"""Discover a module's dataflow with ``torch.fx`` and walk it, calling one rule per operation."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from neuralgraph.convert import activations as A
+from neuralgraph.convert.builder import GraphBuilder, Val
+from neuralgraph.convert.config import ConvertConfig
+from neuralgraph.convert.errors import UnsupportedModuleError
+from neuralgraph.convert.rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, find_module_rule
+
+
+class Sym:
+    """A value known only at run time (a size read from a tensor)."""
+
+    def __repr__(self) -> str:
+        return "Sym()"
+
+
+SYM = Sym()
+
+
+def _type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def supported_modules() -> list[str]:
+    names = {t.__name__ for t in MODULE_RULES} | {t.__name__ for t in A.MODULE_ACTIVATIONS}
+    return sorted(names)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer whose leaves are the modules we have rules for (plus torch.nn built-ins, which then
+    fail with a clear message if no rule exists); records which module was being traced on failure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_at: tuple[str, nn.Module] | None = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if find_module_rule(m) is not None or type(m) in A.MODULE_ACTIVATIONS:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:
+                self.failed_at = (self.path_of_module(m), m)
+            raise
+
+
+def fx_trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
+        path, mod = tracer.failed_at or ("<root>", model)
+        raise UnsupportedModuleError(
+            f"{path or '<root>'} ({_type_name(type(mod))}) cannot be traced by torch.fx: "
+            f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
+            f"or register a leaf rule for it (see CONTRIBUTING.md)."
+        ) from err
+    return fx.GraphModule(tracer.root, graph)
+
+
+class TraceContext:
+    """Everything a rule may use: the builder, the traced module, and helpers that resolve inputs."""
+
+    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder):
+        self.gm = gm
+        self.builder = builder
+        self.config = builder.config
+
+    # ---------------------------------------------------------------------------------- naming
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    def param(self, node: fx.Node, name: str) -> str | None:
+        """Qualified name of a module node's parameter (``None`` if the module has none by that name)."""
+        mod = self.module(node)
+        p = getattr(mod, name, None)
+        if not isinstance(p, nn.Parameter):
+            return None
+        qual = f"{node.target}.{name}"
+        self.builder.register_param(qual, tuple(p.shape))
+        return qual
+
+    def where(self, node: fx.Node) -> str:
+        """``path (type)`` of the module a node belongs to, for error messages."""
+        if node.op == "call_module":
+            return f"{node.target} ({_type_name(type(self.module(node)))})"
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, (_, cls) = list(stack.items())[-1]
+            cls_name = cls if isinstance(cls, str) else _type_name(cls)
+            return f"{path} ({cls_name})"
+        return f"<root> ({_type_name(type(self.gm))})"
+
+    def unsupported(self, node: fx.Node, why: str) -> UnsupportedModuleError:
+        return UnsupportedModuleError(f"{self.where(node)}: {why}")
+
+    def shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+    # ---------------------------------------------------------------------------------- inputs
+    def as_features(self, node: fx.Node, v: Val, n: int) -> Tensor:
+        """Nodes feeding ``n`` features (a Linear's input), resolving inputs and flattened maps."""
+        b = self.builder
+        if v.kind == "input":
+            v.nodes, v.kind = b.add_inputs(n), "vec"
+            return v.nodes
+        if v.kind == "map":
+            raise self.unsupported(node, "a Linear layer applied to the last spatial dim of a feature map "
+                                         "is not supported; flatten or pool the map first")
+        if v.channels == n:
+            return v.nodes
+        if v.kind != "flat" or n % v.channels:
+            raise self.unsupported(node, f"expects {n} input features but receives {v.channels} neurons")
+        positions = n // v.channels
+        if v.positions is not None and v.positions != positions:
+            raise self.unsupported(node, f"flattened map has {v.positions} positions but the layer expects "
+                                         f"{positions}")
+        if self.config.flatten == "repeat":
+            return b.replicate(v.nodes, positions)
+        virt = b.add_nodes(v.channels * positions, b.next_layer(v.nodes), role="virtual")
+        b.spatial[virt[0]:virt[-1] + 1] = [1 + p for _ in range(v.channels) for p in range(positions)]
+        b.add_identity_edges(v.nodes.repeat_interleave(positions), virt, "flatten")
+        return virt
+
+    def as_map(self, node: fx.Node, v: Val, channels: int, sdims: int) -> Tensor:
+        """Nodes of a ``channels``-channel feature map (a conv's input)."""
+        if v.kind == "input":
+            v.nodes, v.kind, v.sdims = self.builder.add_inputs(channels), "map", sdims
+        elif v.kind != "map":
+            raise self.unsupported(node, f"a {sdims}-d convolution needs a feature map input, got {v.kind} "
+                                         "features")
+        if v.channels != channels:
+            raise self.unsupported(node, f"expects {channels} input channels but receives {v.channels}")
+        return v.nodes
+
+    def materialize(self, node: fx.Node, arg: fx.Node, v: Val) -> Val:
+        """Give an untouched input its nodes from the traced shape (needs ``example_input``)."""
+        if v.kind != "input":
+            return v
+        shape = self.shape(arg)
+        if shape is None:
+            raise self.unsupported(node, "uses the model input before any layer fixes its size; pass "
+                                         "example_input=... to to_neural_graph")
+        kind = "vec" if len(shape) == 2 else "map"
+        v.nodes, v.kind, v.sdims = self.builder.add_inputs(shape[1]), kind, max(len(shape) - 2, 0)
+        return v
+
+
+def _flatten_args(args: Any) -> list[Any]:
+    out: list[Any] = []
+    fx.node.map_aggregate(args, out.append)
+    return out
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, (Val, Sym, fx.Node))
+
+
+def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) -> GraphBuilder:
+    """Trace ``model`` and run every rule; returns the filled :class:`GraphBuilder`."""
+    gm = fx_trace(model)
+    if example_input is not None:
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    builder = GraphBuilder(config)
+    ctx = TraceContext(gm, builder)
+    env: dict[fx.Node, Any] = {}
+    for node in gm.graph.nodes:
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        # this operation reads its inputs now: release their pending reads
+        for inp in node.all_input_nodes:
+            v = env[inp]
+            if isinstance(v, Val) and v.nodes is not None:
+                builder.add_pending(v.nodes, -1)
+        if node.op == "placeholder":
+            result: Any = Val(None, "input")
+        elif node.op == "get_attr":
+            raise ctx.unsupported(node, f"reads the tensor {node.target!r} directly in forward; only "
+                                        "parameters used through supported modules can be represented")
+        elif node.op == "output":
+            for v in _flatten_args(args):
+                if isinstance(v, Val):
+                    v = ctx.materialize(node, node.all_input_nodes[0], v)
+                    builder.mark_outputs(v.nodes)
+            break
+        else:
+            result = _call(ctx, node, args, kwargs)
+        if isinstance(result, Val):
+            shape = ctx.shape(node)
+            if shape is not None and result.kind == "map" and len(shape) > 2:
+                result.positions = math.prod(shape[2:])
+            if result.nodes is not None:
+                builder.add_pending(result.nodes, len(node.users))
+        env[node] = result
+    return builder
+
+
+def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    flat = _flatten_args((args, kwargs))
+    has_val = any(isinstance(a, Val) for a in flat)
+    if node.op == "call_module":
+        mod = ctx.module(node)
+        rule = find_module_rule(mod)
+        if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
+            return activation(ctx, node, args[0], A.MODULE_ACTIVATIONS[type(mod)])
+        if rule is None:
+            raise UnsupportedModuleError(
+                f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
+                f"{', '.join(supported_modules())}. Custom modules are traced through; element-wise "
+                f"activations can be registered with neuralgraph.convert.register_activation.")
+        return rule(ctx, node, *args, **kwargs)
+    if node.op == "call_function":
+        rule = FUNCTION_RULES.get(node.target)
+        if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
+            return activation(ctx, node, args[0], A.FUNCTION_ACTIVATIONS[node.target])
+    else:  # call_method
+        rule = METHOD_RULES.get(node.target)
+        if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
+            return activation(ctx, node, args[0], A.METHOD_ACTIVATIONS[node.target])
+    if rule is not None and has_val:
+        return rule(ctx, node, *args, **kwargs)
+    if not has_val:
+        # pure Python / size arithmetic: evaluate when concrete, stay symbolic otherwise
+        if all(_is_concrete(a) for a in flat):
+            fn = node.target if node.op == "call_function" else getattr(args[0], node.target)
+            call_args = args if node.op == "call_function" else args[1:]
+            try:
+                return fn(*call_args, **kwargs)
+            except Exception:  # noqa: BLE001
+                return SYM
+        return SYM
+    name = getattr(node.target, "__name__", str(node.target))
+    raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
+                                "Supported: layers with rules, element-wise activations, residual "
+                                "additions, channel slicing/concatenation, pooling and flattening.")
+
+
+def activation(ctx: TraceContext, node: fx.Node, v: Val, name: str) -> Val:
+    """Apply an element-wise activation: a property of the neurons it is applied to."""
+    b = ctx.builder
+    v = ctx.materialize(node, node.all_input_nodes[0], v)
+    act = A.activation_id(name)
+    nodes = v.nodes
+    if not b.is_open(nodes):
+        # the neurons' pre-activation value is (or will be) read elsewhere: add an identity layer
+        new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
+        b.add_identity_edges(nodes, new, "identity")
+        nodes = new
+    b.set_activation(nodes, act)
+    return Val(nodes, v.kind, v.sdims, v.positions)
+

@@ -1,0 +1,115 @@
+"""Networks as lists of weight tensors: the input format of NFN, SNE, StatNN and the flat MLP.
+
+A :class:`WeightSpace` holds the parameters of a batch of networks *of one architecture*, layer by
+layer in dataflow order. A :class:`WeightSpaceBatch` holds a batch of possibly different
+architectures as homogeneous groups plus the batch positions of each group's members, so an
+encoder can run once per group and scatter its outputs back into batch order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class WeightSpace:
+    """Parameters of ``B`` networks that share one architecture.
+
+    Args:
+        weights: one tensor per layer, ``[B, out, in, *kernel]`` (``[B, out, in]`` for linear layers).
+        biases: one tensor per layer, ``[B, out]`` (zeros where the layer has no bias).
+    """
+
+    weights: tuple[Tensor, ...]
+    biases: tuple[Tensor, ...]
+
+    def __post_init__(self) -> None:
+        self.weights, self.biases = tuple(self.weights), tuple(self.biases)
+        if len(self.weights) != len(self.biases):
+            raise ValueError(f"{len(self.weights)} weight tensors but {len(self.biases)} bias tensors")
+        sizes = {t.size(0) for t in self.weights + self.biases}
+        if len(sizes) > 1:
+            raise ValueError(f"WeightSpace tensors disagree on the batch size: {sorted(sizes)}")
+
+    def __len__(self) -> int:
+        return self.weights[0].size(0)
+
+    @property
+    def signature(self) -> tuple:
+        """Per-layer shapes without the batch dim: equal signatures mean one weight space."""
+        return tuple((tuple(w.shape[1:]), tuple(b.shape[1:])) for w, b in zip(self.weights, self.biases))
+
+    def to(self, *args, **kwargs) -> "WeightSpace":
+        return WeightSpace(tuple(w.to(*args, **kwargs) for w in self.weights),
+                           tuple(b.to(*args, **kwargs) for b in self.biases))
+
+    def __getitem__(self, idx) -> "WeightSpace":
+        return WeightSpace(tuple(w[idx] for w in self.weights), tuple(b[idx] for b in self.biases))
+
+    def flatten(self) -> Tensor:
+        """``[B, P]``: every parameter of each network, layer by layer (weight then bias)."""
+        parts = []
+        for w, b in zip(self.weights, self.biases):
+            parts += [w.flatten(1), b.flatten(1)]
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def stack(items: Sequence["WeightSpace"]) -> "WeightSpace":
+        """Concatenate same-signature weight spaces along the batch dim."""
+        sig = items[0].signature
+        for it in items[1:]:
+            if it.signature != sig:
+                raise ValueError("cannot stack weight spaces of different architectures; "
+                                 "use WeightSpaceBatch.collate")
+        return WeightSpace(tuple(torch.cat(ws) for ws in zip(*(i.weights for i in items))),
+                           tuple(torch.cat(bs) for bs in zip(*(i.biases for i in items))))
+
+
+@dataclass
+class WeightSpaceBatch:
+    """A batch of networks grouped by architecture.
+
+    Args:
+        groups: one :class:`WeightSpace` per distinct architecture in the batch.
+        positions: for each group, ``[B_g]`` long tensor of the members' positions in the batch.
+    """
+
+    groups: list[WeightSpace]
+    positions: list[Tensor]
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self.groups)
+
+    @property
+    def homogeneous(self) -> bool:
+        return len(self.groups) == 1
+
+    def to(self, *args, **kwargs) -> "WeightSpaceBatch":
+        return WeightSpaceBatch([g.to(*args, **kwargs) for g in self.groups],
+                                [p.to(*args, **kwargs) for p in self.positions])
+
+    def scatter(self, outputs: Sequence[Tensor]) -> Tensor:
+        """Put per-group outputs ``[B_g, ...]`` back into batch order ``[B, ...]``."""
+        first = outputs[0]
+        out = first.new_empty((len(self),) + tuple(first.shape[1:]))
+        for pos, o in zip(self.positions, outputs):
+            out[pos.to(o.device)] = o
+        return out
+
+    @staticmethod
+    def collate(items: Sequence[WeightSpace]) -> "WeightSpaceBatch":
+        """Group single networks (or small batches) by architecture, keeping batch positions."""
+        by_sig: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            by_sig.setdefault(it.signature, []).append(i)
+        starts = [0]
+        for it in items[:-1]:
+            starts.append(starts[-1] + len(it))
+        groups, positions = [], []
+        for members in by_sig.values():
+            groups.append(WeightSpace.stack([items[i] for i in members]))
+            positions.append(torch.cat([torch.arange(starts[i], starts[i] + len(items[i])) for i in members]))
+        return WeightSpaceBatch(groups, positions)

@@ -1,0 +1,33 @@
+"""timm-style model registry: ``@register_model`` on a factory, ``create_model(name, **hparams)``."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``fn`` (a class or factory returning an ``nn.Module``) under ``name``."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style wildcard, e.g. ``list_models("ng-*")``."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **hparams) -> nn.Module:
+    """Build a registered model. ``None`` values are dropped so callers can forward optional flags."""
+    if name not in _MODELS:
+        raise KeyError(f"Could not resolve {name!r} among choices {list_models()}")
+    return _MODELS[name](**{k: v for k, v in hparams.items() if v is not None})

@@ -49,7 +49,7 @@ class EdgeBlock:
     src: Tensor  # [E] long
     dst: Tensor  # [E] long
     kind: int
-    geometry: tuple[int, ...]  # stride, padding, dilation per spatial dim
+    geometry: tuple[int, ...]  # stride, padding, dilation, kernel size per spatial dim
     const: float | None = None  # identity edges: value on the centre tap
     # param-backed taps: (param name, element index [E, T] into the flattened param, tap positions [T])
     sources: list[tuple[str, Tensor, Tensor]] = field(default_factory=list)
@@ -141,7 +141,7 @@ class GraphBuilder:
 
     # ----------------------------------------------------------------------------------------- edges
     def default_geometry(self) -> tuple[int, ...]:
-        return (1,) * self.dims + (0,) * self.dims + (1,) * self.dims
+        return (1,) * self.dims + (0,) * self.dims + (1,) * self.dims + (1,) * self.dims
 
     def add_edges(self, src: Tensor, dst: Tensor, kind: str, *, geometry: tuple[int, ...] | None = None,
                   const: float | None = None, sources: list[tuple[str, Tensor, Tensor]] | None = None) -> None:

@@ -109,7 +109,7 @@ class ConversionPlan:
             2, 0, dtype=torch.long)
         self.categories["edge_kind"] = torch.cat(kinds) if rows else torch.empty(0, dtype=torch.long)
         self.categories["edge_conv"] = (torch.cat(geoms) if rows else
-                                        torch.empty(0, 3 * len(cfg.max_kernel), dtype=torch.long))
+                                        torch.empty(0, 4 * len(cfg.max_kernel), dtype=torch.long))
         ea0 = torch.zeros(rows, f_edge)
         for edge_rows, value in consts:
             ea0[edge_rows, centre] = value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from neuralgraph.convert.builder import GraphBuilder, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, find_module_rule
+from neuralgraph.convert.rules.functional import channel_slice
 
 
 class Sym:
@@ -174,8 +176,12 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
     gm = fx_trace(model)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*inputs)
+        except Exception as err:  # noqa: BLE001 - the user's input does not fit the model
+            raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
+                             "pass an input of the shape the model expects") from err
     builder = GraphBuilder(config)
     ctx = TraceContext(gm, builder)
     env: dict[fx.Node, Any] = {}
@@ -186,7 +192,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
         for inp in node.all_input_nodes:
             v = env[inp]
             if isinstance(v, Val) and v.nodes is not None:
-                builder.add_pending(v.nodes, -1)
+                builder.add_pending(_reads(node, v), -1)
         if node.op == "placeholder":
             result: Any = Val(None, "input")
         elif node.op == "get_attr":
@@ -205,9 +211,19 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
             if shape is not None and result.kind == "map" and len(shape) > 2:
                 result.positions = math.prod(shape[2:])
             if result.nodes is not None:
-                builder.add_pending(result.nodes, len(node.users))
+                for user in node.users:
+                    builder.add_pending(_reads(user, result), 1)
         env[node] = result
     return builder
+
+
+def _reads(user: fx.Node, v: Val) -> Tensor:
+    """The neurons of ``v`` that ``user`` reads: a channel slice reads only its channels."""
+    if user.op == "call_function" and user.target is operator.getitem and len(user.args) == 2:
+        sel = channel_slice(user.args[1], v.kind)
+        if sel is not None:
+            return v.nodes[sel]
+    return v.nodes
 
 
 def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:

@@ -25,7 +25,8 @@ field            shape/dtype   meaning
 ``node_pool``    [N] long      pooling applied to the neuron's output map (:data:`POOLS`)
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
-``edge_conv``    [E, 3*D] long stride, padding and dilation per spatial dim (1, 0, 1 for non-conv)
+``edge_conv``    [E, 4*D] long stride, padding, dilation and kernel size per spatial dim
+                               (1, 0, 1, 1 for non-conv edges)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations

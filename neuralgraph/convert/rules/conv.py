@@ -58,7 +58,8 @@ def conv(ctx, node, x: Val) -> Val:
     dst = out[o]
     elem = torch.arange(mod.out_channels * in_pg).view(-1, 1) * ksize + torch.arange(ksize).view(1, -1)
     pad = len(cfg.max_kernel) - sdims
-    geometry = ((1,) * pad + tuple(mod.stride) + (0,) * pad + _padding(mod) + (1,) * pad + tuple(mod.dilation))
+    geometry = ((1,) * pad + tuple(mod.stride) + (0,) * pad + _padding(mod) + (1,) * pad + tuple(mod.dilation)
+                + (1,) * pad + tuple(mod.kernel_size))
     b.add_edges(src, dst, "conv", geometry=geometry,
                 sources=[(ctx.param(node, "weight"), elem, kernel_taps(mod.kernel_size, cfg.max_kernel))])
     bias = ctx.param(node, "bias")

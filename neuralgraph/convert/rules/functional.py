@@ -113,17 +113,23 @@ def getitem(ctx, node, x, index) -> Val:
 
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
+    sel = channel_slice(index, x.kind)
+    if sel is None:
+        raise ctx.unsupported(node, f"indexing {index!r} is not supported; only channel slices "
+                                    "x[:, a:b] are")
+    return Val(x.nodes[sel], x.kind, x.sdims, x.positions)
+
+
+def channel_slice(index, kind: str) -> slice | None:
+    """The channel slice of ``x[index]`` (``x[:, a:b]``, or ``x[..., a:b]`` on features), else ``None``."""
     idx = index if isinstance(index, tuple) else (index,)
     full = slice(None)
     if len(idx) >= 2 and idx[0] == full and isinstance(idx[1], slice) and all(
             i == full or i is Ellipsis for i in idx[2:]):
-        sel = idx[1]
-    elif x.kind in ("vec", "flat") and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice):
-        sel = idx[1]
-    else:
-        raise ctx.unsupported(node, f"indexing {index!r} is not supported; only channel slices "
-                                    "x[:, a:b] are")
-    return Val(x.nodes[torch.arange(x.channels)[sel]], x.kind, x.sdims, x.positions)
+        return idx[1]
+    if kind in ("vec", "flat") and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice):
+        return idx[1]
+    return None
 
 
 # ------------------------------------------------------------------------------------ flattening

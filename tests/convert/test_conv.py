@@ -1,0 +1,175 @@
+"""CNNs: kernel padding, geometry, groups, residual CNNs, ResNets, flattening."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph.convert.rules.conv import kernel_taps
+from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
+from tests.helpers.execute import execute
+from tests.helpers.nets import SmallResNet, WildParkCNN, permute_resnet, permute_wildpark
+from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
+                                   assert_state_equal, permute_in, permute_out)
+
+
+def check_all(m, x, **cfg):
+    """Semantics (the graph computes the module), exact round trip."""
+    g = to_neural_graph(m, **cfg)
+    with torch.no_grad():
+        ref = m.eval()(x)
+        assert torch.allclose(execute(g, x, cfg.get("max_kernel", (7, 7))), ref, atol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, m, **cfg))
+    return g
+
+
+def test_kernel_taps_are_centred():
+    assert kernel_taps((3, 3), (7, 7)).tolist() == [16, 17, 18, 23, 24, 25, 30, 31, 32]
+    assert kernel_taps((1, 1), (7, 7)).tolist() == [24]
+    assert kernel_taps((3,), (7, 7)).tolist() == [23, 24, 25]  # a 1-d kernel fills the middle row
+    assert kernel_taps((2, 2), (5, 5)).tolist() == [6, 7, 11, 12]
+
+
+def test_small_cnn_zoo_shape():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    g = check_all(m, torch.randn(2, 1, 12, 12))
+    assert g.num_nodes == 1 + 16 * 3 + 10
+    assert g.edge_index.size(1) == 16 + 256 * 2 + 160
+    assert (g.node_pool == POOL["global_avg"]).sum() == 16
+    e = 0  # first conv edge: kernel of out channel 0 sits in the centre 3x3 of the 7x7
+    assert torch.equal(g.edge_attr[e].view(7, 7)[2:5, 2:5], m[0].weight[0, 0])
+    outside = g.edge_attr[e].view(7, 7).clone()
+    outside[2:5, 2:5] = 0
+    assert outside.eq(0).all()
+
+
+def test_conv_variants_semantics():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 6, (3, 5), stride=(2, 1), padding=(1, 2)), nn.GELU(),   # non-square, strided
+        nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6), nn.Tanh(),     # depthwise, dilated
+        nn.Conv2d(6, 4, 3, padding="same", groups=2, bias=False), nn.ReLU(),  # grouped, no bias
+        nn.Conv2d(4, 4, 2), nn.SiLU(),                                       # even kernel
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(4, 3))
+    g = check_all(m, torch.randn(2, 3, 11, 9))
+    dw = (g.edge_conv[:, 4:6] == torch.tensor([2, 2])).all(1)  # dilation 2 only on the depthwise conv
+    assert dw.sum() == 6  # depthwise: one edge per channel
+    grouped_edges = 4 * 3
+    assert g.edge_index.size(1) == 3 * 6 + 6 + grouped_edges + 16 + 12
+    row = g.edge_conv[0].tolist()  # stride, padding, dilation, kernel per dim
+    assert row == [2, 1, 1, 2, 1, 1, 3, 5]
+
+
+def test_conv1d_and_conv3d():
+    torch.manual_seed(0)
+    m1 = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Conv1d(4, 4, 3), nn.ReLU(),
+                       nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(4, 2))
+    check_all(m1, torch.randn(3, 2, 16))
+    m3 = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv3d(3, 2, (1, 3, 3)),
+                       nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2))
+    with pytest.raises(UnsupportedModuleError, match=r"max_kernel"):
+        to_neural_graph(m3)
+    g = check_all(m3, torch.randn(2, 1, 5, 6, 6), max_kernel=(3, 3, 3))
+    assert g.edge_attr.size(1) == 27 and g.edge_conv.size(1) == 12
+
+
+def test_wildpark_residual_cnn():
+    torch.manual_seed(0)
+    m = WildParkCNN()
+    x = torch.randn(2, 1, 8, 8)
+    g = check_all(m, x)
+    # layer 2 (16 ch) gets the 8 channels of layer 0; layer 3 (8 ch) gets the 4 channels of layer 1
+    assert (g.edge_kind == EDGE_KIND["residual"]).sum() == 8 + 4
+    centre = g.edge_attr[g.edge_kind == EDGE_KIND["residual"]]
+    assert centre[:, 24].eq(1).all() and centre.sum() == 12
+    p = permute_wildpark(m, torch.Generator().manual_seed(1))
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p))
+
+
+def test_resnet():
+    torch.manual_seed(0)
+    m = SmallResNet()
+    x = torch.randn(2, 3, 8, 8)
+    g = check_all(m, x)
+    p = permute_resnet(m, torch.Generator().manual_seed(2))
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p))
+
+
+class FlattenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 2, 3)
+        self.fc1, self.fc2 = nn.Linear(2 * 2 * 2, 5), nn.Linear(5, 3)
+
+    def forward(self, x):  # 10x10 -> conv 8x8 -> pool 4x4 -> conv 2x2
+        x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = self.conv2(x)
+        x = x.view(x.size(0), -1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class FlattenNoPool(nn.Module):
+    """conv -> flatten -> linear, no pooling (the traditional CNN head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 3, 3), nn.Conv2d(3, 2, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(2 * 4 * 4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = torch.tanh(self.conv2(torch.relu(self.conv1(x))))
+        x = x.view(x.size(0), -1)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("mode", ["virtual", "repeat"])
+def test_flatten_modes(mode):
+    torch.manual_seed(0)
+    m = FlattenNoPool()
+    x = torch.randn(2, 1, 6, 6)
+    g = to_neural_graph(m, example_input=x, flatten=mode)
+    assert_state_equal(m, from_neural_graph(g, m, example_input=x, flatten=mode))
+    positions = 16
+    spatial = g.node_spatial[g.node_spatial > 0]
+    assert sorted(spatial.tolist()) == sorted(list(range(1, positions + 1)) * 2)
+    if mode == "virtual":
+        assert g.num_nodes == 1 + 3 + 2 + 2 * positions + 5 + 3
+        assert (g.edge_kind == EDGE_KIND["flatten"]).sum() == 2 * positions
+        assert (g.node_role == ROLE["virtual"]).sum() == 2 * positions
+        with torch.no_grad():
+            assert torch.allclose(execute(g, x), m(x), atol=1e-6)
+    else:
+        # the two conv2 nodes are replaced by 2 x 16 copies, each with conv2's incoming edges
+        assert g.num_nodes == 1 + 3 + 2 * positions + 5 + 3
+        assert (g.edge_kind == EDGE_KIND["conv"]).sum() == 3 + 2 * positions * 3
+    # the flatten size is inferred from the linear layer without example_input too
+    g2 = to_neural_graph(m, flatten=mode)
+    assert torch.equal(g2.edge_index, g.edge_index) and torch.equal(g2.edge_attr, g.edge_attr)
+    # symmetry: permute conv1 / conv2 channels and fc1 neurons
+    p = FlattenNoPool()
+    p.load_state_dict(m.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    p1, p2, p3 = torch.randperm(3, generator=gen), torch.randperm(2, generator=gen), torch.randperm(5, generator=gen)
+    permute_out(p.conv1, p1), permute_in(p.conv2, p1), permute_out(p.conv2, p2)
+    with torch.no_grad():  # fc1 inputs are (channel, position) pairs, channel-major
+        p.fc1.weight.copy_(p.fc1.weight.view(5, 2, 16)[:, p2].reshape(5, 32))
+    permute_out(p.fc1, p3), permute_in(p.fc2, p3)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p, example_input=x, flatten=mode))
+
+
+def test_max_pool_is_recorded():
+    m = FlattenNet()
+    x = torch.randn(1, 1, 10, 10)
+    g = to_neural_graph(m, example_input=x)
+    assert (g.node_pool == POOL["max"]).sum() == 3
+    assert (g.node_spatial > 0).sum() == 2 * 4
+    assert_state_equal(m, from_neural_graph(g, m, example_input=x))
+    with pytest.raises(ValueError, match="example_input"):
+        to_neural_graph(m, example_input=torch.randn(1, 1, 12, 12))

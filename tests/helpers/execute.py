@@ -1,0 +1,67 @@
+"""Run a neural graph as a network, from the graph alone: the semantic reference for the converter.
+
+Node j computes ``v_j = act_j(b_j + sum_i op_ij(v_i))`` where ``op_ij`` is the edge's operation:
+a scalar weight (linear; a map source is globally pooled first), a convolution with the edge's padded
+kernel and geometry (conv), the identity (residual / identity edges) or the pick of one spatial position
+(flatten). Supports odd kernels and global pooling; enough to check what the converter claims.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neuralgraph.convert.activations import ACTIVATIONS
+from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
+
+_FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
+       "leaky_relu": F.leaky_relu, "silu": F.silu, "elu": F.elu, "sin": torch.sin}
+
+
+def execute(g, x: Tensor, max_kernel=(7, 7)) -> Tensor:
+    n = g.num_nodes
+    val: list[Tensor | None] = [None] * n
+    order = torch.argsort(g.node_layer, stable=True).tolist()
+    inputs = g.input_nodes().tolist()
+    for p, i in enumerate(inputs):
+        val[i] = x[:, p]
+    incoming: dict[int, list[int]] = {}
+    for e, d in enumerate(g.edge_index[1].tolist()):
+        incoming.setdefault(d, []).append(e)
+    dims = len(max_kernel)
+    for j in order:
+        if g.node_role[j] == ROLE["input"]:
+            continue
+        pre = None
+        for e in incoming.get(j, []):
+            i = int(g.edge_index[0, e])
+            v = val[i]
+            kind = int(g.edge_kind[e])
+            w = g.edge_attr[e]
+            if kind == EDGE_KIND["linear"]:
+                if v.dim() > 1:  # a map feeding a linear layer: the global pool recorded on the source
+                    assert int(g.node_pool[i]) in (POOL["global_avg"], POOL["global_max"])
+                    v = v.flatten(1).mean(1) if g.node_pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
+                term = w[w.numel() // 2] * v
+            elif kind == EDGE_KIND["conv"]:
+                sd = v.dim() - 1
+                stride, pad, dil, ksize = g.edge_conv[e].view(4, dims)[:, dims - sd:].tolist()
+                kern = w.view(*max_kernel)[(tuple(K // 2 for K in max_kernel[:dims - sd]))]
+                # the kernel sits at offset (K - k) // 2 in the padded one: pad so that tap u of the
+                # padded kernel reads what tap u - offset of the original read
+                spatial_pad = []
+                for K, k, p, d in reversed(list(zip(max_kernel[dims - sd:], ksize, pad, dil))):
+                    off = (K - k) // 2
+                    spatial_pad += [p + off * d, p + (K - k - off) * d]
+                conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[sd]
+                term = conv(F.pad(v.unsqueeze(1), spatial_pad), kern[None, None], stride=stride,
+                            dilation=dil).squeeze(1)
+            elif kind == EDGE_KIND["flatten"]:
+                term = v.flatten(1)[:, int(g.node_spatial[j]) - 1]
+            else:
+                term = v
+            pre = term if pre is None else pre + term
+        bias = g.x[j, 0]
+        pre = bias.expand(x.size(0)) if pre is None else pre + bias
+        val[j] = _FN[ACTIVATIONS[int(g.node_act[j])]](pre)
+    return torch.stack([val[i] for i in g.output_nodes().tolist()], dim=1)

@@ -1,0 +1,81 @@
+"""Symmetry helpers: permute hidden neurons of real torch modules and compare neural graphs.
+
+`permute_out` / `permute_in` act on module parameters (never on graphs), so a test first checks that
+the permuted module computes the same function (which validates the permutation) and only then
+compares the two neural graphs.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def permute_out(layer: nn.Module, perm: Tensor) -> None:
+    """Permute the output neurons / channels of a Linear / Conv (weight axis 0 and bias)."""
+    layer.weight.copy_(layer.weight[perm])
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.copy_(layer.bias[perm])
+
+
+@torch.no_grad()
+def permute_in(layer: nn.Module, perm: Tensor) -> None:
+    """Permute the input neurons / channels of a Linear / Conv with groups == 1 (weight axis 1)."""
+    layer.weight.copy_(layer.weight[:, perm])
+
+
+def permuted_copy(model: nn.Module, apply: Callable[[nn.Module], None]) -> nn.Module:
+    other = copy.deepcopy(model)
+    apply(other)
+    return other
+
+
+@torch.no_grad()
+def assert_same_function(a: nn.Module, b: nn.Module, x: Tensor, atol: float = 1e-5) -> None:
+    """The permutation must not change the function (float summation order aside)."""
+    ya, yb = a.eval()(x), b.eval()(x)
+    assert ya.shape == yb.shape
+    assert torch.allclose(ya, yb, atol=atol, rtol=1e-5), (ya - yb).abs().max()
+
+
+def _key(t: Tensor) -> tuple:
+    return tuple(t.tolist())
+
+
+def to_nx(g) -> nx.MultiDiGraph:
+    """A networkx multigraph with every node / edge feature as an exact tuple attribute."""
+    G = nx.MultiDiGraph()
+    cats = [g.node_layer, g.node_role, g.node_pos, g.node_act, g.node_pool, g.node_spatial]
+    for i in range(g.num_nodes):
+        G.add_node(i, f=_key(g.x[i]) + tuple(int(c[i]) for c in cats))
+    for e, (s, d) in enumerate(g.edge_index.t().tolist()):
+        G.add_edge(s, d, f=_key(g.edge_attr[e]) + (int(g.edge_kind[e]),) + _key(g.edge_conv[e]))
+    return G
+
+
+def assert_isomorphic(g1, g2) -> None:
+    """Exact isomorphism of two neural graphs, features included (multisets first, then VF2)."""
+    assert g1.num_nodes == g2.num_nodes and g1.edge_index.size(1) == g2.edge_index.size(1)
+    G1, G2 = to_nx(g1), to_nx(g2)
+    assert sorted(d["f"] for _, d in G1.nodes(data=True)) == sorted(d["f"] for _, d in G2.nodes(data=True))
+    assert sorted(d["f"] for *_, d in G1.edges(data=True)) == sorted(d["f"] for *_, d in G2.edges(data=True))
+    same = lambda a, b: a["f"] == b["f"]  # noqa: E731
+    edge_same = lambda a, b: sorted(d["f"] for d in a.values()) == sorted(d["f"] for d in b.values())  # noqa: E731
+    assert nx.is_isomorphic(G1, G2, node_match=same, edge_match=edge_same)
+
+
+def assert_params_moved(a: nn.Module, b: nn.Module) -> None:
+    """The permutation changed some parameter (else a symmetry test proves nothing)."""
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def assert_state_equal(a: nn.Module, b: nn.Module) -> None:
+    """Bit-exact equality of two modules' state dicts."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k

@@ -66,6 +66,9 @@ def register_activation(fn_or_module: Callable | type, name: str) -> int:
             def forward(self, x): return torch.sin(30.0 * x)
         register_activation(Sine, "sine")
     """
+    from neuralgraph.convert.plan import clear_plan_cache  # plans may have traced through it
+
+    clear_plan_cache()
     if name not in ACTIVATIONS:
         ACTIVATIONS.append(name)
     if isinstance(fn_or_module, type) and issubclass(fn_or_module, nn.Module):

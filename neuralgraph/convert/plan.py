@@ -37,7 +37,7 @@ class ConversionPlan:
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
     """
 
-    def __init__(self, builder: GraphBuilder):
+    def __init__(self, builder: GraphBuilder, module_params: list[str]):
         cfg = builder.config
         self.config = cfg
         n_all = builder.num_nodes
@@ -75,13 +75,18 @@ class ConversionPlan:
         x0[:, 1] = node_tensor(builder.has_bias).float()
 
         # -- edges, constant taps and the parameter gather
-        self.param_names: list[str] = []
+        # gather order: the module's own parameter order (so a module converts with one .parameters() walk)
+        used = {name for blk in builder.edges for name, _, _ in blk.sources} | {
+            np_.param for np_ in builder.node_params}
+        self.param_names: list[str] = [p for p in module_params if p in used]
+        self._all_params_in_order = self.param_names == module_params
         offsets: dict[str, int] = {}
+        start = 0
+        for p in self.param_names:
+            offsets[p] = start
+            start += _numel(builder.param_shapes[p])
 
         def offset(name: str) -> int:
-            if name not in offsets:
-                offsets[name] = sum(_numel(builder.param_shapes[p]) for p in self.param_names)
-                self.param_names.append(name)
             return offsets[name]
 
         srcs, dsts, kinds, geoms, consts = [], [], [], [], []
@@ -132,44 +137,64 @@ class ConversionPlan:
         # -- read-back maps: one graph position per parameter element
         self.edge_param = self._read_map(self.edge_src, self.edge_dst)
         self.node_param = self._read_map(self.node_src, self.node_dst)
+        self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
 
     def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
+        """For each parameter gathered by ``(src, dst)``, one graph position per element."""
+        total = sum(_numel(s) for s in self.param_shapes.values())
+        pos = torch.full((total,), -1, dtype=torch.long)
+        pos[src] = dst
         out: dict[str, Tensor] = {}
         for name in self.param_names:
-            start, numel = self.offsets[name], _numel(self.param_shapes[name])
-            sel = ((src >= start) & (src < start + numel)).nonzero().view(-1)
-            if sel.numel() == 0:
-                continue
-            pos = torch.full((numel,), -1, dtype=torch.long)
-            pos[src[sel] - start] = dst[sel]
-            if (pos < 0).any():
+            start = self.offsets[name]
+            sl = pos[start:start + _numel(self.param_shapes[name])]
+            hit = sl >= 0
+            if hit.all():
+                out[name] = sl
+            elif hit.any():
                 raise AssertionError(f"conversion plan does not represent every element of {name}")
-            out[name] = pos
         return out
 
     # ------------------------------------------------------------------------------------------ use
+    @torch.no_grad()
     def _param_vector(self, params: nn.Module | Mapping[str, Tensor]) -> Tensor:
-        sd = dict(params.named_parameters()) if isinstance(params, nn.Module) else params
+        if isinstance(params, nn.Module):
+            if self._all_params_in_order:
+                # the common case: every parameter is represented, gathered in the module's own order
+                tensors = list(params.parameters())
+                if len(tensors) == len(self.param_names):
+                    return torch.cat([t.view(-1) for t in tensors])
+            params = dict(params.named_parameters())
         try:
-            return torch.cat([sd[name].detach().reshape(-1) for name in self.param_names])
+            return torch.cat([params[name].reshape(-1) for name in self.param_names])
         except KeyError as err:
             raise KeyError(f"parameter {err.args[0]!r} of this architecture is missing from the given "
                            f"parameters") from None
 
+    def _on(self, device: torch.device) -> dict[str, Tensor]:
+        """The plan's index and template tensors on ``device`` (moved once, then cached)."""
+        if device not in self._device_cache:
+            self._device_cache[device] = {
+                k: v.to(device) for k, v in dict(
+                    self.categories, edge_index=self.edge_index, x0=self.x0, edge_attr0=self.edge_attr0,
+                    edge_src=self.edge_src, edge_dst=self.edge_dst, node_src=self.node_src,
+                    node_dst=self.node_dst).items()}
+        return self._device_cache[device]
+
     def graph(self, params: nn.Module | Mapping[str, Tensor]) -> NeuralGraph:
         """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping)."""
         vec = self._param_vector(params)
-        if not torch.isfinite(vec).all():
+        if not torch.isfinite(vec.sum()) and not torch.isfinite(vec).all():
             bad = next(n for n in self.param_names if not torch.isfinite(_get(params, n)).all())
             raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
                              "meaningless")
-        dev, dt = vec.device, vec.dtype
-        x = self.x0.to(dev, dt, copy=True)
-        ea = self.edge_attr0.to(dev, dt, copy=True)
-        x.view(-1)[self.node_dst.to(dev)] = vec[self.node_src.to(dev)]
-        ea.view(-1)[self.edge_dst.to(dev)] = vec[self.edge_src.to(dev)]
-        cats = {k: v.to(dev, copy=True) for k, v in self.categories.items()}
-        return NeuralGraph(x=x, edge_index=self.edge_index.to(dev, copy=True), edge_attr=ea, **cats)
+        t = self._on(vec.device)
+        x = t["x0"].to(vec.dtype, copy=True)
+        ea = t["edge_attr0"].to(vec.dtype, copy=True)
+        x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
+        ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
+        return NeuralGraph(x=x, edge_index=t["edge_index"].clone(), edge_attr=ea,
+                           **{k: t[k].clone() for k in self.categories})
 
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
         """Parameter-shaped tensors read from per-edge ``[E, F_edge, ...]`` and per-node ``[N, F_node, ...]``
@@ -240,17 +265,28 @@ def _freeze(v: Any) -> Any:
 
 
 def architecture_key(model: nn.Module) -> tuple:
-    """A hashable description of everything but parameter values: module types, hyperparameters,
-    plain attributes a forward may branch on, and parameter shapes / dtypes."""
+    """A hashable description of everything but parameter values: module names and types,
+    hyperparameters and plain attributes a forward may branch on, and parameter shapes / dtypes."""
     parts: list[Any] = []
-    for name, m in model.named_modules():
-        parts.append((name, type(m)))
-        for k, v in m.__dict__.items():
-            if k[0] != "_" and k != "training":
-                parts.append((k, _freeze(v)))
-        for k, p in m._parameters.items():
-            parts.append((k, None if p is None else (tuple(p.shape), p.dtype)))
+    _describe(model, parts)
     return tuple(parts)
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _describe(m: nn.Module, parts: list[Any]) -> None:
+    parts.append(type(m))
+    for k, v in m.__dict__.items():
+        if k[0] != "_" and k != "training":
+            parts.append((k, v if type(v) in _PLAIN else _freeze(v)))
+    for k, p in m._parameters.items():
+        parts.append((k, None if p is None else (p.shape, p.dtype)))
+    for k, child in m._modules.items():
+        parts.append(k)
+        if child is not None:
+            _describe(child, parts)
+        parts.append(None)  # end of child
 
 
 def _input_key(example_input: Any) -> Any:
@@ -270,7 +306,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     key = (arch, _input_key(example_input), cfg)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = ConversionPlan(trace_module(model, example_input, cfg))
+        plan = ConversionPlan(trace_module(model, example_input, cfg), [n for n, _ in model.named_parameters()])
         _PLANS[key] = plan
         if len(_PLANS) > _CACHE_SIZE:
             _PLANS.popitem(last=False)

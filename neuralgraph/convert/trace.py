@@ -41,7 +41,8 @@ class _Tracer(fx.Tracer):
     fail with a clear message if no rule exists); records which module was being traced on failure."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # no autowrapping of `math` functions: we never need it, and patching costs most of a trace
+        super().__init__(autowrap_modules=(), autowrap_functions=())
         self.failed_at: tuple[str, nn.Module] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -58,8 +59,42 @@ class _Tracer(fx.Tracer):
             raise
 
 
-def fx_trace(model: nn.Module) -> fx.GraphModule:
+def _sequential_graph(model: nn.Module, tracer: _Tracer) -> fx.Graph | None:
+    """The dataflow of a (nested) ``nn.Sequential`` of leaf modules, read off its structure.
+
+    A Sequential's forward is by definition the chain of its children, so this is the graph
+    ``torch.fx`` would record, without the cost of patching torch for a symbolic run. Returns ``None``
+    when a child needs a real trace.
+    """
+    chain: list[str] = []
+
+    def walk(m: nn.Module, prefix: str) -> bool:
+        for name, child in m._modules.items():
+            path = f"{prefix}{name}"
+            if type(child) is nn.Sequential:
+                if not walk(child, path + "."):
+                    return False
+            elif child is not None and tracer.is_leaf_module(child, path):
+                chain.append(path)
+            else:
+                return False
+        return True
+
+    if type(model) is not nn.Sequential or not walk(model, ""):
+        return None
+    graph = fx.Graph()
+    x = graph.placeholder("input")
+    for path in chain:
+        x = graph.call_module(path, (x,))
+    graph.output(x)
+    return graph
+
+
+def fx_trace(model: nn.Module) -> fx.Graph:
     tracer = _Tracer()
+    graph = _sequential_graph(model, tracer)
+    if graph is not None:
+        return graph
     try:
         graph = tracer.trace(model)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
@@ -69,20 +104,20 @@ def fx_trace(model: nn.Module) -> fx.GraphModule:
             f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
             f"or register a leaf rule for it (see CONTRIBUTING.md)."
         ) from err
-    return fx.GraphModule(tracer.root, graph)
+    return graph
 
 
 class TraceContext:
     """Everything a rule may use: the builder, the traced module, and helpers that resolve inputs."""
 
-    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder):
-        self.gm = gm
+    def __init__(self, root: nn.Module, builder: GraphBuilder):
+        self.root = root
         self.builder = builder
         self.config = builder.config
 
     # ---------------------------------------------------------------------------------- naming
     def module(self, node: fx.Node) -> nn.Module:
-        return self.gm.get_submodule(node.target)
+        return self.root.get_submodule(node.target)
 
     def param(self, node: fx.Node, name: str) -> str | None:
         """Qualified name of a module node's parameter (``None`` if the module has none by that name)."""
@@ -103,7 +138,7 @@ class TraceContext:
             path, (_, cls) = list(stack.items())[-1]
             cls_name = cls if isinstance(cls, str) else _type_name(cls)
             return f"{path} ({cls_name})"
-        return f"<root> ({_type_name(type(self.gm))})"
+        return f"<root> ({_type_name(type(self.root))})"
 
     def unsupported(self, node: fx.Node, why: str) -> UnsupportedModuleError:
         return UnsupportedModuleError(f"{self.where(node)}: {why}")
@@ -173,19 +208,19 @@ def _is_concrete(x: Any) -> bool:
 
 def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) -> GraphBuilder:
     """Trace ``model`` and run every rule; returns the filled :class:`GraphBuilder`."""
-    gm = fx_trace(model)
+    graph = fx_trace(model)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
         try:
             with torch.no_grad():
-                ShapeProp(gm).propagate(*inputs)
+                ShapeProp(fx.GraphModule(model, graph)).propagate(*inputs)
         except Exception as err:  # noqa: BLE001 - the user's input does not fit the model
             raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
                              "pass an input of the shape the model expects") from err
     builder = GraphBuilder(config)
-    ctx = TraceContext(gm, builder)
+    ctx = TraceContext(model, builder)
     env: dict[fx.Node, Any] = {}
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         args = fx.node.map_arg(node.args, lambda n: env[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
         # this operation reads its inputs now: release their pending reads

@@ -51,11 +51,14 @@ class WildParkCNN(nn.Module):
     """
 
     def __init__(self, channels=(8, 4, 16, 8), kernels=(3, 5, 3, 7), acts=("relu", "tanh", "gelu", "sigmoid"),
-                 residual=(-1, -1, 0, 1), in_channels=1, n_classes=5):
+                 residual=(-1, -1, 0, 1), in_channels=1, n_classes=5, linear=False):
         super().__init__()
         self.residual = list(residual)
+        self.widths = list(channels)
+        self.linear = linear  # the same family with Linear layers: a residual MLP
         chans = (in_channels,) + tuple(channels)
-        self.layers = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2)
+        self.layers = nn.ModuleList(nn.Linear(chans[i], chans[i + 1]) if linear else
+                                    nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2)
                                     for i, k in enumerate(kernels))
         self.acts = nn.ModuleList(ACTS[a]() for a in acts)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -68,25 +71,27 @@ class WildParkCNN(nn.Module):
             j = self.residual[i]
             if j >= 0:
                 s = outs[j]
-                m = min(conv.out_channels, self.layers[j].out_channels)
-                if m == conv.out_channels:
+                c = self.widths[i]
+                m = min(c, self.widths[j])
+                if m == c:
                     h = h + s[:, :m]
                 else:
                     h = torch.cat([h[:, :m] + s[:, :m], h[:, m:]], dim=1)
             x = act(h)
             outs.append(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(x if self.linear else torch.flatten(self.pool(x), 1))
 
 
 def permute_wildpark(model: WildParkCNN, gen: torch.Generator) -> WildParkCNN:
     """Nested-segment permutation: channels are cut at every distinct channel count; each segment has one
     permutation shared by all layers that have it, so every min(c_i, c_j) join stays aligned."""
     m = copy.deepcopy(model)
-    cuts = sorted({0} | {c.out_channels for c in m.layers})
+    widths = [layer.weight.shape[0] for layer in m.layers]
+    cuts = sorted({0} | set(widths))
     seg_perm = {(a, b): a + torch.randperm(b - a, generator=gen) for a, b in zip(cuts[:-1], cuts[1:])}
     perms = []
-    for conv in m.layers:
-        parts = [p for (a, b), p in seg_perm.items() if b <= conv.out_channels]
+    for width in widths:
+        parts = [p for (a, b), p in seg_perm.items() if b <= width]
         perms.append(torch.cat(parts))
     for i, conv in enumerate(m.layers):
         permute_out(conv, perms[i])

@@ -41,11 +41,14 @@ def conv(ctx, node, x: Val) -> Val:
     b = ctx.builder
     cfg = ctx.config
     sdims = len(mod.kernel_size)
-    if sdims > len(cfg.max_kernel) or any(k > K for k, K in zip(reversed(mod.kernel_size),
-                                                                   reversed(cfg.max_kernel))):
+    dims = max(sdims, len(cfg.max_kernel))
+    want = (1,) * (dims - sdims) + tuple(mod.kernel_size)
+    have = (1,) * (dims - len(cfg.max_kernel)) + cfg.max_kernel
+    if sdims > len(cfg.max_kernel) or any(k > K for k, K in zip(want, have)):
+        fix = tuple(max(k, K) for k, K in zip(want, have))
         raise ctx.unsupported(node, f"kernel {tuple(mod.kernel_size)} does not fit max_kernel="
-                                    f"{cfg.max_kernel}; convert with a larger max_kernel, e.g. "
-                                    f"to_neural_graph(model, max_kernel={tuple(max(k, 7) for k in mod.kernel_size)})")
+                                    f"{cfg.max_kernel}; convert with a larger one, e.g. "
+                                    f"to_neural_graph(model, max_kernel={fix})")
     src_nodes = ctx.as_map(node, x, mod.in_channels, sdims)
     out = b.add_nodes(mod.out_channels, b.next_layer(src_nodes))
     in_pg = mod.in_channels // mod.groups

@@ -1,0 +1,68 @@
+"""Conversion speed: graphs/s for a fresh trace (cold) and with the cached per-architecture plan.
+
+    python -m benchmarks.perf.convert [--seconds 2] [--json results/perf/convert.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from benchmarks.perf.nets import ResNet18, WildPark, mlp, small_cnn_zoo
+from neuralgraph import to_neural_graph
+from neuralgraph.convert import clear_plan_cache
+
+CASES = {
+    "small-cnn-zoo (1-16-16-16, 3x3)": small_cnn_zoo,
+    "wild-park CNN (5 conv, residual)": WildPark,
+    "MLP 784-512-512-10": mlp,
+    "ResNet-18-shaped CNN": ResNet18,
+}
+
+
+def rate(fn, seconds: float, min_runs: int = 3) -> float:
+    """Calls per second of ``fn`` over at least ``seconds`` and ``min_runs`` calls."""
+    runs, start = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < seconds:
+        fn()
+        runs += 1
+    return runs / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    ap.add_argument("--json", help="write the results here as JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for name, make in CASES.items():
+        model = make()
+        g = to_neural_graph(model)
+
+        def cold():
+            clear_plan_cache()
+            to_neural_graph(model)
+
+        cold_rate = rate(cold, args.seconds)
+        to_neural_graph(model)
+        cached_rate = rate(lambda: to_neural_graph(model), args.seconds)
+        rows.append(dict(model=name, nodes=g.num_nodes, edges=g.edge_index.size(1), cold_graphs_per_s=cold_rate,
+                         cached_graphs_per_s=cached_rate, speedup=cached_rate / cold_rate))
+    print(f"{'model':34s} {'nodes':>7s} {'edges':>9s} {'cold/s':>9s} {'cached/s':>9s} {'ratio':>7s}")
+    for r in rows:
+        print(f"{r['model']:34s} {r['nodes']:7d} {r['edges']:9d} {r['cold_graphs_per_s']:9.1f} "
+              f"{r['cached_graphs_per_s']:9.1f} {r['speedup']:7.1f}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False) as f:
+            json.dump({"threads": 1, "rows": rows}, f, indent=2)
+        os.replace(f.name, args.json)
+
+
+if __name__ == "__main__":
+    main()

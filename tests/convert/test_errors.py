@@ -1,0 +1,123 @@
+"""Everything the converter cannot represent fails loudly, naming the culprit and the fix."""
+import pytest
+import torch
+from torch import nn
+
+from neuralgraph import UnsupportedModuleError, to_neural_graph
+from neuralgraph.convert import register_activation
+
+
+class WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.encoder = nn.Module()
+        self.encoder.rnn = nn.LSTM(4, 4)
+
+    def forward(self, x):
+        return self.encoder.rnn(self.fc(x))[0]
+
+
+def test_lstm_names_path_type_and_supported_list():
+    with pytest.raises(UnsupportedModuleError, match=r"encoder\.rnn \(torch\.nn\.modules\.rnn\.LSTM\) is not "
+                                                     r"supported; supported modules: .*Conv2d.*Linear"):
+        to_neural_graph(WithLSTM())
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = Branchy()
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if h.sum() > 0:  # control flow on a tensor value
+            return h
+        return -h
+
+
+def test_untraceable_forward_names_the_module():
+    with pytest.raises(UnsupportedModuleError, match=r"block \(.*Branchy\) cannot be traced by torch\.fx"):
+        to_neural_graph(DataDependent())
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(x) * 2.0
+
+
+class UsesParameterDirectly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.fc(x) + self.scale
+
+
+def test_unsupported_operations_are_named():
+    with pytest.raises(UnsupportedModuleError, match=r"'mul'"):
+        to_neural_graph(Scaled())
+    with pytest.raises(UnsupportedModuleError, match=r"reads the tensor 'scale'"):
+        to_neural_graph(UsesParameterDirectly())
+
+
+def test_kernel_larger_than_max_kernel_suggests_the_fix():
+    m = nn.Sequential(nn.Conv2d(1, 2, 9), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1))
+    with pytest.raises(UnsupportedModuleError, match=r"0 \(.*Conv2d\): kernel \(9, 9\) does not fit "
+                                                     r"max_kernel=\(7, 7\).*max_kernel=\(9, 9\)"):
+        to_neural_graph(m)
+    assert to_neural_graph(m, max_kernel=(9, 9)).edge_attr.size(1) == 81
+
+
+def test_bad_options_and_nan_parameters():
+    m = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"unknown converter option\(s\) \['max_kernal'\]; valid options"):
+        to_neural_graph(m, max_kernal=(3, 3))
+    with pytest.raises(ValueError, match="flatten must be"):
+        to_neural_graph(m, flatten="tile")
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"parameter '0.weight' contains NaN"):
+        to_neural_graph(m)
+
+
+def test_channel_mismatch_in_add():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.b(h) + h[:, :1]  # broadcasting one channel over two
+
+    with pytest.raises(UnsupportedModuleError, match=r"adds values with 2 and 1 channels"):
+        to_neural_graph(M())
+
+
+def test_custom_activation_registration():
+    class Sine(nn.Module):
+        def forward(self, x):
+            return torch.sin(30.0 * x)
+
+    m = nn.Sequential(nn.Linear(2, 8), Sine(), nn.Linear(8, 1))
+    with pytest.raises(UnsupportedModuleError, match=r"'mul'"):
+        to_neural_graph(m)
+    act = register_activation(Sine, "sine30")
+    g = to_neural_graph(m)
+    assert g.node_act[2:10].eq(act).all()

@@ -1,0 +1,67 @@
+"""Per-architecture plans: the second model of an architecture is a gather, not a new trace."""
+import pytest
+import torch
+from torch import nn
+
+from neuralgraph import from_neural_graph, to_neural_graph
+from neuralgraph.convert import clear_plan_cache, get_plan
+from neuralgraph.convert import plan as plan_mod
+from tests.helpers.nets import WildParkCNN
+from tests.helpers.permute import assert_state_equal
+
+
+def test_second_model_of_an_architecture_does_not_trace(monkeypatch):
+    clear_plan_cache()
+    calls = []
+    real = plan_mod.trace_module
+    monkeypatch.setattr(plan_mod, "trace_module", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a, b = WildParkCNN(), WildParkCNN()
+    ga, gb = to_neural_graph(a), to_neural_graph(b)
+    assert len(calls) == 1
+    assert torch.equal(ga.edge_index, gb.edge_index) and not torch.equal(ga.edge_attr, gb.edge_attr)
+    # another architecture, and another config, trace again
+    to_neural_graph(WildParkCNN(residual=(-1, -1, -1, 1)))
+    to_neural_graph(a, max_kernel=(9, 9))
+    assert len(calls) == 3
+    # graphs from the plan do not share storage with it (mutating one leaves the next intact)
+    ga.edge_attr.zero_(), ga.node_act.zero_()
+    assert not to_neural_graph(a).edge_attr.eq(0).all() and to_neural_graph(a).node_act.ne(0).any()
+
+
+def test_plan_gathers_from_state_dicts_and_reads_back():
+    m = WildParkCNN()
+    plan = get_plan(m)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    g = plan.graph(sd)
+    assert torch.equal(g.edge_attr, to_neural_graph(m).edge_attr)
+    back = plan.state_dict(g)
+    assert back.keys() == set(plan.param_names) == set(dict(m.named_parameters()))
+    for k, v in back.items():
+        assert torch.equal(v, sd[k])
+    # per-edge outputs map back onto parameter positions (differentiable)
+    edge_out = g.edge_attr.clone().requires_grad_()
+    read = plan.read(edge_out, g.x)
+    read["layers.0.weight"].sum().backward()
+    assert edge_out.grad.sum() == m.layers[0].weight.numel()
+    # and the weight-space view of the same member
+    ws = plan.weight_space(m)
+    assert [tuple(w.shape) for w in ws.weights] == [(1, 8, 1, 3, 3), (1, 4, 8, 5, 5), (1, 16, 4, 3, 3),
+                                                    (1, 8, 16, 7, 7), (1, 5, 8)]
+
+
+def test_from_neural_graph_rejects_a_foreign_graph():
+    g = to_neural_graph(WildParkCNN())
+    other = WildParkCNN(channels=(4, 4), kernels=(3, 3), acts=("relu", "relu"), residual=(-1, -1))
+    with pytest.raises(ValueError, match="does not belong to this architecture"):
+        from_neural_graph(g, other)
+
+
+def test_edited_graph_values_reach_the_module():
+    m = WildParkCNN()
+    g = to_neural_graph(m)
+    g.edge_attr = g.edge_attr * 2
+    g.x = g.x * 3
+    m2 = from_neural_graph(g, m)
+    assert torch.equal(m2.layers[1].weight, m.layers[1].weight * 2)
+    assert torch.equal(m2.fc.bias, m.fc.bias * 3)
+    assert_state_equal(m, from_neural_graph(to_neural_graph(m), m))

@@ -75,10 +75,12 @@ class WeightSpaceBatch:
     Args:
         groups: one :class:`WeightSpace` per distinct architecture in the batch.
         positions: for each group, ``[B_g]`` long tensor of the members' positions in the batch.
+        y: optional targets in batch order (set by a task's loader).
     """
 
     groups: list[WeightSpace]
     positions: list[Tensor]
+    y: Tensor | None = None
 
     def __len__(self) -> int:
         return sum(len(g) for g in self.groups)
@@ -89,7 +91,8 @@ class WeightSpaceBatch:
 
     def to(self, *args, **kwargs) -> "WeightSpaceBatch":
         return WeightSpaceBatch([g.to(*args, **kwargs) for g in self.groups],
-                                [p.to(*args, **kwargs) for p in self.positions])
+                                [p.to(*args, **kwargs) for p in self.positions],
+                                None if self.y is None else self.y.to(*args, **kwargs))
 
     def scatter(self, outputs: Sequence[Tensor]) -> Tensor:
         """Put per-group outputs ``[B_g, ...]`` back into batch order ``[B, ...]``."""

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+import inspect
+from typing import Any, Callable
 
 from torch import nn
 
@@ -31,3 +32,19 @@ def create_model(name: str, **hparams) -> nn.Module:
     if name not in _MODELS:
         raise KeyError(f"Could not resolve {name!r} among choices {list_models()}")
     return _MODELS[name](**{k: v for k, v in hparams.items() if v is not None})
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """Constructor arguments of a registered model and their defaults (``inspect.Parameter.empty`` if none)."""
+    if name not in _MODELS:
+        raise KeyError(f"Could not resolve {name!r} among choices {list_models()}")
+    sig = inspect.signature(_MODELS[name])
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def model_class(name: str) -> Callable[..., nn.Module]:
+    """The registered class (or factory) of a model, e.g. to read its ``input_kind`` before building it."""
+    if name not in _MODELS:
+        raise KeyError(f"Could not resolve {name!r} among choices {list_models()}")
+    return _MODELS[name]

@@ -1,0 +1,198 @@
+"""Train and evaluate a model on a task over seeds; write metrics, a Markdown table and a scatter plot.
+
+    python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE]
+                             [--set key=value ...] [--device cpu|cuda] [--quick] [--out DIR] [--tag NAME]
+
+Configuration, later sources overriding earlier ones: ``configs/tasks/<task>.yaml``,
+``configs/models/<model>.yaml``, ``--config FILE``, the task file's ``quick:`` section (with
+``--quick``), then ``--set`` (``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``). Unknown keys
+are an error listing the valid ones. The resolved configuration is saved beside the results.
+Interrupted runs resume from their per-seed checkpoint when the same command is run again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import neuralgraph.tasks  # noqa: F401  (registers tasks)
+from neuralgraph.models import create_model, list_models, model_arguments, model_class
+from neuralgraph.tasks import create_task, list_tasks, task_config_fields
+from neuralgraph.training import TrainConfig, atomic_write_text, fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "configs")
+SECTIONS = ("task", "model", "train")
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping with sections {SECTIONS}")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
+    for section, values in extra.items():
+        if section == "quick":
+            continue
+        if section not in SECTIONS:
+            raise SystemExit(f"{source}: unknown section {section!r}; valid sections: {list(SECTIONS)}")
+        base.setdefault(section, {}).update(values or {})
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
+                   overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Defaults <- model defaults <- config file <- quick <- --set, validated key by key."""
+    cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    task_yaml = _read_yaml(os.path.join(CONFIGS, "tasks", f"{task}.yaml"))
+    _merge(cfg, task_yaml, f"configs/tasks/{task}.yaml")
+    _merge(cfg, _read_yaml(os.path.join(CONFIGS, "models", f"{model}.yaml")), f"configs/models/{model}.yaml")
+    if config_file:
+        if not os.path.exists(config_file):
+            raise SystemExit(f"--config {config_file}: no such file")
+        _merge(cfg, _read_yaml(config_file), config_file)
+    if quick:
+        _merge(cfg, task_yaml.get("quick") or {}, f"configs/tasks/{task}.yaml (quick)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in SECTIONS:
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)}")
+        cfg[section][name] = _parse_value(value)
+    valid = {
+        "task": set(task_config_fields(task)),
+        "model": set(model_arguments(model)) - {"out_dim", "node_in", "edge_in", "weight_shapes"},
+        "train": {f.name for f in fields(TrainConfig)} - {"seed", "device"},
+    }
+    for section, keys in valid.items():
+        bad = sorted(set(cfg[section]) - keys)
+        if bad:
+            raise SystemExit(f"unknown {section} option(s) {bad} for {task if section == 'task' else model}; "
+                             f"valid options: {sorted(keys)}")
+    return cfg
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """mean / std over seeds of every metric of every evaluated split."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    splits = [k for k in results[0] if k == "val" or k.startswith("test")]
+    for split in splits:
+        out[split] = {}
+        for metric in results[0][split]:
+            vals = np.array([r[split][metric] for r in results], dtype=np.float64)
+            out[split][metric] = {"mean": float(vals.mean()), "std": float(vals.std()), "n": len(vals)}
+    return out
+
+
+def markdown_table(task: str, model: str, summary: dict[str, Any], seeds: list[int]) -> str:
+    metrics = sorted({m for split in summary.values() for m in split})
+    lines = [f"### {task} / {model} (seeds {', '.join(map(str, seeds))})", "",
+             "| split | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for split, vals in summary.items():
+        lines.append(f"| {split} | " + " | ".join(
+            f"{vals[m]['mean']:.3f} ± {vals[m]['std']:.3f}" if m in vals else "" for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def scatter_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = "test" if "test" in results[0]["predictions"] else sorted(results[0]["predictions"])[0]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for r in results:
+        p = r["predictions"][split]
+        ax.scatter(p["target"], p["pred"], s=6, alpha=0.5, label=f"seed {r['seed']}")
+    lo = min(min(r["predictions"][split]["target"] + r["predictions"][split]["pred"]) for r in results)
+    hi = max(max(r["predictions"][split]["target"] + r["predictions"][split]["pred"]) for r in results)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel(f"true ({split})")
+    ax.set_ylabel("predicted")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[str, Any]], device: str,
+        out: str, tag: str | None = None, progress: bool = True) -> dict[str, Any]:
+    task = create_task(task_name, **cfg["task"])
+    label = model_name + (f"+{tag}" if tag else "")
+    run_dir = os.path.join(out, task.result_name if hasattr(task, "result_name") else task_name, label)
+    results = []
+    for seed in seeds:
+        seed_dir = os.path.join(run_dir, f"seed{seed}")
+        os.makedirs(seed_dir, exist_ok=True)
+        atomic_write_text(os.path.join(seed_dir, "config.yaml"),
+                          yaml.safe_dump({"task_name": task_name, "model_name": model_name, "seed": seed,
+                                          "device": device, **cfg}, sort_keys=False))
+        torch.manual_seed(seed)
+        model = create_model(model_name, **_sized(task, model_name, cfg))
+        train_cfg = TrainConfig(**cfg["train"], seed=seed, device=device)
+        res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress)
+        res["model"] = label
+        results.append(res)
+    summary = summarize(results)
+    table = markdown_table(task_name, label, summary, seeds)
+    atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(
+        {"task": task_name, "model": label, "seeds": seeds, "config": cfg, "summary": summary}, indent=2))
+    atomic_write_text(os.path.join(run_dir, "summary.md"), table)
+    scatter_plot(results, os.path.join(run_dir, "scatter.png"), f"{task_name} / {label}")
+    print(table)
+    print(f"results in {run_dir}")
+    return {"summary": summary, "results": results, "dir": run_dir}
+
+
+def _sized(task, model_name: str, cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Model hyperparameters plus the sizes the task supplies that the model's constructor accepts."""
+    accepted = model_arguments(model_name)
+    sizes = task.model_kwargs(model_class(model_name).input_kind)
+    kwargs = {k: v for k, v in sizes.items() if k in accepted}
+    kwargs.update(cfg["model"])
+    return kwargs
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, help=f"one of {list_tasks()}")
+    ap.add_argument("--model", required=True, help=f"one of {list_models()}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--config", help="YAML file with task:/model:/train: sections")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true", help="a one-minute smoke run (tiny zoo, few steps)")
+    ap.add_argument("--out", default="results", help="results directory (default: results/)")
+    ap.add_argument("--tag", help="suffix for the result directory of this variant, e.g. no-act-emb")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.task not in list_tasks():
+        raise SystemExit(f"Could not resolve task {args.task!r} among choices {list_tasks()}")
+    if args.model not in list_models():
+        raise SystemExit(f"Could not resolve model {args.model!r} among choices {list_models()}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
+    cfg = resolve_config(args.task, args.model, args.config, args.quick, args.overrides)
+    run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,150 @@
+"""The one train / evaluate loop shared by every model and task.
+
+Model selection and early stopping use the validation split only; test metrics are those of the
+checkpoint with the best validation metric. Training is deterministic on CPU for a seed (the data order
+of epoch ``k`` depends only on ``(seed, k)``), and resumable: the state after every epoch is written
+atomically to ``<out>/checkpoint.pt`` (tensors and plain values only, loaded with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from neuralgraph.tasks.base import Task
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30  # maximum number of passes over the training split
+    batch_size: int = 32  # networks per batch
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    patience: int = 10  # stop after this many epochs without a better validation metric
+    max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
+    regularizer_weight: float = 1.0  # weight of a model's own regulariser (e.g. SNE logit invariance)
+    seed: int = 0  # seeds init, data order and dropout
+    device: str = "cpu"  # "cpu" or "cuda"
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write a text file via a temporary file and a rename, so readers never see half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, split: str, input_kind: str, batch_size: int,
+             device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Metrics, predictions and targets of ``model`` on one split."""
+    model.eval()
+    preds, targets = [], []
+    for batch in task.loader(split, input_kind, batch_size):
+        batch = batch.to(device)
+        preds.append(task.predict(model(batch)).float().cpu())
+        targets.append(batch.y.view(-1).float().cpu())
+    pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
+    return task.metrics(pred, target), pred, target
+
+
+def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` on ``task`` and return a results dict (also written to ``out_dir/metrics.json``)."""
+    device = torch.device(cfg.device)
+    input_kind = model.input_kind
+    model.to(device)
+    if hasattr(model, "fit_degree"):  # models with data-dependent statistics fit them on train only
+        model.fit_degree(task.splits["train"].graphs())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    better = (lambda a, b: a > b) if task.select_mode == "max" else (lambda a, b: a < b)
+    state = {"epoch": 0, "step": 0, "best": None, "best_epoch": -1, "best_state": None, "history": [],
+             "bad_epochs": 0, "train_seconds": 0.0}
+    ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
+    if ckpt and os.path.exists(ckpt):
+        saved = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        torch.set_rng_state(saved["rng"])
+    done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or (
+        cfg.max_steps and state["step"] >= cfg.max_steps)
+    bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=f"{task.name}", disable=not progress,
+               leave=False)
+    while not done:
+        epoch = state["epoch"]
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        t0, losses = time.perf_counter(), []
+        for batch in task.loader("train", input_kind, cfg.batch_size, shuffle=True, generator=gen):
+            batch = batch.to(device)
+            out = model(batch)
+            loss = task.loss(out, batch.y)
+            if hasattr(model, "regularizer") and cfg.regularizer_weight:
+                loss = loss + cfg.regularizer_weight * model.regularizer(batch, out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.detach())
+            state["step"] += 1
+            if cfg.max_steps and state["step"] >= cfg.max_steps:
+                break
+        state["train_seconds"] += time.perf_counter() - t0
+        val, _, _ = evaluate(model, task, "val", input_kind, cfg.batch_size, device)
+        score = val[task.select_metric]
+        state["history"].append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()),
+                                 **{f"val_{k}": v for k, v in val.items()}})
+        if state["best"] is None or better(score, state["best"]):
+            state.update(best=score, best_epoch=epoch, bad_epochs=0,
+                         best_state=copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{state['history'][-1]['train_loss']:.4f}", val=f"{score:.3f}")
+        if ckpt:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                          "rng": torch.get_rng_state()}, ckpt)
+        done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or bool(
+            cfg.max_steps and state["step"] >= cfg.max_steps)
+    bar.close()
+    model.load_state_dict(state["best_state"])
+    results: dict[str, Any] = {
+        "task": task.name, "seed": cfg.seed, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+        "steps": state["step"], "train_seconds": state["train_seconds"],
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "val": evaluate(model, task, "val", input_kind, cfg.batch_size, device)[0],
+        "history": state["history"], "config": dataclasses.asdict(cfg),
+    }
+    predictions = {}
+    for split in task.eval_splits():
+        metrics, pred, target = evaluate(model, task, split, input_kind, cfg.batch_size, device)
+        results[split] = metrics
+        predictions[split] = {"pred": pred.tolist(), "target": target.tolist()}
+    if out_dir:
+        atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(results, indent=2))
+        atomic_write_text(os.path.join(out_dir, "predictions.json"), json.dumps(predictions))
+    results["predictions"] = predictions
+    return results

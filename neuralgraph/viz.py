@@ -9,7 +9,8 @@ from neuralgraph.convert.activations import ACTIVATIONS
 from neuralgraph.data.graph import EDGE_KINDS, ROLES, NeuralGraph
 
 _EDGE_STYLE = {"linear": ("tab:gray", "-"), "conv": ("tab:blue", "-"), "residual": ("tab:red", "--"),
-               "identity": ("tab:purple", ":"), "norm": ("tab:green", "-"), "attention": ("tab:orange", "-"),
+               "identity": ("tab:purple", ":"), "batchnorm": ("tab:green", "-"), "layernorm": ("tab:green", "--"),
+               "groupnorm": ("tab:cyan", "-"), "instancenorm": ("tab:cyan", "--"), "attention": ("tab:orange", "-"),
                "flatten": ("tab:brown", ":"), "embedding": ("tab:olive", "-")}
 _ROLE_COLOR = {"input": "#9ecae1", "hidden": "#fdd0a2", "output": "#a1d99b", "virtual": "#dadaeb"}
 

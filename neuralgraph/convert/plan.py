@@ -29,7 +29,8 @@ class ConversionPlan:
     Attributes:
         config (ConvertConfig): the converter options.
         num_nodes (int), num_edges (int): graph size.
-        param_names (list[str]): parameters represented in the graph, in gather order.
+        param_names (list[str]): parameters (and buffers, e.g. running statistics) represented in the
+            graph, in gather order.
         param_shapes (dict[str, tuple]): their shapes.
         layers (list[tuple[str, str | None]]): (weight, bias) names of linear/conv layers in dataflow order.
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
@@ -164,7 +165,7 @@ class ConversionPlan:
                 tensors = list(params.parameters())
                 if len(tensors) == len(self.param_names):
                     return torch.cat([t.view(-1) for t in tensors])
-            params = dict(params.named_parameters())
+            params = dict(params.named_parameters()) | dict(params.named_buffers())
         try:
             return torch.cat([params[name].reshape(-1) for name in self.param_names])
         except KeyError as err:
@@ -242,8 +243,12 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _get(params: nn.Module | Mapping[str, Tensor], name: str) -> Tensor:
+    """A parameter (or a gathered buffer such as BatchNorm's running statistics) by qualified name."""
     if isinstance(params, nn.Module):
-        return params.get_parameter(name)
+        try:
+            return params.get_parameter(name)
+        except AttributeError:
+            return params.get_buffer(name)
     return params[name]
 
 
@@ -306,7 +311,9 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     key = (arch, _input_key(example_input), cfg)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = ConversionPlan(trace_module(model, example_input, cfg), [n for n, _ in model.named_parameters()])
+        tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
+                                                               if b.is_floating_point()]
+        plan = ConversionPlan(trace_module(model, example_input, cfg), tensors)
         _PLANS[key] = plan
         if len(_PLANS) > _CACHE_SIZE:
             _PLANS.popitem(last=False)
@@ -357,5 +364,5 @@ def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any =
     out = copy.deepcopy(model)
     with torch.no_grad():
         for name, value in params.items():
-            out.get_parameter(name).copy_(value)
+            _get(out, name).copy_(value)
     return out

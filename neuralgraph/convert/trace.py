@@ -129,6 +129,13 @@ class TraceContext:
         self.builder.register_param(qual, tuple(p.shape))
         return qual
 
+    def buffer(self, node: fx.Node, name: str) -> str:
+        """Qualified name of a module node's buffer (gathered into the graph like a parameter)."""
+        buf = getattr(self.module(node), name)
+        qual = f"{node.target}.{name}"
+        self.builder.register_param(qual, tuple(buf.shape))
+        return qual
+
     def where(self, node: fx.Node) -> str:
         """``path (type)`` of the module a node belongs to, for error messages."""
         if node.op == "call_module":

@@ -41,7 +41,8 @@ ROLES = ("input", "hidden", "output", "virtual")
 ROLE = {name: i for i, name in enumerate(ROLES)}
 
 #: Edge kinds (``edge_kind``).
-EDGE_KINDS = ("linear", "conv", "residual", "identity", "norm", "attention", "flatten", "embedding")
+EDGE_KINDS = ("linear", "conv", "residual", "identity", "batchnorm", "layernorm", "groupnorm", "instancenorm",
+              "attention", "flatten", "embedding")
 EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).

@@ -58,6 +58,18 @@ def execute(g, x: Tensor, max_kernel=(7, 7)) -> Tensor:
                             dilation=dil).squeeze(1)
             elif kind == EDGE_KIND["flatten"]:
                 term = v.flatten(1)[:, int(g.node_spatial[j]) - 1]
+            elif kind == EDGE_KIND["batchnorm"]:  # eval mode, default eps
+                mean, var = w[0], w[1]
+                term = (v - mean) / torch.sqrt(var + 1e-5) * w[w.numel() // 2]
+            elif kind == EDGE_KIND["instancenorm"]:  # per sample and channel, over space
+                dims = tuple(range(1, v.dim()))
+                term = (v - v.mean(dims, keepdim=True)) / torch.sqrt(
+                    v.var(dims, unbiased=False, keepdim=True) + 1e-5) * w[w.numel() // 2]
+            elif kind == EDGE_KIND["layernorm"]:  # over every source of this layer's layernorm edges
+                srcs = [int(g.edge_index[0, f]) for f in range(g.edge_index.size(1))
+                        if int(g.edge_kind[f]) == kind and int(g.node_layer[g.edge_index[1, f]]) == int(g.node_layer[j])]
+                stack = torch.stack([val[s] for s in srcs], dim=-1)
+                term = (v - stack.mean(-1)) / torch.sqrt(stack.var(-1, unbiased=False) + 1e-5) * w[w.numel() // 2]
             else:
                 term = v
             pre = term if pre is None else pre + term

@@ -59,4 +59,4 @@ def find_module_rule(module: nn.Module) -> Callable | None:
 
 
 # Registration by import.
-from neuralgraph.convert.rules import conv, functional, linear  # noqa: E402,F401
+from neuralgraph.convert.rules import conv, functional, linear, norm  # noqa: E402,F401

@@ -1,0 +1,66 @@
+"""Normalization layers as element-wise layers (Neural Graphs appendix C.3).
+
+``d`` input neurons -> ``d`` new neurons, one edge per neuron. The edge carries the multiplicative term
+``gamma`` on the centre tap (1 without affine parameters); for layers with running statistics
+(BatchNorm, InstanceNorm with ``track_running_stats``) taps 0 and 1 carry ``running_mean`` and
+``running_var``, so they survive the round trip exactly. The node feature carries the additive term
+``beta``. The edge kind names the normalization (its statistics couple neurons of a layer for
+LayerNorm / GroupNorm); ``neuralgraph.transforms.FoldBatchNorm`` adds the folded eval-mode scale and
+shift as features.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuralgraph.convert.builder import Val
+from neuralgraph.convert.rules import module_rule
+
+_KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",
+         nn.InstanceNorm1d: "instancenorm", nn.InstanceNorm2d: "instancenorm", nn.InstanceNorm3d: "instancenorm",
+         nn.GroupNorm: "groupnorm", nn.LayerNorm: "layernorm"}
+#: taps (flat indices into edge_attr) of the running statistics
+RUNNING_MEAN_TAP, RUNNING_VAR_TAP = 0, 1
+
+
+def _channels(node, ctx, mod: nn.Module) -> int:
+    if isinstance(mod, nn.LayerNorm):
+        if len(mod.normalized_shape) != 1:
+            raise ctx.unsupported(node, f"LayerNorm over {tuple(mod.normalized_shape)}: only normalization over "
+                                        "the last (feature) dim is supported")
+        return mod.normalized_shape[0]
+    return mod.num_channels if isinstance(mod, nn.GroupNorm) else mod.num_features
+
+
+@module_rule(*_KIND)
+def norm(ctx, node, x: Val) -> Val:
+    mod = ctx.module(node)
+    b = ctx.builder
+    c = _channels(node, ctx, mod)
+    kind = _KIND[type(mod)]
+    if x.kind == "input":
+        nodes = b.add_inputs(c)
+        x.nodes, x.kind = nodes, ("vec" if kind == "layernorm" else "map")
+        x.sdims = 0 if x.kind == "vec" else 2
+    if kind == "layernorm" and x.kind == "map":
+        raise ctx.unsupported(node, "LayerNorm on a feature map normalizes its last spatial dim; only "
+                                    "feature-dim LayerNorm is supported")
+    if x.channels != c:
+        raise ctx.unsupported(node, f"expects {c} channels but receives {x.channels}")
+    out = b.add_nodes(c, b.next_layer(x.nodes))
+    idx = torch.arange(c).view(-1, 1)
+    sources = []
+    weight = ctx.param(node, "weight")
+    if weight is not None:
+        sources.append((weight, idx, torch.tensor([ctx.config.centre_tap])))
+    if getattr(mod, "running_mean", None) is not None:
+        if ctx.config.edge_dim < 3:
+            raise ctx.unsupported(node, "storing running statistics needs at least 3 edge features; use a "
+                                        "max_kernel with 3 or more taps")
+        sources.append((ctx.buffer(node, "running_mean"), idx, torch.tensor([RUNNING_MEAN_TAP])))
+        sources.append((ctx.buffer(node, "running_var"), idx, torch.tensor([RUNNING_VAR_TAP])))
+    b.add_edges(x.nodes, out, kind, const=None if weight is not None else 1.0, sources=sources)
+    bias = ctx.param(node, "bias")
+    if bias is not None:
+        b.add_node_param(out, bias, torch.arange(c))
+    return Val(out, x.kind, x.sdims, x.positions)

@@ -12,6 +12,7 @@ Interrupted runs resume from their per-seed checkpoint when the same command is 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -166,6 +167,10 @@ def _sized(task, model_name: str, cfg: dict[str, dict[str, Any]]) -> dict[str, A
     """Model hyperparameters plus the sizes the task supplies that the model's constructor accepts."""
     accepted = model_arguments(model_name)
     sizes = task.model_kwargs(model_class(model_name).input_kind)
+    if accepted.get("weight_shapes", None) is inspect.Parameter.empty and sizes.get("weight_shapes") is None:
+        raise SystemExit(f"{model_name} needs a homogeneous zoo of feed-forward networks (one architecture, "
+                         f"no residual or normalization layers), but the {task.name} zoo does not qualify: "
+                         f"{getattr(task, 'heterogeneity', 'unknown reason')}. Use ng-gnn, ng-t, sne or statnn.")
     kwargs = {k: v for k, v in sizes.items() if k in accepted}
     kwargs.update(cfg["model"])
     return kwargs

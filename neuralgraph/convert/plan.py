@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.trace import trace_module
-from neuralgraph.data.graph import ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KINDS, ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace
 
 _CACHE_SIZE = 256
@@ -139,6 +139,9 @@ class ConversionPlan:
         self.edge_param = self._read_map(self.edge_src, self.edge_dst)
         self.node_param = self._read_map(self.node_src, self.node_dst)
         self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
+        kinds = {EDGE_KINDS[k] for k in self.categories["edge_kind"].unique().tolist()}
+        #: a plain feed-forward chain of linear / conv layers (what NFN-style weight-space models assume)
+        self.feedforward = kinds <= {"linear", "conv", "flatten"}
 
     def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
         """For each parameter gathered by ``(src, dst)``, one graph position per element."""

@@ -29,6 +29,7 @@ class Split:
     y: Tensor  # [n] float targets
     make_graphs: Callable[[], list[NeuralGraph]]
     make_weights: Callable[[], list[WeightSpace]]
+    feedforward: bool = True  # every member is a plain chain of linear / conv layers
     _graphs: list[NeuralGraph] | None = field(default=None, repr=False)
     _weights: list[WeightSpace] | None = field(default=None, repr=False)
 
@@ -106,9 +107,20 @@ class Task:
             g = train.graphs()[0]
             kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1))
         else:
-            sigs = {ws.signature for ws in train.weights()}
-            kw["weight_shapes"] = next(iter(sigs)) if len(sigs) == 1 else None
+            kw["weight_shapes"] = self.weight_shapes()
         return kw
+
+    def weight_shapes(self) -> tuple | None:
+        """The one weight-space signature of every split's members, or ``None`` (with
+        :attr:`heterogeneity` saying why) when the zoo mixes architectures or is not feed-forward."""
+        sigs = {ws.signature for s in self.splits.values() for ws in s.weights()}
+        if len(sigs) > 1:
+            self.heterogeneity = f"it mixes {len(sigs)} architectures"
+        elif not all(s.feedforward for s in self.splits.values()):
+            self.heterogeneity = "its networks have residual or normalization layers"
+        else:
+            return next(iter(sigs))
+        return None
 
     def loader(self, split: str, input_kind: str, batch_size: int, shuffle: bool = False,
                generator: torch.Generator | None = None):

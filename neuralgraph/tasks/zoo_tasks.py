@@ -43,13 +43,18 @@ class MemberConverter:
 
 def make_split(members: list[ZooMember], target: str, conv: MemberConverter) -> Split:
     y = torch.tensor([m.metrics[target] for m in members], dtype=torch.float32)
-    return Split(y=y, make_graphs=lambda: conv.graphs(members), make_weights=lambda: conv.weights(members))
+    return Split(y=y, make_graphs=lambda: conv.graphs(members), make_weights=lambda: conv.weights(members),
+                 feedforward=all(conv.plan(m).feedforward for m in members))
 
 
 def zoo_splits(zoo: Zoo, fractions: Sequence[float], seed: int, target: str, conv: MemberConverter,
                names: dict[str, str] | None = None) -> dict[str, Split]:
     """``train`` / ``val`` / ``test`` splits of one zoo, by run; ``names`` renames splits."""
     idx = member_splits(zoo, tuple(fractions), seed)
+    empty = [s for s, i in idx.items() if not i]
+    if empty:
+        raise ValueError(f"{zoo!r}: the {empty} split(s) would be empty with split={tuple(fractions)}; use a zoo "
+                         "with more runs (task.runs=...) or other fractions (task.split=[...])")
     names = names or {}
     return {names.get(s, s): make_split(zoo.select(i), target, conv) for s, i in idx.items()
             if names.get(s, s) is not None}

@@ -33,7 +33,6 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0: off)
     patience: int = 10  # stop after this many epochs without a better validation metric
     max_steps: int = 0  # stop after this many optimiser steps in total (0: no limit)
-    regularizer_weight: float = 1.0  # weight of a model's own regulariser (e.g. SNE logit invariance)
     seed: int = 0  # seeds init, data order and dropout
     device: str = "cpu"  # "cpu" or "cuda"
 
@@ -100,8 +99,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
             batch = batch.to(device)
             out = model(batch)
             loss = task.loss(out, batch.y)
-            if hasattr(model, "regularizer") and cfg.regularizer_weight:
-                loss = loss + cfg.regularizer_weight * model.regularizer(batch, out)
+            if hasattr(model, "regularizer"):  # a model's own training penalty (weighted in its config)
+                loss = loss + model.regularizer(batch, out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

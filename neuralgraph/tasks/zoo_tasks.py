@@ -7,57 +7,61 @@ member once per architecture plan: a graph for graph models, a weight space for 
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-from neuralgraph.convert import get_plan
-from neuralgraph.data.formats.native import Zoo, ZooMember, load_zoo, member_splits
-from neuralgraph.data.graph import NeuralGraph
-from neuralgraph.data.weightspace import WeightSpace
+from neuralgraph.data.formats.native import BaseZoo, load_zoo
+from neuralgraph.data.formats.small_cnn_zoo import SmallCNNZoo
+from neuralgraph.data.formats.wildpark import WildParkZoo
+from neuralgraph.data.zoo import ZooDataset
 from neuralgraph.tasks.base import Split, Task, register_task
-from neuralgraph.zoo import default_zoo
-from neuralgraph.zoo.arch import arch_key, build_model
+from neuralgraph.zoo import default_zoo, neuralgraph_home
 
 
-class MemberConverter:
-    """Members -> graphs / weight spaces, one conversion plan per architecture."""
-
-    def __init__(self, **convert_options: Any):
-        self.options = convert_options
-        self._plans: dict[str, Any] = {}
-
-    def plan(self, member: ZooMember):
-        key = arch_key(member.architecture)
-        if key not in self._plans:
-            self._plans[key] = get_plan(build_model(member.architecture), **self.options)
-        return self._plans[key]
-
-    def graphs(self, members: Sequence[ZooMember]) -> list[NeuralGraph]:
-        return [self.plan(m).graph(m.state_dict()) for m in members]
-
-    def weights(self, members: Sequence[ZooMember]) -> list[WeightSpace]:
-        return [self.plan(m).weight_space(m.state_dict()) for m in members]
+def dataset_split(ds: ZooDataset) -> Split:
+    """A task split over one :class:`ZooDataset` split: its graphs, and the same members as weight spaces."""
+    weights = ds.weight_dataset()
+    return Split(y=ds.y.float(), make_graphs=lambda: list(ds), make_weights=lambda: [w for w, _ in weights],
+                 feedforward=all(weights.to_graph.plan(weights.member(i)).feedforward for i in range(len(weights))))
 
 
-def make_split(members: list[ZooMember], target: str, conv: MemberConverter) -> Split:
-    y = torch.tensor([m.metrics[target] for m in members], dtype=torch.float32)
-    return Split(y=y, make_graphs=lambda: conv.graphs(members), make_weights=lambda: conv.weights(members),
-                 feedforward=all(conv.plan(m).feedforward for m in members))
+def processed_root(zoo: BaseZoo) -> Path:
+    """Where converted graphs of ``zoo`` are cached: under ``$NEURALGRAPH_HOME``, never inside the user's
+    zoo directory (which may be read-only), one directory per zoo location."""
+    where = "|".join(str(Path(r).resolve()) for r in zoo.roots) + f"|{zoo.header.get('split', '')}"
+    return neuralgraph_home() / "processed" / hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
-def zoo_splits(zoo: Zoo, fractions: Sequence[float], seed: int, target: str, conv: MemberConverter,
-               names: dict[str, str] | None = None) -> dict[str, Split]:
-    """``train`` / ``val`` / ``test`` splits of one zoo, by run; ``names`` renames splits."""
-    idx = member_splits(zoo, tuple(fractions), seed)
-    empty = [s for s, i in idx.items() if not i]
-    if empty:
-        raise ValueError(f"{zoo!r}: the {empty} split(s) would be empty with split={tuple(fractions)}; use a zoo "
-                         "with more runs (task.runs=...) or other fractions (task.split=[...])")
-    names = names or {}
-    return {names.get(s, s): make_split(zoo.select(i), target, conv) for s, i in idx.items()
-            if names.get(s, s) is not None}
+def zoo_splits(zoo: BaseZoo, fractions: Sequence[float], seed: int, target: str, converter: dict[str, Any],
+               splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Split]:
+    """Splits of one zoo by run (every checkpoint of a run in one split)."""
+    out = {}
+    for name in splits:
+        ds = ZooDataset(zoo, name, root=processed_root(zoo), target=target, split_fractions=tuple(fractions),
+                        split_seed=seed, converter=converter)
+        if len(ds) == 0:
+            raise ValueError(f"{zoo!r}: the {name!r} split is empty with split={tuple(fractions)}; use a zoo with "
+                             "more runs (task.runs=...) or other fractions (task.split=[...])")
+        out[name] = dataset_split(ds)
+    return out
+
+
+def open_zoo(path: str | None, preset: str, runs: int) -> BaseZoo:
+    """A zoo directory given by the user (ours, or a published CNN Wild Park root), or the preset
+    generated on first use into ``$NEURALGRAPH_HOME``."""
+    if path is None:
+        return default_zoo(preset=preset, runs=runs)
+    root = Path(os.path.expanduser(path))
+    if (root / "zoo.json").exists():
+        return load_zoo(root)
+    if any(root.glob("*/*/checkpoint.pt")):
+        return WildParkZoo(root)
+    raise FileNotFoundError(f"{str(root)!r} is neither a zoo in our format (zoo.json) nor a CNN Wild Park "
+                            "directory (<trial>/<checkpoint>/checkpoint.pt); for a Small CNN Zoo use the "
+                            "cnn-zoo task")
 
 
 @dataclass
@@ -80,7 +84,7 @@ class WildParkTask(Task):
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
         zoo = open_zoo(c.zoo, preset=c.preset, runs=c.runs)
-        return zoo_splits(zoo, c.split, c.split_seed, c.target, MemberConverter(max_kernel=tuple(c.max_kernel)))
+        return zoo_splits(zoo, c.split, c.split_seed, c.target, {"max_kernel": tuple(c.max_kernel)})
 
 
 @dataclass
@@ -90,9 +94,19 @@ class CnnZooConfig(AccuracyZooConfig):
 
 @register_task("cnn-zoo")
 class CnnZooTask(WildParkTask):
-    """Homogeneous CNN zoo (default ``arch1-digits``): every model applies, NFN and the flat MLP too."""
+    """Homogeneous CNN zoo (default ``arch1-digits``, or a Small CNN Zoo directory with its standard
+    split): every model applies, NFN and the flat MLP too."""
 
     Config = CnnZooConfig
+
+    def build_splits(self) -> dict[str, Split]:
+        c = self.cfg
+        if c.zoo is not None and (Path(os.path.expanduser(c.zoo)) / "weights.npy").exists():
+            conv = {"max_kernel": tuple(c.max_kernel)}
+            zoos = {name: SmallCNNZoo(c.zoo, split=name) for name in ("train", "val", "test")}
+            return {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
+                                                   converter=conv)) for name, z in zoos.items()}
+        return super().build_splits()
 
 
 @dataclass
@@ -122,7 +136,7 @@ class CrossDatasetTask(Task):
         c = self.cfg
         if c.train_on not in c.datasets:
             raise ValueError(f"train_on={c.train_on!r} must be one of datasets={c.datasets}")
-        conv = MemberConverter(max_kernel=tuple(c.max_kernel))
+        conv = {"max_kernel": tuple(c.max_kernel)}
         splits: dict[str, Split] = {}
         for ds in c.datasets:
             zoo = open_zoo(None, preset=f"{c.arch}-{ds}", runs=c.runs)
@@ -158,16 +172,10 @@ class CrossArchTask(Task):
 
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
-        conv = MemberConverter(max_kernel=tuple(c.max_kernel))
+        conv = {"max_kernel": tuple(c.max_kernel)}
         src = zoo_splits(open_zoo(None, preset=f"{c.train_arch}-{c.dataset}", runs=c.runs), c.split,
                          c.split_seed, c.target, conv)
-        dst = open_zoo(None, preset=f"{c.test_arch}-{c.dataset}", runs=c.runs)
+        dst = zoo_splits(open_zoo(None, preset=f"{c.test_arch}-{c.dataset}", runs=c.runs), c.split,
+                         c.split_seed, c.target, conv, splits=("all",))
         return {"train": src["train"], "val": src["val"], f"test/{c.train_arch}": src["test"],
-                f"test/{c.test_arch}": make_split(list(dst), c.target, conv)}
-
-
-def open_zoo(path: str | None, preset: str, runs: int) -> Zoo:
-    """A zoo directory given by the user, or the preset generated on first use into the cache."""
-    if path is not None:
-        return load_zoo(path)
-    return default_zoo(preset=preset, runs=runs)
+                f"test/{c.test_arch}": dst["all"]}

@@ -1,0 +1,349 @@
+"""Our on-disk zoo format: arrays and JSON only, never pickles (see docs/formats.md).
+
+::
+
+    <zoo>/zoo.json                  {"format": "neuralgraph-zoo", "version": 1, "preset", "seed",
+                                     "description", "config": {...}}
+    <zoo>/members/<run_id>.npz      one array per parameter, [n_checkpoints, *shape] float32
+    <zoo>/members/<run_id>.json     run id, architecture description, hyperparameters, dataset,
+                                     per checkpoint {epoch, step, test/train accuracy and loss}
+
+Every file is written to a temporary name in the same directory and renamed into place
+(``os.replace`` is atomic), and a member's JSON is written after its arrays: a run is complete
+exactly when its JSON exists. A killed writer leaves at worst a temporary file (ignored and
+later removed) or an array file without JSON (overwritten on the next run). Shards write disjoint
+run ids, so their directories can be merged or shared.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+FORMAT_NAME = "neuralgraph-zoo"
+FORMAT_VERSION = 1
+MEMBER_DIR = "members"
+
+
+class ZooFormatError(ValueError):
+    """A zoo directory or file that is not in the expected format."""
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+# ---------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    for k, a in arrays.items():
+        if a.dtype == object:
+            raise TypeError(f"array {k!r} has dtype object; the zoo format stores numeric arrays only")
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
+    """Create (or check) a zoo directory; ``header`` holds preset, seed, description, config.
+
+    Raises:
+        ZooFormatError: the directory already holds a zoo with a different preset / seed / config.
+        PermissionError: the directory cannot be created or written (with the path in the message).
+    """
+    root = Path(root)
+    try:
+        (root / MEMBER_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create zoo directory {str(root)!r}: {e.strerror or e}") from e
+    if not os.access(root / MEMBER_DIR, os.W_OK | os.X_OK):
+        raise PermissionError(f"zoo directory {str(root / MEMBER_DIR)!r} is not writable")
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header}
+    path = root / "zoo.json"
+    if path.exists():
+        old = read_header(root)
+        for key in ("preset", "seed", "config"):
+            if key in meta and old.get(key) != meta[key]:
+                raise ZooFormatError(
+                    f"{str(root)!r} already holds a zoo with {key}={old.get(key)!r}, not {meta[key]!r}; "
+                    "use another --out directory (members of different recipes must not mix)")
+        return root
+    write_json_atomic(path, meta)
+    return root
+
+
+def write_member(root: str | os.PathLike, run_id: str, params: dict[str, np.ndarray],
+                 record: dict[str, Any]) -> None:
+    """Write one member: arrays first, then the JSON that marks it complete."""
+    _check_run_id(run_id)
+    mdir = Path(root) / MEMBER_DIR
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+    n_ck = len(record["checkpoints"])
+    for k, a in arrays.items():
+        if a.shape[0] != n_ck:
+            raise ValueError(f"{run_id}: parameter {k!r} has {a.shape[0]} checkpoints, record {n_ck}")
+    write_npz_atomic(mdir / f"{run_id}.npz", arrays)
+    rec = {"format_version": FORMAT_VERSION, "run_id": run_id, **record,
+           "param_names": list(arrays), "params_file": f"{run_id}.npz"}
+    write_json_atomic(mdir / f"{run_id}.json", rec)
+
+
+def completed_runs(root: str | os.PathLike) -> set[str]:
+    """Run ids whose JSON exists (complete members)."""
+    mdir = Path(root) / MEMBER_DIR
+    if not mdir.is_dir():
+        return set()
+    return {p.stem for p in mdir.glob("*.json") if not p.name.startswith(".")}
+
+
+def remove_stale_temps(root: str | os.PathLike, run_ids: Iterable[str]) -> None:
+    """Delete leftover temporary files of the given runs (only their owner calls this)."""
+    mdir = Path(root) / MEMBER_DIR
+    for rid in run_ids:
+        for p in mdir.glob(f".{rid}.*.tmp"):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
+        raise ValueError(f"invalid run id {run_id!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def read_header(root: str | os.PathLike) -> dict[str, Any]:
+    path = Path(root) / "zoo.json"
+    if not path.exists():
+        raise ZooFormatError(f"{str(root)!r} is not a neuralgraph zoo (no zoo.json)")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT_NAME:
+        raise ZooFormatError(f"{str(path)!r}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise ZooFormatError(f"{str(path)!r}: format version {meta.get('version')} is newer than this "
+                             f"reader ({FORMAT_VERSION}); upgrade neuralgraph")
+    return meta
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Load an ``.npz`` of numeric arrays; pickled content is refused, never executed."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as e:  # numpy raises ValueError for pickled data when allow_pickle=False
+        raise ZooFormatError(f"refusing {str(path)!r}: it holds pickled data ({e}); zoo files must be "
+                             "plain arrays") from e
+    except (OSError, EOFError) as e:
+        raise ZooFormatError(f"{str(path)!r} is not a readable .npz archive: {e}") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ZooFormatError(f"{str(path)!r} is not an .npz archive")
+    with z:
+        try:
+            return {k: z[k] for k in z.files}
+        except ValueError as e:  # an object array inside the archive
+            raise ZooFormatError(f"refusing {str(path)!r}: it holds pickled data ({e}); zoo files must be "
+                                 "plain arrays") from e
+
+
+@dataclass
+class ZooMember:
+    """One checkpoint of one run.
+
+    Attributes:
+        run_id: the run (all checkpoints of a run share it; splits are by run).
+        checkpoint: index into the run's checkpoints.
+        epoch / step: when the checkpoint was taken.
+        architecture: the description for :func:`neuralgraph.zoo.arch.build_model`.
+        metrics: ``test_accuracy``, ``test_loss``, ``train_accuracy``, ``train_loss``.
+        hyperparameters: the run's training hyperparameters.
+    """
+
+    run_id: str
+    checkpoint: int
+    epoch: int
+    step: int
+    architecture: dict[str, Any]
+    metrics: dict[str, float]
+    hyperparameters: dict[str, Any]
+    record: dict[str, Any] = field(repr=False)
+    _zoo: "BaseZoo" = field(repr=False, compare=False)
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The parameters of this checkpoint (name -> array, torch layout), loaded lazily."""
+        return self._zoo.member_params(self)
+
+    def state_dict(self) -> dict[str, "Any"]:
+        """The parameters as torch tensors, ready for ``build_model(arch).load_state_dict``."""
+        import torch
+
+        return {k: torch.from_numpy(np.array(v)) for k, v in self.params().items()}
+
+    def model(self):
+        """The rebuilt torch module carrying this checkpoint's parameters (eval mode)."""
+        from neuralgraph.zoo.arch import build_model
+
+        m = build_model(self.architecture)
+        m.load_state_dict(self.state_dict())
+        return m.eval()
+
+
+class BaseZoo:
+    """Common interface of every zoo reader: ``members`` (one per checkpoint) with lazy parameters.
+
+    Subclasses fill ``roots``, ``header``, ``records`` (run id -> record) and ``members``, and
+    implement :meth:`member_params`.
+    """
+
+    roots: list[Path]
+    header: dict[str, Any]
+    records: dict[str, dict[str, Any]]
+    members: list[ZooMember]
+
+    def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, i: int) -> ZooMember:
+        return self.members[i]
+
+    def __iter__(self):
+        return iter(self.members)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return list(self.records)
+
+    def subset(self, run_ids: Sequence[str]) -> "BaseZoo":
+        """A view with only the given runs (sharing loaders and caches)."""
+        keep = set(run_ids)
+        missing = keep - set(self.records)
+        if missing:
+            raise KeyError(f"runs not in the zoo: {sorted(missing)[:5]}")
+        z = object.__new__(type(self))
+        z.__dict__.update(self.__dict__)
+        z.records = {k: v for k, v in self.records.items() if k in keep}
+        z.members = [ZooMember(m.run_id, m.checkpoint, m.epoch, m.step, m.architecture, m.metrics,
+                               m.hyperparameters, m.record, z) for m in self.members if m.run_id in keep]
+        return z
+
+    def select(self, indices: Sequence[int]) -> list[ZooMember]:
+        return [self.members[i] for i in indices]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(preset={self.header.get('preset')!r}, runs={len(self.records)}, "
+                f"checkpoints={len(self.members)})")
+
+
+class Zoo(BaseZoo):
+    """A loaded zoo: ``members`` (one per checkpoint), parameters read on demand.
+
+    Args:
+        roots: one directory or several (e.g. shards written to separate directories).
+        cache_runs: how many runs' arrays to keep in memory.
+    """
+
+    def __init__(self, roots: str | os.PathLike | Sequence[str | os.PathLike], cache_runs: int = 64):
+        if isinstance(roots, (str, os.PathLike)):
+            roots = [roots]
+        self.roots = [Path(r) for r in roots]
+        headers = [read_header(r) for r in self.roots]
+        for h in headers[1:]:
+            if (h.get("preset"), h.get("seed")) != (headers[0].get("preset"), headers[0].get("seed")):
+                raise ZooFormatError("cannot load shards of different zoos together: "
+                                     f"{headers[0].get('preset')}/{headers[0].get('seed')} vs "
+                                     f"{h.get('preset')}/{h.get('seed')}")
+        self.header = headers[0]
+        self.records: dict[str, dict[str, Any]] = {}
+        self._where: dict[str, Path] = {}
+        for root in self.roots:
+            for rid in sorted(completed_runs(root)):
+                with open(root / MEMBER_DIR / f"{rid}.json") as f:
+                    rec = json.load(f)
+                if rid in self.records:
+                    if rec != self.records[rid]:
+                        raise ZooFormatError(f"run {rid!r} appears in two shards with different content")
+                    continue
+                self.records[rid] = rec
+                self._where[rid] = root
+        self.members: list[ZooMember] = []
+        for rid, rec in self.records.items():
+            for c, ck in enumerate(rec["checkpoints"]):
+                metrics = {k: v for k, v in ck.items() if k not in ("epoch", "step")}
+                self.members.append(ZooMember(rid, c, int(ck.get("epoch", c)), int(ck.get("step", 0)),
+                                              rec["architecture"], metrics, rec.get("hyperparameters", {}),
+                                              rec, self))
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._cache_runs = cache_runs
+
+    def _arrays(self, run_id: str) -> dict[str, np.ndarray]:
+        if run_id not in self._cache:
+            if len(self._cache) >= self._cache_runs:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[run_id] = load_arrays(self._where[run_id] / MEMBER_DIR / f"{run_id}.npz")
+        return self._cache[run_id]
+
+    def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
+        arrays = self._arrays(member.run_id)
+        return {k: arrays[k][member.checkpoint] for k in member.record["param_names"]}
+
+
+def load_zoo(root: str | os.PathLike | Sequence[str | os.PathLike]) -> Zoo:
+    """Load a zoo directory (or several shard directories) in our format."""
+    return Zoo(root)
+
+
+def split_by_run(run_ids: Sequence[str], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                 seed: int = 0) -> dict[str, list[str]]:
+    """Split run ids into ``train`` / ``val`` / ``test`` (seeded; every run in exactly one split).
+
+    Runs are sorted first, so the split depends only on the set of runs and the seed.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    runs = sorted(set(run_ids))
+    perm = np.random.default_rng(seed).permutation(len(runs))
+    n = len(runs)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    if n >= 3 and fractions[2] > 0 and n_train + n_val >= n:   # keep at least one test run
+        n_train = max(1, n - n_val - 1)
+    idx = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+    return {k: [runs[i] for i in sorted(v)] for k, v in idx.items()}
+
+
+def member_splits(zoo: Zoo, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, list[int]]:
+    """Member (checkpoint) indices per split, splitting by run."""
+    by_run = split_by_run(zoo.run_ids, fractions, seed)
+    where = {rid: name for name, rids in by_run.items() for rid in rids}
+    out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, m in enumerate(zoo.members):
+        out[where[m.run_id]].append(i)
+    return out

@@ -1,0 +1,261 @@
+r"""Input encoding shared by the neural-graph models (NG-GNN, NG-T).
+
+From `"Graph Neural Networks for Learning Equivariant Representations of Neural Networks"
+<https://arxiv.org/abs/2403.12143>`_ (Kofinas et al., ICLR 2024), §2.4: node features (biases) and
+edge features (weights, zero-padded kernels) are projected to the model width, and every node gets
+learned embeddings added to it:
+
+.. math::
+    \mathbf{v}_i = W_v\,\phi(\mathbf{x}_i) + P[\mathrm{pos}_i] + A[\mathrm{act}_i]
+                   + R[\mathrm{role}_i] + Q[\mathrm{pool}_i] + S[\mathrm{spatial}_i], \qquad
+    \mathbf{e}_{ij} = W_e\,\phi(\mathbf{a}_{ij}) + K[\mathrm{kind}_{ij}] + C[\mathrm{conv}_{ij}]
+
+where :math:`\phi` is the identity or random Fourier features (:class:`FourierFeatures`).
+
+Positional embeddings respect the neuron symmetries: each input neuron and each output neuron has its
+own row (looked up by ``node_pos``, their index), whereas all neurons of one hidden layer share one
+row (looked up by ``node_pos`` = the layer number). Embeddings are learnable parameters of the model,
+never part of the converter.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from neuralgraph.data.graph import EDGE_KINDS, POOLS, ROLE, ROLES
+
+from neuralgraph.convert.activations import ACTIVATIONS
+
+__all__ = ["FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound"]
+
+#: Number of distinct values per ``edge_conv`` column that get their own embedding row.
+_CONV_VALUES = 16
+#: Rows per chunk of the edge projection in inference mode (bounds memory on huge graphs).
+_CHUNK = 1 << 16
+#: Largest number of ``edge_conv`` columns supported (3 spatial dims x stride/padding/dilation/size).
+_CONV_COLUMNS = 12
+
+
+def default_num_acts() -> int:
+    """Activation-table size: the vocabulary (which is open) with headroom, at least 32."""
+    return max(32, len(ACTIVATIONS))
+
+
+def check_index_bound(index: Tensor, limit: Tensor | int, what: str, arg: str) -> None:
+    """Raise a readable error if any ``index >= limit`` (``limit`` may be per element).
+
+    On CPU this is an ordinary Python check. On accelerators it is an asynchronous device assertion
+    (``torch._assert_async``), so the forward pass never waits for the device.
+    """
+    if index.numel() == 0:
+        return
+    bad = index >= limit
+    msg = (f"a graph has a {what} that exceeds the embedding table; increase `{arg}` "
+           f"(got index >= table size)")
+    if index.device.type == "cpu":
+        if bool(bad.any()):
+            worst = int(index[bad].max())
+            raise ValueError(f"a graph has a {what} of {worst}, which exceeds the embedding table; "
+                             f"increase `{arg}` to at least {worst + 1}")
+    else:  # pragma: no cover - no accelerator in CI
+        torch._assert_async(~bad.any(), msg)
+
+
+class FourierFeatures(nn.Module):
+    r"""Gaussian random Fourier features (Tancik et al., 2020) of a feature vector.
+
+    .. math::
+        \phi(\mathbf{a}) = [\cos(2\pi B\mathbf{a}), \sin(2\pi B\mathbf{a})], \qquad
+        B_{kl} \sim \mathcal{N}(0, \sigma^2)
+
+    :math:`B` is a fixed buffer (saved in the state dict, drawn from the global RNG).
+
+    Args:
+        in_dim (int): input size.
+        num_features (int): number of frequencies; the output has ``2 * num_features`` columns.
+        sigma (float, optional): standard deviation of the frequencies. (default: :obj:`1.0`)
+
+    Shapes:
+        - **input:** :math:`(*, F_{in})`
+        - **output:** :math:`(*, 2 F)`
+    """
+
+    def __init__(self, in_dim: int, num_features: int, sigma: float = 1.0):
+        super().__init__()
+        self.in_dim = in_dim
+        self.num_features = num_features
+        self.sigma = sigma
+        self.register_buffer("freqs", torch.empty(num_features, in_dim))
+        self.reset_parameters()
+
+    @property
+    def out_dim(self) -> int:
+        return 2 * self.num_features
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.freqs, std=self.sigma)
+
+    def forward(self, a: Tensor) -> Tensor:
+        proj = 2 * math.pi * a @ self.freqs.to(a.dtype).t()  # (*, F)
+        return torch.cat([proj.cos(), proj.sin()], dim=-1)  # (*, 2F)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.in_dim}, {self.num_features}, sigma={self.sigma})"
+
+
+class NeuralGraphEncoder(nn.Module):
+    r"""Project a batch of :class:`~neuralgraph.NeuralGraph` to node and edge states.
+
+    See the module docstring for the formula. Every embedding can be switched off, which the
+    paper's ablations need (e.g. NG-T without activation embedding: ``act_emb=False``).
+
+    Args:
+        node_in (int): number of node features :math:`F_{node}` (``x.size(-1)``).
+        edge_in (int): number of edge features :math:`F_{edge}` (``edge_attr.size(-1)``).
+        node_dim (int): width of the node states.
+        edge_dim (int): width of the edge states.
+        pos_emb (bool, optional): add positional embeddings. (default: :obj:`True`)
+        act_emb (bool, optional): add activation embeddings (``node_act``). (default: :obj:`True`)
+        role_emb (bool, optional): add role embeddings (``node_role``). (default: :obj:`True`)
+        pool_emb (bool, optional): add pooling embeddings (``node_pool``). (default: :obj:`True`)
+        spatial_emb (bool, optional): add embeddings of the spatial position of flatten nodes
+            (``node_spatial``). (default: :obj:`True`)
+        kind_emb (bool, optional): add edge-kind embeddings (``edge_kind``). (default: :obj:`True`)
+        conv_emb (bool, optional): add embeddings of the stride/padding/dilation/kernel size of
+            conv edges (``edge_conv``, summed over its columns); values :math:`\ge 15` share a row.
+            (default: :obj:`True`)
+        max_inputs (int, optional): size of the input-position table. (default: :obj:`1024`)
+        max_outputs (int, optional): size of the output-position table. (default: :obj:`1024`)
+        max_layers (int, optional): size of the hidden-layer table (hidden and virtual neurons are
+            looked up by layer number). (default: :obj:`128`)
+        max_spatial (int, optional): size of the flatten-position table. (default: :obj:`1024`)
+        num_acts (int, optional): activation table size. (default: ``max(32, len(ACTIVATIONS))``)
+        fourier_features (int, optional): if :math:`> 0`, feed random Fourier features with this
+            many frequencies of ``x`` and ``edge_attr`` to the projections. (default: :obj:`0`)
+        fourier_sigma (float, optional): frequency scale of the Fourier features. (default: :obj:`1.0`)
+
+    Shapes:
+        - **input:** a (batched) :class:`~neuralgraph.NeuralGraph` with :math:`|V|` nodes and
+          :math:`|E|` edges
+        - **output:** node states :math:`(|V|, F_v)`, edge states :math:`(|E|, F_e)`
+    """
+
+    def __init__(
+        self,
+        node_in: int,
+        edge_in: int,
+        node_dim: int,
+        edge_dim: int,
+        *,
+        pos_emb: bool = True,
+        act_emb: bool = True,
+        role_emb: bool = True,
+        pool_emb: bool = True,
+        spatial_emb: bool = True,
+        kind_emb: bool = True,
+        conv_emb: bool = True,
+        max_inputs: int = 1024,
+        max_outputs: int = 1024,
+        max_layers: int = 128,
+        max_spatial: int = 1024,
+        num_acts: int | None = None,
+        fourier_features: int = 0,
+        fourier_sigma: float = 1.0,
+    ):
+        super().__init__()
+        self.node_in, self.edge_in = node_in, edge_in
+        self.node_dim, self.edge_dim = node_dim, edge_dim
+        self.max_inputs, self.max_outputs = max_inputs, max_outputs
+        self.max_layers, self.max_spatial = max_layers, max_spatial
+        self.num_acts = default_num_acts() if num_acts is None else num_acts
+        self.fourier_features = fourier_features
+
+        if fourier_features > 0:
+            self.node_fourier: nn.Module = FourierFeatures(node_in, fourier_features, fourier_sigma)
+            self.edge_fourier: nn.Module = FourierFeatures(edge_in, fourier_features, fourier_sigma)
+            node_proj_in = edge_proj_in = 2 * fourier_features
+        else:
+            self.node_fourier = self.edge_fourier = nn.Identity()
+            node_proj_in, edge_proj_in = node_in, edge_in
+        self.node_proj = nn.Linear(node_proj_in, node_dim)
+        self.edge_proj = nn.Linear(edge_proj_in, edge_dim)
+
+        # One table for the three position families: [inputs | outputs | hidden layers].
+        self.pos_emb = nn.Embedding(max_inputs + max_outputs + max_layers, node_dim) if pos_emb else None
+        self.act_emb = nn.Embedding(self.num_acts, node_dim) if act_emb else None
+        self.role_emb = nn.Embedding(len(ROLES), node_dim) if role_emb else None
+        self.pool_emb = nn.Embedding(len(POOLS), node_dim) if pool_emb else None
+        self.spatial_emb = nn.Embedding(max_spatial + 1, node_dim) if spatial_emb else None
+        self.kind_emb = nn.Embedding(len(EDGE_KINDS), edge_dim) if kind_emb else None
+        self.conv_emb = (nn.EmbeddingBag(_CONV_COLUMNS * _CONV_VALUES, edge_dim, mode="sum")
+                         if conv_emb else None)
+
+        # Per-role table offsets and sizes (input, hidden, output, virtual), as buffers so they
+        # follow the module to its device.
+        offset = torch.zeros(len(ROLES), dtype=torch.long)
+        size = torch.full((len(ROLES),), max_layers, dtype=torch.long)
+        offset[ROLE["output"]] = max_inputs
+        offset[ROLE["hidden"]] = offset[ROLE["virtual"]] = max_inputs + max_outputs
+        size[ROLE["input"]], size[ROLE["output"]] = max_inputs, max_outputs
+        self.register_buffer("_pos_offset", offset, persistent=False)
+        self.register_buffer("_pos_size", size, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj):
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        for emb in (self.pos_emb, self.act_emb, self.role_emb, self.pool_emb, self.spatial_emb,
+                    self.kind_emb, self.conv_emb):
+            if emb is not None:
+                emb.reset_parameters()  # N(0, 1), like the reference's positional embeddings
+
+    def position_ids(self, node_role: Tensor, node_pos: Tensor) -> Tensor:
+        """Row of the position table for every node (checks the table sizes)."""
+        size = self._pos_size[node_role]
+        check_index_bound(node_pos, size, "neuron position (input/output index or layer number)",
+                          "max_inputs / max_outputs / max_layers")
+        return self._pos_offset[node_role] + node_pos
+
+    def encode_nodes(self, data) -> Tensor:
+        x = self.node_proj(self.node_fourier(data.x))  # (N, Fv)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(self.position_ids(data.node_role, data.node_pos))
+        if self.act_emb is not None:
+            check_index_bound(data.node_act, self.num_acts, "activation id", "num_acts")
+            x = x + self.act_emb(data.node_act)
+        if self.role_emb is not None:
+            x = x + self.role_emb(data.node_role)
+        if self.pool_emb is not None:
+            x = x + self.pool_emb(data.node_pool)
+        if self.spatial_emb is not None:
+            check_index_bound(data.node_spatial, self.max_spatial + 1, "flatten position",
+                              "max_spatial")
+            x = x + self.spatial_emb(data.node_spatial)
+        return x
+
+    def encode_edges(self, data) -> Tensor:
+        a = data.edge_attr  # (E, F_edge)
+        if torch.is_grad_enabled() or a.size(0) <= _CHUNK:
+            e = self.edge_proj(self.edge_fourier(a))  # (E, Fe)
+        else:  # inference on a huge graph: bound the Fourier-feature temporaries
+            e = torch.cat([self.edge_proj(self.edge_fourier(c)) for c in a.split(_CHUNK)])
+        if self.kind_emb is not None:
+            e = e + self.kind_emb(data.edge_kind)
+        if self.conv_emb is not None and data.edge_conv.numel() > 0:
+            conv = data.edge_conv.clamp(0, _CONV_VALUES - 1)  # (E, 3D)
+            if conv.size(-1) > _CONV_COLUMNS:
+                raise ValueError(f"edge_conv has {conv.size(-1)} columns; at most {_CONV_COLUMNS} "
+                                 "(3 spatial dims) are supported; set conv_emb=False")
+            cols = torch.arange(conv.size(-1), device=conv.device) * _CONV_VALUES
+            e = e + self.conv_emb(conv + cols).to(e.dtype)  # one bag per edge, summed: (E, Fe)
+        return e
+
+    def forward(self, data) -> tuple[Tensor, Tensor]:
+        return self.encode_nodes(data), self.encode_edges(data)
+
+    def extra_repr(self) -> str:
+        return (f"node_in={self.node_in}, edge_in={self.edge_in}, node_dim={self.node_dim}, "
+                f"edge_dim={self.edge_dim}, fourier_features={self.fourier_features}")

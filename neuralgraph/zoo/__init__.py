@@ -1,0 +1,71 @@
+"""Offline model zoos: architectures, presets, vectorised training, the generator, the default zoo.
+
+>>> from neuralgraph.zoo import default_zoo
+>>> zoo = default_zoo()                      # generated into $NEURALGRAPH_HOME on first use
+>>> m = zoo[0]; m.metrics["test_accuracy"], m.model()
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from neuralgraph.data.formats.native import Zoo, ZooMember, load_zoo, split_by_run
+from neuralgraph.zoo.arch import ACTIVATION_NAMES, build_model, example_input
+from neuralgraph.zoo.presets import PRESETS, Preset, get_preset, list_presets
+
+#: Runs of the embedded default zoo per preset: small enough for a few minutes on 2 cores.
+DEFAULT_RUNS = {"wildpark-digits": 128}
+_FALLBACK_RUNS = 160
+
+
+def neuralgraph_home() -> Path:
+    """``$NEURALGRAPH_HOME``, else ``$XDG_CACHE_HOME/neuralgraph``, else ``~/.cache/neuralgraph``."""
+    env = os.environ.get("NEURALGRAPH_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "neuralgraph"
+
+
+def default_zoo_dir(preset: str = "wildpark-digits", seed: int = 0) -> Path:
+    return neuralgraph_home() / "zoos" / f"{preset}-seed{seed}"
+
+
+def default_zoo(preset: str = "wildpark-digits", runs: int | None = None, seed: int = 0,
+                workers: int | None = None, progress: bool = True) -> Zoo:
+    """The cached zoo of ``preset``: generated on first use, completed if interrupted, then reused.
+
+    Args:
+        preset: a preset name (default ``"wildpark-digits"``, the ``wildpark`` task's zoo).
+        runs: number of runs (default :data:`DEFAULT_RUNS`; 128 for wildpark-digits, about 2-3
+            minutes on 2 cores). Asking for more later trains only the extra runs.
+        seed: zoo seed.
+        workers: generator processes (default: up to 2, one per available core).
+        progress: show a progress bar while generating.
+
+    Returns:
+        the loaded :class:`~neuralgraph.data.formats.native.Zoo` (exactly ``runs`` runs: run
+        indices ``0 .. runs-1``, even if the cache holds more).
+    """
+    from neuralgraph.zoo.generate import generate, run_id
+
+    get_preset(preset)  # clear error for a bad name before touching the disk
+    runs = runs or DEFAULT_RUNS.get(preset, _FALLBACK_RUNS)
+    out = default_zoo_dir(preset, seed)
+    wanted = {run_id(r) for r in range(runs)}
+    from neuralgraph.data.formats.native import completed_runs
+
+    if not wanted <= completed_runs(out):
+        if workers is None:
+            workers = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else (os.cpu_count() or 1)))
+        generate(preset, runs, out, workers=workers, seed=seed, progress=progress, threads=1)
+    zoo = load_zoo(out)
+    if set(zoo.run_ids) != wanted:
+        zoo = zoo.subset(sorted(wanted))
+    return zoo
+
+
+__all__ = ["build_model", "example_input", "ACTIVATION_NAMES", "PRESETS", "Preset", "get_preset",
+           "list_presets", "default_zoo", "default_zoo_dir", "neuralgraph_home", "Zoo", "ZooMember",
+           "load_zoo", "split_by_run", "DEFAULT_RUNS"]

@@ -1,0 +1,201 @@
+"""Generate a model zoo offline.
+
+    python -m neuralgraph.zoo.generate --preset wildpark-digits --runs 200 --out zoos/wp \\
+        [--workers K] [--shard I/N] [--seed S]
+
+Runs are trained in groups of one architecture (vectorised, see :mod:`neuralgraph.zoo.train`) and
+written as they finish. The command is idempotent and resumable: killing it at any moment (even
+with SIGKILL) and re-running the same command trains exactly the runs that are missing. Shards
+``I/N`` take the groups ``g`` with ``g % N == I``, so shards write disjoint run ids and may share
+one output directory (or be merged later by copying ``members/``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from neuralgraph.data.formats.native import (completed_runs, init_zoo_dir, remove_stale_temps,
+                                             write_member)
+from neuralgraph.zoo.presets import Preset, get_preset, list_presets, seed_for
+
+
+def run_id(index: int) -> str:
+    return f"run{index:06d}"
+
+
+@dataclass
+class GenerateReport:
+    out: Path
+    trained: int            # runs trained and written by this call
+    skipped: int            # runs of this shard that were already complete
+    total: int              # runs of this shard
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def runs_per_core_minute(self) -> float:
+        return 60.0 * self.trained / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
+
+
+def _group_runs(preset: Preset, runs: int, group: int) -> list[int]:
+    G = preset.group_size
+    return list(range(group * G, min((group + 1) * G, runs)))
+
+
+def train_and_write_group(preset_name: str, seed: int, runs: int, group: int, out: str,
+                          epochs: int | None = None) -> int:
+    """Train one group and write its missing members; returns how many members were written."""
+    from neuralgraph.zoo.datasets import load_image_data
+    from neuralgraph.zoo.train import MemberSpec, train_group
+
+    preset = get_preset(preset_name).with_epochs(epochs)
+    idx = _group_runs(preset, runs, group)
+    done = completed_runs(out)
+    missing = [r for r in idx if run_id(r) not in done]
+    if not missing:
+        return 0
+    remove_stale_temps(out, [run_id(r) for r in missing])
+    desc, frac = preset.group_plan(seed, group)
+    data = load_image_data(preset.dataset)
+    specs = [MemberSpec(run_id(r), seed_for(seed, r, "member"), preset.run_hparams(seed, r)) for r in idx]
+    results = train_group(desc, specs, data, preset.train, frac, seed_for(seed, group, "group"))
+    written = 0
+    for r, spec, res in zip(idx, specs, results):
+        if r not in missing:
+            continue
+        hp = dict(spec.hparams, train_fraction=frac, epochs=preset.train.epochs)
+        record = {"run_index": r, "group": group, "preset": preset.name, "seed": seed,
+                  "dataset": preset.dataset, "architecture": desc, "hyperparameters": hp,
+                  "diverged": res.diverged, **res.extra, "checkpoints": res.checkpoints}
+        write_member(out, spec.run_id, res.params, record)
+        written += 1
+    return written
+
+
+def _worker(args) -> tuple[int, int]:
+    preset_name, seed, runs, group, out, threads, epochs = args
+    import torch
+
+    torch.set_num_threads(threads)
+    return group, train_and_write_group(preset_name, seed, runs, group, out, epochs)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
+             shard: tuple[int, int] = (0, 1), seed: int = 0, progress: bool = True,
+             threads: int | None = None, epochs: int | None = None) -> GenerateReport:
+    """Generate (or complete) a zoo; see the module docstring.
+
+    Args:
+        preset: a preset name (:func:`neuralgraph.zoo.presets.list_presets`).
+        runs: total runs of the zoo (all shards together).
+        out: output directory (created).
+        workers: processes training groups in parallel.
+        shard: ``(I, N)``: this process handles groups ``g % N == I``.
+        seed: zoo seed; runs are a pure function of (preset, seed, run index).
+        progress: show a tqdm progress bar.
+        threads: torch threads per worker (default: cores / workers).
+        epochs: override the preset's number of epochs (recorded in ``zoo.json``; for quick zoos).
+    """
+    p = get_preset(preset).with_epochs(epochs)
+    if runs < 1:
+        raise ValueError(f"--runs must be positive, got {runs}")
+    i, n = shard
+    out = Path(out)
+    init_zoo_dir(out, {"preset": p.name, "seed": seed, "description": p.description, "config": p.config()})
+    n_groups = math.ceil(runs / p.group_size)
+    groups = [g for g in range(n_groups) if g % n == i]
+    mine = [r for g in groups for r in _group_runs(p, runs, g)]
+    done = completed_runs(out)
+    todo = [g for g in groups if any(run_id(r) not in done for r in _group_runs(p, runs, g))]
+    skipped = sum(run_id(r) in done for r in mine)
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(mine), initial=skipped, desc=f"{p.name} -> {out}", unit="run", disable=not progress)
+    t0, c0 = time.perf_counter(), time.process_time()
+    child_cpu0 = _children_cpu()
+    trained = 0
+    jobs = [(p.name, seed, runs, g, str(out), threads, epochs) for g in todo]
+    try:
+        if workers <= 1:
+            import torch
+
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for job in jobs:
+                    _, w = _worker(job)
+                    trained += w
+                    bar.update(w)
+            finally:
+                torch.set_num_threads(old)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(workers) as pool:
+                for _, w in pool.imap_unordered(_worker, jobs):
+                    trained += w
+                    bar.update(w)
+    finally:
+        bar.close()
+    cpu = (time.process_time() - c0) + (_children_cpu() - child_cpu0)
+    return GenerateReport(out, trained, skipped, len(mine), time.perf_counter() - t0, cpu)
+
+
+def _children_cpu() -> float:
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    except Exception:  # pragma: no cover - non-POSIX
+        return 0.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m neuralgraph.zoo.generate",
+                                 description="Train a zoo of small networks offline (resumable).")
+    ap.add_argument("--preset", required=True, help=f"one of: {', '.join(list_presets())}")
+    ap.add_argument("--runs", type=int, required=True, help="total number of runs in the zoo")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    ap.add_argument("--shard", default=None, help="I/N: train only shard I of N (default 0/1)")
+    ap.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick zoos)")
+    ap.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    args = ap.parse_args(argv)
+    try:
+        shard = parse_shard(args.shard)
+        rep = generate(args.preset, args.runs, args.out, workers=args.workers, shard=shard, seed=args.seed,
+                       progress=not args.no_progress, threads=args.threads, epochs=args.epochs)
+    except (ValueError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rate = f", {rep.runs_per_core_minute:.1f} runs per core-minute" if rep.trained else ""
+    print(f"{rep.out}: {rep.skipped + rep.trained}/{rep.total} runs of this shard complete "
+          f"({rep.trained} trained in {rep.seconds:.1f}s{rate})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Vectorised training: members are independent runs; the optimizers match torch's."""
+import numpy as np
+import pytest
+import torch
+
+from neuralgraph.zoo.datasets import ImageData
+from neuralgraph.zoo.train import MemberSpec, TrainConfig, VectorOptimizer, train_group
+
+DESC = {"family": "wildpark", "in_channels": 1, "n_classes": 10, "input_size": [8, 8], "channels": [4, 8, 4],
+        "kernels": [3, 5, 3], "activations": ["relu", "tanh", "gelu"], "residual": [-1, -1, 0]}
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(96) % 10
+    x = torch.randn(96, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.3
+    return ImageData("tiny", x[:64], y[:64], x[64:], y[64:])
+
+
+def hp(opt, lr, dropout=0.0):
+    return {"optimizer": opt, "learning_rate": lr, "l2": 1e-4, "dropout": dropout, "init_std": 0.1,
+            "init": "glorot_normal", "batch_size": 16}
+
+
+def test_group_training_equals_separate_runs(tiny_data):
+    cfg = TrainConfig(epochs=2, checkpoint_epochs=(0, 1, 2), batch_size=16, train_eval_size=32)
+    specs = [MemberSpec("a", 1, hp("adam", 3e-3)), MemberSpec("b", 2, hp("sgd", 3e-2)),
+             MemberSpec("c", 3, hp("rmsprop", 1e-3))]
+    group = train_group(DESC, specs, tiny_data, cfg, 0.5, group_seed=0)
+    for spec, res in zip(specs, group):
+        alone = train_group(DESC, [spec], tiny_data, cfg, 0.5, group_seed=0)[0]
+        assert [c["epoch"] for c in res.checkpoints] == [0, 1, 2]
+        for k, v in res.params.items():
+            assert v.shape[0] == 3
+            np.testing.assert_allclose(v, alone.params[k], rtol=1e-4, atol=1e-5)
+        assert abs(res.checkpoints[-1]["test_accuracy"] - alone.checkpoints[-1]["test_accuracy"]) < 1e-6
+        for c in res.checkpoints:
+            assert 0 <= c["test_accuracy"] <= 1 and np.isfinite(c["train_loss"])
+    assert res.extra["train_examples"] == 32
+
+
+def test_dropout_and_divergence_are_handled(tiny_data):
+    cfg = TrainConfig(epochs=2, checkpoint_epochs=(2,), batch_size=16, train_eval_size=32)
+    specs = [MemberSpec("ok", 1, hp("adam", 1e-3, dropout=0.5)), MemberSpec("boom", 2, hp("sgd", 1e12))]
+    ok, boom = train_group(DESC, specs, tiny_data, cfg, 1.0, group_seed=0)
+    assert not ok.diverged and boom.diverged
+    for r in (ok, boom):
+        assert all(np.isfinite(v).all() for v in r.params.values())
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop", "sgd"])
+def test_vector_optimizer_matches_torch(kind):
+    torch.manual_seed(0)
+    w0 = torch.randn(2, 3, 4)
+    target = torch.randn(3, 4)
+    lr, l2 = 1e-2, 1e-3
+    p = {"w": w0.clone().requires_grad_()}
+    opt = VectorOptimizer([kind, kind], [lr, lr], [l2, l2], p)
+    ref = w0[0].clone().requires_grad_()
+    topt = {"adam": lambda: torch.optim.Adam([ref], lr=lr, eps=1e-7, weight_decay=2 * l2),
+            "rmsprop": lambda: torch.optim.RMSprop([ref], lr=lr, alpha=0.9, eps=1e-7, weight_decay=2 * l2),
+            "sgd": lambda: torch.optim.SGD([ref], lr=lr, weight_decay=2 * l2)}[kind]()
+    for _ in range(5):
+        loss = ((p["w"] - target) ** 2).sum()
+        (g,) = torch.autograd.grad(loss, [p["w"]])
+        opt.step({"w": g}, torch.ones(2, dtype=torch.bool))
+        topt.zero_grad()
+        ((ref - target) ** 2).sum().backward()
+        topt.step()
+    assert torch.allclose(p["w"][0], ref, atol=1e-6)

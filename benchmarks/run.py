@@ -2,6 +2,7 @@
 
     python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE]
                              [--set key=value ...] [--device cpu|cuda] [--quick] [--out DIR] [--tag NAME]
+                             [--threads N]
 
 Configuration, later sources overriding earlier ones: ``configs/tasks/<task>.yaml``,
 ``configs/models/<model>.yaml``, ``--config FILE``, the task file's ``quick:`` section (with
@@ -187,8 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="a one-minute smoke run (tiny zoo, few steps)")
     ap.add_argument("--out", default="results", help="results directory (default: results/)")
     ap.add_argument("--tag", help="suffix for the result directory of this variant, e.g. no-act-emb")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.task not in list_tasks():
         raise SystemExit(f"Could not resolve task {args.task!r} among choices {list_tasks()}")
     if args.model not in list_models():

@@ -80,6 +80,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": -1, "best_state": None, "history": [],
              "bad_epochs": 0, "train_seconds": 0.0}
     ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
     if ckpt and os.path.exists(ckpt):
         saved = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])

@@ -1,0 +1,99 @@
+"""Render every result under ``results/`` into ``docs/results.md``.
+
+    python -m benchmarks.report [--results results] [--out docs/results.md]
+
+One table per task (rows: models, columns: the selection metric and R² of each evaluated split, as
+mean ± std over seeds); cross-dataset results become the matrix of SNE's table 1 (rows: training
+zoo, columns: test zoo, plus the average row); cross-arch results one row per dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+from neuralgraph.training import atomic_write_text
+
+
+def load_summaries(root: str) -> list[dict[str, Any]]:
+    out = []
+    for dirpath, _, files in os.walk(root):
+        if "summary.json" in files:
+            with open(os.path.join(dirpath, "summary.json")) as f:
+                s = json.load(f)
+            s["dir"] = os.path.relpath(dirpath, root)
+            out.append(s)
+    return sorted(out, key=lambda s: s["dir"])
+
+
+def fmt(v: dict[str, float] | None) -> str:
+    return "–" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}"
+
+
+def task_table(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> str:
+    splits = sorted({k for s in summaries for k in s["summary"] if k.startswith("test")})
+    head = ["model", "seeds"] + [f"{sp} τ" for sp in splits] + [f"{sp} R²" for sp in splits]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summaries:
+        cells = [s["model"], str(len(s["seeds"]))]
+        cells += [fmt(s["summary"].get(sp, {}).get(metric)) for sp in splits]
+        cells += [fmt(s["summary"].get(sp, {}).get("r2")) for sp in splits]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cross_dataset_matrix(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> str:
+    """Rows: training zoo; columns: test zoos; last row: the column average (SNE table 1)."""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        by_model[s["model"]].append(s)
+    blocks = []
+    for model, rows in sorted(by_model.items()):
+        cols = sorted({k.split("/", 1)[1] for s in rows for k in s["summary"] if k.startswith("test/")})
+        lines = [f"**{model}** (Kendall τ, mean ± std over seeds)", "",
+                 "| train \\ test | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        means: dict[str, list[float]] = defaultdict(list)
+        for s in sorted(rows, key=lambda r: r["config"]["task"]["train_on"]):
+            cells = []
+            for c in cols:
+                v = s["summary"].get(f"test/{c}", {}).get(metric)
+                cells.append(fmt(v))
+                if v:
+                    means[c].append(v["mean"])
+            lines.append(f"| {s['config']['task']['train_on']} | " + " | ".join(cells) + " |")
+        lines.append("| average | " + " | ".join(
+            f"{sum(means[c]) / len(means[c]):.3f}" if means[c] else "–" for c in cols) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def render(root: str) -> str:
+    summaries = load_summaries(root)
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        by_task[s["task"]].append(s)
+    parts = ["# Results", "", f"Rendered by `python -m benchmarks.report` from `{root}/`. Each cell is the "
+             "mean ± std over seeds of the test metric at the epoch with the best validation Kendall τ.", ""]
+    for task in sorted(by_task):
+        parts += [f"## {task}", ""]
+        parts.append(cross_dataset_matrix(by_task[task]) if task == "cross-dataset" else task_table(by_task[task]))
+        parts.append("")
+    if not summaries:
+        parts.append("_No results yet: run `python -m benchmarks.run --task wildpark --model ng-t`._")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default="results")
+    ap.add_argument("--out", default=os.path.join("docs", "results.md"))
+    args = ap.parse_args(argv)
+    text = render(args.results)
+    atomic_write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from neuralgraph.zoo.arch import build_model
+
 
 def small_cnn_zoo() -> nn.Module:
     """The Small CNN Zoo shape: 1->16->16->16 3x3 convs, global average pool, linear 16->10."""
@@ -12,30 +14,12 @@ def small_cnn_zoo() -> nn.Module:
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
 
-class WildPark(nn.Module):
-    """A Wild-Park-style CNN: per-layer kernels and activations, min-channel skips before activation."""
-
-    def __init__(self, channels=(16, 32, 8, 32, 16), kernels=(3, 7, 5, 3, 5), residual=(-1, -1, 0, 1, 2)):
-        super().__init__()
-        chans = (3,) + tuple(channels)
-        self.widths, self.residual = list(channels), list(residual)
-        self.layers = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2)
-                                    for i, k in enumerate(kernels))
-        self.acts = nn.ModuleList([nn.ReLU(), nn.GELU(), nn.Tanh(), nn.Sigmoid(), nn.LeakyReLU()])
-        self.fc = nn.Linear(chans[-1], 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        outs = []
-        for i, (conv, act) in enumerate(zip(self.layers, self.acts)):
-            h = conv(x)
-            j = self.residual[i]
-            if j >= 0:
-                m = min(self.widths[i], self.widths[j])
-                s = outs[j][:, :m]
-                h = h + s if m == self.widths[i] else torch.cat([h[:, :m] + s, h[:, m:]], 1)
-            x = act(h)
-            outs.append(x)
-        return self.fc(x.mean((2, 3)))
+def wildpark() -> nn.Module:
+    """A Wild-Park-style CNN (the zoo family): per-layer kernels and activations, min-channel skips."""
+    return build_model({"family": "wildpark", "in_channels": 3, "n_classes": 10,
+                        "channels": [16, 32, 8, 32, 16], "kernels": [3, 7, 5, 3, 5],
+                        "activations": ["relu", "gelu", "tanh", "sigmoid", "leaky_relu"],
+                        "residual": [-1, -1, 0, 1, 2]})
 
 
 def mlp() -> nn.Module:

@@ -8,6 +8,7 @@ reading a graph back into parameters is the inverse gather, so the round trip is
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -188,7 +189,8 @@ class ConversionPlan:
     def graph(self, params: nn.Module | Mapping[str, Tensor]) -> NeuralGraph:
         """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping)."""
         vec = self._param_vector(params)
-        if not torch.isfinite(vec.sum()) and not torch.isfinite(vec).all():
+        # one reduction decides in the common case; the full check only runs if the sum is not finite
+        if not math.isfinite(float(vec.sum())) and not torch.isfinite(vec).all():
             bad = next(n for n in self.param_names if not torch.isfinite(_get(params, n)).all())
             raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
                              "meaningless")
@@ -197,8 +199,9 @@ class ConversionPlan:
         ea = t["edge_attr0"].to(vec.dtype, copy=True)
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
-        return NeuralGraph(x=x, edge_index=t["edge_index"].clone(), edge_attr=ea,
-                           **{k: t[k].clone() for k in self.categories})
+        fields = {k: t[k].clone() for k in self.categories}
+        fields.update(x=x, edge_index=t["edge_index"].clone(), edge_attr=ea)
+        return NeuralGraph.from_fields(fields)
 
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
         """Parameter-shaped tensors read from per-edge ``[E, F_edge, ...]`` and per-node ``[N, F_node, ...]``
@@ -287,7 +290,10 @@ def _describe(m: nn.Module, parts: list[Any]) -> None:
     parts.append(type(m))
     for k, v in m.__dict__.items():
         if k[0] != "_" and k != "training":
-            parts.append((k, v if type(v) in _PLAIN else _freeze(v)))
+            if type(v) in _PLAIN or (type(v) is tuple and all(type(i) in _PLAIN for i in v)):
+                parts.append((k, v))
+            else:
+                parts.append((k, _freeze(v)))
     for k, p in m._parameters.items():
         parts.append((k, None if p is None else (p.shape, p.dtype)))
     for k, child in m._modules.items():

@@ -63,6 +63,14 @@ class NeuralGraph(Data):
     dim 0 unchanged.
     """
 
+    @classmethod
+    def from_fields(cls, fields: dict[str, torch.Tensor]) -> "NeuralGraph":
+        """``NeuralGraph(**fields)`` without PyG's per-attribute ``__setattr__`` dispatch (10x faster;
+        the converter's hot path). Equal to the keyword constructor, which the tests check."""
+        g = cls()
+        g._store._mapping.update(fields)
+        return g
+
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
         if key == "edge_index":
             return self.num_nodes

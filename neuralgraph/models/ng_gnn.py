@@ -190,7 +190,7 @@ class NGGNN(nn.Module):
         """Node states ``[N, hidden]`` and forward-edge states ``[E, edge_hidden]`` after the stack."""
         if not self.deg_fitted:
             warnings.warn("NG-GNN degree statistics are not fitted; call model.fit_degree(train_loader) "
-                          "or pass deg=... (using a placeholder histogram)", stacklevel=3)
+                          "or pass deg=... (using a placeholder histogram)", stacklevel=5)
             self.deg_fitted = True  # warn once
         x, e = self.encoder(data)  # (N, F), (E, Fe)
         edge_index = data.edge_index

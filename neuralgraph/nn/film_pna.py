@@ -54,7 +54,7 @@ def degree_histogram(graphs: Iterable, reverse_edges: bool = False) -> Tensor:
 
 
 class StableStdAggregation(Aggregation):
-    r"""Feature-wise standard deviation computed in two passes, :math:`\sqrt{\mathrm{mean}((x - \bar x)^2)}`.
+    r"""Feature-wise standard deviation in two passes: :math:`\sqrt{\mathrm{mean}((x - \bar x)^2)}`.
 
     PyG's ``"std"`` aggregation uses :math:`E[x^2] - E[x]^2`, whose rounding error grows with
     :math:`E[x]^2`; near its zero threshold that noise decides between 0 and

@@ -37,3 +37,14 @@ def test_heterogeneous_batching_roundtrips_every_field():
 def test_io_node_helpers():
     g = to_neural_graph(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)))
     assert g.input_nodes().tolist() == [0, 1, 2] and g.output_nodes().tolist() == [8, 9]
+
+
+def test_from_fields_equals_the_keyword_constructor():
+    g = to_neural_graph(MLP())
+    fields = {k: g[k] for k in g.keys()}
+    a, b = NeuralGraph.from_fields(fields), NeuralGraph(**fields)
+    assert sorted(a.keys()) == sorted(b.keys()) and a.num_nodes == b.num_nodes
+    for k in fields:
+        assert a[k] is b[k]
+    batch = Batch.from_data_list([a, b])
+    assert batch.num_graphs == 2 and batch.edge_index.max() == 2 * g.num_nodes - 1

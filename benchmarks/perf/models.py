@@ -8,8 +8,7 @@ Two measurements, each run in a fresh subprocess so the process peak memory belo
    graphs/s of a full training step (forward, MSE loss, backward, Adam step; median over steps after
    warm-up) and peak memory.
 2. **Scaling** (``--scaling``): one forward pass (no grad) of NG-GNN and sparse NG-T on the neural graph
-   of a ResNet-18-shaped CNN written here without torchvision (conv stem, 4 stages x 2 basic blocks,
-   1x1-conv shortcuts, global average pool, linear head). Target: < 8 GB peak on CPU.
+   of a ResNet-18-shaped CNN (``benchmarks/perf/nets.py``, no torchvision). Target: < 8 GB peak on CPU.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process peak resident set size
 (``ru_maxrss``, includes the Python interpreter, torch and the data) and its increase over the resident
@@ -27,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -35,9 +33,14 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
+
+from benchmarks.perf.nets import ResNet18
+from neuralgraph.zoo.arch import build_model
+from neuralgraph.zoo.presets import sample_wildpark
 
 #: benchmark name -> (registered model, extra hyperparameters); sizes are the paper's Wild Park ones
 MODELS = {
@@ -45,73 +48,11 @@ MODELS = {
     "ng-t": ("ng-t", dict(node_dim=16, edge_dim=8, mode="dense")),
     "ng-t-sparse": ("ng-t", dict(node_dim=16, edge_dim=8, mode="sparse")),
 }
-_ACTS = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
 
-class WildParkCNN(nn.Module):
-    """A CNN Wild Park architecture: conv layers, skips added into the first min(c_i, c_j) channels of a
-    later layer, global average pooling and a linear classifier."""
-
-    def __init__(self, channels, kernels, acts, skips, in_channels=3, n_classes=10):
-        super().__init__()
-        chans = (in_channels,) + tuple(channels)
-        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2)
-                                   for i, k in enumerate(kernels))
-        self.acts = nn.ModuleList(a() for a in acts)
-        self.skips = list(skips)  # skips[i] = j >= 0: output of layer j is added into layer i
-        self.fc = nn.Linear(chans[-1], n_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        outs = []
-        for i, (conv, act) in enumerate(zip(self.convs, self.acts)):
-            h = conv(x)
-            j = self.skips[i]
-            if j >= 0:  # plain ints, so the module traces with torch.fx
-                m = min(conv.out_channels, self.convs[j].out_channels)
-                h = torch.cat([h[:, :m] + outs[j][:, :m], h[:, m:]], dim=1)
-            x = act(h)
-            outs.append(x)
-        return self.fc(x.mean((2, 3)))
-
-
-def random_wildpark(rng: random.Random) -> WildParkCNN:
-    depth = rng.choice([2, 3, 4, 5])
-    channels = [rng.choice([4, 8, 16, 32]) for _ in range(depth)]
-    kernels = [rng.choice([3, 5, 7]) for _ in range(depth)]
-    acts = [rng.choice(_ACTS) for _ in range(depth)]
-    skips = [rng.choice([-1] + list(range(i - 1))) if i >= 2 else -1 for i in range(depth)]
-    return WildParkCNN(channels, kernels, acts, skips)
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 layout (no torchvision, no normalisation layers): 7x7 stem, max pool, 4 stages of 2 basic
-    blocks with 64/128/256/512 channels, 1x1-conv shortcuts, global average pool, linear head."""
-
-    def __init__(self, n_classes: int = 10, widths=(64, 128, 256, 512)):
-        super().__init__()
-        self.stem = nn.Conv2d(3, widths[0], 7, 2, 3)
-        blocks, cin = [], widths[0]
-        for s, w in enumerate(widths):
-            for b in range(2):
-                blocks.append(BasicBlock(cin, w, 2 if (s > 0 and b == 0) else 1))
-                cin = w
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, n_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2, 1)
-        return self.fc(self.blocks(x).mean((2, 3)))
+def random_wildpark(rng: np.random.Generator) -> nn.Module:
+    """A random CNN Wild Park architecture (the zoo's sampler: 3 input channels, 10 classes)."""
+    return build_model(sample_wildpark(rng, in_channels=3, n_classes=10, input_size=(32, 32)))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -156,7 +97,7 @@ def worker_train(name: str, batch_size: int, n_graphs: int, steps: int, device: 
 
     from neuralgraph import to_neural_graph
 
-    rng = random.Random(0)
+    rng = np.random.default_rng(0)
     torch.manual_seed(0)
     graphs = [to_neural_graph(random_wildpark(rng)) for _ in range(n_graphs)]
     model = _build(name, graphs[0].edge_attr.size(1), graphs, device)
@@ -195,7 +136,7 @@ def worker_scaling(name: str, device: torch.device, amp: bool):
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    graph = to_neural_graph(ResNet18())
+    graph = to_neural_graph(ResNet18(num_classes=10))
     convert_s = time.perf_counter() - t0
     model = _build(name, graph.edge_attr.size(1), [graph], device).eval()
     graph = graph.to(device)

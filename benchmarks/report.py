@@ -14,7 +14,7 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from neuralgraph.training import atomic_write_text
+from neuralgraph.io import atomic_write_text
 
 
 def load_summaries(root: str) -> list[dict[str, Any]]:

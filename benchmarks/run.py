@@ -27,7 +27,8 @@ import yaml
 import neuralgraph.tasks  # noqa: F401  (registers tasks)
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
 from neuralgraph.tasks import create_task, list_tasks, task_config_fields
-from neuralgraph.training import TrainConfig, atomic_write_text, fit
+from neuralgraph.io import atomic_write, atomic_write_text
+from neuralgraph.training import TrainConfig, fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -130,9 +131,8 @@ def scatter_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[str, Any]], device: str,
@@ -147,10 +147,13 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
         atomic_write_text(os.path.join(seed_dir, "config.yaml"),
                           yaml.safe_dump({"task_name": task_name, "model_name": model_name, "seed": seed,
                                           "device": device, **cfg}, sort_keys=False))
+        kwargs = _sized(task, model_name, cfg)  # may build the data: before seeding
         torch.manual_seed(seed)
-        model = create_model(model_name, **_sized(task, model_name, cfg))
+        model = create_model(model_name, **kwargs)
         train_cfg = TrainConfig(**cfg["train"], seed=seed, device=device)
-        res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress)
+        res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress,
+                  run_config={"task_name": task_name, "model_name": model_name, "task": cfg["task"],
+                              "model": cfg["model"]})
         res["model"] = label
         results.append(res)
     summary = summarize(results)

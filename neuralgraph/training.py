@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from neuralgraph.io import atomic_write, atomic_write_text
 from neuralgraph.tasks.base import Task
 
 
@@ -37,22 +38,6 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" or "cuda"
 
 
-def _atomic_save(obj: Any, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write a text file via a temporary file and a rename, so readers never see half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, input_kind: str, batch_size: int,
              device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
@@ -67,11 +52,23 @@ def evaluate(model: nn.Module, task: Task, split: str, input_kind: str, batch_si
     return task.metrics(pred, target), pred, target
 
 
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = None,
-        progress: bool = True) -> dict[str, Any]:
-    """Train ``model`` on ``task`` and return a results dict (also written to ``out_dir/metrics.json``)."""
+        progress: bool = True, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``task`` and return a results dict (also written to ``out_dir/metrics.json``).
+
+    With ``out_dir``, training resumes from ``out_dir/checkpoint.pt`` when it exists, provided it was
+    written by the same configuration (``cfg`` plus ``run_config``, e.g. the resolved task and model
+    options; only ``epochs`` and ``max_steps`` may grow); a different configuration is an error rather
+    than a silently mixed result."""
     device = torch.device(cfg.device)
     input_kind = model.input_kind
+    torch.manual_seed(cfg.seed)  # dropout and any other randomness of training (data order: per epoch)
     model.to(device)
     if hasattr(model, "fit_degree"):  # models with data-dependent statistics fit them on train only
         model.fit_degree(task.splits["train"].graphs())
@@ -82,8 +79,15 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
+    # everything but the stopping budget: a run may be resumed with more epochs / steps
+    train_opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "max_steps")}
+    fingerprint = json.loads(json.dumps({"train": train_opts, **(run_config or {})}))
     if ckpt and os.path.exists(ckpt):
         saved = torch.load(ckpt, map_location=device, weights_only=True)
+        changed = _diff(saved.get("config"), fingerprint)
+        if changed:
+            raise ValueError(f"{ckpt} was written by another configuration ({'; '.join(changed)}); resume with "
+                             "the same options, or write to another directory (--out / --tag) or delete it")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = saved["state"]
@@ -115,6 +119,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
         state["train_seconds"] += time.perf_counter() - t0
         val, _, _ = evaluate(model, task, "val", input_kind, cfg.batch_size, device)
         score = val[task.select_metric]
+        if not math.isfinite(score):  # a diverged epoch is never the best one
+            score = -math.inf if task.select_mode == "max" else math.inf
         state["history"].append({"epoch": epoch, "train_loss": float(torch.stack(losses).mean()),
                                  **{f"val_{k}": v for k, v in val.items()}})
         if state["best"] is None or better(score, state["best"]):
@@ -126,8 +132,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
         bar.update(1)
         bar.set_postfix(loss=f"{state['history'][-1]['train_loss']:.4f}", val=f"{score:.3f}")
         if ckpt:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                          "rng": torch.get_rng_state()}, ckpt)
+            payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                       "rng": torch.get_rng_state(), "config": fingerprint}
+            atomic_write(ckpt, lambda f: torch.save(payload, f))
         done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or bool(
             cfg.max_steps and state["step"] >= cfg.max_steps)
     bar.close()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import tempfile
 import time
 
 import torch
@@ -16,6 +14,7 @@ import torch
 from benchmarks.perf.nets import ResNet18, mlp, small_cnn_zoo, wildpark
 from neuralgraph import to_neural_graph
 from neuralgraph.convert import clear_plan_cache
+from neuralgraph.io import atomic_write_text
 
 CASES = {
     "small-cnn-zoo (1-16-16-16, 3x3)": small_cnn_zoo,
@@ -64,10 +63,7 @@ def main() -> None:
         print(f"{r['model']:34s} {r['nodes']:7d} {r['edges']:9d} {r['cold_graphs_per_s']:9.1f} "
               f"{r['cached_graphs_per_s']:9.1f} {r['speedup']:7.1f}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(os.path.abspath(args.json)), delete=False) as f:
-            json.dump({"threads": 1, "rows": rows}, f, indent=2)
-        os.replace(f.name, args.json)
+        atomic_write_text(args.json, json.dumps({"threads": 1, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

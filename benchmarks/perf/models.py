@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.perf.nets import ResNet18
+from neuralgraph.io import atomic_write_text
 from neuralgraph.zoo.arch import build_model
 from neuralgraph.zoo.presets import sample_wildpark
 
@@ -237,9 +238,8 @@ def main(argv=None) -> list[dict]:
                             ("forward s", "forward_s", ">9.2f"), ("peak MB", "peak_mb", ">8.0f"),
                             ("+MB", "peak_over_base_mb", ">7.0f"), ("convert s", "convert_s", ">9.2f")]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), torch=torch.__version__, threads=torch.get_num_threads(),
-                           results=results), f, indent=2)
+        atomic_write_text(args.json, json.dumps(dict(args=vars(args), torch=torch.__version__,
+                                                     threads=torch.get_num_threads(), results=results), indent=2))
     return results
 
 

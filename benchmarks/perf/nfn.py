@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from neuralgraph.data import WeightSpace
+from neuralgraph.io import atomic_write_text
 from neuralgraph.nn import HNPLayer, NPLayer, hnp_pool, np_pool, to_features
 
 SMALL_CNN = [(16, 1, 3, 3), (16, 16, 3, 3), (16, 16, 3, 3), (10, 16)]
@@ -104,8 +105,7 @@ def main(argv=None) -> None:
         print(f"{r['layer']:<6}{r['ours_ms']:>12.1f}{r['nfn_ms']:>12.1f}{r['ratio']:>8.2f}"
               f"{r['ours_params']:>11}/{r['nfn_params']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": vars(args), "results": rows}, f, indent=2)
+        atomic_write_text(args.json, json.dumps({"config": vars(args), "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

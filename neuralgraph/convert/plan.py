@@ -131,6 +131,9 @@ class ConversionPlan:
             return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
 
         self.edge_src, self.edge_dst = cat(e_src), cat(e_dst)
+        if torch.unique(self.edge_dst).numel() != self.edge_dst.numel():
+            raise AssertionError("two parameter elements were assigned the same edge tap; a conversion rule "
+                                 "is wrong (please report it with the module)")
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
         self.x0, self.edge_attr0 = x0, ea0
         self.param_shapes = {p: builder.param_shapes[p] for p in self.param_names}
@@ -226,7 +229,7 @@ class ConversionPlan:
             wt = _get(params, w).detach()
             weights.append(wt.unsqueeze(0))
             biases.append((_get(params, b).detach() if b else wt.new_zeros(wt.size(0))).unsqueeze(0))
-        return WeightSpace(tuple(weights), tuple(biases))
+        return WeightSpace(tuple(weights), tuple(biases), self.feedforward)
 
     def check(self, graph: NeuralGraph) -> None:
         if (graph.num_nodes != self.num_nodes or graph.edge_index.size(1) != self.num_edges

@@ -21,10 +21,13 @@ class WeightSpace:
     Args:
         weights: one tensor per layer, ``[B, out, in, *kernel]`` (``[B, out, in]`` for linear layers).
         biases: one tensor per layer, ``[B, out]`` (zeros where the layer has no bias).
+        feedforward: the networks are plain chains of these layers (no residual or normalization
+            layers), so permuting layer ``l``'s outputs with layer ``l+1``'s inputs is a symmetry.
     """
 
     weights: tuple[Tensor, ...]
     biases: tuple[Tensor, ...]
+    feedforward: bool = True
 
     def __post_init__(self) -> None:
         self.weights, self.biases = tuple(self.weights), tuple(self.biases)
@@ -39,15 +42,16 @@ class WeightSpace:
 
     @property
     def signature(self) -> tuple:
-        """Per-layer shapes without the batch dim: equal signatures mean one weight space."""
+        """Per-layer shapes without the batch dim: equal signatures mean one weight space (group networks
+        by ``(signature, feedforward)``)."""
         return tuple((tuple(w.shape[1:]), tuple(b.shape[1:])) for w, b in zip(self.weights, self.biases))
 
     def to(self, *args, **kwargs) -> "WeightSpace":
         return WeightSpace(tuple(w.to(*args, **kwargs) for w in self.weights),
-                           tuple(b.to(*args, **kwargs) for b in self.biases))
+                           tuple(b.to(*args, **kwargs) for b in self.biases), self.feedforward)
 
     def __getitem__(self, idx) -> "WeightSpace":
-        return WeightSpace(tuple(w[idx] for w in self.weights), tuple(b[idx] for b in self.biases))
+        return WeightSpace(tuple(w[idx] for w in self.weights), tuple(b[idx] for b in self.biases), self.feedforward)
 
     def flatten(self) -> Tensor:
         """``[B, P]``: every parameter of each network, layer by layer (weight then bias)."""
@@ -65,7 +69,8 @@ class WeightSpace:
                 raise ValueError("cannot stack weight spaces of different architectures; "
                                  "use WeightSpaceBatch.collate")
         return WeightSpace(tuple(torch.cat(ws) for ws in zip(*(i.weights for i in items))),
-                           tuple(torch.cat(bs) for bs in zip(*(i.biases for i in items))))
+                           tuple(torch.cat(bs) for bs in zip(*(i.biases for i in items))),
+                           all(i.feedforward for i in items))
 
 
 @dataclass
@@ -107,7 +112,7 @@ class WeightSpaceBatch:
         """Group single networks (or small batches) by architecture, keeping batch positions."""
         by_sig: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
-            by_sig.setdefault(it.signature, []).append(i)
+            by_sig.setdefault((it.signature, it.feedforward), []).append(i)
         starts = [0]
         for it in items[:-1]:
             starts.append(starts[-1] + len(it))

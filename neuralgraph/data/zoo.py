@@ -36,6 +36,7 @@ from torch_geometric.data import InMemoryDataset
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, split_by_run
 from neuralgraph.data.graph import NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
+from neuralgraph.io import atomic_write
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -52,13 +53,20 @@ class ToNeuralGraph:
         from neuralgraph.convert import ConvertConfig
 
         self.config = ConvertConfig.from_kwargs(**config)
+        self._plans: dict[str, Any] = {}
 
     def plan(self, member: ZooMember):
+        """The conversion plan of the member's architecture (one module built per architecture, with
+        the global RNG left untouched so seeded runs do not depend on which zoo was converted)."""
         from neuralgraph.convert import get_plan
-        from neuralgraph.zoo.arch import build_model, example_input
+        from neuralgraph.zoo.arch import arch_key, build_model, example_input
 
         arch = member.architecture
-        return get_plan(build_model(arch), example_input(arch), _config=self.config)
+        key = arch_key(arch)
+        if key not in self._plans:
+            with torch.random.fork_rng():
+                self._plans[key] = get_plan(build_model(arch), example_input(arch), _config=self.config)
+        return self._plans[key]
 
     def __call__(self, member: ZooMember) -> NeuralGraph:
         return self.plan(member).graph(member.state_dict())
@@ -123,7 +131,9 @@ class ZooDataset(InMemoryDataset):
         pre_transform = pre_transform or ToNeuralGraph(**(converter or {}))
         key_src = json.dumps({"pre_transform": repr(pre_transform),
                               "target": target if isinstance(target, str) else repr(target),
-                              "runs": hashlib.sha256("\n".join(sorted(self.zoo.run_ids)).encode()).hexdigest(),
+                              "runs": hashlib.sha256(json.dumps(  # run ids and their records (metrics, ...)
+                                  [[r, self.zoo.records[r]] for r in sorted(self.zoo.run_ids)],
+                                  sort_keys=True, default=str).encode()).hexdigest(),
                               "format": 1}, sort_keys=True)
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self._key_src = key_src
@@ -166,10 +176,8 @@ class ZooDataset(InMemoryDataset):
             graphs.append(g)
         data, slices = self.collate(graphs)
         payload = {"data": data.to_dict(), "slices": dict(slices)}
-        from neuralgraph.data.formats.native import _atomic_write
-
-        _atomic_write(Path(self.processed_paths[0]), lambda f: torch.save(payload, f))
-        _atomic_write(Path(self.processed_paths[1]), lambda f: f.write(self._key_src.encode()))
+        atomic_write(self.processed_paths[0], lambda f: torch.save(payload, f))
+        atomic_write(self.processed_paths[1], lambda f: f.write(self._key_src.encode()))
 
     def _load_processed(self) -> None:
         path = self.processed_paths[0]

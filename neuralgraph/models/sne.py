@@ -256,5 +256,15 @@ class SNE(nn.Module):
         (:func:`permute_hidden_neurons`); ``out`` = ``self(batch)``. Zero if ``logit_invariance`` is off."""
         if not self.logit_invariance or self.invariance_weight == 0.0:
             return out.new_zeros(())
-        permuted = WeightSpaceBatch([permute_hidden_neurons(g, generator) for g in batch.groups], batch.positions)
-        return self.invariance_weight * (self(permuted) - out).pow(2).mean()
+        # only plain feed-forward networks have the layer-by-layer permutation symmetry used here
+        keep = [k for k, g in enumerate(batch.groups) if g.feedforward]
+        if not keep:
+            return out.new_zeros(())
+        groups = [permute_hidden_neurons(batch.groups[k], generator) for k in keep]
+        positions = [batch.positions[k] for k in keep]
+        rows = torch.cat(positions)
+        # renumber the kept networks 0..n-1 so the permuted batch scatters into its own order
+        order = torch.empty(int(rows.max()) + 1, dtype=torch.long, device=rows.device)
+        order[rows] = torch.arange(rows.numel(), device=rows.device)
+        permuted = WeightSpaceBatch(groups, [order[p] for p in positions])
+        return self.invariance_weight * (self(permuted) - out[rows]).pow(2).mean()

@@ -109,3 +109,20 @@ def test_cnn_with_groupnorm_and_instancenorm():
     permute_out(p[3], q), permute_norm(p[4], q), permute_in(p[6], q)
     assert_same_function(m, p, x)
     assert_isomorphic(g, to_neural_graph(p))
+
+
+def test_running_statistics_never_share_a_tap_with_gamma():
+    """With a 1x3 kernel the centre tap is 1: the statistics must move to taps 0 and 2."""
+    torch.manual_seed(0)
+    m = randomize(BNBlock())
+    for mk in [(3,), (1, 3), (3, 3)]:
+        m1 = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+        randomize(m1)
+        with torch.no_grad():
+            m1[1].running_mean.normal_(), m1[1].running_var.uniform_(0.5, 2)
+        g = to_neural_graph(m1, max_kernel=mk)
+        assert_state_equal(m1, from_neural_graph(g, m1, max_kernel=mk))
+        x = torch.randn(4, 3)
+        with torch.no_grad():
+            assert torch.allclose(execute(g, x, mk), m1.eval()(x), atol=1e-5)
+    assert_state_equal(m, from_neural_graph(to_neural_graph(m, max_kernel=(3, 3)), m, max_kernel=(3, 3)))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuralgraph.convert.activations import ACTIVATIONS
+from neuralgraph.convert.rules.norm import stat_taps
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
 
 _FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
@@ -59,7 +60,8 @@ def execute(g, x: Tensor, max_kernel=(7, 7)) -> Tensor:
             elif kind == EDGE_KIND["flatten"]:
                 term = v.flatten(1)[:, int(g.node_spatial[j]) - 1]
             elif kind == EDGE_KIND["batchnorm"]:  # eval mode, default eps
-                mean, var = w[0], w[1]
+                mean, var = stat_taps(w.numel(), w.numel() // 2)
+                mean, var = w[mean], w[var]
                 term = (v - mean) / torch.sqrt(var + 1e-5) * w[w.numel() // 2]
             elif kind == EDGE_KIND["instancenorm"]:  # per sample and channel, over space
                 dims = tuple(range(1, v.dim()))

@@ -14,7 +14,7 @@ from neuralgraph.models.heads import EquivariantOutput, split_outputs, to_parame
 from neuralgraph.nn import degree_histogram
 from tests.helpers.nets import MLP, WildParkCNN
 from tests.models.ng_checks import (assert_all_grads, assert_batch_independent, batch_of, node_edge_mapping,
-                                    permuted_pair)
+                                    permuted_pair, SYMMETRY_NETS)
 from tests.nn.graphs import random_graph
 
 GRAPHS = [random_graph(seed=0), random_graph((3, 7, 6, 5, 2), seed=1), random_graph((3, 9, 2), seed=2)]
@@ -35,7 +35,7 @@ def test_registered_and_shapes():
 
 
 @pytest.mark.parametrize("reverse_edges", [False, True])
-@pytest.mark.parametrize("net", ["mlp", "wildpark", "resnet", "norm", "attention"])
+@pytest.mark.parametrize("net", SYMMETRY_NETS)
 def test_invariant_to_hidden_permutations_of_real_modules(net, reverse_edges):
     g1, g2 = permuted_pair(net)
     m = make(reverse_edges=reverse_edges)

@@ -7,7 +7,7 @@ import torch
 from neuralgraph.models import NGT, create_model
 from neuralgraph.models.heads import EquivariantOutput
 from tests.models.ng_checks import (assert_all_grads, assert_batch_independent, batch_of, node_edge_mapping,
-                                    permuted_pair)
+                                    permuted_pair, SYMMETRY_NETS)
 from tests.nn.graphs import random_graph
 
 MODES = ["dense", "sparse"]
@@ -27,7 +27,7 @@ def test_registered_and_shapes():
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("net", ["mlp", "wildpark", "resnet", "norm", "attention"])
+@pytest.mark.parametrize("net", SYMMETRY_NETS)
 def test_invariant_to_hidden_permutations_of_real_modules(net, mode):
     g1, g2 = permuted_pair(net)
     m = make(mode=mode)

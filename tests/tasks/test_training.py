@@ -81,3 +81,10 @@ def test_config_resolution_and_errors(tmp_path):
     f.write_text("train:\n  lr: 0.01\nmodels:\n  x: 1\n")
     with pytest.raises(SystemExit, match=r"unknown section 'models'"):
         resolve_config("wildpark", "ng-t", str(f), False, [])
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path):
+    fit(make_model("weights"), TinyTask(None), TrainConfig(epochs=1, batch_size=8), str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"another configuration \(train.lr: 0.001 -> 0.01\)"):
+        fit(make_model("weights"), TinyTask(None), TrainConfig(epochs=2, batch_size=8, lr=0.01), str(tmp_path),
+            progress=False)

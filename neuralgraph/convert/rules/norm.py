@@ -2,11 +2,11 @@
 
 ``d`` input neurons -> ``d`` new neurons, one edge per neuron. The edge carries the multiplicative term
 ``gamma`` on the centre tap (1 without affine parameters); for layers with running statistics
-(BatchNorm, InstanceNorm with ``track_running_stats``) taps 0 and 1 carry ``running_mean`` and
-``running_var``, so they survive the round trip exactly. The node feature carries the additive term
+(BatchNorm, InstanceNorm with ``track_running_stats``) the first two non-centre taps (0 and 1 for
+any kernel wider than 1) carry ``running_mean`` and ``running_var``, so they survive the round trip
+exactly. The node feature carries the additive term
 ``beta``. The edge kind names the normalization (its statistics couple neurons of a layer for
-LayerNorm / GroupNorm); ``neuralgraph.transforms.FoldBatchNorm`` adds the folded eval-mode scale and
-shift as features.
+LayerNorm / GroupNorm).
 """
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ from neuralgraph.convert.rules import module_rule
 _KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",
          nn.InstanceNorm1d: "instancenorm", nn.InstanceNorm2d: "instancenorm", nn.InstanceNorm3d: "instancenorm",
          nn.GroupNorm: "groupnorm", nn.LayerNorm: "layernorm"}
-#: taps (flat indices into edge_attr) of the running statistics
-RUNNING_MEAN_TAP, RUNNING_VAR_TAP = 0, 1
+
+
+def stat_taps(edge_dim: int, centre: int) -> tuple[int, int]:
+    """Taps of ``running_mean`` and ``running_var``: the first two that are not the centre tap."""
+    free = [t for t in range(edge_dim) if t != centre]
+    return free[0], free[1]
 
 
 def _channels(node, ctx, mod: nn.Module) -> int:
@@ -57,8 +61,9 @@ def norm(ctx, node, x: Val) -> Val:
         if ctx.config.edge_dim < 3:
             raise ctx.unsupported(node, "storing running statistics needs at least 3 edge features; use a "
                                         "max_kernel with 3 or more taps")
-        sources.append((ctx.buffer(node, "running_mean"), idx, torch.tensor([RUNNING_MEAN_TAP])))
-        sources.append((ctx.buffer(node, "running_var"), idx, torch.tensor([RUNNING_VAR_TAP])))
+        mean_tap, var_tap = stat_taps(ctx.config.edge_dim, ctx.config.centre_tap)
+        sources.append((ctx.buffer(node, "running_mean"), idx, torch.tensor([mean_tap])))
+        sources.append((ctx.buffer(node, "running_var"), idx, torch.tensor([var_tap])))
     b.add_edges(x.nodes, out, kind, const=None if weight is not None else 1.0, sources=sources)
     bias = ctx.param(node, "bias")
     if bias is not None:

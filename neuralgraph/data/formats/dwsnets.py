@@ -86,8 +86,8 @@ class DWSNetsINRs(BaseZoo):
                     items.append((p if p.is_absolute() and p.exists() else root / p,
                                   None if lab is None else int(lab)))
         else:
-            for p in sorted(root.rglob("*.pth")):
-                s = "train" if "train" in p.as_posix() else "test"
+            for p in sorted(root.rglob("*.pth")):  # e.g. mnist_png_training_3_100/...: judged below root only
+                s = "train" if "train" in p.relative_to(root).as_posix() else "test"
                 if split in ("all", s):
                     items.append((p, None))
         if not items:

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from neuralgraph.io import atomic_write
+
 FORMAT_NAME = "neuralgraph-zoo"
 FORMAT_VERSION = 1
 MEMBER_DIR = "members"
@@ -37,31 +39,16 @@ class ZooFormatError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # atomic writes
 # ---------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
     data = (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     for k, a in arrays.items():
         if a.dtype == object:
             raise TypeError(f"array {k!r} has dtype object; the zoo format stores numeric arrays only")
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,11 +33,12 @@ def fmt(v: dict[str, float] | None) -> str:
 
 
 def task_table(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> str:
+    """One row per result directory (model, plus the variant path for cross-arch datasets)."""
     splits = sorted({k for s in summaries for k in s["summary"] if k.startswith("test")})
-    head = ["model", "seeds"] + [f"{sp} τ" for sp in splits] + [f"{sp} R²" for sp in splits]
+    head = ["result", "seeds"] + [f"{sp} τ" for sp in splits] + [f"{sp} R²" for sp in splits]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
-        cells = [s["model"], str(len(s["seeds"]))]
+        cells = [s["dir"].split("/", 1)[-1], str(len(s["seeds"]))]
         cells += [fmt(s["summary"].get(sp, {}).get(metric)) for sp in splits]
         cells += [fmt(s["summary"].get(sp, {}).get("r2")) for sp in splits]
         lines.append("| " + " | ".join(cells) + " |")
@@ -46,13 +47,13 @@ def task_table(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> 
 
 def cross_dataset_matrix(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> str:
     """Rows: training zoo; columns: test zoos; last row: the column average (SNE table 1)."""
-    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_model: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
-        by_model[s["model"]].append(s)
+        by_model[(s["model"], s["config"]["task"].get("arch", "arch1"))].append(s)
     blocks = []
-    for model, rows in sorted(by_model.items()):
+    for (model, arch), rows in sorted(by_model.items()):
         cols = sorted({k.split("/", 1)[1] for s in rows for k in s["summary"] if k.startswith("test/")})
-        lines = [f"**{model}** (Kendall τ, mean ± std over seeds)", "",
+        lines = [f"**{model}** on {arch} zoos (Kendall τ, mean ± std over seeds)", "",
                  "| train \\ test | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         means: dict[str, list[float]] = defaultdict(list)
         for s in sorted(rows, key=lambda r: r["config"]["task"]["train_on"]):

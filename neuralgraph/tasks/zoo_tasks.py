@@ -90,6 +90,9 @@ class WildParkTask(Task):
 @dataclass
 class CnnZooConfig(AccuracyZooConfig):
     preset: str = "arch1-digits"
+    # a Small CNN Zoo directory given as `zoo` uses its standard split: the row permutation file of
+    # NFN / Neural Graphs (one index per line), step 86, second half test, first half 80/20 train/val
+    permutation_file: str | None = None
 
 
 @register_task("cnn-zoo")
@@ -103,7 +106,11 @@ class CnnZooTask(WildParkTask):
         c = self.cfg
         if c.zoo is not None and (Path(os.path.expanduser(c.zoo)) / "weights.npy").exists():
             conv = {"max_kernel": tuple(c.max_kernel)}
-            zoos = {name: SmallCNNZoo(c.zoo, split=name) for name in ("train", "val", "test")}
+            if c.permutation_file is None:
+                raise ValueError(f"{c.zoo} is a Small CNN Zoo: pass its row permutation file (task.permutation_file="
+                                 "...) so the split is the standard one of NFN / Neural Graphs")
+            zoos = {name: SmallCNNZoo(c.zoo, split=name, permutation_file=c.permutation_file)
+                    for name in ("train", "val", "test")}
             return {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
                                                    converter=conv)) for name, z in zoos.items()}
         return super().build_splits()

@@ -44,7 +44,10 @@ def build(name: str, nets: list[nn.Module]) -> nn.Module:
     sizes = {"out_dim": 1, "node_in": 2, "edge_in": 49, "weight_shapes": ws.signature}
     accepted = model_arguments(name)
     torch.manual_seed(0)
-    return create_model(name, **{k: v for k, v in sizes.items() if k in accepted}), kind
+    model = create_model(name, **{k: v for k, v in sizes.items() if k in accepted})
+    if hasattr(model, "fit_degree"):  # data statistics, as the training loop fits them
+        model.fit_degree([to_neural_graph(n) for n in nets])
+    return model, kind
 
 
 def test_registry_has_every_model_and_clear_typos():

@@ -202,8 +202,8 @@ class ConversionPlan:
         ea = t["edge_attr0"].to(vec.dtype, copy=True)
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
-        fields = {k: t[k].clone() for k in self.categories}
-        fields.update(x=x, edge_index=t["edge_index"].clone(), edge_attr=ea)
+        fields = {"x": x, "edge_index": t["edge_index"].clone(), "edge_attr": ea}
+        fields.update((k, t[k].clone()) for k in self.categories)
         return NeuralGraph.from_fields(fields)
 
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:

@@ -121,3 +121,10 @@ class WeightSpaceBatch:
             groups.append(WeightSpace.stack([items[i] for i in members]))
             positions.append(torch.cat([torch.arange(starts[i], starts[i] + len(items[i])) for i in members]))
         return WeightSpaceBatch(groups, positions)
+
+    @staticmethod
+    def from_items(items: Sequence[tuple[WeightSpace, Tensor]]) -> "WeightSpaceBatch":
+        """Collate ``(weight space, target)`` dataset items: a batch with ``y`` set (a ``collate_fn``)."""
+        batch = WeightSpaceBatch.collate([ws for ws, _ in items])
+        batch.y = torch.stack([torch.as_tensor(y) for _, y in items])
+        return batch

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import InMemoryDataset
 
-from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, split_by_run
+from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, member_splits
 from neuralgraph.data.graph import NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.io import atomic_write
@@ -84,8 +84,7 @@ def _split_indices(zoo: BaseZoo, split: str, fractions, seed: int) -> list[int]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "all":
         return list(range(len(zoo)))
-    runs = set(split_by_run(zoo.run_ids, fractions, seed)[split])
-    return [i for i, m in enumerate(zoo.members) if m.run_id in runs]
+    return member_splits(zoo, tuple(fractions), seed)[split]
 
 
 def _target(member: ZooMember, target: str | Callable[[ZooMember], float]) -> float:
@@ -211,8 +210,8 @@ class ZooDataset(InMemoryDataset):
 class ZooWeightDataset(torch.utils.data.Dataset):
     """The members of a zoo split as ``(WeightSpace, y)`` items (B = 1 each).
 
-    Use ``DataLoader(ds, batch_size=..., collate_fn=ZooWeightDataset.collate)`` to get
-    ``(WeightSpaceBatch, y [B])``. Same arguments as :class:`ZooDataset` (or explicit ``indices``).
+    Use ``DataLoader(ds, batch_size=..., collate_fn=ZooWeightDataset.collate)`` to get a
+    ``WeightSpaceBatch`` with targets ``y [B]``. Same arguments as :class:`ZooDataset` (or explicit ``indices``).
     """
 
     def __init__(self, zoo, split: str = "train", target: str | Callable[[ZooMember], float] = "test_accuracy",
@@ -235,9 +234,7 @@ class ZooWeightDataset(torch.utils.data.Dataset):
         ws = self.to_graph.plan(m).weight_space(m.state_dict())
         return ws, torch.tensor(_target(m, self.target), dtype=torch.float)
 
-    @staticmethod
-    def collate(items: Sequence[tuple[WeightSpace, Tensor]]) -> tuple[WeightSpaceBatch, Tensor]:
-        return WeightSpaceBatch.collate([w for w, _ in items]), torch.stack([y for _, y in items])
+    collate = staticmethod(WeightSpaceBatch.from_items)
 
     @property
     def signatures(self) -> set:

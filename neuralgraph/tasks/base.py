@@ -60,12 +60,6 @@ class _WeightItems(torch.utils.data.Dataset):
         return self.ws[i], self.y[i]
 
 
-def collate_weights(items: Sequence[tuple[WeightSpace, Tensor]]) -> WeightSpaceBatch:
-    batch = WeightSpaceBatch.collate([ws for ws, _ in items])
-    batch.y = torch.stack([y for _, y in items])
-    return batch
-
-
 class Task:
     """Base class: property prediction of networks in a zoo (subclasses fill :meth:`build_splits`).
 
@@ -129,7 +123,7 @@ class Task:
             return GraphLoader(s.graphs(), batch_size=batch_size, shuffle=shuffle, generator=generator)
         if input_kind == "weights":
             return TorchLoader(_WeightItems(s), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                               collate_fn=collate_weights)
+                               collate_fn=WeightSpaceBatch.from_items)
         raise ValueError(f"unknown input_kind {input_kind!r}; expected 'graph' or 'weights'")
 
     # ------------------------------------------------------------------------------------ objective

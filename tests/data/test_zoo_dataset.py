@@ -50,10 +50,11 @@ def test_graphs_targets_splits_and_weight_view(zoo_dir):
     ws, y = wds[0]
     assert y.item() == pytest.approx(g.y.item())
     assert torch.equal(ws.weights[0][0], m.state_dict()["layers.0.weight"])
-    wb, ys = ZooWeightDataset.collate([wds[i] for i in range(len(wds))])
+    wb = ZooWeightDataset.collate([wds[i] for i in range(len(wds))])
+    ys = wb.y
     assert len(wb) == len(wds) and ys.shape == (len(wds),)
     alone = ZooWeightDataset(zoo, split="all")
-    assert len(alone.signatures) == 2 and not ZooWeightDataset.collate([alone[i] for i in range(len(alone))])[0].homogeneous
+    assert len(alone.signatures) == 2 and not ZooWeightDataset.collate([alone[i] for i in range(len(alone))]).homogeneous
 
 
 def test_processed_cache_keyed_by_converter_config(zoo_dir):

@@ -18,24 +18,14 @@ from torch_geometric.nn.aggr import AttentionalAggregation
 from torch_geometric.utils import scatter
 
 from neuralgraph.data.graph import ROLE
+from neuralgraph.models.mlp import mlp
 from neuralgraph.nn.embeddings import check_index_bound
 
 __all__ = ["GraphReadout", "EquivariantHead", "EquivariantOutput", "READOUTS", "graph_index",
-           "make_head", "apply_head", "split_outputs", "to_parameters", "mlp"]
+           "make_head", "apply_head", "split_outputs", "to_parameters"]
 
 #: Pooling choices of :class:`GraphReadout`.
 READOUTS = ("mean", "attention", "output_mean", "output_cat")
-
-
-def mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int = 2, act: type = nn.SiLU) -> nn.Sequential:
-    """``num_layers`` Linear layers with ``act`` in between."""
-    dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
-    layers: list[nn.Module] = []
-    for i in range(num_layers):
-        layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < num_layers - 1:
-            layers.append(act())
-    return nn.Sequential(*layers)
 
 
 def graph_index(data) -> tuple[Tensor, int]:
@@ -87,15 +77,13 @@ class GraphReadout(nn.Module):
             self.pool = AttentionalAggregation(gate_nn=nn.Linear(in_dim, 1),
                                                nn=nn.Linear(in_dim, in_dim))
         pooled = in_dim * num_outputs if readout == "output_cat" else in_dim
-        self.mlp = mlp(pooled, hidden, out_dim, num_layers)
+        self.mlp = mlp(pooled, [hidden] * (num_layers - 1), out_dim, act="silu")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.readout == "attention":
             self.pool.reset_parameters()
-        for m in self.mlp:
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
+        self.mlp.reset_parameters()
 
     def forward(self, x: Tensor, batch: Tensor, num_graphs: int, node_role: Tensor,
                 node_pos: Tensor) -> Tensor:
@@ -142,8 +130,8 @@ class EquivariantHead(nn.Module):
                  node_out_dim: int | None = None):
         super().__init__()
         hidden = hidden or max(node_dim, edge_dim)
-        self.node_mlp = mlp(node_dim, hidden, node_out_dim or out_dim)
-        self.edge_mlp = mlp(edge_dim, hidden, out_dim)
+        self.node_mlp = mlp(node_dim, [hidden], node_out_dim or out_dim, act="silu")
+        self.edge_mlp = mlp(edge_dim, [hidden], out_dim, act="silu")
 
     def reset_parameters(self) -> None:
         for m in self.modules():

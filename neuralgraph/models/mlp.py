@@ -64,9 +64,9 @@ class FeatureNorm(nn.Module):
                             momentum=self.momentum, eps=self.eps)
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0) -> nn.Module:
-    """``Linear -> ReLU`` for each hidden size, then a plain ``Linear`` (PyG's :class:`~torch_geometric.nn.MLP`)."""
-    return _PygMLP([in_dim, *hidden, out_dim], act="relu", norm=None, dropout=dropout, plain_last=True)
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0, act: str = "relu") -> nn.Module:
+    """``Linear -> act`` for each hidden size, then a plain ``Linear`` (PyG's :class:`~torch_geometric.nn.MLP`)."""
+    return _PygMLP([in_dim, *hidden, out_dim], act=act, norm=None, dropout=dropout, plain_last=True)
 
 
 @register_model("mlp")

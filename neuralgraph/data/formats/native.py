@@ -241,9 +241,6 @@ class BaseZoo:
                                m.hyperparameters, m.record, z) for m in self.members if m.run_id in keep]
         return z
 
-    def select(self, indices: Sequence[int]) -> list[ZooMember]:
-        return [self.members[i] for i in indices]
-
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(preset={self.header.get('preset')!r}, runs={len(self.records)}, "
                 f"checkpoints={len(self.members)})")

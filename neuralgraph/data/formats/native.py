@@ -119,7 +119,8 @@ def remove_stale_temps(root: str | os.PathLike, run_ids: Iterable[str]) -> None:
 
 def _check_run_id(run_id: str) -> None:
     if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith("."):
-        raise ValueError(f"invalid run id {run_id!r}")
+        raise ValueError(f"invalid run id {run_id!r}: it must be a non-empty file name (no '/' or '\\', not "
+                         "starting with '.')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +234,8 @@ class BaseZoo:
         keep = set(run_ids)
         missing = keep - set(self.records)
         if missing:
-            raise KeyError(f"runs not in the zoo: {sorted(missing)[:5]}")
+            raise KeyError(f"runs not in the zoo: {sorted(missing)[:5]} (it has {len(self.records)} runs, e.g. "
+                           f"{sorted(self.records)[:3]}); pass run ids from zoo.run_ids")
         z = object.__new__(type(self))
         z.__dict__.update(self.__dict__)
         z.records = {k: v for k, v in self.records.items() if k in keep}

@@ -173,3 +173,39 @@ def test_max_pool_is_recorded():
     assert_state_equal(m, from_neural_graph(g, m, example_input=x))
     with pytest.raises(ValueError, match="example_input"):
         to_neural_graph(m, example_input=torch.randn(1, 1, 12, 12))
+
+
+class DenseBlock(nn.Module):
+    """DenseNet-style: every conv reads the channel concatenation of all earlier feature maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.c1 = nn.Conv2d(3, 2, 3, padding=1)
+        self.c2 = nn.Conv2d(5, 2, 3, padding=1)
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        h1 = torch.relu(self.c1(x))
+        y = torch.cat([x, h1], dim=1)
+        h2 = torch.tanh(self.c2(y))
+        return self.fc(torch.cat([y, h2], dim=1).mean((2, 3)))
+
+
+def test_densenet_concat_block():
+    torch.manual_seed(0)
+    m = DenseBlock()
+    x = torch.randn(2, 1, 6, 6)
+    g = check_all(m, x)
+    assert g.num_nodes == 1 + 3 + 2 + 2 + 3  # concatenation adds no neurons
+    p = DenseBlock()
+    p.load_state_dict(m.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    a, b, c = torch.randperm(3, generator=gen), torch.randperm(2, generator=gen), torch.randperm(2, generator=gen)
+    permute_out(p.stem, a), permute_in(p.c1, a), permute_out(p.c1, b), permute_out(p.c2, c)
+    permute_in(p.c2, torch.cat([a, 3 + b]))
+    permute_in(p.fc, torch.cat([a, 3 + b, 5 + c]))
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p))

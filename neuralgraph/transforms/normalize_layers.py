@@ -1,0 +1,102 @@
+"""Per-layer weight and bias normalization fitted on a training set (Neural Graphs §2.4)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+from torch_geometric.transforms import BaseTransform
+
+from neuralgraph.data.graph import EDGE_KIND, NeuralGraph
+
+#: edge kinds that carry parameters (identity, residual and flatten edges carry constants)
+PARAM_KINDS = ("linear", "conv", "batchnorm", "layernorm", "groupnorm", "instancenorm")
+
+
+class NormalizeLayers(BaseTransform):
+    r"""Scale the weights into each layer by one standard deviation per layer and standardise the biases
+    of each layer, with statistics fitted on training graphs.
+
+    .. math::
+        e_{ij} \leftarrow e_{ij} / \sigma^W_{\ell(j)}, \qquad
+        b_j \leftarrow (b_j - \mu^b_{\ell(j)}) / \sigma^b_{\ell(j)}
+
+    where :math:`\ell(j)` is ``node_layer`` of the target neuron. One statistic per layer (not per
+    neuron) keeps the graph's permutation symmetry. Weights are only scaled (not centred) so zero
+    kernel padding stays zero; their statistics are taken over non-zero taps of parameter-carrying
+    edges. Neurons without a bias keep 0. Layers deeper than any seen in :meth:`fit` use the statistics
+    of all layers.
+
+    Args:
+        eps (float, optional): added to every standard deviation. (default: ``1e-8``)
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        self.eps = eps
+        self.w_std: Tensor | None = None  # [L + 1], last entry: all layers
+        self.b_mean: Tensor | None = None
+        self.b_std: Tensor | None = None
+
+    @staticmethod
+    def _param_edges(g: NeuralGraph) -> Tensor:
+        kinds = torch.tensor([EDGE_KIND[k] for k in PARAM_KINDS], device=g.edge_kind.device)
+        return torch.isin(g.edge_kind, kinds)
+
+    def fit(self, graphs: Iterable[NeuralGraph]) -> "NormalizeLayers":
+        w_layers, w_vals, b_layers, b_vals = [], [], [], []
+        for g in graphs:
+            sel = self._param_edges(g)
+            layer = g.node_layer[g.edge_index[1, sel]]
+            attr = g.edge_attr[sel]
+            nz = attr != 0
+            w_layers.append(layer.view(-1, 1).expand_as(attr)[nz])
+            w_vals.append(attr[nz])
+            has_b = g.x[:, 1] > 0
+            b_layers.append(g.node_layer[has_b])
+            b_vals.append(g.x[has_b, 0])
+        wl, wv = torch.cat(w_layers), torch.cat(w_vals).double()
+        bl, bv = torch.cat(b_layers), torch.cat(b_vals).double()
+        n = int(max(wl.max() if wl.numel() else 0, bl.max() if bl.numel() else 0)) + 1
+        self.w_std = self._per_layer(wl, wv, n, centred=False)
+        self.b_mean, self.b_std = self._per_layer(bl, bv, n, centred=True)
+        return self
+
+    def _per_layer(self, layer: Tensor, val: Tensor, n: int, centred: bool):
+        count = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, layer, torch.ones_like(val))
+        total = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, layer, val)
+        count[n], total[n] = val.numel(), val.sum()
+        mean = torch.zeros(n + 1, dtype=torch.float64)
+        if centred:
+            mean = torch.where(count > 0, total / count.clamp(min=1), 0.0)
+        dev = (val - mean[layer]) ** 2
+        sq = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, layer, dev)
+        sq[n] = ((val - mean[n]) ** 2).sum()
+        std = torch.where(count > 0, (sq / count.clamp(min=1)).sqrt(), 1.0)
+        std = torch.where(count > 0, std, std[n])  # unseen layers: all-layer statistics
+        mean = torch.where(count > 0, mean, mean[n])
+        std = std.float() + self.eps
+        return (mean.float(), std) if centred else std
+
+    def _lookup(self, stats: Tensor, layer: Tensor) -> Tensor:
+        n = stats.numel() - 1
+        return stats.to(layer.device)[torch.where(layer < n, layer, n)]
+
+    def forward(self, data: NeuralGraph) -> NeuralGraph:
+        if self.w_std is None:
+            raise RuntimeError("NormalizeLayers is not fitted: call .fit(training_graphs) first")
+        data = data.clone()
+        sel = self._param_edges(data)
+        scale = self._lookup(self.w_std, data.node_layer[data.edge_index[1]])
+        factor = torch.where(sel, 1.0 / scale, torch.ones_like(scale)).to(data.edge_attr.dtype)
+        data.edge_attr = data.edge_attr * factor.view(-1, 1)
+        has_b = data.x[:, 1] > 0
+        mean = self._lookup(self.b_mean, data.node_layer).to(data.x.dtype)
+        std = self._lookup(self.b_std, data.node_layer).to(data.x.dtype)
+        x = data.x.clone()
+        x[:, 0] = torch.where(has_b, (x[:, 0] - mean) / std, x[:, 0])
+        data.x = x
+        return data
+
+    def __repr__(self) -> str:
+        fitted = "unfitted" if self.w_std is None else f"{self.w_std.numel() - 1} layers"
+        return f"{type(self).__name__}({fitted})"

@@ -18,6 +18,7 @@ from neuralgraph.data.formats.small_cnn_zoo import SmallCNNZoo
 from neuralgraph.data.formats.wildpark import WildParkZoo
 from neuralgraph.data.zoo import ZooDataset
 from neuralgraph.tasks.base import Split, Task, register_task
+from neuralgraph.transforms import NormalizeLayers
 from neuralgraph.zoo import default_zoo, neuralgraph_home
 
 
@@ -26,6 +27,21 @@ def dataset_split(ds: ZooDataset) -> Split:
     weights = ds.weight_dataset()
     return Split(y=ds.y.float(), make_graphs=lambda: list(ds), make_weights=lambda: [w for w, _ in weights],
                  feedforward=all(weights.to_graph.plan(weights.member(i)).feedforward for i in range(len(weights))))
+
+
+def normalize_graphs(splits: dict[str, Split]) -> dict[str, Split]:
+    """Apply :class:`~neuralgraph.transforms.NormalizeLayers` fitted on the training graphs to every split."""
+    raw_train = splits["train"].make_graphs
+    fitted: list[NormalizeLayers] = []
+
+    def transform() -> NormalizeLayers:
+        if not fitted:
+            fitted.append(NormalizeLayers().fit(raw_train()))
+        return fitted[0]
+
+    for split in splits.values():
+        split.make_graphs = (lambda make: lambda: [transform()(g) for g in make()])(split.make_graphs)
+    return splits
 
 
 def processed_root(zoo: BaseZoo) -> Path:
@@ -73,6 +89,7 @@ class AccuracyZooConfig:
     split_seed: int = 0  # seed of the split by run
     target: str = "test_accuracy"  # member metric to predict
     max_kernel: tuple[int, ...] = (7, 7)  # converter option: kernels are padded to this size
+    normalize_layers: bool = False  # graph models: per-layer weight / bias normalisation fitted on train
 
 
 @register_task("wildpark")
@@ -84,7 +101,8 @@ class WildParkTask(Task):
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
         zoo = open_zoo(c.zoo, preset=c.preset, runs=c.runs)
-        return zoo_splits(zoo, c.split, c.split_seed, c.target, {"max_kernel": tuple(c.max_kernel)})
+        splits = zoo_splits(zoo, c.split, c.split_seed, c.target, {"max_kernel": tuple(c.max_kernel)})
+        return normalize_graphs(splits) if c.normalize_layers else splits
 
 
 @dataclass

@@ -88,3 +88,20 @@ def test_resuming_with_another_configuration_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"another configuration \(train.lr: 0.001 -> 0.01\)"):
         fit(make_model("weights"), TinyTask(None), TrainConfig(epochs=2, batch_size=8, lr=0.01), str(tmp_path),
             progress=False)
+
+
+def test_normalize_graphs_fits_on_train_only(monkeypatch):
+    from neuralgraph.tasks.zoo_tasks import normalize_graphs
+    from neuralgraph.transforms import NormalizeLayers
+
+    fitted = []
+    real_fit = NormalizeLayers.fit
+    monkeypatch.setattr(NormalizeLayers, "fit", lambda self, graphs: fitted.append(len(graphs)) or
+                        real_fit(self, graphs))
+    raw = TinyTask(None).splits
+    norm = normalize_graphs(TinyTask(None).build_splits())
+    for name in ("train", "val", "test"):
+        a, b = raw[name].graphs(), norm[name].graphs()
+        assert len(a) == len(b) and not torch.equal(a[0].edge_attr, b[0].edge_attr)
+        assert torch.equal(a[0].edge_index, b[0].edge_index)
+    assert fitted == [len(raw["train"])]  # fitted once, on the training graphs only

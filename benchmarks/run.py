@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import yaml
 
-import neuralgraph.tasks  # noqa: F401  (registers tasks)
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
 from neuralgraph.tasks import create_task, list_tasks, task_config_fields
 from neuralgraph.io import atomic_write, atomic_write_text

@@ -1,7 +1,6 @@
 """Per-architecture plans: the second model of an architecture is a gather, not a new trace."""
 import pytest
 import torch
-from torch import nn
 
 from neuralgraph import from_neural_graph, to_neural_graph
 from neuralgraph.convert import clear_plan_cache, get_plan

@@ -19,7 +19,6 @@ def zoo_dir(tmp_path):
     z = load_zoo(tmp_path)
     m = z[0]
     from neuralgraph.zoo.arch import build_model
-    import numpy as np
     sd = build_model(ARCH2).state_dict()
     write_member(tmp_path, "run000100", {k: v.numpy()[None] for k, v in sd.items()},
                  {"architecture": ARCH2, "checkpoints": [m.record["checkpoints"][0]]})

@@ -14,7 +14,6 @@ from neuralgraph.data.formats import (DWSNetsINRs, SmallCNNZoo, UnsafeFileError,
                                       load_zoo)
 from neuralgraph.data.formats.small_cnn_zoo import standard_split
 from neuralgraph.data.formats.wildpark import convert
-from neuralgraph.zoo.arch import build_model
 from tests.data.test_zoo_format import Payload
 from tests.zoo.test_arch import published_forward
 

@@ -209,7 +209,6 @@ def copy_hnp(ours: HNPLayer, ref, shapes, ci: int) -> None:
     inv_w, inv_b = [None] * (2 * L), [None] * (2 * L)
     # first layer; outputs ours (q, fo) vs nfn (fo, q)
     out0 = swap(fo[0], n0)
-    blocks = [w2(ref.w0_rpt)]
     col_idx = [swap(fi[0], n0), n0 * fi[0] + torch.arange(fi[1] + ci)]
     if L == 2:
         col_idx.append(n0 * fi[0] + fi[1] + ci + swap(fi[1], nl))

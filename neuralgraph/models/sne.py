@@ -24,7 +24,6 @@ from typing import ClassVar, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import to_dense_batch
 
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.models.mlp import mlp
@@ -227,10 +226,20 @@ class SNE(nn.Module):
         pe = (self._type_pe(types, Hc) + self._level_pe(levels, Hc))[:, None]  # [N, 1, Hc]
         h = self.chunk_proj(self.chunk_encoder(h, mask, pre=pe))              # [N, H]
 
-        # 3. layer encoder over the chunks of each (layer, part) set (eq. 7)
-        dense, dmask = to_dense_batch(h, set_ids, batch_size=n_sets)           # [S, q_max, H]
+        # 3. layer encoder over the chunks of each (layer, part) set (eq. 7). Sets differ in size by
+        # orders of magnitude (a bias: 1 chunk, a 32x32 7x7 conv: 4096), so instead of padding every set to
+        # the largest, sets of equal size are stacked and encoded together, without padding.
         set_level = torch.zeros(n_sets, dtype=torch.long, device=device).scatter_(0, set_ids, levels)
-        s = self.layer_encoder(dense, dmask, mid=self._level_pe(set_level, H)[:, None])  # [S, H]
+        level_pe = self._level_pe(set_level, H)                                 # [S, H]
+        sizes = torch.bincount(set_ids, minlength=n_sets)                      # chunks per set
+        starts = sizes.cumsum(0) - sizes                                       # chunks are sorted by set id
+        parts, order = [], []
+        for q in sizes.unique().tolist():
+            sets = (sizes == q).nonzero().squeeze(1)                          # [S_q]
+            rows = starts[sets, None] + torch.arange(q, device=device)         # [S_q, q]
+            parts.append(self.layer_encoder(h[rows], None, mid=level_pe[sets][:, None]))
+            order.append(sets)
+        s = torch.cat(parts)[torch.argsort(torch.cat(order))]                  # [S, H] in set order
 
         # 4. weights + bias combiner, 5. network encoder (eq. 9), per architecture group
         zs = []

@@ -28,7 +28,13 @@ def neuralgraph_home() -> Path:
 
 
 def default_zoo_dir(preset: str = "wildpark-digits", seed: int = 0) -> Path:
-    return neuralgraph_home() / "zoos" / f"{preset}-seed{seed}"
+    """The cache directory of a preset's default zoo; named after a hash of the preset's recipe, so a
+    changed recipe (a new release) generates a new zoo instead of mixing with an old one."""
+    import hashlib
+    import json
+
+    recipe = hashlib.sha256(json.dumps(get_preset(preset).config(), sort_keys=True).encode()).hexdigest()[:8]
+    return neuralgraph_home() / "zoos" / f"{preset}-seed{seed}-{recipe}"
 
 
 def default_zoo(preset: str = "wildpark-digits", runs: int | None = None, seed: int = 0,

@@ -43,6 +43,17 @@ class Flatten(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention, 2 heads of size 2 on 4 features (appendix C.4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x)[0]
+
+
 EXAMPLES = {
     "mlp": (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), {}),
     "cnn": (nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 3, 3, groups=3), nn.GELU(),
@@ -50,6 +61,7 @@ EXAMPLES = {
     "residual": (Residual(), {}),
     "flatten_virtual": (Flatten(), {"flatten": "virtual"}),
     "flatten_repeat": (Flatten(), {"flatten": "repeat"}),
+    "attention": (Attention(), {}),
 }
 
 
@@ -65,5 +77,37 @@ def main() -> None:
         print("wrote", os.path.join(OUT, f"{name}.png"))
 
 
+def probe_features() -> None:
+    """A sine MLP (an INR of 2-d coordinates) drawn twice, neurons coloured by their value on one probe."""
+    from neuralgraph.transforms import probe_activations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 5), Sin(), nn.Linear(5, 5), Sin(), nn.Linear(5, 1))
+    g = to_neural_graph(model)
+    probes = torch.tensor([[-0.5, 0.5], [0.8, 0.1]])
+    values = probe_activations(g, model, probes)  # [N, 2]
+    columns: dict[int, list[int]] = {}
+    for n, layer in enumerate(g.node_layer.tolist()):
+        columns.setdefault(layer, []).append(n)
+    pos = {n: (layer, (len(ns) - 1) / 2 - k) for layer, ns in columns.items() for k, n in enumerate(ns)}
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for m, ax in enumerate(axes):
+        draw_neural_graph(g, ax=ax, labels=False, title=f"probe x = ({probes[m, 0]:.1f}, {probes[m, 1]:.1f})")
+        xy = torch.tensor([pos[n] for n in range(g.num_nodes)])
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=values[:, m].detach(), cmap="coolwarm", vmin=-1, vmax=1, s=160,
+                        edgecolors="black", linewidths=0.5, zorder=3)
+    fig.colorbar(sc, ax=axes, shrink=0.8, label="neuron value")
+    path = os.path.join(OUT, "probe_features.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print("wrote", path)
+
+
+class Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
 if __name__ == "__main__":
     main()
+    probe_features()

@@ -32,12 +32,14 @@ class Val:
             channel-major).
         sdims: number of spatial dims of a map.
         positions: number of spatial positions ``P`` of a map / flat value when known.
+        name: the ``torch.fx`` node holding this value (set by the tracer; probe features read it).
     """
 
     nodes: Tensor | None
     kind: str
     sdims: int = 0
     positions: int | None = None
+    name: str | None = None
 
     @property
     def channels(self) -> int:
@@ -85,6 +87,15 @@ class GraphBuilder:
         self.node_params: list[NodeParam] = []
         self.param_shapes: dict[str, tuple[int, ...]] = {}
         self.layers: list[tuple[str, str | None]] = []  # (weight, bias) of linear/conv layers, dataflow order
+        # where each neuron's value lives in the traced module (probe features): per node an index into
+        # `values` ((fx node name, kind, channels) of a traced tensor) and the channel, -1 if unknown.
+        # `touched` counts changes of a neuron (creation, incoming edges, activation, bias) so the value
+        # recorded is the one after the last change (e.g. after the activation, not after a pooling).
+        self.values: list[tuple[str, str, int]] = []
+        self.value_of: list[tuple[int, int]] = []
+        self.touched: list[int] = []
+        self._seen: list[int] = []
+        self.fx_graph = None  # the traced torch.fx.Graph, kept by the plan to evaluate the module
 
     # ----------------------------------------------------------------------------------------- nodes
     @property
@@ -102,6 +113,7 @@ class GraphBuilder:
         self.frozen += [role == "input"] * count
         self.pending += [0] * count
         self.replaced += [False] * count
+        self._grow(count)
         return torch.arange(start, start + count)
 
     def add_inputs(self, count: int) -> Tensor:
@@ -112,6 +124,11 @@ class GraphBuilder:
     def next_layer(self, *sources: Tensor) -> int:
         """Layer number of neurons fed by ``sources``: one deeper than the deepest source."""
         return 1 + max((max(self.layer[i] for i in s.tolist()) for s in sources if s.numel()), default=0)
+
+    def deepen(self, nodes: Tensor, layer: int) -> None:
+        """Move open ``nodes`` to at least ``layer`` (they gain an input from a deeper neuron)."""
+        for i in nodes.tolist():
+            self.layer[i] = max(self.layer[i], layer)
 
     def is_open(self, nodes: Tensor) -> bool:
         """Whether rules may add incoming edges to / set the activation of all ``nodes``."""
@@ -126,6 +143,7 @@ class GraphBuilder:
         for i in nodes.tolist():
             self.act[i] = act
             self.frozen[i] = True
+            self.touched[i] += 1
 
     def set_pool(self, nodes: Tensor, pool: int) -> None:
         for i in nodes.tolist():
@@ -149,6 +167,8 @@ class GraphBuilder:
         if src.numel() == 0:
             return
         self.observe(src)
+        for i in torch.unique(dst).tolist():
+            self.touched[i] += 1
         self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
                                     const, sources or []))
 
@@ -157,8 +177,9 @@ class GraphBuilder:
 
     def add_node_param(self, nodes: Tensor, param: str, elem: Tensor, column: int = 0) -> None:
         self.node_params.append(NodeParam(nodes.long(), column, param, elem.long()))
-        if column == 0:
-            for i in nodes.tolist():
+        for i in nodes.tolist():
+            self.touched[i] += 1
+            if column == 0:
                 self.has_bias[i] = 1
 
     def register_param(self, name: str, shape: tuple[int, ...]) -> None:
@@ -183,6 +204,7 @@ class GraphBuilder:
             self.frozen += [True] * copies
             self.pending += [0] * copies
             self.replaced += [False] * copies
+            self._grow(copies)
             self.replaced[i] = True
             new[k] = torch.arange(start, start + copies)
         # map old node id -> row in `new`
@@ -205,3 +227,36 @@ class GraphBuilder:
                 self.node_params.append(NodeParam(new[rows[hit]].reshape(-1), np_.column, np_.param,
                                                   np_.elem[hit].repeat_interleave(copies)))
         return new.reshape(-1)
+
+    # ------------------------------------------------------------------------------ neuron values
+    def _grow(self, count: int) -> None:
+        self.value_of += [(-1, -1)] * count
+        self.touched += [1] * count
+        self._seen += [0] * count
+
+    def record_value(self, v: Val, force: bool = False) -> None:
+        """The traced tensor ``v.name`` holds the value of ``v``'s neurons (channel ``k``: ``v.nodes[k]``).
+
+        Recorded for neurons changed since their last record (or all with ``force``), so every neuron
+        ends with the tensor after its last change: its activation output, not a later pooled copy.
+        """
+        if v.nodes is None or v.name is None:
+            return
+        entry = -1
+        for k, i in enumerate(v.nodes.tolist()):
+            if force or self.touched[i] != self._seen[i]:
+                if entry < 0:
+                    self.values.append((v.name, v.kind, v.channels))
+                    entry = len(self.values) - 1
+                self.value_of[i] = (entry, k)
+                self._seen[i] = self.touched[i]
+
+    def record_features(self, name: str | None, nodes: Tensor) -> None:
+        """Neuron ``nodes[k]`` holds feature ``k`` of the traced tensor ``name`` flattened to ``[B, -1]``
+        (virtual / repeated flatten neurons: channel ``c`` at position ``p`` is feature ``c * P + p``)."""
+        if name is None:
+            return
+        self.values.append((name, "feature", nodes.numel()))
+        for k, i in enumerate(nodes.tolist()):
+            self.value_of[i] = (len(self.values) - 1, k)
+            self._seen[i] = self.touched[i]

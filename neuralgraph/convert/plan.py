@@ -13,10 +13,11 @@ from collections import OrderedDict
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
+from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.trace import trace_module
 from neuralgraph.data.graph import EDGE_KINDS, ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace
@@ -37,6 +38,14 @@ class ConversionPlan:
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
             ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
+        fx_graph (torch.fx.Graph): the traced dataflow (run it on any member with
+            ``torch.func.functional_call``, see :mod:`neuralgraph.transforms.probe_features`).
+        values (list[tuple[str, str, int]]): traced tensors holding neuron values: (fx node name, kind,
+            channels), kind ``"vec"`` (features on the last dim), ``"map"`` (channels on dim 1),
+            ``"flat"`` (a flattened map, channel-major), ``"feature"`` (one neuron per feature of the
+            tensor flattened to ``[B, -1]``) or ``"index"`` (integer inputs read as one-hot vectors).
+        node_value (Tensor): ``[N]`` long, the entry of ``values`` holding each neuron (-1: none).
+        node_channel (Tensor): ``[N]`` long, its channel / feature in that tensor.
     """
 
     def __init__(self, builder: GraphBuilder, module_params: list[str]):
@@ -138,6 +147,11 @@ class ConversionPlan:
         self.x0, self.edge_attr0 = x0, ea0
         self.param_shapes = {p: builder.param_shapes[p] for p in self.param_names}
         self.layers = list(builder.layers)
+        # -- where each kept neuron's value lives in the traced module
+        self.fx_graph = _detached_copy(builder.fx_graph)
+        self.values = list(builder.values)
+        value_of = torch.tensor(builder.value_of, dtype=torch.long).view(-1, 2)[keep]
+        self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
         # -- read-back maps: one graph position per parameter element
         self.edge_param = self._read_map(self.edge_src, self.edge_dst)
@@ -189,14 +203,17 @@ class ConversionPlan:
                     node_dst=self.node_dst).items()}
         return self._device_cache[device]
 
-    def graph(self, params: nn.Module | Mapping[str, Tensor]) -> NeuralGraph:
-        """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping)."""
+    def graph(self, params: nn.Module | Mapping[str, Tensor], allow_nonfinite: bool = False) -> NeuralGraph:
+        """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping).
+
+        NaN / Inf parameters raise a ``ValueError`` naming the parameter unless ``allow_nonfinite``.
+        """
         vec = self._param_vector(params)
         # one reduction decides in the common case; the full check only runs if the sum is not finite
-        if not math.isfinite(float(vec.sum())) and not torch.isfinite(vec).all():
+        if not allow_nonfinite and not math.isfinite(float(vec.sum())) and not torch.isfinite(vec).all():
             bad = next(n for n in self.param_names if not torch.isfinite(_get(params, n)).all())
             raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
-                             "meaningless")
+                             "meaningless (pass allow_nonfinite=True to convert it anyway)")
         t = self._on(vec.device)
         x = t["x0"].to(vec.dtype, copy=True)
         ea = t["edge_attr0"].to(vec.dtype, copy=True)
@@ -242,6 +259,18 @@ class ConversionPlan:
     def __repr__(self) -> str:
         return (f"ConversionPlan(nodes={self.num_nodes}, edges={self.num_edges}, "
                 f"params={len(self.param_names)}, config={self.config})")
+
+
+def _detached_copy(graph: fx.Graph | None) -> fx.Graph | None:
+    """A copy of a traced graph owned by no module (shape propagation attaches the traced model; a cached
+    plan must not keep it alive)."""
+    if graph is None:
+        return None
+    copy_ = fx.Graph()
+    copy_.output(copy_.graph_copy(graph, {}))
+    for node in copy_.nodes:
+        node.meta = {}  # rule annotations may reference the traced graph
+    return copy_
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -325,7 +354,12 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     if plan is None:
         tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
                                                                if b.is_floating_point()]
+        if not tensors:
+            raise UnsupportedModuleError(_nothing_to_convert(model, "has no parameters"))
         plan = ConversionPlan(trace_module(model, example_input, cfg), tensors)
+        if not plan.param_names:
+            raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
+                                                                    "converter represents"))
         _PLANS[key] = plan
         if len(_PLANS) > _CACHE_SIZE:
             _PLANS.popitem(last=False)
@@ -334,12 +368,19 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     return plan
 
 
+def _nothing_to_convert(model: nn.Module, why: str) -> str:
+    name = f"{type(model).__module__}.{type(model).__qualname__}"
+    return (f"<root> ({name}) {why}: there is nothing to convert (a neural graph stores a network's "
+            "parameters: weights on edges, biases on nodes)")
+
+
 def clear_plan_cache() -> None:
     """Forget every cached plan (the next conversion of each architecture traces again)."""
     _PLANS.clear()
 
 
-def to_neural_graph(model: nn.Module, example_input: Any = None, **config) -> NeuralGraph:
+def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfinite: bool = False,
+                    **config) -> NeuralGraph:
     """Convert a torch module into its :class:`NeuralGraph`.
 
     Args:
@@ -347,13 +388,34 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, **config) -> Ne
         example_input (Tensor or tuple, optional): an input to run shape propagation with, needed when
             sizes can only be known by running the model (e.g. a flatten before a linear layer that
             cannot be resolved from layer sizes alone). (default: ``None``)
+        allow_nonfinite (bool, optional): convert parameters containing NaN / Inf (e.g. diverged
+            checkpoints) instead of raising. A check of the values, not a converter option: it does not
+            change the plan. (default: ``False``)
         **config: converter options, see :class:`~neuralgraph.convert.config.ConvertConfig`.
 
     Raises:
-        UnsupportedModuleError: a module or operation that cannot be represented, named by path and type.
-        ValueError: NaN / Inf parameters.
+        UnsupportedModuleError: a module or operation that cannot be represented, named by path and type;
+            also a module without parameters (nothing to convert).
+        ValueError: NaN / Inf parameters (unless ``allow_nonfinite``).
     """
-    return get_plan(model, example_input, **config).graph(model)
+    return get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+
+
+def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
+    """The plan ``graph`` was converted with, ``model`` being any module of its architecture.
+
+    With no ``example_input`` / options, a cached plan of this architecture matching the graph's shape
+    is used (so graphs converted with non-default options are found too); otherwise the plan of
+    ``get_plan(model, example_input, **config)``.
+    """
+    config.pop("allow_nonfinite", None)  # a conversion-time check, accepted for symmetry
+    if example_input is None and not config:
+        arch = architecture_key(model)
+        for (a, _, _), cand in reversed(_PLANS.items()):
+            if a == arch and cand.num_nodes == graph.num_nodes and cand.num_edges == graph.edge_index.size(1) \
+                    and cand.config.edge_dim == graph.edge_attr.size(1):
+                return cand
+    return get_plan(model, example_input, **config)
 
 
 def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any = None,
@@ -362,16 +424,7 @@ def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any =
     :func:`to_neural_graph`). Pass the same ``example_input`` / options used for the conversion if they
     were needed; otherwise a plan of this architecture already in the cache is found by the graph's
     shape."""
-    plan = None
-    if example_input is None and not config:
-        arch = architecture_key(model)
-        for (a, _, _), cand in reversed(_PLANS.items()):
-            if a == arch and cand.num_nodes == graph.num_nodes and cand.num_edges == graph.edge_index.size(1) \
-                    and cand.config.edge_dim == graph.edge_attr.size(1):
-                plan = cand
-                break
-    if plan is None:
-        plan = get_plan(model, example_input, **config)
+    plan = find_plan(graph, model, example_input, **config)
     params = plan.state_dict(graph)
     out = copy.deepcopy(model)
     with torch.no_grad():

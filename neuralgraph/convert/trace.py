@@ -1,6 +1,7 @@
 """Discover a module's dataflow with ``torch.fx`` and walk it, calling one rule per operation."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from typing import Any
@@ -13,7 +14,8 @@ from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import GraphBuilder, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
-from neuralgraph.convert.rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, find_module_rule
+from neuralgraph.convert.rules import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
+                                        find_module_rule)
 from neuralgraph.convert.rules.functional import channel_slice
 
 
@@ -95,6 +97,10 @@ def fx_trace(model: nn.Module) -> fx.Graph:
     graph = _sequential_graph(model, tracer)
     if graph is not None:
         return graph
+    if find_module_rule(model) is not None:  # its rule converts calls of it, never its own forward
+        raise UnsupportedModuleError(
+            f"<root> ({_type_name(type(model))}) is a single layer: convert a module that calls it, e.g. "
+            f"to_neural_graph(nn.Sequential(layer)) for a one-input layer")
     try:
         graph = tracer.trace(model)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
@@ -173,10 +179,13 @@ class TraceContext:
             raise self.unsupported(node, f"flattened map has {v.positions} positions but the layer expects "
                                          f"{positions}")
         if self.config.flatten == "repeat":
-            return b.replicate(v.nodes, positions)
+            copies = b.replicate(v.nodes, positions)
+            b.record_features(v.name, copies)
+            return copies
         virt = b.add_nodes(v.channels * positions, b.next_layer(v.nodes), role="virtual")
         b.spatial[virt[0]:virt[-1] + 1] = [1 + p for _ in range(v.channels) for p in range(positions)]
         b.add_identity_edges(v.nodes.repeat_interleave(positions), virt, "flatten")
+        b.record_features(v.name, virt)
         return virt
 
     def as_map(self, node: fx.Node, v: Val, channels: int, sdims: int) -> Tensor:
@@ -225,7 +234,10 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
             raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
                              "pass an input of the shape the model expects") from err
     builder = GraphBuilder(config)
+    builder.fx_graph = graph
     ctx = TraceContext(model, builder)
+    for graph_pass in GRAPH_PASSES:  # patterns spanning several operations claim their nodes
+        graph_pass(ctx, graph)
     env: dict[fx.Node, Any] = {}
     for node in graph.nodes:
         args = fx.node.map_arg(node.args, lambda n: env[n])
@@ -236,7 +248,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
             if isinstance(v, Val) and v.nodes is not None:
                 builder.add_pending(_reads(node, v), -1)
         if node.op == "placeholder":
-            result: Any = Val(None, "input")
+            result: Any = Val(None, "input", name=node.name)
         elif node.op == "get_attr":
             raise ctx.unsupported(node, f"reads the tensor {node.target!r} directly in forward; only "
                                         "parameters used through supported modules can be represented")
@@ -248,6 +260,11 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
             break
         else:
             result = _call(ctx, node, args, kwargs)
+            if isinstance(result, Val):
+                if result.name is not None:  # a rule handed back an existing value: keep that one intact
+                    result = dataclasses.replace(result)
+                result.name = node.name
+                builder.record_value(result)
         if isinstance(result, Val):
             shape = ctx.shape(node)
             if shape is not None and result.kind == "map" and len(shape) > 2:
@@ -256,6 +273,10 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
                 for user in node.users:
                     builder.add_pending(_reads(user, result), 1)
         env[node] = result
+    # input neurons hold the model inputs themselves (whatever later operations did to them)
+    for node in graph.nodes:
+        if node.op == "placeholder" and isinstance(env.get(node), Val):
+            builder.record_value(env[node], force=True)
     return builder
 
 
@@ -269,6 +290,9 @@ def _reads(user: fx.Node, v: Val) -> Tensor:
 
 
 def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    claimed = node.meta.get(CLAIM)
+    if claimed is not None:  # part of a pattern a graph pass matched (e.g. hand-written attention)
+        return claimed(ctx, node, *args, **kwargs)
     flat = _flatten_args((args, kwargs))
     has_val = any(isinstance(a, Val) for a in flat)
     if node.op == "call_module":

@@ -121,3 +121,51 @@ def test_custom_activation_registration():
     act = register_activation(Sine, "sine30")
     g = to_neural_graph(m)
     assert g.node_act[2:10].eq(act).all()
+
+
+class NoParameters(nn.Module):
+    def forward(self, x):
+        return torch.relu(x).mean((2, 3))
+
+
+class UnusedParameters(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)  # never called
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def test_parameter_free_modules_have_nothing_to_convert():
+    for m in (nn.Sequential(nn.ReLU()), nn.ReLU(), NoParameters(), nn.Sequential()):
+        with pytest.raises(UnsupportedModuleError, match=r"has no parameters: there is nothing to convert"):
+            to_neural_graph(m, example_input=torch.randn(2, 3, 4, 4))
+    with pytest.raises(UnsupportedModuleError, match=r"UnusedParameters\) uses none of its parameters"):
+        to_neural_graph(UnusedParameters(), example_input=torch.randn(2, 3))
+
+
+def test_nonfinite_parameters_allowed_explicitly():
+    from neuralgraph import from_neural_graph
+    from neuralgraph.convert import get_plan
+    from tests.helpers.permute import assert_state_equal
+
+    m = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    plan = get_plan(m)
+    with torch.no_grad():
+        m[0].weight[1, 0] = float("inf")
+        m[2].bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"parameter '0.weight' contains NaN or Inf.*allow_nonfinite=True"):
+        to_neural_graph(m)
+    g = to_neural_graph(m, allow_nonfinite=True)
+    assert get_plan(m) is plan  # a check of the values, not a converter option: the plan is shared
+    assert g.edge_attr.isinf().sum() == 1 and g.x.isnan().sum() == 1
+    back = from_neural_graph(g, m, allow_nonfinite=True)
+    for a, b in zip(m.parameters(), back.parameters()):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan())
+    with pytest.raises(ValueError, match="contains NaN"):  # the default is unchanged afterwards
+        to_neural_graph(m)
+    with pytest.raises(ValueError, match="contains NaN"):
+        plan.graph(m)
+    assert plan.graph(dict(m.named_parameters()), allow_nonfinite=True).x.isnan().any()
+    del assert_state_equal

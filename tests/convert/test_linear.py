@@ -119,3 +119,29 @@ def test_float64_roundtrip_is_exact_and_keeps_dtype():
     g = to_neural_graph(m)
     assert g.x.dtype == torch.float64 and g.edge_attr.dtype == torch.float64
     assert_state_equal(m, from_neural_graph(g, m))
+
+
+class _Branches(nn.Module):
+    """Two branches of different depth summed: ``a(x) + b2(tanh(b(x)))`` (or equal depth)."""
+
+    def __init__(self, deep: bool):
+        super().__init__()
+        self.deep = deep
+        self.a, self.b, self.b2, self.c = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        other = self.b2(torch.tanh(self.b(x))) if self.deep else self.b(x)
+        return self.c(torch.relu(self.a(x) + other))
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_sum_of_branches_keeps_layers_in_dataflow_order(deep):
+    torch.manual_seed(0)
+    m = _Branches(deep)
+    g = to_neural_graph(m)
+    src, dst = g.edge_index
+    assert (g.node_layer[dst] > g.node_layer[src]).all()       # every edge goes one or more layers deeper
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        assert torch.allclose(execute(g, x), m(x), atol=1e-6)
+    assert_state_equal(m, from_neural_graph(g, m))

@@ -4,8 +4,20 @@ Node j computes ``v_j = act_j(b_j + sum_i op_ij(v_i))`` where ``op_ij`` is the e
 a scalar weight (linear; a map source is globally pooled first), a convolution with the edge's padded
 kernel and geometry (conv), the identity (residual / identity edges) or the pick of one spatial position
 (flatten). Supports odd kernels and global pooling; enough to check what the converter claims.
+
+Attention (see :mod:`neuralgraph.convert.rules.attention`). A graph with attention edges reads token
+sequences: ``x`` is ``[B, T, d_in]`` (or a sequence of such tensors whose features feed the input neurons
+in order, e.g. query and key / value inputs of different lengths) and every neuron's value is
+``[B, T]``; the output is ``[B, T, d_out]`` (``[B, d_out]`` after pooling over tokens). A head neuron's
+``Q, K, V`` are the sums over its attention edges of taps 0, 1, 2 times the source value (1 for its
+virtual head neuron, whose edges carry the biases); the head neurons sharing a virtual head neuron form
+one head and output ``softmax(Q K^T / sqrt(d_H)) V``. A linear edge from a token neuron acts per token,
+unless the neuron records a global pooling (over tokens).
 """
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,28 +31,46 @@ _FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch
        "leaky_relu": F.leaky_relu, "silu": F.silu, "elu": F.elu, "sin": torch.sin}
 
 
-def execute(g, x: Tensor, max_kernel=(7, 7)) -> Tensor:
+def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | None = None) -> Tensor:
     n = g.num_nodes
     val: list[Tensor | None] = [None] * n
     order = torch.argsort(g.node_layer, stable=True).tolist()
     inputs = g.input_nodes().tolist()
+    xs = list(x) if isinstance(x, (tuple, list)) else [x]
+    if tokens is None:  # a network with attention reads token sequences [B, T, d]
+        tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any())
+    cols = [t.select(-1 if tokens else 1, c) for t in xs for c in range(t.size(-1 if tokens else 1))]
     for p, i in enumerate(inputs):
-        val[i] = x[:, p]
+        val[i] = cols[p]
     incoming: dict[int, list[int]] = {}
     for e, d in enumerate(g.edge_index[1].tolist()):
         incoming.setdefault(d, []).append(e)
+    # attention heads: head neuron -> its virtual head neuron, and the head neurons of each head
+    head_of = {d: s for e, (s, d) in enumerate(g.edge_index.t().tolist())
+               if g.edge_kind[e] == EDGE_KIND["attention"] and g.node_role[s] == ROLE["virtual"]}
+    members: dict[int, list[int]] = {}
+    for d, s in head_of.items():
+        members.setdefault(s, []).append(d)
+    attended: dict[int, Tensor] = {}
     dims = len(max_kernel)
     for j in order:
         if g.node_role[j] == ROLE["input"]:
             continue
         pre = None
+        if j in head_of:  # a head neuron: its head's attention, computed once for all its neurons
+            if j not in attended:
+                attended.update(_attend(g, val, members[head_of[j]], incoming))
+            pre = attended[j]
         for e in incoming.get(j, []):
             i = int(g.edge_index[0, e])
             v = val[i]
             kind = int(g.edge_kind[e])
             w = g.edge_attr[e]
+            if kind == EDGE_KIND["attention"]:
+                continue  # read by _attend
             if kind == EDGE_KIND["linear"]:
-                if v.dim() > 1:  # a map feeding a linear layer: the global pool recorded on the source
+                if v.dim() > 1 and (not tokens or int(g.node_pool[i]) != POOL["none"]):
+                    # a map (or a token sequence) feeding a linear layer: the global pool recorded on the source
                     assert int(g.node_pool[i]) in (POOL["global_avg"], POOL["global_max"])
                     v = v.flatten(1).mean(1) if g.node_pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
                 term = w[w.numel() // 2] * v
@@ -57,6 +87,8 @@ def execute(g, x: Tensor, max_kernel=(7, 7)) -> Tensor:
                 conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[sd]
                 term = conv(F.pad(v.unsqueeze(1), spatial_pad), kern[None, None], stride=stride,
                             dilation=dil).squeeze(1)
+            elif kind == EDGE_KIND["embedding"]:  # token t -> dim d: E[t, d] times the one-hot input
+                term = w[w.numel() // 2] * v
             elif kind == EDGE_KIND["flatten"]:
                 term = v.flatten(1)[:, int(g.node_spatial[j]) - 1]
             elif kind == EDGE_KIND["batchnorm"]:  # eval mode, default eps
@@ -76,6 +108,34 @@ def execute(g, x: Tensor, max_kernel=(7, 7)) -> Tensor:
                 term = v
             pre = term if pre is None else pre + term
         bias = g.x[j, 0]
-        pre = bias.expand(x.size(0)) if pre is None else pre + bias
+        pre = bias.expand(xs[0].size(0)) if pre is None else pre + bias
         val[j] = _FN[ACTIVATIONS[int(g.node_act[j])]](pre)
-    return torch.stack([val[i] for i in g.output_nodes().tolist()], dim=1)
+    outs = [_global_pool(g, i, val[i]) for i in g.output_nodes().tolist()]
+    return torch.stack(outs, dim=-1 if tokens else 1)
+
+
+def _global_pool(g, i: int, v: Tensor) -> Tensor:
+    """An output neuron's value, globally pooled (over space / tokens) if it records a global pooling."""
+    if v.dim() > 1 and int(g.node_pool[i]) in (POOL["global_avg"], POOL["global_max"]):
+        return v.flatten(1).mean(1) if g.node_pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
+    return v
+
+
+def _attend(g, val: list, heads: list[int], incoming: dict[int, list[int]]) -> dict[int, Tensor]:
+    """``softmax(Q K^T / sqrt(d_H)) V`` of one head (its head neurons ``heads``), per head neuron."""
+    qkv = []
+    for j in heads:
+        acc = [0.0, 0.0, 0.0]
+        for e in incoming[j]:
+            if g.edge_kind[e] != EDGE_KIND["attention"]:
+                continue
+            i = int(g.edge_index[0, e])
+            src = 1.0 if g.node_role[i] == ROLE["virtual"] else val[i]
+            for r in range(3):
+                w = g.edge_attr[e, r]
+                if w != 0:  # a zero tap adds nothing (query edges have no key / value taps)
+                    acc[r] = acc[r] + w * src
+        qkv.append(acc)
+    q, k, v = (torch.stack(torch.broadcast_tensors(*[torch.as_tensor(a[r]) for a in qkv]), -1) for r in range(3))
+    out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(len(heads)), -1) @ v  # [B, T, d_H]
+    return {j: out[..., c] for c, j in enumerate(heads)}

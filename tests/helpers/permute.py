@@ -28,6 +28,70 @@ def permute_in(layer: nn.Module, perm: Tensor) -> None:
     layer.weight.copy_(layer.weight[:, perm])
 
 
+@torch.no_grad()
+def permute_features(layer: nn.Module, perm: Tensor) -> None:
+    """Permute the per-feature tensors of a normalization layer (affine parameters, running statistics)."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        t = getattr(layer, name, None)
+        if t is not None:
+            t.copy_(t[perm])
+
+
+def head_permutation(heads: int, head_dim: int, gen: torch.Generator) -> Tensor:
+    """An order of the ``heads * head_dim`` attention neurons: whole heads permuted and, within each head,
+    its neurons (one permutation per head, shared by that head's q, k and v rows). Applied to the q, k, v
+    rows and to the columns of the output projection alike, it is a symmetry of multi-head attention."""
+    order = torch.randperm(heads, generator=gen)
+    return torch.cat([order[h] * head_dim + torch.randperm(head_dim, generator=gen) for h in range(heads)])
+
+
+@torch.no_grad()
+def permute_heads(attn: nn.MultiheadAttention, rows: Tensor) -> None:
+    """Reorder the attention neurons of an ``nn.MultiheadAttention`` (``rows``: see
+    :func:`head_permutation`): q, k, v rows of the (packed or separate) projections, their biases, and
+    the output projection's columns."""
+    e = attn.embed_dim
+    qkv = torch.cat([rows, rows + e, rows + 2 * e])
+    if attn.in_proj_weight is not None:
+        attn.in_proj_weight.copy_(attn.in_proj_weight[qkv])
+    else:
+        for w in (attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight):
+            w.copy_(w[rows])
+    if attn.in_proj_bias is not None:
+        attn.in_proj_bias.copy_(attn.in_proj_bias[qkv])
+    permute_in(attn.out_proj, rows)
+
+
+@torch.no_grad()
+def permute_attention_inputs(attn: nn.MultiheadAttention, perm: Tensor) -> None:
+    """Permute the input features of a self-attention ``nn.MultiheadAttention`` (columns of q, k, v)."""
+    if attn.in_proj_weight is not None:
+        attn.in_proj_weight.copy_(attn.in_proj_weight[:, perm])
+    else:
+        for w in (attn.q_proj_weight, attn.k_proj_weight, attn.v_proj_weight):
+            w.copy_(w[:, perm])
+
+
+def permute_encoder_layer(layer: nn.TransformerEncoderLayer, gen: torch.Generator,
+                          stream: Tensor | None = None) -> None:
+    """Heads, neurons within heads and feed-forward hidden neurons of an ``nn.TransformerEncoderLayer``;
+    with ``stream``, also the residual stream (the layer's input and output features, LayerNorms and
+    every projection reading or writing it), which is a hidden-neuron symmetry when the layer sits
+    between other layers."""
+    attn = layer.self_attn
+    permute_heads(attn, head_permutation(attn.num_heads, attn.head_dim, gen))
+    hidden = torch.randperm(layer.linear1.out_features, generator=gen)
+    permute_out(layer.linear1, hidden)
+    permute_in(layer.linear2, hidden)
+    if stream is not None:
+        permute_attention_inputs(attn, stream)
+        permute_out(attn.out_proj, stream)
+        permute_in(layer.linear1, stream)
+        permute_out(layer.linear2, stream)
+        permute_features(layer.norm1, stream)
+        permute_features(layer.norm2, stream)
+
+
 def permuted_copy(model: nn.Module, apply: Callable[[nn.Module], None]) -> nn.Module:
     other = copy.deepcopy(model)
     apply(other)
@@ -66,6 +130,14 @@ def assert_isomorphic(g1, g2) -> None:
     same = lambda a, b: a["f"] == b["f"]  # noqa: E731
     edge_same = lambda a, b: sorted(d["f"] for d in a.values()) == sorted(d["f"] for d in b.values())  # noqa: E731
     assert nx.is_isomorphic(G1, G2, node_match=same, edge_match=edge_same)
+
+
+def isomorphic(g1, g2) -> bool:
+    """Whether two neural graphs are isomorphic, features included (for negative tests)."""
+    if g1.num_nodes != g2.num_nodes or g1.edge_index.size(1) != g2.edge_index.size(1):
+        return False
+    edge_same = lambda a, b: sorted(d["f"] for d in a.values()) == sorted(d["f"] for d in b.values())  # noqa: E731
+    return nx.is_isomorphic(to_nx(g1), to_nx(g2), node_match=lambda a, b: a["f"] == b["f"], edge_match=edge_same)
 
 
 def assert_params_moved(a: nn.Module, b: nn.Module) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import copy
 
 import networkx as nx
-import pytest
 import torch
 from torch import nn
 from torch_geometric.loader import DataLoader
 
-from neuralgraph import UnsupportedModuleError, to_neural_graph
+from neuralgraph import to_neural_graph
 from tests.helpers.nets import MLP, SmallResNet, WildParkCNN, permute_mlp, permute_resnet, permute_wildpark
-from tests.helpers.permute import assert_params_moved, assert_same_function, permute_in, permute_out, to_nx
+from tests.helpers.permute import (assert_params_moved, assert_same_function, head_permutation,
+                                   permute_attention_inputs, permute_encoder_layer, permute_heads, permute_in,
+                                   permute_out, to_nx)
 
 
 class NormCNN(nn.Module):
@@ -60,18 +61,45 @@ class AttnNet(nn.Module):
         return self.fc(h.mean(1))
 
 
-@torch.no_grad()
 def permute_attn(model: AttnNet, gen: torch.Generator) -> AttnNet:
-    """Permute the embedding neurons (inputs of q, k and v) and, within each head, the value dims."""
+    """Permute the embedding neurons (inputs of q, k and v), the attention neurons (whole heads, and within
+    each head one permutation shared by its q, k and v rows: the neural graph binds a head neuron's q, k
+    and v rows, see neuralgraph.convert.rules.attention) and the attention's output neurons."""
     m = copy.deepcopy(model)
-    perm = torch.randperm(8, generator=gen)
-    permute_out(m.embed, perm)
-    m.attn.in_proj_weight.copy_(m.attn.in_proj_weight[:, perm])
-    head = torch.cat([h * 4 + torch.randperm(4, generator=gen) for h in range(2)])  # value dims per head
-    rows = torch.cat([torch.arange(16), 16 + head])
-    m.attn.in_proj_weight.copy_(m.attn.in_proj_weight[rows])
-    m.attn.in_proj_bias.copy_(m.attn.in_proj_bias[rows])
-    m.attn.out_proj.weight.copy_(m.attn.out_proj.weight[:, head])
+    embed = torch.randperm(8, generator=gen)
+    permute_out(m.embed, embed)
+    permute_attention_inputs(m.attn, embed)
+    permute_heads(m.attn, head_permutation(2, 4, gen))
+    out = torch.randperm(8, generator=gen)
+    permute_out(m.attn.out_proj, out)
+    permute_in(m.fc, out)
+    return m
+
+
+class TransformerNet(nn.Module):
+    """token embedding -> pre-norm nn.TransformerEncoderLayer -> mean over tokens -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True)
+        self.fc = nn.Linear(8, 2)
+        for ln in (self.encoder.norm1, self.encoder.norm2):
+            nn.init.normal_(ln.weight)
+            nn.init.normal_(ln.bias)
+
+    def forward(self, x):
+        return self.fc(self.encoder(self.embed(x)).mean(1))
+
+
+def permute_transformer(model: TransformerNet, gen: torch.Generator) -> TransformerNet:
+    """The residual stream (embedding outputs through the encoder layer), heads, neurons within heads, and
+    feed-forward hidden neurons."""
+    m = copy.deepcopy(model)
+    stream = torch.randperm(8, generator=gen)
+    permute_out(m.embed, stream)
+    permute_encoder_layer(m.encoder, gen, stream)
+    permute_in(m.fc, stream)
     return m
 
 
@@ -82,6 +110,7 @@ NETS = {
     "resnet": (lambda: SmallResNet(), permute_resnet, lambda: torch.randn(2, 3, 8, 8)),
     "norm": (lambda: NormCNN().eval(), permute_normcnn, lambda: torch.randn(2, 2, 6, 6)),
     "attention": (lambda: AttnNet().eval(), permute_attn, lambda: torch.randn(2, 5, 3)),
+    "transformer": (lambda: TransformerNet().eval(), permute_transformer, lambda: torch.randn(2, 5, 3)),
 }
 
 
@@ -96,11 +125,8 @@ def permuted_pair(net: str, seed: int = 0):
     return (to_neural_graph(model, example_input=example()), to_neural_graph(other, example_input=example()))
 
 
-#: real networks for the symmetry tests; attention fails until the converter has attention rules
-SYMMETRY_NETS = ["mlp", "wildpark", "resnet", "norm",
-                 pytest.param("attention", marks=pytest.mark.xfail(
-                     raises=UnsupportedModuleError, strict=True,
-                     reason="the converter has no nn.MultiheadAttention rule yet (issue 7)"))]
+#: real networks for the symmetry tests
+SYMMETRY_NETS = ["mlp", "wildpark", "resnet", "norm", "attention", "transformer"]
 
 
 def node_edge_mapping(g1, g2) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,20 @@ def method_rule(*names: str) -> Callable[[Callable], Callable]:
     return deco
 
 
+#: Passes over the whole ``torch.fx`` graph, run before the walk as ``fn(ctx, graph)``: they validate and
+#: match patterns that span several operations (hand-written attention: q/k/v Linear, head reshapes,
+#: softmax(q kᵀ) v), and claim the nodes of a match by setting ``node.meta[CLAIM] = rule``; the tracer
+#: then calls that rule for the node instead of the one registered for its target.
+GRAPH_PASSES: list[Callable] = []
+CLAIM = "neuralgraph_rule"
+
+
+def graph_pass(fn: Callable) -> Callable:
+    """Register a pass over the traced graph (see :data:`GRAPH_PASSES`)."""
+    GRAPH_PASSES.append(fn)
+    return fn
+
+
 def find_module_rule(module: nn.Module) -> Callable | None:
     for cls in type(module).__mro__:
         if cls in MODULE_RULES:
@@ -60,3 +74,5 @@ def find_module_rule(module: nn.Module) -> Callable | None:
 
 # Registration by import.
 from neuralgraph.convert.rules import conv, functional, linear, norm  # noqa: E402,F401
+from neuralgraph.convert.rules import embedding  # noqa: E402,F401
+from neuralgraph.convert.rules import attention  # noqa: E402,F401

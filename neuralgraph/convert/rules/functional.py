@@ -75,6 +75,7 @@ def add(ctx, node, a, b, **kwargs) -> Val:
     disjoint = not set(a.nodes.tolist()) & set(b.nodes.tolist())
     for target, skip in ((a, b), (b, a)):
         if disjoint and bld.is_open(target.nodes):
+            bld.deepen(target.nodes, bld.next_layer(skip.nodes))
             bld.add_identity_edges(skip.nodes, target.nodes, "residual")
             return Val(target.nodes, target.kind, target.sdims, target.positions)
     out = bld.add_nodes(a.channels, bld.next_layer(a.nodes, b.nodes))

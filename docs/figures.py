@@ -1,7 +1,9 @@
-"""Regenerate the drawings in docs/img: ``python docs/figures.py``."""
+"""Regenerate the drawings in docs/img: ``python docs/figures.py`` (all), or only some by name:
+``python docs/figures.py norm concat``."""
 from __future__ import annotations
 
 import os
+import sys
 
 import matplotlib
 
@@ -54,6 +56,23 @@ class Attention(nn.Module):
         return self.attn(x, x, x)[0]
 
 
+class Dense(nn.Module):
+    """DenseNet-style: the second conv reads the channel concatenation of the stem's and the first conv's maps,
+    and the head pools the concatenation of all three."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.c1, self.c2 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1), \
+            nn.Conv2d(3, 1, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.cat([x, torch.relu(self.c1(x))], dim=1)
+        z = torch.cat([y, torch.tanh(self.c2(y))], dim=1)
+        return self.fc(z.mean((2, 3)))
+
+
 EXAMPLES = {
     "mlp": (nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), {}),
     "cnn": (nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 3, 3, groups=3), nn.GELU(),
@@ -62,13 +81,18 @@ EXAMPLES = {
     "flatten_virtual": (Flatten(), {"flatten": "virtual"}),
     "flatten_repeat": (Flatten(), {"flatten": "repeat"}),
     "attention": (Attention(), {}),
+    "norm": (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3), nn.LayerNorm(3),
+                           nn.Linear(3, 2)), {}),
+    "concat": (Dense(), {}),
 }
 
 
-def main() -> None:
+def main(names: list[str] | None = None) -> None:
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     for name, (model, cfg) in EXAMPLES.items():
+        if names and name not in names:
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
         draw_neural_graph(to_neural_graph(model, **cfg), ax=ax, title=name)
         fig.tight_layout()
@@ -109,5 +133,10 @@ class Sin(nn.Module):
 
 
 if __name__ == "__main__":
-    main()
-    probe_features()
+    wanted = sys.argv[1:]
+    unknown = sorted(set(wanted) - set(EXAMPLES) - {"probe_features"})
+    if unknown:
+        sys.exit(f"unknown figure(s) {unknown}; known: {sorted(EXAMPLES) + ['probe_features']}")
+    main(wanted)
+    if not wanted or "probe_features" in wanted:
+        probe_features()

@@ -189,7 +189,8 @@ class GraphBuilder:
         """``copies`` copies of each node (with its incoming edges and node params), copy-major per node.
 
         Returns ``[len(nodes) * copies]`` new node ids ordered ``(node, copy)``. The originals are
-        dropped from the final graph if nothing else reads them.
+        dropped from the final graph if nothing else reads them. Copies of a model input are inputs too
+        (right after the original in input order: they hold the input's value at each position).
         """
         c = nodes.numel()
         new = torch.empty(c, copies, dtype=torch.long)
@@ -207,6 +208,9 @@ class GraphBuilder:
             self._grow(copies)
             self.replaced[i] = True
             new[k] = torch.arange(start, start + copies)
+            if i in self.inputs:  # copies of a model input hold its value at each position: inputs too
+                at = self.inputs.index(i) + 1
+                self.inputs[at:at] = new[k].tolist()
         # map old node id -> row in `new`
         lookup = torch.full((self.num_nodes,), -1, dtype=torch.long)
         lookup[nodes] = torch.arange(c)

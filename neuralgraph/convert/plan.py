@@ -72,7 +72,7 @@ class ConversionPlan:
         layer = node_tensor(builder.layer)
         role = node_tensor(builder.role)
         pos = layer.clone()
-        inputs = remap[torch.tensor(builder.inputs, dtype=torch.long)]
+        inputs = remap[torch.tensor([i for i in builder.inputs if keep[i]], dtype=torch.long)]
         outputs = remap[torch.tensor(list(OrderedDict.fromkeys(builder.outputs)), dtype=torch.long)]
         role[outputs] = ROLE["output"]
         role[inputs] = ROLE["input"]

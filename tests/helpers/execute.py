@@ -5,6 +5,13 @@ a scalar weight (linear; a map source is globally pooled first), a convolution w
 kernel and geometry (conv), the identity (residual / identity edges) or the pick of one spatial position
 (flatten). Supports odd kernels and global pooling; enough to check what the converter claims.
 
+A global pooling recorded on a neuron (``node_pool``) is read by every consumer but convolutions and flatten
+edges, which read the map. ``flatten="repeat"`` copies (``node_spatial > 0``, not virtual) hold their
+channel's value at their position, input copies included. Normalization edges: BatchNorm and InstanceNorm with
+running statistics (non-zero variance tap) in eval mode, InstanceNorm over space otherwise, LayerNorm over the
+sources of all layernorm edges into the same layer; ``eps`` is the default 1e-5. Not supported (the graph does
+not store what they depend on): GroupNorm (its group count) and local pooling (its kernel and stride).
+
 Attention (see :mod:`neuralgraph.convert.rules.attention`). A graph with attention edges reads token
 sequences: ``x`` is ``[B, T, d_in]`` (or a sequence of such tensors whose features feed the input neurons
 in order, e.g. query and key / value inputs of different lengths) and every neuron's value is
@@ -40,8 +47,15 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
     if tokens is None:  # a network with attention reads token sequences [B, T, d]
         tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any())
     cols = [t.select(-1 if tokens else 1, c) for t in xs for c in range(t.size(-1 if tokens else 1))]
-    for p, i in enumerate(inputs):
-        val[i] = cols[p]
+    # flatten="repeat" copies of an input channel (node_spatial = position + 1) follow the channel's own input
+    # neuron, or stand in its place if nothing else reads it: they hold the channel's value at their position
+    channel, after_original = -1, False
+    for i in inputs:
+        pos = int(g.node_spatial[i])
+        if pos == 0 or (pos == 1 and not after_original):
+            channel += 1
+        val[i] = cols[channel] if pos == 0 else cols[channel].flatten(1)[:, pos - 1]
+        after_original = pos == 0
     incoming: dict[int, list[int]] = {}
     for e, d in enumerate(g.edge_index[1].tolist()):
         incoming.setdefault(d, []).append(e)
@@ -65,11 +79,21 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
             i = int(g.edge_index[0, e])
             v = val[i]
             kind = int(g.edge_kind[e])
+            if kind not in (EDGE_KIND["conv"], EDGE_KIND["flatten"]):
+                v = _global_pool(g, i, v)  # a global pooling recorded on the source: readers of a vector read it
             w = g.edge_attr[e]
             if kind == EDGE_KIND["attention"]:
                 continue  # read by _attend
             if kind == EDGE_KIND["linear"]:
-                if v.dim() > 1 and (not tokens or int(g.node_pool[i]) != POOL["none"]):
+                if v.dim() > 1 and not tokens and int(g.node_spatial[i]) > 0 and int(g.node_pool[i]) not in (
+                        POOL["global_avg"], POOL["global_max"]):
+                    # a flatten="repeat" copy of a channel: the channel's value at the copy's position
+                    v = v.flatten(1)[:, int(g.node_spatial[i]) - 1]
+                elif v.dim() > 1 and not tokens and int(g.node_pool[i]) == POOL["none"]:
+                    # a flattened map of one position feeds its channels directly
+                    assert v[0].numel() == 1, "a map feeds a linear layer without pooling or flattening"
+                    v = v.flatten(1)[:, 0]
+                elif v.dim() > 1 and (not tokens or int(g.node_pool[i]) != POOL["none"]):
                     # a map (or a token sequence) feeding a linear layer: the global pool recorded on the source
                     assert int(g.node_pool[i]) in (POOL["global_avg"], POOL["global_max"])
                     v = v.flatten(1).mean(1) if g.node_pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
@@ -96,13 +120,17 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
                 mean, var = w[mean], w[var]
                 term = (v - mean) / torch.sqrt(var + 1e-5) * w[w.numel() // 2]
             elif kind == EDGE_KIND["instancenorm"]:  # per sample and channel, over space
-                dims = tuple(range(1, v.dim()))
-                term = (v - v.mean(dims, keepdim=True)) / torch.sqrt(
-                    v.var(dims, unbiased=False, keepdim=True) + 1e-5) * w[w.numel() // 2]
+                mean, var = stat_taps(w.numel(), w.numel() // 2)
+                if w[var] != 0:  # track_running_stats: eval mode uses the running statistics
+                    term = (v - w[mean]) / torch.sqrt(w[var] + 1e-5) * w[w.numel() // 2]
+                else:
+                    over = tuple(range(1, v.dim()))
+                    term = (v - v.mean(over, keepdim=True)) / torch.sqrt(
+                        v.var(over, unbiased=False, keepdim=True) + 1e-5) * w[w.numel() // 2]
             elif kind == EDGE_KIND["layernorm"]:  # over every source of this layer's layernorm edges
                 srcs = [int(g.edge_index[0, f]) for f in range(g.edge_index.size(1))
                         if int(g.edge_kind[f]) == kind and int(g.node_layer[g.edge_index[1, f]]) == int(g.node_layer[j])]
-                stack = torch.stack([val[s] for s in srcs], dim=-1)
+                stack = torch.stack([_global_pool(g, s, val[s]) for s in srcs], dim=-1)
                 term = (v - stack.mean(-1)) / torch.sqrt(stack.var(-1, unbiased=False) + 1e-5) * w[w.numel() // 2]
             else:
                 term = v

@@ -24,8 +24,18 @@ def permute_out(layer: nn.Module, perm: Tensor) -> None:
 
 @torch.no_grad()
 def permute_in(layer: nn.Module, perm: Tensor) -> None:
-    """Permute the input neurons / channels of a Linear / Conv with groups == 1 (weight axis 1)."""
-    layer.weight.copy_(layer.weight[:, perm])
+    """Permute the input neurons / channels of a Linear / Conv (weight axis 1). For a grouped conv, ``perm``
+    must map every group of input channels onto itself (each group's slice of the weight is permuted)."""
+    groups = getattr(layer, "groups", 1)
+    if groups == 1:
+        layer.weight.copy_(layer.weight[:, perm])
+        return
+    in_pg, out_pg = layer.weight.shape[1], layer.weight.shape[0] // groups
+    for g in range(groups):
+        local = perm[g * in_pg:(g + 1) * in_pg] - g * in_pg
+        assert local.min() >= 0 and local.max() < in_pg, "the permutation moves channels across conv groups"
+        rows = layer.weight[g * out_pg:(g + 1) * out_pg]
+        rows.copy_(rows[:, local])
 
 
 @torch.no_grad()

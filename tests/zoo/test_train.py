@@ -69,3 +69,18 @@ def test_vector_optimizer_matches_torch(kind):
         ((ref - target) ** 2).sum().backward()
         topt.step()
     assert torch.allclose(p["w"][0], ref, atol=1e-6)
+
+
+def test_checkpoints_are_snapshots(tiny_data):
+    """Each checkpoint keeps the parameters of its own epoch (epoch 0: the initialisation)."""
+    from neuralgraph.zoo.arch import build_model
+    from neuralgraph.zoo.train import init_member
+
+    cfg = TrainConfig(epochs=2, checkpoint_epochs=(0, 1, 2), batch_size=16, train_eval_size=32)
+    spec = MemberSpec("a", 7, hp("adam", 1e-2, dropout=0.3))
+    res = train_group(DESC, [spec], tiny_data, cfg, 1.0, group_seed=0)[0]
+    shapes = {k: v.shape for k, v in build_model(DESC).state_dict().items()}
+    init = init_member(shapes, "glorot_normal", 0.1, torch.Generator().manual_seed(7))
+    for k, v in res.params.items():
+        np.testing.assert_array_equal(v[0], init[k].numpy())
+        assert not np.array_equal(v[1], v[0]) and not np.array_equal(v[2], v[1])

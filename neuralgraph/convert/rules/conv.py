@@ -30,7 +30,7 @@ def _padding(mod: nn.modules.conv._ConvNd) -> tuple[int, ...]:
     if isinstance(mod.padding, str):
         if mod.padding == "valid":
             return (0,) * len(mod.kernel_size)
-        # "same": total padding d*(k-1), we record the left side
+        # "same": total padding d*(k-1), even (the rule rejects asymmetric padding): half on each side
         return tuple(d * (k - 1) // 2 for d, k in zip(mod.dilation, mod.kernel_size))
     return tuple(mod.padding)
 
@@ -49,6 +49,10 @@ def conv(ctx, node, x: Val) -> Val:
         raise ctx.unsupported(node, f"kernel {tuple(mod.kernel_size)} does not fit max_kernel="
                                     f"{cfg.max_kernel}; convert with a larger one, e.g. "
                                     f"to_neural_graph(model, max_kernel={fix})")
+    if mod.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(mod.dilation, mod.kernel_size)):
+        raise ctx.unsupported(node, f"padding='same' with kernel {tuple(mod.kernel_size)} and dilation "
+                                    f"{tuple(mod.dilation)} pads one side more than the other, which edge_conv "
+                                    "(one padding per dim) cannot store; pad explicitly or use an odd kernel")
     src_nodes = ctx.as_map(node, x, mod.in_channels, sdims)
     out = b.add_nodes(mod.out_channels, b.next_layer(src_nodes))
     in_pg = mod.in_channels // mod.groups

@@ -86,19 +86,30 @@ def add(ctx, node, a, b, **kwargs) -> Val:
 # ------------------------------------------------------------------------------------ channels
 
 
-def _channel_dim(ctx, node, v: Val, dim: int) -> None:
-    ok = dim == 1 or (v.kind in ("vec", "flat") and dim == -1)
+def _channel_dim(ctx, node, v: Val, dim: int, rank: int | None = None) -> None:
+    """``dim`` must be the channel dim (1) of a map, or the feature (last) dim of features; ``rank``: the
+    traced rank of ``v`` if known (features of rank > 2 are per token: dim 1 is not theirs)."""
+    if v.kind == "vec" and rank is not None and rank > 2:
+        ok = dim % rank == rank - 1
+    else:
+        ok = dim == 1 or (v.kind in ("vec", "flat") and dim == -1)
     if not ok:
         raise ctx.unsupported(node, f"operates on dim {dim} of a {v.kind} value; only the channel / "
-                                    "feature dim (1) is supported")
+                                    "feature dim (1 for maps, the last one for features) is supported")
+
+
+def _rank(ctx, arg) -> int | None:
+    shape = ctx.shape(arg)
+    return None if shape is None else len(shape)
 
 
 @function_rule(torch.cat, torch.concat)
 def cat(ctx, node, tensors, dim: int = 0) -> Val:
     """``torch.cat`` along channels: the result's neurons are the operands' neurons, in order."""
-    vals = [ctx.materialize(node, n, v) for n, v in zip(node.all_input_nodes, tensors)]
-    for v in vals:
-        _channel_dim(ctx, node, v, dim)
+    args = node.args[0] if node.args else node.kwargs["tensors"]  # the operands' fx nodes (repeats included)
+    vals = [ctx.materialize(node, n, v) for n, v in zip(args, tensors)]
+    for n, v in zip(args, vals):
+        _channel_dim(ctx, node, v, dim, _rank(ctx, n))
     kinds = {v.kind for v in vals}
     if len(kinds) != 1:
         raise ctx.unsupported(node, f"concatenates values of kinds {sorted(kinds)}")
@@ -115,6 +126,11 @@ def getitem(ctx, node, x, index) -> Val:
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     sel = channel_slice(index, x.kind)
+    rank = _rank(ctx, node.all_input_nodes[0])
+    if sel is not None and x.kind == "vec" and rank is not None and rank > 2 and (
+            not isinstance(index, tuple) or index[0] is not Ellipsis):
+        raise ctx.unsupported(node, f"indexing {index!r} slices dim 1 of a rank-{rank} feature value (tokens); "
+                                    "only feature slices x[..., a:b] are supported")
     if sel is None:
         raise ctx.unsupported(node, f"indexing {index!r} is not supported; only channel slices "
                                     "x[:, a:b] are")

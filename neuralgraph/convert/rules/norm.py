@@ -36,6 +36,25 @@ def _channels(node, ctx, mod: nn.Module) -> int:
     return mod.num_channels if isinstance(mod, nn.GroupNorm) else mod.num_features
 
 
+#: spatial dims of the input each layer type implies (BatchNorm1d and GroupNorm accept [B, C] and maps alike)
+_SDIMS = {nn.LayerNorm: 0, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2,
+          nn.InstanceNorm3d: 3}
+
+
+def _input_sdims(ctx, node, mod: nn.Module) -> int:
+    """Spatial dims of the model input a normalization layer reads first: from the traced shape (with
+    ``example_input``) or the layer type; ``[B, C]`` features (0) or a ``[B, C, *spatial]`` map."""
+    if isinstance(mod, nn.LayerNorm):
+        return 0
+    shape = ctx.shape(node.all_input_nodes[0])
+    if shape is not None:
+        return len(shape) - 2
+    if type(mod) in _SDIMS:
+        return _SDIMS[type(mod)]
+    raise ctx.unsupported(node, "reads the model input, which it accepts as [B, C] features or as a feature map; "
+                                "pass example_input=... to to_neural_graph to fix which")
+
+
 @module_rule(*_KIND)
 def norm(ctx, node, x: Val) -> Val:
     mod = ctx.module(node)
@@ -43,9 +62,8 @@ def norm(ctx, node, x: Val) -> Val:
     c = _channels(node, ctx, mod)
     kind = _KIND[type(mod)]
     if x.kind == "input":
-        nodes = b.add_inputs(c)
-        x.nodes, x.kind = nodes, ("vec" if kind == "layernorm" else "map")
-        x.sdims = 0 if x.kind == "vec" else 2
+        sdims = _input_sdims(ctx, node, mod)
+        x.nodes, x.kind, x.sdims = b.add_inputs(c), ("vec" if sdims == 0 else "map"), sdims
     if kind == "layernorm" and x.kind == "map":
         raise ctx.unsupported(node, "LayerNorm on a feature map normalizes its last spatial dim; only "
                                     "feature-dim LayerNorm is supported")

@@ -10,6 +10,12 @@ per-member learning rates. Each member's loss gradient only reaches its own para
 is exactly ``M`` independent training runs, done with a few large kernels instead of many tiny
 ones (a ~3-10x speed-up on one CPU core for these small CNNs).
 
+Where the time goes (one core, ``wildpark-digits``): about 70% is oneDNN's convolution forward and
+backward, which already run near the core's peak FLOP rate for 32-channel layers; the rest is
+memory-bound elementwise work (activations, dropout, the optimizer). Hence the layout choices
+below: activations channels-last end to end (:func:`_conv`), conv weights stored channels-last,
+dropout masks from random bytes, and an optimizer that works on one ``[M, P]`` matrix.
+
 The batched forwards below mirror :mod:`neuralgraph.zoo.arch` line by line; the tests check that
 a member's parameters loaded into ``build_model(desc)`` give the same outputs.
 """
@@ -90,8 +96,8 @@ def init_member(shapes: dict[str, torch.Size], scheme: str, scale: float, gen: t
 #
 # Internally activations are stored "NHWMC": [B, H, W, M, C] contiguous, which is exactly the
 # channels-last layout of the grouped convolution's [B, M * C, H, W] tensors. oneDNN's grouped
-# convolution is considerably faster channels-last (2-6x for one input channel or few channels,
-# ~10% for 32), and the conv outputs come back in that layout, so no reshape ever copies.
+# convolution is faster channels-last (forward + backward ~1.6-2x for one or a few channels per
+# member, ~10-15% for 32) and its outputs come back in that layout, so no reshape ever copies.
 # ---------------------------------------------------------------------------------------------
 def _nhwmc(x: Tensor) -> Tensor:
     """``[B, M, C, H, W]`` -> ``[B, H, W, M, C]`` contiguous (free if ``x`` is a view of one)."""
@@ -126,10 +132,10 @@ def _linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 class Dropout:
     """Per-member inverted dropout with keep probabilities quantised to 1/256.
 
-    Masks come from random bytes (one full-range 64-bit draw gives 8 of them), about 10x cheaper
-    on CPU than ``torch.rand``; the effective keep probability ``(t + 1) / 256`` is what is used.
-    The mask is built directly as ``0`` or ``1 / keep`` so the forward is one multiply (and the
-    backward another).
+    Masks come from random bytes (one full-range 64-bit draw gives 8 of them), several times
+    cheaper on CPU than ``torch.rand``; the effective keep probability ``(t + 1) / 256`` is what
+    is used. The mask is built directly as ``0`` or ``1 / keep``, so the forward is one multiply
+    (and the backward another).
     """
 
     threshold: Tensor                          # [M] uint8: keep where byte <= threshold
@@ -148,15 +154,39 @@ class Dropout:
         """``h`` has its members along ``member_dim`` (3 for ``[B, H, W, M, C]``)."""
         n = h.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2 ** 63, None, generator=self.gen)
-        noise = words.view(torch.uint8)[:n].view(h.shape)
-        shape = [1] * h.dim()
-        shape[member_dim] = -1
-        mask = torch.where(noise <= self.threshold.view(shape), (1.0 / self.keep).view(shape), 0.0)
-        return h * mask
+        inner = int(np.prod(h.shape[member_dim:]))           # members and what follows them
+        thr, scale = self._rows(h.shape[member_dim + 1:])
+        noise = words.view(torch.uint8)[:n].view(-1, inner)
+        # comparing against a contiguous row and converting through uint8 keeps every op
+        # vectorised (torch.where or a bool -> float cast here costs 5-10x more)
+        mask = (noise <= thr).view(torch.uint8).float().mul_(scale)
+        return h * mask.view(h.shape)
+
+    def _rows(self, tail: torch.Size) -> tuple[Tensor, Tensor]:
+        """Threshold and ``1 / keep`` repeated over the dims after the member dim, flattened."""
+        k = int(np.prod(tail))
+        cache = self.__dict__.setdefault("_row_cache", {})
+        if k not in cache:
+            cache[k] = (self.threshold.repeat_interleave(k), (1.0 / self.keep).repeat_interleave(k))
+        return cache[k]
 
 
 def _dropout(h: Tensor, drop: "Dropout | None", member_dim: int) -> Tensor:
     return h if drop is None else drop(h, member_dim)
+
+
+_ACT_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_, "identity": lambda t: t,
+    "leaky_relu": lambda t: F.leaky_relu(t, inplace=True),
+}
+
+
+def _act(h: Tensor, act: str) -> Tensor:
+    """``act(h)`` for a fresh ``h`` (a conv, pool, linear or residual-sum output); in place when
+    no gradient is recorded (evaluation), which saves a full-size temporary per layer."""
+    if not torch.is_grad_enabled() and act in _ACT_INPLACE:
+        return _ACT_INPLACE[act](h)
+    return _ACT_FN[act](h)
 
 
 def forward_wildpark(desc: dict, p: dict[str, Tensor], x: Tensor, drop: Dropout | None = None) -> Tensor:
@@ -177,7 +207,7 @@ def forward_wildpark(desc: dict, p: dict[str, Tensor], x: Tensor, drop: Dropout 
                 h = h + s[..., :m]
             else:
                 h = torch.cat([h[..., :m] + s[..., :m], h[..., m:]], dim=-1)
-        h = _dropout(_ACT_FN[act](h), drop, 3)
+        h = _dropout(_act(h, act), drop, 3)
         if i in sources:
             saved[i] = h
     h = h.mean(dim=(1, 2))                                    # [B, M, C]
@@ -206,7 +236,7 @@ def forward_cnn(desc: dict, p: dict[str, Tensor], x: Tensor, drop: Dropout | Non
                 h = _maxpool(h, spec["pool"])
         else:
             h = _linear(h, w, b)
-        h = _ACT_FN[canonical_activation(spec.get("act", "identity"))](h)
+        h = _act(h, canonical_activation(spec.get("act", "identity")))
         if n != last:
             h = _dropout(h, drop, 3 if h.dim() == 5 else 1)
         i += 1
@@ -225,7 +255,7 @@ class TrainConfig:
     checkpoint_epochs: tuple[int, ...] = (1, 2, 3, 5, 10)  # 0 = the initialisation
     batch_size: int = 32
     train_eval_size: int = 512                # train metrics on up to this many training examples
-    eval_batch: int = 512
+    eval_batch: int = 128                     # evaluation chunk (results do not depend on it)
 
 
 @torch.inference_mode()
@@ -248,16 +278,30 @@ def _evaluate(forward, desc, p, x: Tensor, y: Tensor, eval_batch: int) -> tuple[
     return (correct / n).numpy(), (loss / n).numpy()
 
 
-def flat_parameters(shapes: dict[str, torch.Size], M: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """One ``[M, P]`` buffer holding every parameter of ``M`` members, and per-name views of it
-    shaped ``[M, *shape]`` (leaves that require grad; update the buffer in place under no_grad)."""
-    sizes = [int(np.prod(s)) for s in shapes.values()]
-    flat = torch.zeros(M, sum(sizes))
-    views, off = {}, 0
-    for (k, shape), n in zip(shapes.items(), sizes):
-        views[k] = flat[:, off:off + n].view(M, *shape).requires_grad_(True)
-        off += n
-    return flat, views
+def stacked_parameters(inits: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack per-member parameters into leaves ``[M, *shape]`` that require grad.
+
+    Conv weights ``[M, Co, C, k, k]`` are stored channels-last (memory order ``[M, Co, k, k, C]``),
+    so ``w.reshape(M * Co, C, k, k)`` is a free view in the layout the grouped convolution wants
+    and its weight gradient comes back in the same layout (no reorder copies either way)."""
+    p = {}
+    for k in inits[0]:
+        w = torch.stack([i[k] for i in inits])
+        if w.dim() == 5:
+            w = w.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        p[k] = w.requires_grad_(True)
+    return p
+
+
+def _dense_strides(t: Tensor) -> tuple[int, ...]:
+    """``t``'s strides if it is dense and non-overlapping in some dim order, else row-major ones."""
+    dims = sorted((d for d in range(t.dim()) if t.shape[d] > 1), key=lambda d: t.stride(d))
+    expected = 1
+    for d in dims:
+        if t.stride(d) != expected:
+            return tuple(int(np.prod(t.shape[d + 1:])) for d in range(t.dim()))
+        expected *= t.shape[d]
+    return tuple(t.stride())
 
 
 class VectorOptimizer:
@@ -269,68 +313,76 @@ class VectorOptimizer:
     (Keras defaults). The loss gets ``l2 * ||W||^2`` for every weight (not bias) tensor.
     A member whose update is not finite keeps its parameters and is reported dead by :meth:`step`.
 
-    The state and the update live in one ``[M, P]`` matrix (all parameters of a member in a row),
-    so a step is a dozen large elementwise ops whatever the number of tensors. Pass ``flat`` when
-    ``params`` are views of such a buffer (:func:`flat_parameters`): it is then updated in place
-    directly; otherwise the parameters are gathered and written back each step.
+    The state lives in ``[M, P]`` matrices (all of a member's parameters in one row, each tensor
+    in its own memory order), so a step is a dozen large in-place elementwise ops whatever the
+    number of tensors, with no allocation.
     """
 
-    def __init__(self, kinds: list[str], lr: list[float], l2: list[float], params: dict[str, Tensor],
-                 flat: Tensor | None = None):
+    def __init__(self, kinds: list[str], lr: list[float], l2: list[float], params: dict[str, Tensor]):
         for k in kinds:
             if k not in OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {k!r}; choose from {OPTIMIZERS}")
         M = len(kinds)
         self.params = params
-        self.names = list(params)
-        self.flat = flat
-        self.sizes = [params[k][0].numel() for k in self.names]
-        P = sum(self.sizes)
+        self.M, self.t, self.eps = M, 0, 1e-7
         self.is_adam = torch.tensor([k == "adam" for k in kinds])
         adaptive = torch.tensor([k != "sgd" for k in kinds])
-        self.lr = torch.tensor(lr, dtype=torch.float32).view(M, 1)
-        is_weight = torch.cat([torch.full((n,), not k.endswith("bias")) for k, n in zip(self.names, self.sizes)])
-        self.l2x2 = (2 * torch.tensor(l2, dtype=torch.float32).view(M, 1)) * is_weight.float().view(1, P)
+        self.lr_adaptive = (torch.tensor(lr, dtype=torch.float64) * adaptive).view(M, 1)
+        self.sgd_lr = (torch.tensor(lr) * ~adaptive).view(M, 1)
+        self.any_sgd = bool((~adaptive).any())
         self.d1 = torch.where(self.is_adam, 0.9, 0.0).view(M, 1)
         self.d2 = torch.where(self.is_adam, 0.999, 0.9).view(M, 1)
-        self.adaptive = adaptive.float().view(M, 1)
-        self.sgd_lr = (self.lr * (~adaptive).float().view(M, 1))
-        self.any_sgd = bool((~adaptive).any())
-        self.M, self.t, self.eps = M, 0, 1e-7
-        self.m = torch.zeros(M, P)
-        self.v = torch.zeros(M, P)
+        self.l2x2 = 2 * torch.tensor(l2)
+        # each tensor's slot in a row, laid out like one member of the tensor (so that gathering
+        # gradients and applying updates stream through memory in the same order)
+        sizes = [w[0].numel() for w in params.values()]
+        self.P = sum(sizes)
+        self.slots = []
+        off = 0
+        for (k, w), n in zip(params.items(), sizes):
+            self.slots.append((k, off, tuple(w.shape), (self.P,) + _dense_strides(w[0]),
+                               None if k.endswith("bias") else self.l2x2.view(M, *([1] * (w.dim() - 1)))))
+            off += n
+        self.m, self.v = torch.zeros(M, self.P), torch.zeros(M, self.P)
+        self._m, self._v = torch.empty(M, self.P), torch.empty(M, self.P)
+        self.g, self.u = torch.empty(M, self.P), torch.empty(M, self.P)
 
-    def _gather(self, tensors) -> Tensor:
-        return torch.cat([t.reshape(self.M, -1) for t in tensors], dim=1)
+    def _slot(self, buf: Tensor, slot) -> Tensor:
+        _, off, shape, stride, _ = slot
+        return buf.as_strided(shape, stride, buf.storage_offset() + off)
 
     @torch.no_grad()
     def step(self, grads: dict[str, Tensor | None], ok: Tensor) -> Tensor:
         """Update in place; returns ``[M]`` bool, False for members whose update was not finite."""
         self.t += 1
-        c1 = torch.where(self.is_adam, 1 - 0.9 ** self.t, 1.0).view(self.M, 1)
-        c2 = torch.where(self.is_adam, 1 - 0.999 ** self.t, 1.0).view(self.M, 1)
-        w = self.flat if self.flat is not None else self._gather(self.params[k] for k in self.names)
-        g = self._gather(grads[k] if grads[k] is not None else torch.zeros_like(self.params[k])
-                         for k in self.names)                                   # [M, P]
-        g = g.addcmul_(self.l2x2, w)
-        m = torch.lerp(g, self.m, self.d1)                                      # d1 m + (1 - d1) g
-        v = torch.lerp(g * g, self.v, self.d2)
-        denom = v.sqrt().div_(c2.sqrt()).add_(self.eps)
-        upd = torch.div(m, denom).mul_(self.lr * self.adaptive / c1)
+        M, g, u, m, v = self.M, self.g, self.u, self._m, self._v
+        for slot in self.slots:                                  # g = grad + 2 l2 w, gathered
+            k, l2 = slot[0], slot[4]
+            dst, w, gk = self._slot(g, slot), self.params[k], grads[k]
+            if gk is None:
+                gk = torch.zeros_like(w)
+            if l2 is None:
+                dst.copy_(gk)
+            else:
+                torch.addcmul(gk, w, l2, out=dst)
+        c1 = torch.where(self.is_adam, 1 - 0.9 ** self.t, 1.0).view(M, 1)
+        c2 = torch.where(self.is_adam, 1 - 0.999 ** self.t, 1.0).view(M, 1).sqrt()
+        torch.lerp(g, self.m, self.d1, out=m)                    # d1 m + (1 - d1) g
+        torch.mul(g, g, out=v).lerp_(self.v, self.d2)            # d2 v + (1 - d2) g^2
+        # lr / c1 * m / (sqrt(v) / sqrt(c2) + eps) = (lr sqrt(c2) / c1) * m / (sqrt(v) + eps sqrt(c2))
+        torch.sqrt(v, out=u).add_(self.eps * c2)
+        torch.div(m, u, out=u).mul_((self.lr_adaptive * c2 / c1).float())
         if self.any_sgd:
-            upd.addcmul_(g, self.sgd_lr)
-        finite = ok & torch.isfinite(upd.sum(1))
-        if bool(finite.all()):
-            w.sub_(upd)
-            self.m, self.v = m, v
-        else:
-            f = finite.view(self.M, 1)
-            w.sub_(torch.where(f, upd, 0.0))
-            self.m = torch.where(f, m, self.m)
-            self.v = torch.where(f, v, self.v)
-        if self.flat is None:
-            for k, part in zip(self.names, w.split(self.sizes, dim=1)):
-                self.params[k].copy_(part.view_as(self.params[k]))
+            u.addcmul_(g, self.sgd_lr)
+        finite = ok & torch.isfinite(u.sum(1))
+        if not bool(finite.all()):
+            keep = ~finite.view(M, 1)
+            u.masked_fill_(keep, 0.0)
+            m.copy_(torch.where(keep, self.m, m))
+            v.copy_(torch.where(keep, self.v, v))
+        self.m, self._m, self.v, self._v = m, self.m, v, self.v   # swap buffers
+        for slot in self.slots:
+            self.params[slot[0]].sub_(self._slot(u, slot))
         return finite
 
 
@@ -349,10 +401,7 @@ def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: Trai
     # --- per-member init, data subsets and hyperparameters ---------------------------------
     gens = [torch.Generator().manual_seed(m.seed) for m in members]
     inits = [init_member(shapes, m.hparams["init"], m.hparams["init_std"], g) for m, g in zip(members, gens)]
-    flat, p = flat_parameters(shapes, M)
-    with torch.no_grad():
-        for k in names:
-            p[k].copy_(torch.stack([i[k] for i in inits]))
+    p = stacked_parameters(inits)
     n_pool = data.x_train.shape[0]
     n_sub = max(cfg.batch_size, int(round(train_fraction * n_pool)))
     rngs = [np.random.default_rng(m.seed) for m in members]
@@ -366,7 +415,7 @@ def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: Trai
     hp = [m.hparams for m in members]
     drop = Dropout.create([h["dropout"] for h in hp], torch.Generator().manual_seed(group_seed))
     opt = VectorOptimizer([h["optimizer"] for h in hp], [h["learning_rate"] for h in hp],
-                          [h["l2"] for h in hp], p, flat=flat)
+                          [h["l2"] for h in hp], p)
     alive = torch.ones(M, dtype=torch.bool)
     saved: list[tuple] = []
 
@@ -374,7 +423,8 @@ def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: Trai
         pd = {k: v.detach() for k, v in p.items()}
         te_acc, te_loss = _evaluate(forward, desc, pd, data.x_test, data.y_test, cfg.eval_batch)
         tr_acc, tr_loss = _evaluate(forward, desc, pd, x_eval, y_eval, cfg.eval_batch)
-        saved.append((epoch, step, flat.numpy().copy(), te_acc, te_loss, tr_acc, tr_loss))
+        saved.append((epoch, step, {k: v.numpy().copy(order="C") for k, v in pd.items()},
+                      te_acc, te_loss, tr_acc, tr_loss))
 
     step = 0
     ckpts = sorted(set(cfg.checkpoint_epochs))
@@ -397,12 +447,9 @@ def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: Trai
         if epoch in ckpts:
             checkpoint(epoch, step)
 
-    offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes.values()])
-    stacked = np.stack([c[2] for c in saved])                                   # [n_ck, M, P]
     results = []
     for i, m in enumerate(members):
-        params = {k: stacked[:, i, offsets[j]:offsets[j + 1]].reshape(len(saved), *shapes[k])
-                  for j, k in enumerate(names)}
+        params = {k: np.stack([c[2][k][i] for c in saved]) for k in names}
         cks = [{"epoch": c[0], "step": c[1],
                 "test_accuracy": float(c[3][i]), "test_loss": float(c[4][i]),
                 "train_accuracy": float(c[5][i]), "train_loss": float(c[6][i])} for c in saved]

@@ -84,3 +84,21 @@ def test_checkpoints_are_snapshots(tiny_data):
     for k, v in res.params.items():
         np.testing.assert_array_equal(v[0], init[k].numpy())
         assert not np.array_equal(v[1], v[0]) and not np.array_equal(v[2], v[1])
+
+
+def test_vector_optimizer_any_memory_layout():
+    """Parameters stored channels-last (or strided) update exactly like contiguous ones."""
+    torch.manual_seed(0)
+    w0, g = torch.randn(3, 4, 2, 3, 3), torch.randn(3, 4, 2, 3, 3)
+    kinds, lr, l2 = ["adam", "rmsprop", "sgd"], [1e-2, 3e-3, 5e-2], [1e-3, 0.0, 1e-2]
+    layouts = [w0.clone(), w0.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3),
+               torch.stack([w0, w0], -1)[..., 0]]
+    outs = []
+    for w in layouts:
+        p = {"w": w.clone() if w.is_contiguous() else w, "b": torch.zeros(3, 4)}
+        opt = VectorOptimizer(kinds, lr, l2, p)
+        for _ in range(3):
+            opt.step({"w": g, "b": g[:, :, 0, 0, 0]}, torch.ones(3, dtype=torch.bool))
+        outs.append(p["w"])
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=0, atol=0)

@@ -34,7 +34,8 @@ class FoldBatchNorm(BaseTransform):
     def __init__(self, eps: float = 1e-5, max_kernel: tuple[int, ...] = (7, 7)):
         self.eps = float(eps)
         self.max_kernel = tuple(max_kernel)
-        self.centre = ConvertConfig(max_kernel=self.max_kernel).centre_tap
+        cfg = ConvertConfig(max_kernel=self.max_kernel)
+        self.centre, self.edge_dim = cfg.centre_tap, cfg.edge_dim
 
     def forward(self, data: NeuralGraph) -> NeuralGraph:
         e = (data.edge_kind == EDGE_KIND["batchnorm"]).nonzero().squeeze(1)
@@ -43,7 +44,7 @@ class FoldBatchNorm(BaseTransform):
         data = data.clone()
         attr, x = data.edge_attr, data.x
         centre = self.centre
-        if attr.size(1) != ConvertConfig(max_kernel=self.max_kernel).edge_dim:
+        if attr.size(1) != self.edge_dim:
             raise ValueError(f"FoldBatchNorm(max_kernel={self.max_kernel}) got graphs with {attr.size(1)} edge "
                              "features; pass the max_kernel the graphs were converted with")
         mean_tap, var_tap = stat_taps(attr.size(1), centre)

@@ -3,19 +3,20 @@
 `Zhou et al., "Permutation Equivariant Neural Functionals" (NeurIPS 2023)
 <https://arxiv.org/abs/2302.14040>`_, the generalization-prediction network of appendix D.1:
 
-    IO-encoding (optional) -> [NF-layer -> ReLU] x len(hidden_channels) -> invariant pool -> MLP
+    standardise (optional) -> IO-encoding (optional) -> [NF-layer -> ReLU] x len(hidden_channels)
+    -> invariant pool -> MLP
 
 NF-layers have coefficients per layer of one architecture, so these models are built for one
 :attr:`WeightSpace.signature` (``weight_shapes``) and reject other architectures and mixed batches.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from neuralgraph.data.weightspace import WeightSpaceBatch
+from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.models.mlp import mlp, normalize_signature, require_homogeneous
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.nf_layers import (HNPLayer, IOEncoding, NPLayer, PointwiseLayer, check_feedforward,
@@ -30,9 +31,19 @@ class NFN(nn.Module):
     .. math::
         y = \mathrm{MLP}\big(P(\sigma(H_K \cdots \sigma(H_1(\mathrm{IO}(U)))))\big)
 
-    with :math:`H_k` NP, HNP or pointwise NF-layers, :math:`\sigma` = ReLU and :math:`P` the NP pool
-    (``np``, ``pt``) or the HNP pool (``hnp``, appendix eq. 20). Exactly invariant to permutations of the
-    hidden neurons of the input network (convolutions: channels), with or without IO-encoding.
+    with :math:`H_k` NP, HNP or pointwise NF-layers, :math:`\sigma` = ReLU and :math:`P` the NP pool or
+    the HNP pool (appendix eq. 20). Exactly invariant to permutations of the hidden neurons of the input
+    network (convolutions: channels), with or without IO-encoding and standardisation.
+
+    **Standardisation** (``standardize=True``): every weight and bias is shifted and scaled by
+    training-set statistics (:meth:`fit_normalization`; the runner calls it with the training split).
+    The statistics are pooled over networks and over every dim a hidden-neuron permutation acts on
+    (rows of hidden layers, columns after the first layer), and kept separate along the rest
+    (kernel taps, input columns of the first layer, output rows of the last), so the map commutes
+    with the symmetry and invariance stays exact. The reference experiments standardise NFN-NP's
+    inputs too (per entry, which is not exactly symmetric); without it, the NP layers' mean terms
+    wash the per-network signal out (features vary across networks by ~1e-4 after three layers on
+    a small CNN zoo, and the model predicts a constant).
 
     Args:
         weight_shapes (sequence): the zoo's :attr:`WeightSpace.signature`.
@@ -40,6 +51,9 @@ class NFN(nn.Module):
         layer (str, optional): ``"np"``, ``"hnp"`` or ``"pt"`` (set by the registered names). (default: ``"np"``)
         hidden_channels (sequence of int, optional): channels of the NF-layers (paper D.1: 16, 16, 5).
         head_hidden (sequence of int, optional): hidden sizes of the MLP after the pool (paper: 1000, 1000).
+        pool (str, optional): ``"np"`` or ``"hnp"``; the default depends on the variant (see the registered
+            classes). HNP layers need the HNP pool.
+        standardize (bool, optional): standardise the inputs (see above); default by variant.
         io_encoding (str, optional): ``"sinusoidal"``, ``"learned"`` or ``"none"``. (default: ``"sinusoidal"``)
         io_dim (int, optional): IO-encoding channels. (default: :obj:`8`)
         dropout (float, optional): dropout in the MLP head. (default: :obj:`0.0`)
@@ -53,16 +67,25 @@ class NFN(nn.Module):
     permutation_invariant: ClassVar[bool] = True
     default_layer: ClassVar[str] = "np"
     default_io_encoding: ClassVar[str] = "sinusoidal"
+    default_pool: ClassVar[str] = "hnp"
+    default_standardize: ClassVar[bool] = True
 
     def __init__(self, weight_shapes: Sequence, out_dim: int = 1, layer: Optional[str] = None,
                  hidden_channels: Sequence[int] = (16, 16, 5), head_hidden: Sequence[int] = (1000, 1000),
-                 io_encoding: Optional[str] = None, io_dim: int = 8, dropout: float = 0.0) -> None:
+                 io_encoding: Optional[str] = None, io_dim: int = 8, dropout: float = 0.0,
+                 pool: Optional[str] = None, standardize: Optional[bool] = None) -> None:
         super().__init__()
         self.weight_shapes = normalize_signature(weight_shapes)
         self.layer = layer or self.default_layer
         self.io_kind = io_encoding or self.default_io_encoding
+        self.pool_kind = pool or self.default_pool
+        self.standardize = self.default_standardize if standardize is None else bool(standardize)
         if self.layer not in _LAYERS:
             raise ValueError(f"unknown NF-layer {self.layer!r}; choose from {sorted(_LAYERS)}")
+        if self.pool_kind not in ("np", "hnp"):
+            raise ValueError(f"unknown pool {self.pool_kind!r}; choose 'np' or 'hnp'")
+        if self.layer == "hnp" and self.pool_kind != "hnp":
+            raise ValueError("HNP layers keep input and output neurons apart; they need pool='hnp'")
         self.name = f"nfn-{self.layer}"
         if self.layer != "pt":
             check_feedforward(self.weight_shapes, self.name)
@@ -78,7 +101,7 @@ class NFN(nn.Module):
             layers.append(_LAYERS[self.layer](self.weight_shapes, channels, c))
             channels = c
         self.layers = nn.ModuleList(layers)
-        self.pool_kind = "hnp" if self.layer == "hnp" else "np"
+        self._init_statistics()
         self.head = mlp(pool_dim(self.weight_shapes, channels, self.pool_kind), tuple(head_hidden), out_dim,
                         dropout)
         self.reset_parameters()
@@ -88,9 +111,49 @@ class NFN(nn.Module):
             if m is not None:
                 m.reset_parameters()
 
+    def _stat_dims(self, i: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Dims of layer ``i``'s ``[B, out, in, *k]`` weights and ``[B, out]`` biases the statistics pool over:
+        networks, plus the rows if the layer's outputs are hidden, plus the columns if its inputs are."""
+        L = len(self.weight_shapes)
+        rows = (1,) if i < L - 1 else ()
+        return (0, *rows, *((2,) if i > 0 else ())), (0, *rows)
+
+    def _init_statistics(self) -> None:
+        """Identity standardisation (mean 0, std 1) in the shapes :meth:`fit_normalization` fills."""
+        for i, (wshape, bshape) in enumerate(self.weight_shapes):
+            wdims, bdims = self._stat_dims(i)
+            ws = [1 if d + 1 in wdims else n for d, n in enumerate(wshape)]
+            bs = [1 if d + 1 in bdims else n for d, n in enumerate(bshape)]
+            self.register_buffer(f"w_mean_{i}", torch.zeros(ws))
+            self.register_buffer(f"w_std_{i}", torch.ones(ws))
+            self.register_buffer(f"b_mean_{i}", torch.zeros(bs))
+            self.register_buffer(f"b_std_{i}", torch.ones(bs))
+
+    @torch.no_grad()
+    def fit_normalization(self, weight_spaces: Iterable[WeightSpace]) -> None:
+        """Fit the standardisation on the training networks (no-op if ``standardize`` is off)."""
+        if not self.standardize:
+            return
+        ws = WeightSpace.stack(list(weight_spaces))
+        require_homogeneous(WeightSpaceBatch.collate([ws]), self.weight_shapes, self.name)
+        for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
+            for kind, t, dims in (("w", w, self._stat_dims(i)[0]), ("b", b, self._stat_dims(i)[1])):
+                t = t.double()
+                std = t.std(dim=dims, keepdim=True, unbiased=False)
+                getattr(self, f"{kind}_mean_{i}").copy_(t.mean(dim=dims, keepdim=True)[0])
+                getattr(self, f"{kind}_std_{i}").copy_(torch.where(std > 1e-8, std, torch.ones_like(std))[0])
+
+    def _standardized(self, ws: WeightSpace) -> WeightSpace:
+        if not self.standardize:
+            return ws
+        return WeightSpace(
+            tuple((w - getattr(self, f"w_mean_{i}")) / getattr(self, f"w_std_{i}") for i, w in enumerate(ws.weights)),
+            tuple((b - getattr(self, f"b_mean_{i}")) / getattr(self, f"b_std_{i}") for i, b in enumerate(ws.biases)),
+            ws.feedforward)
+
     def encode(self, batch: WeightSpaceBatch) -> Tensor:
         """The invariant pooled features ``[B, pool_dim]`` (before the MLP)."""
-        ws = require_homogeneous(batch, self.weight_shapes, self.name)
+        ws = self._standardized(require_homogeneous(batch, self.weight_shapes, self.name))
         feats = to_features(ws)
         if self.io is not None:
             feats = self.io(feats)
@@ -104,7 +167,8 @@ class NFN(nn.Module):
 
 @register_model("nfn-np")
 class NFNNP(NFN):
-    """:class:`NFN` with NP NF-layers and sinusoidal IO-encoding (the paper's NFN\\ :sub:`NP`)."""
+    """:class:`NFN` with NP NF-layers, sinusoidal IO-encoding, standardised inputs and the HNP pool (the
+    paper's NFN\\ :sub:`NP` as its reference experiments configure it)."""
 
     default_layer: ClassVar[str] = "np"
     default_io_encoding: ClassVar[str] = "sinusoidal"
@@ -116,6 +180,7 @@ class NFNHNP(NFN):
 
     default_layer: ClassVar[str] = "hnp"
     default_io_encoding: ClassVar[str] = "none"
+    default_standardize: ClassVar[bool] = False
 
 
 @register_model("nfn-pt")
@@ -124,3 +189,5 @@ class NFNPT(NFN):
 
     default_layer: ClassVar[str] = "pt"
     default_io_encoding: ClassVar[str] = "sinusoidal"
+    default_pool: ClassVar[str] = "np"
+    default_standardize: ClassVar[bool] = False

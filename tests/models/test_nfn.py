@@ -38,7 +38,7 @@ def test_io_encoding_breaks_input_output_symmetry():
     for io in ("none", "sinusoidal"):
         torch.manual_seed(0)
         m = create_model("nfn-np", weight_shapes=ws.signature, hidden_channels=(6, 4), head_hidden=(8,),
-                         io_encoding=io).eval()
+                         io_encoding=io, pool="np").eval()
         with torch.no_grad():
             outs[io] = (m(collate([ws])), m(collate([_permute_io(ws, pin, pout)])))
     torch.testing.assert_close(*outs["none"], atol=1e-5, rtol=1e-5)     # NP: inputs/outputs permutable too
@@ -55,8 +55,47 @@ def test_paper_setup_on_small_cnn_zoo_shapes():
     for name in ("nfn-np", "nfn-hnp"):
         model = create_model(name, weight_shapes=sig)
         assert [layer.out_channels for layer in model.layers] == [16, 16, 5]
-        kind = "hnp" if name == "nfn-hnp" else "np"
-        assert model.head.channel_list == [pool_dim(sig, 5, kind), 1000, 1000, 1]
+        assert model.head.channel_list == [pool_dim(sig, 5, "hnp"), 1000, 1000, 1]   # as the reference code
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_standardization_fits_per_layer_and_keeps_exact_invariance(net):
+    train = zoo(net, 12, seed=1)
+    model = create_model("nfn-np", weight_shapes=train[0].signature, hidden_channels=(6, 4), head_hidden=(8,)).eval()
+    model.fit_normalization(train)
+    stacked = model._standardized(type(train[0]).stack(train))
+    L = len(stacked.weights)
+    for i, (w, b) in enumerate(zip(stacked.weights, stacked.biases)):
+        # zero mean / unit std over networks and the permuted dims; kept apart along the others
+        dims = (0,) + ((1,) if i < L - 1 else ()) + ((2,) if i > 0 else ())
+        torch.testing.assert_close(w.mean(dims), torch.zeros_like(w.mean(dims)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(w.std(dims, unbiased=False), torch.ones_like(w.mean(dims)), atol=1e-4, rtol=0)
+        assert model.get_buffer(f"w_mean_{i}").shape[2:] == w.shape[3:]         # kernel taps kept apart
+    # the last layer's outputs are not permuted: one statistic per output neuron
+    assert model.get_buffer(f"b_mean_{L - 1}").shape == stacked.biases[-1].shape[1:]
+    ws, ws_perm = permuted_pair(net, seed=4)
+    with torch.no_grad():
+        out, out_perm = model(collate([ws])), model(collate([ws_perm]))
+    torch.testing.assert_close(out, out_perm, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out, create_model("nfn-np", weight_shapes=train[0].signature, hidden_channels=(6, 4),
+                                                 head_hidden=(8,), standardize=False).eval()(collate([ws])))
+
+
+def test_standardization_is_saved_with_the_model():
+    train = zoo("cnn", 6)
+    kw = dict(weight_shapes=train[0].signature, hidden_channels=(3,), head_hidden=(4,))
+    model = create_model("nfn-np", **kw)
+    model.fit_normalization(train)
+    fresh = create_model("nfn-np", **kw)
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.get_buffer("w_std_1"), model.get_buffer("w_std_1"))
+    assert not torch.equal(model.get_buffer("w_std_1"), torch.ones_like(model.get_buffer("w_std_1")))
+
+
+def test_hnp_layers_refuse_the_np_pool():
+    sig = zoo("mlp", 1)[0].signature
+    with pytest.raises(ValueError, match="need pool='hnp'"):
+        create_model("nfn-hnp", weight_shapes=sig, pool="np")
 
 
 def test_weight_shapes_from_yaml_lists_and_plain_shapes():

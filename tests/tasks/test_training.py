@@ -105,3 +105,20 @@ def test_normalize_graphs_fits_on_train_only(monkeypatch):
         assert len(a) == len(b) and not torch.equal(a[0].edge_attr, b[0].edge_attr)
         assert torch.equal(a[0].edge_index, b[0].edge_index)
     assert fitted == [len(raw["train"])]  # fitted once, on the training graphs only
+
+
+def test_weight_standardization_fits_on_train_only(monkeypatch):
+    from neuralgraph.models.nfn import NFN
+
+    seen = []
+    real_fit = NFN.fit_normalization
+    monkeypatch.setattr(NFN, "fit_normalization", lambda self, items: seen.append(list(items)) or
+                        real_fit(self, seen[-1]))
+    task = TinyTask(None)
+    sig = task.splits["train"].weights()[0].signature
+    torch.manual_seed(0)
+    model = create_model("nfn-np", weight_shapes=sig, hidden_channels=(4,), head_hidden=(8,))
+    fit(model, task, TrainConfig(epochs=1, batch_size=8), progress=False)
+    assert len(seen) == 1 and len(seen[0]) == len(task.splits["train"])
+    train = torch.cat([ws.weights[0] for ws in task.splits["train"].weights()])
+    torch.testing.assert_close(model.get_buffer("w_std_0").view(-1), train.std((0, 1), unbiased=False))

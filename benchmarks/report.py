@@ -5,6 +5,9 @@
 One table per task (rows: models, columns: the selection metric and R² of each evaluated split, as
 mean ± std over seeds); cross-dataset results become the matrix of SNE's table 1 (rows: training
 zoo, columns: test zoo, plus the average row); cross-arch results one row per dataset.
+
+Everything from the line ``<!-- notes -->`` on (provenance, comparison with the papers) is written by
+hand and kept when the tables are re-rendered.
 """
 from __future__ import annotations
 
@@ -86,12 +89,25 @@ def render(root: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+NOTES_MARKER = "<!-- notes -->"
+
+
+def kept_notes(path: str) -> str:
+    """The hand-written tail of an existing results file, from :data:`NOTES_MARKER` on ('' if none)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        text = f.read()
+    i = text.find(NOTES_MARKER)
+    return "" if i < 0 else "\n" + text[i:]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results")
     ap.add_argument("--out", default=os.path.join("docs", "results.md"))
     args = ap.parse_args(argv)
-    text = render(args.results)
+    text = render(args.results) + kept_notes(args.out)
     atomic_write_text(args.out, text)
     print(text)
 

@@ -1,0 +1,33 @@
+"""`python -m benchmarks.report`: tables from result summaries; hand-written notes survive re-rendering."""
+import json
+
+from benchmarks.report import NOTES_MARKER, main
+
+
+def _summary(root, tau):
+    d = root / "wildpark" / "ng-t"
+    d.mkdir(parents=True)
+    stats = {"kendall_tau": {"mean": tau, "std": 0.01}, "r2": {"mean": 0.5, "std": 0.1}}
+    (d / "summary.json").write_text(json.dumps({"task": "wildpark", "model": "ng-t", "seeds": [0, 1],
+                                                "config": {}, "summary": {"test": stats}}))
+
+
+def test_rerender_keeps_hand_written_notes(tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "results.md"
+    _summary(results, 0.612)
+    notes = f"{NOTES_MARKER}\n## Provenance\n\nRun from commit abc.\n"
+    out.write_text("# Results\n\nold table\n\n" + notes)
+    main(["--results", str(results), "--out", str(out)])
+    text = out.read_text()
+    assert "| ng-t | 2 | 0.612 ± 0.010 | 0.500 ± 0.100 |" in text and "old table" not in text
+    assert text.endswith(notes) and text.count(NOTES_MARKER) == 1
+    main(["--results", str(results), "--out", str(out)])          # idempotent
+    assert out.read_text() == text
+
+
+def test_without_marker_only_tables_are_written(tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "results.md"
+    _summary(results, 0.5)
+    out.write_text("# Results\n\nstale text without a marker\n")
+    main(["--results", str(results), "--out", str(out)])
+    assert "stale text" not in out.read_text()

@@ -3,10 +3,16 @@
 Id 0 (``"none"``) marks neurons without an activation (identity), id 1 (``"unknown"``) marks an
 element-wise function that is known to be element-wise but has no name of its own. New names are
 appended by :func:`register_activation`, so existing ids never change.
+
+Activations with parameters (``nn.LeakyReLU(0.2)``, ``nn.ELU(alpha=2)``, ``F.gelu(x, approximate="tanh")``,
+...) are named by their family when every parameter has its default (``"leaky_relu"``) and by family and
+non-default parameters otherwise (``"leaky_relu(negative_slope=0.2)"``, :func:`variant_name`). A variant must
+be in the vocabulary (``register_activation(None, name)``) before a network using it converts: giving it
+the family's id would make two different functions indistinguishable in the graph.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +55,54 @@ METHOD_ACTIVATIONS: dict[str, str] = {
 }
 
 
+#: activation family -> the parameters that change its function, in call order after the input, with defaults
+PARAMETERS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "leaky_relu": (("negative_slope", 0.01),),
+    "elu": (("alpha", 1.0),),
+    "celu": (("alpha", 1.0),),
+    "softplus": (("beta", 1.0), ("threshold", 20.0)),
+    "hardtanh": (("min_val", -1.0), ("max_val", 1.0)),
+    "gelu": (("approximate", "none"),),
+}
+
+
+def variant_name(family: str, values: dict[str, Any]) -> str:
+    """The vocabulary name of ``family`` with parameter ``values`` (missing ones take their defaults).
+
+    >>> variant_name("leaky_relu", {"negative_slope": 0.2})
+    'leaky_relu(negative_slope=0.2)'
+    >>> variant_name("leaky_relu", {"negative_slope": 0.01})
+    'leaky_relu'
+    """
+    extra = [(k, values[k]) for k, d in PARAMETERS.get(family, ()) if k in values and values[k] != d]
+    if not extra:
+        return family
+    return f"{family}(" + ", ".join(f"{k}={v!r}" for k, v in extra) + ")"
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """Inverse of :func:`variant_name`: ``"leaky_relu(negative_slope=0.2)"`` -> ``("leaky_relu", {...})``."""
+    import ast
+
+    if "(" not in name:
+        return name, {}
+    family, rest = name.split("(", 1)
+    call = ast.parse(f"f({rest}", mode="eval").body
+    return family, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
+def module_variant(family: str, module: nn.Module) -> str:
+    """:func:`variant_name` of an activation module, its parameters read from its attributes."""
+    return variant_name(family, {k: getattr(module, k) for k, _ in PARAMETERS.get(family, ()) if hasattr(module, k)})
+
+
+def call_variant(family: str, args: tuple, kwargs: dict) -> str:
+    """:func:`variant_name` of a call ``fn(input, *args, **kwargs)`` (``args`` after the input)."""
+    values = dict(zip((k for k, _ in PARAMETERS.get(family, ())), args))
+    values.update({k: v for k, v in kwargs.items() if k != "inplace"})
+    return variant_name(family, values)
+
+
 def activation_id(name: str) -> int:
     """Integer id of an activation name."""
     try:
@@ -57,14 +111,17 @@ def activation_id(name: str) -> int:
         raise KeyError(f"unknown activation {name!r}; known: {ACTIVATIONS}") from None
 
 
-def register_activation(fn_or_module: Callable | type, name: str) -> int:
-    """Teach the converter a new activation: a module class (kept as a leaf of the trace) or a function.
+def register_activation(fn_or_module: Callable | type | None, name: str) -> int:
+    """Teach the converter a new activation: a module class (kept as a leaf of the trace) or a function,
+    or (``None``) just a name, e.g. a parameter variant of a known family.
 
-    The name is appended to :data:`ACTIVATIONS` if new; returns its id. Example::
+    The name is appended to :data:`ACTIVATIONS` if new; returns its id. Ids follow registration order,
+    so register in the same order in every process whose graphs are compared. Examples::
 
         class Sine(nn.Module):                      # SIREN's sin(w0 * x)
             def forward(self, x): return torch.sin(30.0 * x)
         register_activation(Sine, "sine")
+        register_activation(None, "leaky_relu(negative_slope=0.2)")   # nn.LeakyReLU(0.2)
     """
     from neuralgraph.convert.plan import clear_plan_cache  # plans may have traced through it
 
@@ -73,6 +130,6 @@ def register_activation(fn_or_module: Callable | type, name: str) -> int:
         ACTIVATIONS.append(name)
     if isinstance(fn_or_module, type) and issubclass(fn_or_module, nn.Module):
         MODULE_ACTIVATIONS[fn_or_module] = name
-    else:
+    elif fn_or_module is not None:
         FUNCTION_ACTIVATIONS[fn_or_module] = name
     return activation_id(name)

@@ -299,7 +299,7 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         mod = ctx.module(node)
         rule = find_module_rule(mod)
         if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
-            return activation(ctx, node, args[0], A.MODULE_ACTIVATIONS[type(mod)])
+            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod))
         if rule is None:
             raise UnsupportedModuleError(
                 f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
@@ -309,11 +309,11 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     if node.op == "call_function":
         rule = FUNCTION_RULES.get(node.target)
         if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
-            return activation(ctx, node, args[0], A.FUNCTION_ACTIVATIONS[node.target])
+            return activation(ctx, node, args[0], A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs))
     else:  # call_method
         rule = METHOD_RULES.get(node.target)
         if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
-            return activation(ctx, node, args[0], A.METHOD_ACTIVATIONS[node.target])
+            return activation(ctx, node, args[0], A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs))
     if rule is not None and has_val:
         return rule(ctx, node, *args, **kwargs)
     if not has_val:
@@ -334,6 +334,12 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
 
 def activation(ctx: TraceContext, node: fx.Node, v: Val, name: str) -> Val:
     """Apply an element-wise activation: a property of the neurons it is applied to."""
+    if name not in A.ACTIVATIONS:
+        family = name.split("(", 1)[0]
+        raise ctx.unsupported(node, f"it computes {name}, a variant of {family!r} that is not in the activation "
+                                    f"vocabulary; converting it as {family!r} would describe another function. "
+                                    f"Register the variant first (ids follow registration order): "
+                                    f"neuralgraph.convert.register_activation(None, {name!r})")
     b = ctx.builder
     v = ctx.materialize(node, node.all_input_nodes[0], v)
     act = A.activation_id(name)

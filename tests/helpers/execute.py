@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neuralgraph.convert.activations import ACTIVATIONS
+from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
 from neuralgraph.convert.rules.norm import stat_taps
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
 
 _FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
-       "leaky_relu": F.leaky_relu, "silu": F.silu, "elu": F.elu, "sin": torch.sin}
+       "leaky_relu": F.leaky_relu, "silu": F.silu, "elu": F.elu, "celu": F.celu, "softplus": F.softplus,
+       "hardtanh": F.hardtanh, "sin": torch.sin}
 
 
 def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | None = None) -> Tensor:
@@ -137,7 +138,8 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
             pre = term if pre is None else pre + term
         bias = g.x[j, 0]
         pre = bias.expand(xs[0].size(0)) if pre is None else pre + bias
-        val[j] = _FN[ACTIVATIONS[int(g.node_act[j])]](pre)
+        family, params = parse_variant(ACTIVATIONS[int(g.node_act[j])])
+        val[j] = _FN[family](pre, **params)
     outs = [_global_pool(g, i, val[i]) for i in g.output_nodes().tolist()]
     return torch.stack(outs, dim=-1 if tokens else 1)
 

@@ -149,7 +149,7 @@ def _activation(ctx, node: fx.Node, x: Val) -> Val:
     if name is None or name in ("softmax", "log_softmax"):
         raise ctx.unsupported(node, f"activation {fn!r} is not a known element-wise function; use 'relu', "
                                     "'gelu' or register it with neuralgraph.convert.register_activation")
-    return activation(ctx, node, x, name)
+    return activation(ctx, node, x, A.module_variant(name, fn) if isinstance(fn, nn.Module) else name)
 
 
 # ======================================================================== nn.MultiheadAttention

@@ -78,6 +78,7 @@ class GraphBuilder:
         self.pool: list[int] = []
         self.spatial: list[int] = []
         self.has_bias: list[int] = []
+        self.const: list[float] = []  # a constant added to the neuron (x + c in forward), not a parameter
         self.frozen: list[bool] = []
         self.pending: list[int] = []
         self.replaced: list[bool] = []
@@ -110,6 +111,7 @@ class GraphBuilder:
         self.pool += [0] * count
         self.spatial += [spatial] * count
         self.has_bias += [0] * count
+        self.const += [0.0] * count
         self.frozen += [role == "input"] * count
         self.pending += [0] * count
         self.replaced += [False] * count
@@ -175,6 +177,13 @@ class GraphBuilder:
     def add_identity_edges(self, src: Tensor, dst: Tensor, kind: str) -> None:
         self.add_edges(src, dst, kind, const=1.0)
 
+    def add_node_const(self, nodes: Tensor, value: float) -> None:
+        """Add the constant ``value`` to the pre-activation of ``nodes`` (stored as their bias)."""
+        for i in nodes.tolist():
+            self.const[i] += value
+            self.has_bias[i] = 1
+            self.touched[i] += 1
+
     def add_node_param(self, nodes: Tensor, param: str, elem: Tensor, column: int = 0) -> None:
         self.node_params.append(NodeParam(nodes.long(), column, param, elem.long()))
         for i in nodes.tolist():
@@ -202,6 +211,7 @@ class GraphBuilder:
             self.pool += [self.pool[i]] * copies
             self.spatial += list(range(1, copies + 1))
             self.has_bias += [self.has_bias[i]] * copies
+            self.const += [self.const[i]] * copies
             self.frozen += [True] * copies
             self.pending += [0] * copies
             self.replaced += [False] * copies

@@ -84,6 +84,7 @@ class ConversionPlan:
         }
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
+        x0[:, 0] = torch.tensor(builder.const, dtype=torch.float)[keep]   # constants (x + c); params overwrite
 
         # -- edges, constant taps and the parameter gather
         # gather order: the module's own parameter order (so a module converts with one .parameters() walk)
@@ -144,6 +145,10 @@ class ConversionPlan:
             raise AssertionError("two parameter elements were assigned the same edge tap; a conversion rule "
                                  "is wrong (please report it with the module)")
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
+        bias_slots = self.node_dst[self.node_dst % f_node == 0]
+        if (x0.view(-1)[bias_slots] != 0).any():
+            raise AssertionError("a constant shift was stored on a neuron that also has a bias parameter; a "
+                                 "conversion rule is wrong (please report it with the module)")
         self.x0, self.edge_attr0 = x0, ea0
         self.param_shapes = {p: builder.param_shapes[p] for p in self.param_names}
         self.layers = list(builder.layers)

@@ -6,8 +6,9 @@ A network is a chain of blocks drawn from the families the converter supports: M
 running statistics, LayerNorm, GroupNorm, InstanceNorm; affine on / off), attention (``nn.MultiheadAttention``
 packed or with separate ``kdim`` / ``vdim`` projections, ``nn.TransformerEncoder(Layer)``, hand-written q/k/v
 blocks), DenseNet-style concatenation, ``nn.Embedding`` front ends, flattening and global pooling. In a share of
-examples one block is something the converter documents as unsupported (recurrent layers, ``x * 2``, a
-constant shift, attention masks, a parameter read in forward, ...). Every example either
+examples one block is something the converter documents as unsupported (recurrent layers, a product of two
+neuron values, attention masks, a parameter read in forward, ...). Constant scales and shifts written in
+forward (``2 * x - 1``, ``x / 4``, ``-x``) are a supported family. Every example either
 
 (i) converts: the graph computes what the module computes (``tests/helpers/execute.py``), the round trip is
     bit-exact, and a random function-preserving permutation of the module's hidden neurons -- checked on the
@@ -53,7 +54,7 @@ from tests.helpers.permute import (assert_isomorphic, assert_state_equal, head_p
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
-FAMILIES = ("mlp", "conv", "residual", "norm", "attention", "concat", "embedding", "flatten", "pooling")
+FAMILIES = ("mlp", "conv", "residual", "norm", "attention", "concat", "embedding", "flatten", "pooling", "affine")
 
 #: reasons the executor check is skipped: the graph does not store what the function depends on
 KNOWN_GAPS = {
@@ -787,6 +788,33 @@ def embedding_front(draw, net: Net, tokens: bool) -> Value:
     return Value("seq" if tokens else "vec", out)
 
 
+# ================================================================================= constant affine maps
+class Affine(nn.Module):
+    """A constant scale and / or shift written in forward."""
+
+    FORMS = ("scale", "rscale", "div", "shift", "sub", "rsub", "neg", "both")
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+
+    def forward(self, x):
+        return {"scale": lambda: x * 2.0, "rscale": lambda: 0.5 * x, "div": lambda: x / 4.0,
+                "shift": lambda: x + 1.0, "sub": lambda: x - 0.25, "rsub": lambda: 1.0 - x,
+                "neg": lambda: -x, "both": lambda: 2.0 * x - 1.0}[self.form]()
+
+
+def affine_block(draw, v: Value, net: Net) -> Value:
+    if not net.blocks and v.kind == "seq":
+        # the converter reads a raw rank-3 input that no layer has typed yet as a 1-d map [B, C, L]
+        # (as for any parameter-free first operation), so a sequence gets a layer first
+        v = linear_block(draw, v, net)
+    net.needs_example |= not net.blocks  # an operation on the model input does not fix its size
+    form = draw(st.sampled_from(Affine.FORMS))
+    net.add(Affine(form), lambda mod, P, gen: None, family="affine", variant=f"affine:{form}:{v.kind}")
+    return Value(v.kind, v.layout, v.spatial)
+
+
 # ================================================================================= unsupported blocks
 class Bad(nn.Module):
     """A shape-preserving operation the converter documents as unsupported."""
@@ -804,10 +832,8 @@ class Bad(nn.Module):
 
     def forward(self, x):
         k = self.kind
-        if k == "scale":
-            return x * 2.0
-        if k == "shift":
-            return x + 1.0
+        if k == "product":
+            return x * torch.sigmoid(x)  # a product of two neuron values (gating)
         if k == "param":
             return x + self.p
         if k == "branch":
@@ -840,7 +866,7 @@ class Bad(nn.Module):
 
 def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
     d, bf = v.width, net.batch_first
-    common = ["scale", "shift", "branch", "prelu"] + (["param"] if v.kind != "map" else [])
+    common = ["product", "branch", "prelu"] + (["param"] if v.kind != "map" else [])
     if v.kind == "vec":
         kinds = common + ["bilinear"]
     elif v.kind == "seq":
@@ -896,12 +922,12 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
 # ======================================================================================== the strategy
 BLOCKS = {
     "vec": {"linear": linear_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
-            "concat": dense_block},
+            "concat": dense_block, "affine": affine_block},
     "seq": {"linear": linear_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
             "concat": dense_block, "mha": mha_block, "encoder": encoder_block, "handwritten": hand_attention_block,
-            "token_pool": token_pool_block},
+            "token_pool": token_pool_block, "affine": affine_block},
     "map": {"conv": conv_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
-            "concat": dense_block, "local_pool": local_pool_block, "to_vec": to_vec_block},
+            "concat": dense_block, "local_pool": local_pool_block, "to_vec": to_vec_block, "affine": affine_block},
 }
 
 

@@ -133,8 +133,8 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
                         if int(g.edge_kind[f]) == kind and int(g.node_layer[g.edge_index[1, f]]) == int(g.node_layer[j])]
                 stack = torch.stack([_global_pool(g, s, val[s]) for s in srcs], dim=-1)
                 term = (v - stack.mean(-1)) / torch.sqrt(stack.var(-1, unbiased=False) + 1e-5) * w[w.numel() // 2]
-            else:
-                term = v
+            else:  # identity / residual edges: the value times the edge's weight (1, or a constant scale)
+                term = w[w.numel() // 2] * v
             pre = term if pre is None else pre + term
         bias = g.x[j, 0]
         pre = bias.expand(xs[0].size(0)) if pre is None else pre + bias

@@ -1,5 +1,5 @@
-"""Parameter-free dataflow: residual additions, channel slicing / concatenation, flattening, pooling,
-dropout and other pass-through operations."""
+"""Parameter-free dataflow: residual additions, constant scales and shifts, channel slicing / concatenation,
+flattening, pooling, dropout and other pass-through operations."""
 from __future__ import annotations
 
 import builtins
@@ -52,18 +52,84 @@ def _getattr(ctx, node, x: Val, name: str):
 # ------------------------------------------------------------------------------------ residuals
 
 
+def _number(a) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
+
+
+def affine(ctx, node, v: Val, scale: float = 1.0, shift: float = 0.0) -> Val:
+    """``scale * v + shift`` with Python numbers: an element-wise layer of new neurons, one identity edge
+    each carrying ``scale``, the shift as their bias (a constant, not a parameter: the round trip leaves
+    it alone). A pure shift of neurons that are still open and have no bias is added to them instead."""
+    bld = ctx.builder
+    v = ctx.materialize(node, node.all_input_nodes[0], v)
+    if scale == 1.0 and bld.is_open(v.nodes) and not any(bld.has_bias[i] for i in v.nodes.tolist()):
+        bld.add_node_const(v.nodes, float(shift))
+        return v
+    new = bld.add_nodes(v.channels, bld.next_layer(v.nodes))
+    bld.add_edges(v.nodes, new, "identity", const=float(scale))
+    if shift != 0:
+        bld.add_node_const(new, float(shift))
+    return Val(new, v.kind, v.sdims, v.positions)
+
+
+def _constant_operand(ctx, node, a, b, what: str) -> tuple[Val, float]:
+    """The neuron value and the Python number of a binary operation with one of each."""
+    if isinstance(a, Val) and _number(b):
+        return a, float(b)
+    if isinstance(b, Val) and _number(a):
+        return b, float(a)
+    raise ctx.unsupported(node, f"{what} with an operand that is neither a neuron value nor a Python number "
+                                "(a tensor constant, a parameter read in forward, or two neuron values) is "
+                                "not supported")
+
+
+@function_rule(operator.mul, operator.imul, torch.mul)
+@method_rule("mul", "mul_")
+def _mul(ctx, node, a, b) -> Val:
+    """``x * c`` / ``c * x``: a constant scale."""
+    v, c = _constant_operand(ctx, node, a, b, "a product")
+    return affine(ctx, node, v, scale=c)
+
+
+@function_rule(operator.truediv, operator.itruediv, torch.div)
+@method_rule("div", "div_")
+def _div(ctx, node, a, b, **kwargs) -> Val:
+    """``x / c``: the constant scale ``1 / c``."""
+    if kwargs.get("rounding_mode") is not None or not (isinstance(a, Val) and _number(b)) or b == 0:
+        raise ctx.unsupported(node, "only division of a neuron value by a non-zero Python number is supported")
+    return affine(ctx, node, a, scale=1.0 / float(b))
+
+
+@function_rule(operator.sub, operator.isub, torch.sub)
+@method_rule("sub", "sub_")
+def _sub(ctx, node, a, b, **kwargs) -> Val:
+    """``x - c`` (a shift) or ``c - x`` (scale -1, then a shift)."""
+    if kwargs.get("alpha", 1) != 1:
+        raise ctx.unsupported(node, "torch.sub with alpha != 1 is not supported")
+    v, c = _constant_operand(ctx, node, a, b, "a difference")
+    return affine(ctx, node, v, shift=-c) if v is a else affine(ctx, node, v, scale=-1.0, shift=c)
+
+
+@function_rule(operator.neg, torch.neg)
+@method_rule("neg")
+def _neg(ctx, node, x: Val) -> Val:
+    return affine(ctx, node, x, scale=-1.0)
+
+
 @function_rule(operator.add, operator.iadd, torch.add)
+@method_rule("add", "add_")
 def add(ctx, node, a, b, **kwargs) -> Val:
-    """``a + b``: identity (residual) edges from one operand's neurons into the other's.
+    """``a + b``: identity (residual) edges from one operand's neurons into the other's; ``x + c`` with a
+    Python number is a constant shift (:func:`affine`).
 
     The skipped operand feeds the other operand's neurons directly when those are still open (their
     pre-activation value not read anywhere else); otherwise a new layer of sum neurons is added.
     """
-    if not (isinstance(a, Val) and isinstance(b, Val)):
-        raise ctx.unsupported(node, "adding a constant or a tensor that is not a neuron value (a bias-like "
-                                    "shift outside a layer) is not supported")
     if kwargs.get("alpha", 1) != 1:
         raise ctx.unsupported(node, "torch.add with alpha != 1 is not supported")
+    if not (isinstance(a, Val) and isinstance(b, Val)):
+        v, c = _constant_operand(ctx, node, a, b, "a sum")
+        return affine(ctx, node, v, shift=c)
     bld = ctx.builder
     a = ctx.materialize(node, node.all_input_nodes[0], a)
     b = ctx.materialize(node, node.all_input_nodes[-1], b)

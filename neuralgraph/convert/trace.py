@@ -309,11 +309,13 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     if node.op == "call_function":
         rule = FUNCTION_RULES.get(node.target)
         if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
-            return activation(ctx, node, args[0], A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs))
+            name = A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs)
+            return activation(ctx, node, args[0], name)
     else:  # call_method
         rule = METHOD_RULES.get(node.target)
         if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
-            return activation(ctx, node, args[0], A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs))
+            name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
+            return activation(ctx, node, args[0], name)
     if rule is not None and has_val:
         return rule(ctx, node, *args, **kwargs)
     if not has_val:

@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph.convert import register_activation
 from neuralgraph.data.graph import ROLE
 from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_state_equal, head_permutation, permute_encoder_layer,
@@ -168,11 +169,13 @@ def permute_conv(conv: nn.Module, pin: Tensor, pout: Tensor) -> None:
 
 
 # ===================================================================================== activations
-ACTS = ("none", "relu", "tanh", "gelu", "sigmoid", "leaky_relu", "silu")
+# "leaky_relu_0.2" is a parameter variant, registered here (an unregistered one is an unsupported block)
+register_activation(None, "leaky_relu(negative_slope=0.2)")
+ACTS = ("none", "relu", "tanh", "gelu", "sigmoid", "leaky_relu", "silu", "leaky_relu_0.2")
 _ACT_MODULE = {"none": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
-               "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
+               "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "leaky_relu_0.2": lambda: nn.LeakyReLU(0.2)}
 _ACT_FN = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid,
-           "leaky_relu": F.leaky_relu, "silu": F.silu}
+           "leaky_relu": F.leaky_relu, "silu": F.silu, "leaky_relu_0.2": lambda x: F.leaky_relu(x, 0.2)}
 
 
 class Act(nn.Module):
@@ -866,7 +869,7 @@ class Bad(nn.Module):
 
 def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
     d, bf = v.width, net.batch_first
-    common = ["product", "branch", "prelu"] + (["param"] if v.kind != "map" else [])
+    common = ["product", "branch", "prelu", "act_variant"] + (["param"] if v.kind != "map" else [])
     if v.kind == "vec":
         kinds = common + ["bilinear"]
     elif v.kind == "seq":
@@ -883,6 +886,8 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
     mod = None
     if kind == "prelu":
         mod = nn.PReLU()
+    elif kind == "act_variant":  # a parameter variant that is not registered
+        mod = nn.ELU(alpha=1.7)
     elif kind == "bilinear":
         mod = nn.Bilinear(d, d, d)
     elif kind in ("lstm", "gru", "rnn"):

@@ -55,6 +55,7 @@ class EdgeBlock:
     const: float | None = None  # identity edges: value on the centre tap
     # param-backed taps: (param name, element index [E, T] into the flattened param, tap positions [T])
     sources: list[tuple[str, Tensor, Tensor]] = field(default_factory=list)
+    tap_consts: tuple[tuple[int, float], ...] = ()  # constants on other taps (a normalization's eps)
 
 
 @dataclass
@@ -164,7 +165,8 @@ class GraphBuilder:
         return (1,) * self.dims + (0,) * self.dims + (1,) * self.dims + (1,) * self.dims
 
     def add_edges(self, src: Tensor, dst: Tensor, kind: str, *, geometry: tuple[int, ...] | None = None,
-                  const: float | None = None, sources: list[tuple[str, Tensor, Tensor]] | None = None) -> None:
+                  const: float | None = None, sources: list[tuple[str, Tensor, Tensor]] | None = None,
+                  tap_consts: tuple[tuple[int, float], ...] = ()) -> None:
         """Add edges ``src[e] -> dst[e]``; the sources become observed (their value is read)."""
         if src.numel() == 0:
             return
@@ -172,7 +174,7 @@ class GraphBuilder:
         for i in torch.unique(dst).tolist():
             self.touched[i] += 1
         self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
-                                    const, sources or []))
+                                    const, sources or [], tuple(tap_consts)))
 
     def add_identity_edges(self, src: Tensor, dst: Tensor, kind: str) -> None:
         self.add_edges(src, dst, kind, const=1.0)
@@ -233,7 +235,7 @@ class GraphBuilder:
             dst = new[rows[hit]].reshape(-1)
             src = block.src[hit].repeat_interleave(copies)
             sources = [(p, elem[hit].repeat_interleave(copies, dim=0), taps) for p, elem, taps in block.sources]
-            self.edges.append(EdgeBlock(src, dst, block.kind, block.geometry, block.const, sources))
+            self.edges.append(EdgeBlock(src, dst, block.kind, block.geometry, block.const, sources, block.tap_consts))
         for np_ in list(self.node_params):
             rows = lookup[np_.nodes]
             hit = (rows >= 0).nonzero().view(-1)

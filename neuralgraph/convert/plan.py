@@ -116,7 +116,8 @@ class ConversionPlan:
             geoms.append(torch.tensor(blk.geometry, dtype=torch.long).expand(m, -1))
             edge_rows = torch.arange(rows, rows + m)
             if blk.const is not None:
-                consts.append((edge_rows, blk.const))
+                consts.append((edge_rows, centre, blk.const))
+            consts += [(edge_rows, tap, value) for tap, value in blk.tap_consts]
             for name, elem, taps in blk.sources:
                 e_dst.append((edge_rows.view(-1, 1) * f_edge + taps.view(1, -1)).reshape(-1))
                 e_src.append((elem[ok] + offset(name)).reshape(-1))
@@ -128,8 +129,8 @@ class ConversionPlan:
         self.categories["edge_conv"] = (torch.cat(geoms) if rows else
                                         torch.empty(0, 4 * len(cfg.max_kernel), dtype=torch.long))
         ea0 = torch.zeros(rows, f_edge)
-        for edge_rows, value in consts:
-            ea0[edge_rows, centre] = value
+        for edge_rows, tap, value in consts:
+            ea0[edge_rows, tap] = value
 
         n_src, n_dst = [], []
         for np_ in builder.node_params:
@@ -144,6 +145,9 @@ class ConversionPlan:
         if torch.unique(self.edge_dst).numel() != self.edge_dst.numel():
             raise AssertionError("two parameter elements were assigned the same edge tap; a conversion rule "
                                  "is wrong (please report it with the module)")
+        if (ea0.view(-1)[self.edge_dst] != 0).any():
+            raise AssertionError("a constant tap and a parameter share an edge tap; a conversion rule is wrong "
+                                 "(please report it with the module)")
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
         bias_slots = self.node_dst[self.node_dst % f_node == 0]
         if (x0.view(-1)[bias_slots] != 0).any():

@@ -169,13 +169,14 @@ def permute_conv(conv: nn.Module, pin: Tensor, pout: Tensor) -> None:
 
 
 # ===================================================================================== activations
-# "leaky_relu_0.2" is a parameter variant, registered here (an unregistered one is an unsupported block)
-register_activation(None, "leaky_relu(negative_slope=0.2)")
-ACTS = ("none", "relu", "tanh", "gelu", "sigmoid", "leaky_relu", "silu", "leaky_relu_0.2")
+# a parameter variant, registered here for the whole session (an unregistered one is an unsupported block);
+# tests/convert/test_activations.py checks registration with other values
+register_activation(None, "leaky_relu(negative_slope=0.15)")
+ACTS = ("none", "relu", "tanh", "gelu", "sigmoid", "leaky_relu", "silu", "leaky_relu_0.15")
 _ACT_MODULE = {"none": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
-               "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "leaky_relu_0.2": lambda: nn.LeakyReLU(0.2)}
+               "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "leaky_relu_0.15": lambda: nn.LeakyReLU(0.15)}
 _ACT_FN = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid,
-           "leaky_relu": F.leaky_relu, "silu": F.silu, "leaky_relu_0.2": lambda x: F.leaky_relu(x, 0.2)}
+           "leaky_relu": F.leaky_relu, "silu": F.silu, "leaky_relu_0.15": lambda x: F.leaky_relu(x, 0.15)}
 
 
 class Act(nn.Module):
@@ -364,19 +365,20 @@ def norm_module(draw, v: Value, net: Net) -> tuple[nn.Module, str]:
         kinds = ["layernorm"]
     kind = draw(st.sampled_from(kinds))
     affine = draw(st.booleans())
+    eps = draw(st.sampled_from([1e-5, 1e-3, 0.1]))  # stored on an edge tap (needs 4 taps unless default)
     sd = len(v.spatial)
     if kind == "batchnorm":
-        norm = random_stats((nn.BatchNorm1d if sd <= 1 else nn.BatchNorm2d)(c, affine=affine))
+        norm = random_stats((nn.BatchNorm1d if sd <= 1 else nn.BatchNorm2d)(c, eps=eps, affine=affine))
     elif kind == "layernorm":
-        norm = nn.LayerNorm(c, elementwise_affine=affine, bias=draw(st.booleans()) if affine else True)
+        norm = nn.LayerNorm(c, eps=eps, elementwise_affine=affine, bias=draw(st.booleans()) if affine else True)
     elif kind == "groupnorm":
         groups = draw(st.sampled_from(divisors(c)))
-        norm = nn.GroupNorm(groups, c, affine=affine)
+        norm = nn.GroupNorm(groups, c, eps=eps, affine=affine)
         v.layout.groups(groups)
         net.gaps.add("groupnorm")
     else:
         norm = random_stats((nn.InstanceNorm1d if sd == 1 else nn.InstanceNorm2d)(
-            c, affine=affine, track_running_stats=draw(st.booleans())))
+            c, eps=eps, affine=affine, track_running_stats=draw(st.booleans())))
     return norm, kind
 
 
@@ -953,6 +955,9 @@ class Case:
         if self.net.needs_example and not self.example_input:
             return "needs_example_input"
         mk = self.config.get("max_kernel", (7, 7))
+        norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
+        if math.prod(mk) < 4 and any(isinstance(m, norms) and m.eps != 1e-5 for m in self.module.modules()):
+            return "eps_without_tap"
         for conv in self.module.modules():
             if isinstance(conv, (nn.Conv1d, nn.Conv2d)):
                 if conv.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size)):

@@ -1,11 +1,13 @@
 """Normalization layers: element-wise layers with exact running statistics."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph.convert.rules.norm import eps_tap
 from neuralgraph.data.graph import EDGE_KIND
 from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
@@ -98,8 +100,9 @@ def test_cnn_with_groupnorm_and_instancenorm():
     g = to_neural_graph(m)
     assert (g.edge_kind == EDGE_KIND["groupnorm"]).sum() == 6
     assert (g.edge_kind == EDGE_KIND["instancenorm"]).sum() == 8
-    plain = g.edge_attr[g.edge_kind == EDGE_KIND["instancenorm"]][4:]  # no affine: constant 1
-    assert plain[:, 24].eq(1).all() and plain.abs().sum() == 4
+    plain = g.edge_attr[g.edge_kind == EDGE_KIND["instancenorm"]][4:]  # no affine: constant 1, and eps
+    tap = eps_tap(49, 24)
+    assert plain[:, 24].eq(1).all() and plain[:, tap].eq(torch.tensor(1e-5)).all() and plain.count_nonzero() == 8
     assert_state_equal(m, from_neural_graph(g, m))
     # permutation within GroupNorm groups (2 channels each), whole groups swapped too
     p = copy.deepcopy(m)
@@ -126,3 +129,36 @@ def test_running_statistics_never_share_a_tap_with_gamma():
         with torch.no_grad():
             assert torch.allclose(execute(g, x, mk), m1.eval()(x), atol=1e-5)
     assert_state_equal(m, from_neural_graph(to_neural_graph(m, max_kernel=(3, 3)), m, max_kernel=(3, 3)))
+
+
+@pytest.mark.parametrize("norm,x", [
+    (lambda eps: nn.BatchNorm1d(4, eps=eps), torch.randn(6, 3)),
+    (lambda eps: nn.LayerNorm(4, eps=eps), torch.randn(6, 3)),
+    (lambda eps: nn.InstanceNorm1d(4, eps=eps, affine=True), torch.randn(6, 3)),
+])
+def test_eps_is_stored_and_used(norm, x):
+    """A normalization's eps sits on the third non-centre tap: two layers differing only in eps give
+    different graphs, and each graph computes its own module (eps = 0.5 moves outputs visibly)."""
+    graphs = []
+    for eps in (1e-5, 0.5):
+        torch.manual_seed(0)
+        lin = nn.Conv1d(3, 4, 1) if isinstance(norm(eps), nn.InstanceNorm1d) else nn.Linear(3, 4)
+        m = randomize(nn.Sequential(lin, norm(eps), nn.Tanh()))
+        if isinstance(m[1], nn.BatchNorm1d):
+            with torch.no_grad():
+                m[1].running_var.uniform_(0.1, 0.3)
+        inp = torch.randn(6, 3, 5) if isinstance(lin, nn.Conv1d) else x
+        g = to_neural_graph(m, max_kernel=(3, 3))
+        with torch.no_grad():
+            torch.testing.assert_close(execute(g, inp, (3, 3)), m.eval()(inp), atol=1e-5, rtol=1e-5)
+        assert_state_equal(m, from_neural_graph(g, m, max_kernel=(3, 3)))
+        graphs.append(g)
+    assert not torch.equal(graphs[0].edge_attr, graphs[1].edge_attr)
+
+
+def test_eps_needs_a_free_tap():
+    m = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, eps=1e-3), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedModuleError, match="eps=0.001 is stored on an edge tap"):
+        to_neural_graph(m, max_kernel=(3,))
+    m[1] = nn.LayerNorm(4)
+    to_neural_graph(m, max_kernel=(3,))            # the default eps needs no tap

@@ -9,7 +9,7 @@ A global pooling recorded on a neuron (``node_pool``) is read by every consumer 
 edges, which read the map. ``flatten="repeat"`` copies (``node_spatial > 0``, not virtual) hold their
 channel's value at their position, input copies included. Normalization edges: BatchNorm and InstanceNorm with
 running statistics (non-zero variance tap) in eval mode, InstanceNorm over space otherwise, LayerNorm over the
-sources of all layernorm edges into the same layer; ``eps`` is the default 1e-5. Not supported (the graph does
+sources of all layernorm edges into the same layer; ``eps`` from its tap. Not supported (the graph does
 not store what they depend on): GroupNorm (its group count) and local pooling (its kernel and stride).
 
 Attention (see :mod:`neuralgraph.convert.rules.attention`). A graph with attention edges reads token
@@ -31,12 +31,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
-from neuralgraph.convert.rules.norm import stat_taps
+from neuralgraph.convert.rules.norm import DEFAULT_EPS, eps_tap, stat_taps
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
 
 _FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
        "leaky_relu": F.leaky_relu, "silu": F.silu, "elu": F.elu, "celu": F.celu, "softplus": F.softplus,
        "hardtanh": F.hardtanh, "sin": torch.sin}
+
+
+def _eps(w: Tensor) -> float:
+    """A normalization edge's eps (its tap, or the default when the edge has fewer than 4 taps)."""
+    tap = eps_tap(w.numel(), w.numel() // 2)
+    return DEFAULT_EPS if tap is None else float(w[tap])
 
 
 def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | None = None) -> Tensor:
@@ -116,23 +122,23 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
                 term = w[w.numel() // 2] * v
             elif kind == EDGE_KIND["flatten"]:
                 term = v.flatten(1)[:, int(g.node_spatial[j]) - 1]
-            elif kind == EDGE_KIND["batchnorm"]:  # eval mode, default eps
+            elif kind == EDGE_KIND["batchnorm"]:  # eval mode
                 mean, var = stat_taps(w.numel(), w.numel() // 2)
                 mean, var = w[mean], w[var]
-                term = (v - mean) / torch.sqrt(var + 1e-5) * w[w.numel() // 2]
+                term = (v - mean) / torch.sqrt(var + _eps(w)) * w[w.numel() // 2]
             elif kind == EDGE_KIND["instancenorm"]:  # per sample and channel, over space
                 mean, var = stat_taps(w.numel(), w.numel() // 2)
                 if w[var] != 0:  # track_running_stats: eval mode uses the running statistics
-                    term = (v - w[mean]) / torch.sqrt(w[var] + 1e-5) * w[w.numel() // 2]
+                    term = (v - w[mean]) / torch.sqrt(w[var] + _eps(w)) * w[w.numel() // 2]
                 else:
                     over = tuple(range(1, v.dim()))
                     term = (v - v.mean(over, keepdim=True)) / torch.sqrt(
-                        v.var(over, unbiased=False, keepdim=True) + 1e-5) * w[w.numel() // 2]
+                        v.var(over, unbiased=False, keepdim=True) + _eps(w)) * w[w.numel() // 2]
             elif kind == EDGE_KIND["layernorm"]:  # over every source of this layer's layernorm edges
                 srcs = [int(g.edge_index[0, f]) for f in range(g.edge_index.size(1))
                         if int(g.edge_kind[f]) == kind and int(g.node_layer[g.edge_index[1, f]]) == int(g.node_layer[j])]
                 stack = torch.stack([_global_pool(g, s, val[s]) for s in srcs], dim=-1)
-                term = (v - stack.mean(-1)) / torch.sqrt(stack.var(-1, unbiased=False) + 1e-5) * w[w.numel() // 2]
+                term = (v - stack.mean(-1)) / torch.sqrt(stack.var(-1, unbiased=False) + _eps(w)) * w[w.numel() // 2]
             else:  # identity / residual edges: the value times the edge's weight (1, or a constant scale)
                 term = w[w.numel() // 2] * v
             pre = term if pre is None else pre + term

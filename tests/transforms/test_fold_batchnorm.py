@@ -8,9 +8,9 @@ from neuralgraph.data.graph import EDGE_KIND
 from neuralgraph.transforms import FoldBatchNorm
 
 
-def _bn_net(affine: bool) -> nn.Module:
+def _bn_net(affine: bool, eps: float = 1e-5) -> nn.Module:
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4, affine=affine), nn.ReLU(),
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4, eps=eps, affine=affine), nn.ReLU(),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
     bn = m[1]
     with torch.no_grad():
@@ -22,9 +22,9 @@ def _bn_net(affine: bool) -> nn.Module:
     return m.eval()
 
 
-@pytest.mark.parametrize("affine", [True, False])
-def test_folded_features_are_the_eval_mode_affine_map(affine):
-    m = _bn_net(affine)
+@pytest.mark.parametrize("affine,eps", [(True, 1e-5), (False, 1e-5), (True, 0.5)])
+def test_folded_features_are_the_eval_mode_affine_map(affine, eps):
+    m = _bn_net(affine, eps)     # eps = 0.5 changes the scale visibly: the graph's eps must be used
     g = to_neural_graph(m)
     f = FoldBatchNorm()(g)
     e = (g.edge_kind == EDGE_KIND["batchnorm"]).nonzero().squeeze(1)
@@ -37,7 +37,7 @@ def test_folded_features_are_the_eval_mode_affine_map(affine):
     torch.testing.assert_close(f.edge_attr[e, 24], scale.detach()[channel])
     torch.testing.assert_close(f.x[dst, 0], shift.detach()[channel])
     assert f.x[dst, 1].eq(1).all()
-    assert f.edge_attr[e].count_nonzero(dim=1).le(1).all()           # statistics taps cleared
+    assert f.edge_attr[e].count_nonzero(dim=1).le(1).all()           # statistics and eps taps cleared
     # the folded layer computes what BatchNorm computes in eval mode
     v = torch.randn(5, 4, 6, 6)
     folded = v * f.edge_attr[e, 24][channel.argsort()].view(1, 4, 1, 1) + f.x[dst, 0][channel.argsort()].view(1, 4, 1, 1)

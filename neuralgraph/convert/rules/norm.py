@@ -4,7 +4,8 @@
 ``gamma`` on the centre tap (1 without affine parameters); for layers with running statistics
 (BatchNorm, InstanceNorm with ``track_running_stats``) the first two non-centre taps (0 and 1 for
 any kernel wider than 1) carry ``running_mean`` and ``running_var``, so they survive the round trip
-exactly. The node feature carries the additive term
+exactly; the third non-centre tap carries ``eps`` (every kind; with fewer than 4 taps only the default
+``eps`` converts). The node feature carries the additive term
 ``beta``. The edge kind names the normalization (its statistics couple neurons of a layer for
 LayerNorm / GroupNorm).
 """
@@ -21,10 +22,19 @@ _KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3
          nn.GroupNorm: "groupnorm", nn.LayerNorm: "layernorm"}
 
 
+DEFAULT_EPS = 1e-5
+
+
 def stat_taps(edge_dim: int, centre: int) -> tuple[int, int]:
     """Taps of ``running_mean`` and ``running_var``: the first two that are not the centre tap."""
     free = [t for t in range(edge_dim) if t != centre]
     return free[0], free[1]
+
+
+def eps_tap(edge_dim: int, centre: int) -> int | None:
+    """Tap of a normalization's ``eps``: the third that is not the centre tap (``None`` below 4 taps)."""
+    free = [t for t in range(edge_dim) if t != centre]
+    return free[2] if len(free) >= 3 else None
 
 
 def _channels(node, ctx, mod: nn.Module) -> int:
@@ -82,7 +92,12 @@ def norm(ctx, node, x: Val) -> Val:
         mean_tap, var_tap = stat_taps(ctx.config.edge_dim, ctx.config.centre_tap)
         sources.append((ctx.buffer(node, "running_mean"), idx, torch.tensor([mean_tap])))
         sources.append((ctx.buffer(node, "running_var"), idx, torch.tensor([var_tap])))
-    b.add_edges(x.nodes, out, kind, const=None if weight is not None else 1.0, sources=sources)
+    tap = eps_tap(ctx.config.edge_dim, ctx.config.centre_tap)
+    if tap is None and mod.eps != DEFAULT_EPS:
+        raise ctx.unsupported(node, f"eps={mod.eps} is stored on an edge tap, which needs at least 4 edge features; "
+                                    "use a max_kernel with 4 or more taps")
+    b.add_edges(x.nodes, out, kind, const=None if weight is not None else 1.0, sources=sources,
+                tap_consts=() if tap is None else ((tap, float(mod.eps)),))
     bias = ctx.param(node, "bias")
     if bias is not None:
         b.add_node_param(out, bias, torch.arange(c))

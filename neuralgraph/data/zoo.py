@@ -133,7 +133,7 @@ class ZooDataset(InMemoryDataset):
                               "runs": hashlib.sha256(json.dumps(  # run ids and their records (metrics, ...)
                                   [[r, self.zoo.records[r]] for r in sorted(self.zoo.run_ids)],
                                   sort_keys=True, default=str).encode()).hexdigest(),
-                              "format": 2}, sort_keys=True)   # 2: norm edges carry eps
+                              "format": 2}, sort_keys=True)   # 2: norm eps, GroupNorm groups
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self._key_src = key_src
         root = Path(root) if root is not None else self.zoo.roots[0] / "pyg"

@@ -23,8 +23,8 @@ Park join makes a layer's first ``min(c_a, c_b)`` neurons the prefix of the skip
 must stay together (grouped convolutions, GroupNorm) add cut points to a space; a space is permuted within the
 segments between its cuts. Input and output neurons are fixed.
 
-Known gaps, recorded as hypothesis events rather than excluded: the graph does not store GroupNorm's group
-count or a local pooling's kernel / stride, so for networks with them the executor check is skipped
+Known gaps, recorded as hypothesis events rather than excluded: the graph does not store a local pooling's
+kernel / stride, so for networks with one the executor check is skipped
 (``KNOWN_GAPS``; conversion, round trip and symmetry are still checked); and token indexing on a sequence
 with no attention layer upstream and no ``example_input`` converts to a wrong graph (``TOKEN_GAP``).
 
@@ -59,8 +59,6 @@ FAMILIES = ("mlp", "conv", "residual", "norm", "attention", "concat", "embedding
 
 #: reasons the executor check is skipped: the graph does not store what the function depends on
 KNOWN_GAPS = {
-    "groupnorm": "GroupNorm's number of groups is not stored in the graph (GroupNorm(1, C) and GroupNorm(C, C) "
-                 "give the same graph)",
     "local_pool": "a local pooling's kernel size and stride are not stored in the graph (only node_pool)",
 }
 #: and one case that converts to a wrong graph (see bad_block): slicing / concatenating the token dim of a
@@ -375,7 +373,6 @@ def norm_module(draw, v: Value, net: Net) -> tuple[nn.Module, str]:
         groups = draw(st.sampled_from(divisors(c)))
         norm = nn.GroupNorm(groups, c, eps=eps, affine=affine)
         v.layout.groups(groups)
-        net.gaps.add("groupnorm")
     else:
         norm = random_stats((nn.InstanceNorm1d if sd == 1 else nn.InstanceNorm2d)(
             c, eps=eps, affine=affine, track_running_stats=draw(st.booleans())))

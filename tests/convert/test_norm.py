@@ -8,10 +8,10 @@ from torch import nn
 
 from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
 from neuralgraph.convert.rules.norm import eps_tap
-from neuralgraph.data.graph import EDGE_KIND
+from neuralgraph.data.graph import EDGE_KIND, ROLE
 from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
-                                   assert_state_equal, permute_in, permute_out)
+                                   assert_state_equal, isomorphic, permute_in, permute_out)
 
 
 @torch.no_grad()
@@ -162,3 +162,38 @@ def test_eps_needs_a_free_tap():
         to_neural_graph(m, max_kernel=(3,))
     m[1] = nn.LayerNorm(4)
     to_neural_graph(m, max_kernel=(3,))            # the default eps needs no tap
+
+
+def test_groupnorm_groups_are_in_the_graph():
+    """One virtual neuron per group with ``group`` edges to its neurons: the graph computes the GroupNorm,
+    group counts give different graphs, and moving a channel to another group is not a symmetry."""
+    def net(groups: int) -> nn.Module:
+        torch.manual_seed(0)
+        return randomize(nn.Sequential(nn.Conv2d(1, 6, 3), nn.GroupNorm(groups, 6, eps=1e-3), nn.ReLU(),
+                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))).eval()
+
+    x = torch.randn(3, 1, 7, 7)
+    graphs = {}
+    for groups in (1, 2, 3, 6):
+        m = net(groups)
+        g = to_neural_graph(m)
+        with torch.no_grad():
+            torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-5)
+        assert (g.node_role == ROLE["virtual"]).sum() == groups
+        assert (g.edge_kind == EDGE_KIND["group"]).sum() == 6
+        assert_state_equal(m, from_neural_graph(g, m))
+        graphs[groups] = g
+    assert not isomorphic(graphs[1], graphs[6]) and not isomorphic(graphs[2], graphs[3])
+    # within-group and whole-group permutations are symmetries; a swap across groups changes the function
+    m = net(3)
+    inside = copy.deepcopy(m)
+    perm = torch.tensor([3, 2, 5, 4, 0, 1])
+    permute_out(inside[0], perm), permute_norm(inside[1], perm), permute_in(inside[5], perm)
+    assert_same_function(m, inside, x)
+    assert_isomorphic(to_neural_graph(m), to_neural_graph(inside))
+    across = copy.deepcopy(m)
+    perm = torch.tensor([0, 2, 1, 3, 4, 5])              # channels 1 and 2 sit in groups 0 and 1
+    permute_out(across[0], perm), permute_norm(across[1], perm), permute_in(across[5], perm)
+    with torch.no_grad():
+        assert not torch.allclose(across(x), m(x), atol=1e-4)
+    assert not isomorphic(to_neural_graph(m), to_neural_graph(across))

@@ -9,8 +9,9 @@ A global pooling recorded on a neuron (``node_pool``) is read by every consumer 
 edges, which read the map. ``flatten="repeat"`` copies (``node_spatial > 0``, not virtual) hold their
 channel's value at their position, input copies included. Normalization edges: BatchNorm and InstanceNorm with
 running statistics (non-zero variance tap) in eval mode, InstanceNorm over space otherwise, LayerNorm over the
-sources of all layernorm edges into the same layer; ``eps`` from its tap. Not supported (the graph does
-not store what they depend on): GroupNorm (its group count) and local pooling (its kernel and stride).
+sources of all layernorm edges into the same layer, GroupNorm over the sources of the neurons of its group
+(the virtual neuron with ``group`` edges to them); ``eps`` from its tap. Not supported (the graph does not
+store what it depends on): local pooling (its kernel and stride).
 
 Attention (see :mod:`neuralgraph.convert.rules.attention`). A graph with attention edges reads token
 sequences: ``x`` is ``[B, T, d_in]`` (or a sequence of such tensors whose features feed the input neurons
@@ -72,6 +73,12 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
     members: dict[int, list[int]] = {}
     for d, s in head_of.items():
         members.setdefault(s, []).append(d)
+    # GroupNorm groups: output neuron -> its group's virtual neuron, and the neurons of each group
+    group_of = {d: s for e, (s, d) in enumerate(g.edge_index.t().tolist()) if g.edge_kind[e] == EDGE_KIND["group"]}
+    group: dict[int, list[int]] = {}
+    for d, s in group_of.items():
+        group.setdefault(s, []).append(d)
+    norm_src = {d: s for e, (s, d) in enumerate(g.edge_index.t().tolist()) if g.edge_kind[e] == EDGE_KIND["groupnorm"]}
     attended: dict[int, Tensor] = {}
     dims = len(max_kernel)
     for j in order:
@@ -134,6 +141,15 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
                     over = tuple(range(1, v.dim()))
                     term = (v - v.mean(over, keepdim=True)) / torch.sqrt(
                         v.var(over, unbiased=False, keepdim=True) + _eps(w)) * w[w.numel() // 2]
+            elif kind == EDGE_KIND["group"]:  # membership only: no term
+                continue
+            elif kind == EDGE_KIND["groupnorm"]:  # over the group's sources and space
+                stack = torch.stack([val[norm_src[m]] for m in group[group_of[j]]], 1)   # [B, members, *S]
+                over = tuple(range(1, stack.dim()))
+                shape = (-1,) + (1,) * (v.dim() - 1)
+                mean = stack.mean(over).view(shape)
+                var = stack.var(over, unbiased=False).view(shape)
+                term = (v - mean) / torch.sqrt(var + _eps(w)) * w[w.numel() // 2]
             elif kind == EDGE_KIND["layernorm"]:  # over every source of this layer's layernorm edges
                 srcs = [int(g.edge_index[0, f]) for f in range(g.edge_index.size(1))
                         if int(g.edge_kind[f]) == kind and int(g.node_layer[g.edge_index[1, f]]) == int(g.node_layer[j])]

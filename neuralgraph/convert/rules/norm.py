@@ -7,7 +7,10 @@ any kernel wider than 1) carry ``running_mean`` and ``running_var``, so they sur
 exactly; the third non-centre tap carries ``eps`` (every kind; with fewer than 4 taps only the default
 ``eps`` converts). The node feature carries the additive term
 ``beta``. The edge kind names the normalization (its statistics couple neurons of a layer for
-LayerNorm / GroupNorm).
+LayerNorm / GroupNorm). A GroupNorm also gets one virtual neuron per group (role virtual, no value) with a
+``group`` edge (1 on the centre tap) to each output neuron of its group, so the graph records which
+neurons are normalized together: ``GroupNorm(1, C)`` and ``GroupNorm(C, C)`` give different graphs, and
+moving a channel to another group gives a non-isomorphic one.
 """
 from __future__ import annotations
 
@@ -98,6 +101,9 @@ def norm(ctx, node, x: Val) -> Val:
                                     "use a max_kernel with 4 or more taps")
     b.add_edges(x.nodes, out, kind, const=None if weight is not None else 1.0, sources=sources,
                 tap_consts=() if tap is None else ((tap, float(mod.eps)),))
+    if kind == "groupnorm":
+        groups = b.add_nodes(mod.num_groups, b.layer[int(out[0])] - 1, role="virtual")
+        b.add_identity_edges(groups.repeat_interleave(c // mod.num_groups), out, "group")
     bias = ctx.param(node, "bias")
     if bias is not None:
         b.add_node_param(out, bias, torch.arange(c))

@@ -81,6 +81,7 @@ class GraphBuilder:
         self.has_bias: list[int] = []
         self.const: list[float] = []  # a constant added to the neuron (x + c in forward), not a parameter
         self.frozen: list[bool] = []
+        self.read: list[bool] = []  # read as a value by an edge other than conv / flatten (which read the map)
         self.pending: list[int] = []
         self.replaced: list[bool] = []
         self.inputs: list[int] = []
@@ -114,6 +115,7 @@ class GraphBuilder:
         self.has_bias += [0] * count
         self.const += [0.0] * count
         self.frozen += [role == "input"] * count
+        self.read += [False] * count
         self.pending += [0] * count
         self.replaced += [False] * count
         self._grow(count)
@@ -148,6 +150,11 @@ class GraphBuilder:
             self.frozen[i] = True
             self.touched[i] += 1
 
+    def shared(self, nodes: Tensor) -> bool:
+        """Whether any of ``nodes`` has been read as a value (not as a map, as convolutions and flatten edges
+        read it), or will be read by another pending operation."""
+        return any(self.read[i] or self.pending[i] > 0 for i in nodes.tolist())
+
     def set_pool(self, nodes: Tensor, pool: int) -> None:
         for i in nodes.tolist():
             self.pool[i] = pool
@@ -171,6 +178,9 @@ class GraphBuilder:
         if src.numel() == 0:
             return
         self.observe(src)
+        if kind not in ("conv", "flatten"):
+            for i in src.tolist():
+                self.read[i] = True
         for i in torch.unique(dst).tolist():
             self.touched[i] += 1
         self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
@@ -215,6 +225,7 @@ class GraphBuilder:
             self.has_bias += [self.has_bias[i]] * copies
             self.const += [self.const[i]] * copies
             self.frozen += [True] * copies
+            self.read += [False] * copies
             self.pending += [0] * copies
             self.replaced += [False] * copies
             self._grow(copies)

@@ -209,3 +209,47 @@ def test_densenet_concat_block():
     assert_params_moved(m, p)
     assert_same_function(m, p, x)
     assert_isomorphic(g, to_neural_graph(p))
+
+
+class PooledAndUnpooled(nn.Module):
+    """``h`` is globally pooled for one head and read unpooled by a residual addition (before or after)."""
+
+    def __init__(self, pool_first: bool):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc, self.fc2 = nn.Linear(4, 2), nn.Linear(4, 2)
+        self.pool_first = pool_first
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        if self.pool_first:
+            a = self.fc(h.mean((2, 3)))
+            r = self.c2(h) + h
+        else:
+            r = self.c2(h) + h
+            a = self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+        return a + self.fc2(r.mean((2, 3)))
+
+
+@pytest.mark.parametrize("pool_first", [True, False])
+def test_a_neuron_read_pooled_and_unpooled_gets_a_pooled_copy(pool_first):
+    torch.manual_seed(0)
+    m = PooledAndUnpooled(pool_first)
+    g = check_all(m, torch.randn(3, 1, 6, 6))
+    # the 4 neurons of h stay unpooled for the residual; 4 identity-fed copies carry the pool for fc
+    src, dst = g.edge_index
+    h = dst[(g.edge_kind == EDGE_KIND["conv"]) & (g.node_role[src] == ROLE["input"])].unique()
+    copies = dst[(g.edge_kind == EDGE_KIND["identity"]) & torch.isin(src, h)]
+    assert h.numel() == 4 and g.node_pool[h].eq(POOL["none"]).all()
+    assert copies.numel() == 4 and g.node_pool[copies].eq(POOL["global_avg"]).all()
+    # input, h, c2 (+ the residual), h's pooled copy, fc's and fc2's outputs (summed)
+    assert g.num_nodes == 1 + 4 + 4 + 4 + 2 + 2
+
+
+def test_convolutions_read_the_map_so_a_pooled_neuron_needs_no_copy():
+    """DenseNet-style reuse: neurons read by convolutions and then pooled are pooled in place."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                      nn.Flatten(), nn.Linear(3, 2))
+    g = check_all(m, torch.randn(2, 1, 7, 7))
+    assert g.num_nodes == 1 + 3 + 3 + 2 and not (g.edge_kind == EDGE_KIND["identity"]).any()

@@ -265,7 +265,7 @@ _GLOBAL_ADAPTIVE = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn
 
 
 def _pool(ctx, node, x: Val, kind: str, output_size=None) -> Val:
-    """Pooling keeps the neurons and records the pool on them; global pooling fixes ``P = 1``."""
+    """Pooling keeps the neurons and records the pool on them (:func:`_pooled`); global pooling fixes ``P = 1``."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     if x.kind != "map":
         raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported")
@@ -275,8 +275,19 @@ def _pool(ctx, node, x: Val, kind: str, output_size=None) -> Val:
         if all(isinstance(s, int) for s in sizes):
             positions = math.prod(sizes)
     name = f"global_{kind}" if positions == 1 and kind in ("avg", "max") else kind
-    ctx.builder.set_pool(x.nodes, POOL[name])
-    return Val(x.nodes, "map", x.sdims, positions)
+    return Val(_pooled(ctx, x.nodes, name), "map", x.sdims, positions)
+
+
+def _pooled(ctx, nodes, name: str):
+    """Record pooling ``name`` on ``nodes``; on a copy (identity edges) when their unpooled value is read too,
+    so that every reader of a neuron reads what it read in the module. Returns the pooled neurons."""
+    b = ctx.builder
+    if b.shared(nodes):
+        new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
+        b.add_identity_edges(nodes, new, "identity")
+        nodes = new
+    b.set_pool(nodes, POOL[name])
+    return nodes
 
 
 @module_rule(*_GLOBAL_ADAPTIVE)
@@ -334,7 +345,7 @@ def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val
     if sorted(d % nd for d in dims) != list(range(2, nd)):
         raise ctx.unsupported(node, f"reduces dims {dims}; only the spatial dims {tuple(range(2, nd))} "
                                     "(global pooling) are supported")
-    ctx.builder.set_pool(x.nodes, POOL[f"global_{kind}"])
+    nodes = _pooled(ctx, x.nodes, f"global_{kind}")
     if keepdim:
-        return Val(x.nodes, "map", x.sdims, 1)
-    return Val(x.nodes, "vec")
+        return Val(nodes, "map", x.sdims, 1)
+    return Val(nodes, "vec")

@@ -137,7 +137,8 @@ class NFN(nn.Module):
         ws = WeightSpace.stack(list(weight_spaces))
         require_homogeneous(WeightSpaceBatch.collate([ws]), self.weight_shapes, self.name)
         for i, (w, b) in enumerate(zip(ws.weights, ws.biases)):
-            for kind, t, dims in (("w", w, self._stat_dims(i)[0]), ("b", b, self._stat_dims(i)[1])):
+            wdims, bdims = self._stat_dims(i)
+            for kind, t, dims in (("w", w, wdims), ("b", b, bdims)):
                 t = t.double()
                 std = t.std(dim=dims, keepdim=True, unbiased=False)
                 getattr(self, f"{kind}_mean_{i}").copy_(t.mean(dim=dims, keepdim=True)[0])

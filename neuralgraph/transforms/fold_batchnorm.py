@@ -5,7 +5,7 @@ import torch
 from torch_geometric.transforms import BaseTransform
 
 from neuralgraph.convert.config import ConvertConfig
-from neuralgraph.convert.rules.norm import DEFAULT_EPS, eps_tap, stat_taps
+from neuralgraph.convert.rules.norm import DEFAULT_EPS, norm_taps
 from neuralgraph.data.graph import EDGE_KIND, NeuralGraph
 
 
@@ -14,9 +14,8 @@ class FoldBatchNorm(BaseTransform):
 
     A converted BatchNorm neuron ``j`` fed by neuron ``i`` stores :math:`\gamma_j` on the centre tap of
     edge :math:`i \to j`, the running mean :math:`\mu_j` and variance :math:`\sigma^2_j` on two other taps
-    (:func:`~neuralgraph.convert.rules.norm.stat_taps`), :math:`\epsilon` on a third
-    (:func:`~neuralgraph.convert.rules.norm.eps_tap`; the default 1e-5 when the edges have fewer than 4
-    taps), and :math:`\beta_j` as its additive term. In
+    and :math:`\epsilon` on a third (:func:`~neuralgraph.convert.rules.norm.norm_taps`; the default 1e-5 when
+    the edges have fewer than 4 taps), and :math:`\beta_j` as its additive term. In
     eval mode it computes :math:`v_j = s_j v_i + t_j` with
 
     .. math::
@@ -47,8 +46,7 @@ class FoldBatchNorm(BaseTransform):
         if attr.size(1) != self.edge_dim:
             raise ValueError(f"FoldBatchNorm(max_kernel={self.max_kernel}) got graphs with {attr.size(1)} edge "
                              "features; pass the max_kernel the graphs were converted with")
-        mean_tap, var_tap = stat_taps(attr.size(1), centre)
-        tap = eps_tap(attr.size(1), centre)
+        mean_tap, var_tap, tap = norm_taps(attr.size(1), centre)
         eps = attr[e, tap] if tap is not None else DEFAULT_EPS
         scale = attr[e, centre] / torch.sqrt(attr[e, var_tap] + eps)
         dst = data.edge_index[1, e]

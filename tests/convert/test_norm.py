@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
-from neuralgraph.convert.rules.norm import eps_tap
+from neuralgraph.convert.rules.norm import norm_taps
 from neuralgraph.data.graph import EDGE_KIND, ROLE
 from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
@@ -101,7 +101,7 @@ def test_cnn_with_groupnorm_and_instancenorm():
     assert (g.edge_kind == EDGE_KIND["groupnorm"]).sum() == 6
     assert (g.edge_kind == EDGE_KIND["instancenorm"]).sum() == 8
     plain = g.edge_attr[g.edge_kind == EDGE_KIND["instancenorm"]][4:]  # no affine: constant 1, and eps
-    tap = eps_tap(49, 24)
+    tap = norm_taps(49, 24)[2]
     assert plain[:, 24].eq(1).all() and plain[:, tap].eq(torch.tensor(1e-5)).all() and plain.count_nonzero() == 8
     assert_state_equal(m, from_neural_graph(g, m))
     # permutation within GroupNorm groups (2 channels each), whole groups swapped too

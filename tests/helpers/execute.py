@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
-from neuralgraph.convert.rules.norm import DEFAULT_EPS, eps_tap, stat_taps
+from neuralgraph.convert.rules.norm import DEFAULT_EPS, norm_taps
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
 
 _FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
@@ -42,7 +42,7 @@ _FN = {"none": lambda x: x, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch
 
 def _eps(w: Tensor) -> float:
     """A normalization edge's eps (its tap, or the default when the edge has fewer than 4 taps)."""
-    tap = eps_tap(w.numel(), w.numel() // 2)
+    tap = norm_taps(w.numel(), w.numel() // 2)[2]
     return DEFAULT_EPS if tap is None else float(w[tap])
 
 
@@ -130,11 +130,11 @@ def execute(g, x: Tensor | Sequence[Tensor], max_kernel=(7, 7), tokens: bool | N
             elif kind == EDGE_KIND["flatten"]:
                 term = v.flatten(1)[:, int(g.node_spatial[j]) - 1]
             elif kind == EDGE_KIND["batchnorm"]:  # eval mode
-                mean, var = stat_taps(w.numel(), w.numel() // 2)
+                mean, var, _ = norm_taps(w.numel(), w.numel() // 2)
                 mean, var = w[mean], w[var]
                 term = (v - mean) / torch.sqrt(var + _eps(w)) * w[w.numel() // 2]
             elif kind == EDGE_KIND["instancenorm"]:  # per sample and channel, over space
-                mean, var = stat_taps(w.numel(), w.numel() // 2)
+                mean, var, _ = norm_taps(w.numel(), w.numel() // 2)
                 if w[var] != 0:  # track_running_stats: eval mode uses the running statistics
                     term = (v - w[mean]) / torch.sqrt(w[var] + _eps(w)) * w[w.numel() // 2]
                 else:

@@ -28,16 +28,11 @@ _KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3
 DEFAULT_EPS = 1e-5
 
 
-def stat_taps(edge_dim: int, centre: int) -> tuple[int, int]:
-    """Taps of ``running_mean`` and ``running_var``: the first two that are not the centre tap."""
+def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:
+    """Taps of ``running_mean``, ``running_var`` and ``eps``: the first three that are not the centre tap
+    (``None`` where the edge is too short)."""
     free = [t for t in range(edge_dim) if t != centre]
-    return free[0], free[1]
-
-
-def eps_tap(edge_dim: int, centre: int) -> int | None:
-    """Tap of a normalization's ``eps``: the third that is not the centre tap (``None`` below 4 taps)."""
-    free = [t for t in range(edge_dim) if t != centre]
-    return free[2] if len(free) >= 3 else None
+    return tuple(free[i] if i < len(free) else None for i in range(3))
 
 
 def _channels(node, ctx, mod: nn.Module) -> int:
@@ -88,14 +83,13 @@ def norm(ctx, node, x: Val) -> Val:
     weight = ctx.param(node, "weight")
     if weight is not None:
         sources.append((weight, idx, torch.tensor([ctx.config.centre_tap])))
+    mean_tap, var_tap, tap = norm_taps(ctx.config.edge_dim, ctx.config.centre_tap)
     if getattr(mod, "running_mean", None) is not None:
-        if ctx.config.edge_dim < 3:
+        if var_tap is None:
             raise ctx.unsupported(node, "storing running statistics needs at least 3 edge features; use a "
                                         "max_kernel with 3 or more taps")
-        mean_tap, var_tap = stat_taps(ctx.config.edge_dim, ctx.config.centre_tap)
         sources.append((ctx.buffer(node, "running_mean"), idx, torch.tensor([mean_tap])))
         sources.append((ctx.buffer(node, "running_var"), idx, torch.tensor([var_tap])))
-    tap = eps_tap(ctx.config.edge_dim, ctx.config.centre_tap)
     if tap is None and mod.eps != DEFAULT_EPS:
         raise ctx.unsupported(node, f"eps={mod.eps} is stored on an edge tap, which needs at least 4 edge features; "
                                     "use a max_kernel with 4 or more taps")

@@ -5,10 +5,13 @@
                              [--threads N]
 
 Configuration, later sources overriding earlier ones: ``configs/tasks/<task>.yaml``,
-``configs/models/<model>.yaml``, ``--config FILE``, the task file's ``quick:`` section (with
-``--quick``), then ``--set`` (``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``). Unknown keys
-are an error listing the valid ones. The resolved configuration is saved beside the results.
-Interrupted runs resume from their per-seed checkpoint when the same command is run again.
+``configs/models/<model>.yaml`` (package data under ``neuralgraph/configs/``; a missing file is an
+error), ``--config FILE``, the task file's ``quick:`` section (with ``--quick``), then ``--set``
+(``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``). Unknown keys, wrong types and values out
+of range are an error listing each key, its value and what is valid, before any work is done. The
+resolved configuration is saved beside a seed's results once the run is accepted (a rerun with a changed
+configuration is refused and leaves the old files alone). Interrupted runs resume from their per-seed
+checkpoint when the same command is run again.
 """
 from __future__ import annotations
 
@@ -24,24 +27,34 @@ import numpy as np
 import torch
 import yaml
 
+import neuralgraph
+from benchmarks.options import OptionError, check_config
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
-from neuralgraph.tasks import create_task, list_tasks, task_config_fields
+from neuralgraph.tasks import create_task, list_tasks, task_config_class, task_config_fields
 from neuralgraph.io import atomic_write, atomic_write_text
 from neuralgraph.training import TrainConfig, fit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs")
+# the default configurations ship inside the package (package data), so installed copies find them
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(neuralgraph.__file__)), "configs")
 SECTIONS = ("task", "model", "train")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
-        return {}
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise SystemExit(f"{path}: expected a mapping with sections {SECTIONS}")
     return data
+
+
+def _read_defaults(kind: str, name: str) -> dict[str, Any]:
+    """``configs/<kind>s/<name>.yaml``; every registered task and model ships one."""
+    path = os.path.join(CONFIGS, f"{kind}s", f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise SystemExit(f"no default configuration for {kind} {name!r}: {path} is missing. Every registered "
+                         f"{kind} ships neuralgraph/configs/{kind}s/{name}.yaml as package data; reinstall the "
+                         "package (pip install .), or add the file for a new task / model")
+    return _read_yaml(path)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
@@ -50,6 +63,9 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
             continue
         if section not in SECTIONS:
             raise SystemExit(f"{source}: unknown section {section!r}; valid sections: {list(SECTIONS)}")
+        if values is not None and not isinstance(values, dict):
+            raise SystemExit(f"{source}: section {section!r} must be a mapping of option: value, got "
+                             f"{type(values).__name__} {values!r}")
         base.setdefault(section, {}).update(values or {})
 
 
@@ -61,15 +77,18 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
                    overrides: list[str]) -> dict[str, dict[str, Any]]:
     """Defaults <- model defaults <- config file <- quick <- --set, validated key by key."""
     cfg: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    task_yaml = _read_yaml(os.path.join(CONFIGS, "tasks", f"{task}.yaml"))
+    task_yaml = _read_defaults("task", task)
     _merge(cfg, task_yaml, f"configs/tasks/{task}.yaml")
-    _merge(cfg, _read_yaml(os.path.join(CONFIGS, "models", f"{model}.yaml")), f"configs/models/{model}.yaml")
+    _merge(cfg, _read_defaults("model", model), f"configs/models/{model}.yaml")
     if config_file:
         if not os.path.exists(config_file):
             raise SystemExit(f"--config {config_file}: no such file")
         _merge(cfg, _read_yaml(config_file), config_file)
     if quick:
-        _merge(cfg, task_yaml.get("quick") or {}, f"configs/tasks/{task}.yaml (quick)")
+        quick_cfg = task_yaml.get("quick") or {}
+        if not isinstance(quick_cfg, dict):
+            raise SystemExit(f"configs/tasks/{task}.yaml: section 'quick' must be a mapping of sections")
+        _merge(cfg, quick_cfg, f"configs/tasks/{task}.yaml (quick)")
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
@@ -86,7 +105,10 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
         if bad:
             raise SystemExit(f"unknown {section} option(s) {bad} for {task if section == 'task' else model}; "
                              f"valid options: {sorted(keys)}")
-    return cfg
+    try:  # types and ranges, before any zoo is built
+        return check_config(cfg, task_config_class(task), model_class(model), TrainConfig)
+    except OptionError as e:
+        raise SystemExit(str(e)) from None
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
@@ -143,9 +165,6 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
     for seed in seeds:
         seed_dir = os.path.join(run_dir, f"seed{seed}")
         os.makedirs(seed_dir, exist_ok=True)
-        atomic_write_text(os.path.join(seed_dir, "config.yaml"),
-                          yaml.safe_dump({"task_name": task_name, "model_name": model_name, "seed": seed,
-                                          "device": device, **cfg}, sort_keys=False))
         kwargs = _sized(task, model_name, cfg)  # may build the data: before seeding
         torch.manual_seed(seed)
         model = create_model(model_name, **kwargs)
@@ -153,6 +172,10 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
         res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress,
                   run_config={"task_name": task_name, "model_name": model_name, "task": cfg["task"],
                               "model": cfg["model"]})
+        # written once fit accepted the run (a changed configuration is refused above, old files untouched)
+        atomic_write_text(os.path.join(seed_dir, "config.yaml"),
+                          yaml.safe_dump({"task_name": task_name, "model_name": model_name, "seed": seed,
+                                          "device": device, **cfg}, sort_keys=False))
         res["model"] = label
         results.append(res)
     summary = summarize(results)

@@ -1,6 +1,8 @@
-"""Atomic file writes: readers never see half a file, an interrupted write leaves the old file."""
+"""File helpers: atomic writes (readers never see half a file, an interrupted write leaves the old
+file) and content fingerprints of source files (caches keyed on what the files hold)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -27,3 +29,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     data = text.encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+#: files up to this size are fingerprinted by a hash of their whole content
+FULL_HASH_BYTES = 64 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """A string that changes whenever the file's content does.
+
+    Files up to :data:`FULL_HASH_BYTES` (zoo members, checkpoints, CSVs): a SHA-256 of the content, so
+    copies and touched files keep their fingerprint. Larger files (a Small CNN Zoo's ``weights.npy``):
+    size, modification and status-change times (ns), inode, and a hash of the first and last MiB (the
+    header and the tail); any write, replacement or ``touch`` changes it.
+    """
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= FULL_HASH_BYTES:
+            for block in iter(lambda: f.read(_EDGE_BYTES), b""):
+                h.update(block)
+            return f"{st.st_size}:{h.hexdigest()}"
+        h.update(f.read(_EDGE_BYTES))
+        f.seek(st.st_size - _EDGE_BYTES)
+        h.update(f.read(_EDGE_BYTES))
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{h.hexdigest()}"

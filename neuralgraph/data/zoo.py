@@ -4,8 +4,10 @@
 :class:`~neuralgraph.data.graph.NeuralGraph` with the pre-transform :class:`ToNeuralGraph`
 (a per-architecture cached conversion plan), stores the result under
 ``<root>/processed/<key>/`` and serves one split of it. ``<key>`` hashes the pre-transform's
-``repr`` (which spells out the converter configuration), the target and the set of runs, so
-changing the converter configuration processes again instead of silently reusing stale graphs.
+``repr`` (which spells out the converter configuration), the target, the set of runs and a
+fingerprint of the content of every source file (:meth:`BaseZoo.fingerprint`), so changing the
+converter configuration or replacing a zoo file in place processes again instead of silently reusing
+stale graphs.
 
 The processed files hold plain tensors and are loaded with ``torch.load(weights_only=True)``
 without any fallback: a crafted pickle dropped into the directory is refused, never executed
@@ -133,6 +135,7 @@ class ZooDataset(InMemoryDataset):
                               "runs": hashlib.sha256(json.dumps(  # run ids and their records (metrics, ...)
                                   [[r, self.zoo.records[r]] for r in sorted(self.zoo.run_ids)],
                                   sort_keys=True, default=str).encode()).hexdigest(),
+                              "sources": self.zoo.fingerprint(),  # content of every source file
                               "format": 2}, sort_keys=True)   # 2: norm eps, GroupNorm groups
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self._key_src = key_src
@@ -174,7 +177,7 @@ class ZooDataset(InMemoryDataset):
             g.zoo_member = torch.tensor([i], dtype=torch.long)
             graphs.append(g)
         data, slices = self.collate(graphs)
-        payload = {"data": data.to_dict(), "slices": dict(slices)}
+        payload = {"data": data.to_dict(), "slices": None if slices is None else dict(slices)}  # None: one graph
         atomic_write(self.processed_paths[0], lambda f: torch.save(payload, f))
         atomic_write(self.processed_paths[1], lambda f: f.write(self._key_src.encode()))
 

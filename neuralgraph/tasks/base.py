@@ -63,7 +63,7 @@ class _WeightItems(torch.utils.data.Dataset):
 class Task:
     """Base class: property prediction of networks in a zoo (subclasses fill :meth:`build_splits`).
 
-    Subclasses set ``Config`` (a dataclass of the task's options, defaults in ``configs/tasks``) and
+    Subclasses set ``Config`` (a dataclass of the task's options, defaults in ``neuralgraph/configs/tasks``) and
     implement :meth:`build_splits` returning ``{"train", "val", "test", ...}`` splits; every split whose
     name starts with ``test`` is evaluated at the best validation epoch.
     """
@@ -164,6 +164,11 @@ def task_config_fields(name: str) -> dict[str, Any]:
     cls = _get(name)
     return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
             for f in dataclasses.fields(cls.Config)}
+
+
+def task_config_class(name: str) -> type:
+    """The options dataclass of a registered task (types and defaults of its options)."""
+    return _get(name).Config
 
 
 def create_task(name: str, **options) -> Task:

@@ -56,7 +56,10 @@ def default_zoo(preset: str = "wildpark-digits", runs: int | None = None, seed: 
     from neuralgraph.zoo.generate import generate, run_id
 
     get_preset(preset)  # clear error for a bad name before touching the disk
-    runs = runs or DEFAULT_RUNS.get(preset, _FALLBACK_RUNS)
+    if runs is None:
+        runs = DEFAULT_RUNS.get(preset, _FALLBACK_RUNS)
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise ValueError(f"runs must be a positive integer, got {runs!r}")
     out = default_zoo_dir(preset, seed)
     wanted = {run_id(r) for r in range(runs)}
     from neuralgraph.data.formats.native import completed_runs

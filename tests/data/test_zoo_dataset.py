@@ -74,3 +74,86 @@ def test_crafted_processed_file_is_refused(zoo_dir):
     with pytest.raises(ZooFormatError, match="refusing"):
         ZooDataset(zoo_dir, split="all")
     assert not target.exists()
+
+
+# --- the graph cache is keyed on the content of the source files ------------------------------
+def _fresh(make, tmp):
+    """The graphs of a dataset processed from scratch (another cache root)."""
+    return make(tmp / "fresh")._data.edge_attr
+
+
+def _replace_in_place_check(tmp_path, make, replace):
+    """Build, replace a source file in place (same name, same size), rebuild: the new graphs, never stale."""
+    before = make(tmp_path / "pyg")._data.edge_attr
+    replace()
+    after = make(tmp_path / "pyg")._data.edge_attr
+    fresh = _fresh(make, tmp_path)
+    assert not torch.equal(before, fresh)            # the replacement changed the parameters
+    assert torch.equal(after, fresh)                 # and the cache did not serve the old graphs
+
+
+def test_cache_sees_a_native_member_replaced_in_place(tmp_path):
+    from neuralgraph.data.formats.native import write_member
+
+    zdir = write_toy_zoo(tmp_path / "zoo", runs=3, ckpts=2)
+
+    def replace():
+        m = load_zoo(zdir)[0]
+        params = {k: v + 1.0 for k, v in load_zoo(zdir)._arrays(m.run_id).items()}   # same record, new arrays
+        rec = {k: v for k, v in m.record.items() if k not in ("format_version", "run_id", "param_names", "params_file")}
+        write_member(zdir, m.run_id, params, rec)
+
+    _replace_in_place_check(tmp_path, lambda root: ZooDataset(load_zoo(zdir), "all", root=root), replace)
+
+
+def test_cache_sees_small_cnn_zoo_weights_replaced_in_place(tmp_path):
+    import numpy as np
+
+    from neuralgraph.data.formats import SmallCNNZoo
+    from tests.data.test_zoo_readers import write_small_cnn_zoo
+
+    zdir = tmp_path / "zoo"
+    zdir.mkdir()
+    weights, _ = write_small_cnn_zoo(zdir, rows=8)
+
+    def replace():
+        with open(zdir / "weights.npy", "r+b") as f:   # rewritten in place: same inode, same size
+            np.lib.format.write_array(f, weights * 2)
+
+    make = lambda root: ZooDataset(SmallCNNZoo(zdir, split="all", step=None), "all", root=root)  # noqa: E731
+    _replace_in_place_check(tmp_path, make, replace)
+
+
+def test_cache_sees_a_wild_park_checkpoint_replaced_in_place(tmp_path):
+    from neuralgraph.data.formats import WildParkZoo
+    from tests.data.test_zoo_readers import write_wildpark
+
+    zdir = tmp_path / "zoo"
+    write_wildpark(zdir, trials=1, ckpts=2)
+    path = next(zdir.rglob("checkpoint.pt"))
+
+    def replace():
+        ck = torch.load(path, weights_only=True)
+        ck["model"] = {k: v * 2 for k, v in ck["model"].items()}
+        torch.save(ck, path)
+
+    _replace_in_place_check(tmp_path, lambda root: ZooDataset(WildParkZoo(zdir), "all", root=root), replace)
+
+
+def test_cache_sees_a_dwsnets_inr_replaced_in_place(tmp_path):
+    from neuralgraph.data.formats import DWSNetsINRs
+    from tests.data.test_zoo_readers import siren_sd
+
+    for i in (1, 0):
+        d = tmp_path / "inrs" / f"mnist_png_training_3_10{i}" / "checkpoints"
+        d.mkdir(parents=True)
+        torch.save(siren_sd(i), d / "model_final.pth")
+    make = lambda root: ZooDataset(DWSNetsINRs(tmp_path / "inrs", split="train"), "all", root=root,  # noqa: E731
+                                   target="label")
+    _replace_in_place_check(tmp_path, make, lambda: torch.save(siren_sd(1), d / "model_final.pth"))
+
+
+def test_a_one_member_zoo_is_processed(tmp_path):
+    ds = ZooDataset(write_toy_zoo(tmp_path, runs=1, ckpts=1), "all")
+    assert len(ds) == 1 and ds[0].y.item() == pytest.approx(0.0)
+    assert len(ZooDataset(tmp_path, "all")) == 1   # from the cache

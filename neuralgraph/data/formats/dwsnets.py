@@ -72,6 +72,7 @@ class DWSNetsINRs(BaseZoo):
     def __init__(self, root: str | os.PathLike, splits: str | os.PathLike | None = None, split: str = "train") -> None:
         root = Path(root)
         self.roots = [root]
+        self._splits_file = [Path(splits)] if splits is not None else []
         items: list[tuple[Path, int | None]] = []
         if splits is not None:
             with open(splits) as f:
@@ -103,6 +104,9 @@ class DWSNetsINRs(BaseZoo):
             rec = {"path": str(path)}
             self.records[rid] = rec
             self.members.append(ZooMember(rid, 0, 0, 0, siren_description(sd), {"label": float(label)}, {}, rec, self))
+
+    def source_files(self) -> list[Path]:
+        return [Path(rec["path"]) for rec in self.records.values()] + self._splits_file
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         sd, _ = _state_dict(safe_torch_load(member.record["path"]), Path(member.record["path"]))

@@ -16,6 +16,7 @@ run ids, so their directories can be merged or shared.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from neuralgraph.io import atomic_write
+from neuralgraph.io import atomic_write, file_fingerprint
 
 FORMAT_NAME = "neuralgraph-zoo"
 FORMAT_VERSION = 1
@@ -215,6 +216,20 @@ class BaseZoo:
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def source_files(self) -> list[Path]:
+        """Every file the members (parameters, metrics, layout) are read from."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A hash of the content of :meth:`source_files` (see :func:`neuralgraph.io.file_fingerprint`):
+        caches of converted members are keyed on it, so a file replaced in place is never served stale."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256()
+            for path in sorted(set(map(str, self.source_files()))):
+                h.update(f"{path}\0{file_fingerprint(path)}\0".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     def __len__(self) -> int:
         return len(self.members)
 
@@ -237,6 +252,7 @@ class BaseZoo:
                            f"{sorted(self.records)[:3]}); pass run ids from zoo.run_ids")
         z = object.__new__(type(self))
         z.__dict__.update(self.__dict__)
+        z._fingerprint = None  # the view's files only
         z.records = {k: v for k, v in self.records.items() if k in keep}
         z.members = [ZooMember(m.run_id, m.checkpoint, m.epoch, m.step, m.architecture, m.metrics,
                                m.hyperparameters, m.record, z) for m in self.members if m.run_id in keep]
@@ -294,6 +310,9 @@ class Zoo(BaseZoo):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[run_id] = load_arrays(self._where[run_id] / MEMBER_DIR / f"{run_id}.npz")
         return self._cache[run_id]
+
+    def source_files(self) -> list[Path]:
+        return [self._where[rid] / MEMBER_DIR / f"{rid}.{ext}" for rid in self.records for ext in ("json", "npz")]
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         arrays = self._arrays(member.run_id)

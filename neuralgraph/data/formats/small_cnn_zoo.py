@@ -112,6 +112,8 @@ class SmallCNNZoo(BaseZoo):
             raise ZooFormatError(f"refusing {str(root / 'weights.npy')!r}: not a plain .npy array ({e})") from e
         if not isinstance(self.weights, np.ndarray) or self.weights.ndim != 2:
             raise ZooFormatError(f"refusing {str(root / 'weights.npy')!r}: expected a 2-D .npy array")
+        self._sources = [root / "weights.npy", root / "layout.csv", metrics_path] + (
+            [Path(permutation_file)] if permutation_file is not None else [])
         self.layout = _read_layout(root / "layout.csv")
         metrics = _read_metrics(metrics_path)
         if len(metrics) != self.weights.shape[0]:
@@ -171,6 +173,9 @@ class SmallCNNZoo(BaseZoo):
             else:
                 raise ZooFormatError(f"unrecognised variable {r['varname']!r} in layout.csv")
         return out
+
+    def source_files(self) -> list[Path]:
+        return list(self._sources)
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         return self.row_params(member.record["row"])

@@ -128,6 +128,9 @@ class WildParkZoo(BaseZoo):
             rec["checkpoints"].append({"path": str(path), "epoch": epoch})
             self.members.append(ZooMember(trial, c, epoch, epoch, desc, _metrics(result), {}, rec, self))
 
+    def source_files(self) -> list[Path]:
+        return [Path(ck["path"]) for rec in self.records.values() for ck in rec["checkpoints"]]
+
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         path = member.record["checkpoints"][member.checkpoint]["path"]
         sd = safe_torch_load(path, hint=CONVERT_HINT)["model"]

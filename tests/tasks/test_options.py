@@ -1,0 +1,77 @@
+"""The runner checks every option's type and range before any work, and keeps old results intact."""
+import pytest
+import yaml
+
+import benchmarks.run as runner
+from benchmarks.run import resolve_config
+from neuralgraph.models import list_models
+from neuralgraph.tasks import list_tasks
+from tests.tasks.test_training import TinyTask
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("train.epochs=abc", "train.epochs='abc': expected an integer >= 1"),
+    ("train.epochs=-1", "train.epochs=-1: expected an integer >= 1"),
+    ("train.epochs=0", "train.epochs=0: expected an integer >= 1"),
+    ("train.epochs=2.5", "train.epochs=2.5: expected an integer >= 1"),
+    ("train.lr=abc", "train.lr='abc': expected a number > 0"),
+    ("train.lr=0", "train.lr=0: expected a number > 0"),
+    ("model.node_dim=abc", "model.node_dim='abc': expected an integer >= 1"),
+    ("model.dropout=1.5", "model.dropout=1.5: expected a number in [0, 1)"),
+    ("task.runs=abc", "task.runs='abc': expected an integer >= 1"),
+    ("task.runs=-5", "task.runs=-5: expected an integer >= 1"),
+    ("task.runs=0", "task.runs=0: expected an integer >= 1"),
+    ("task.split=[0.5, 0.5]", "task.split=[0.5, 0.5]: expected a list of 3 values"),
+    ("task.split=[0.5, 0.6, 0.1]", "summing to 1"),
+    ("task.normalize_layers=3", "task.normalize_layers=3: expected true or false"),
+    ("task.zoo=5", "task.zoo=5: expected a string or null"),
+])
+def test_bad_option_values_are_refused_with_key_value_and_valid_range(item, expected):
+    with pytest.raises(SystemExit) as e:
+        resolve_config("wildpark", "ng-t", None, False, [item])
+    assert expected in str(e.value)
+
+
+def test_every_bad_value_is_listed_at_once_and_good_values_are_converted():
+    with pytest.raises(SystemExit) as e:
+        resolve_config("wildpark", "ng-t", None, False, ["train.epochs=abc", "model.heads=-2", "task.runs=0"])
+    assert all(k in str(e.value) for k in ("train.epochs='abc'", "model.heads=-2", "task.runs=0"))
+    cfg = resolve_config("wildpark", "ng-t", None, False, ["train.lr=1e-3", "model.attn_dim=null"])
+    assert cfg["train"]["lr"] == 0.001 and cfg["model"]["attn_dim"] is None   # YAML 1.1 reads 1e-3 as text
+
+
+def test_every_shipped_default_configuration_is_valid():
+    for task in list_tasks():
+        for model in list_models():
+            for quick in (False, True):
+                resolve_config(task, model, None, quick, [])
+
+
+def test_a_section_that_is_not_a_mapping_is_refused(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  - epochs\n  - 3\n")
+    with pytest.raises(SystemExit, match=r"c.yaml: section 'train' must be a mapping of option: value, got list"):
+        resolve_config("wildpark", "ng-t", str(f), False, [])
+
+
+def test_missing_default_configuration_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "CONFIGS", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"no default configuration for task 'wildpark'.*tasks/wildpark.yaml"):
+        resolve_config("wildpark", "ng-t", None, True, [])
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "wildpark.yaml").write_text("task: {runs: 12}\n")
+    with pytest.raises(SystemExit, match=r"no default configuration for model 'ng-t'"):
+        resolve_config("wildpark", "ng-t", None, True, [])
+
+
+def test_refused_rerun_leaves_the_saved_configuration_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "create_task", lambda name, **options: TinyTask(None))
+    cfg = {"task": {}, "model": {}, "train": {"epochs": 1, "batch_size": 8}}
+    runner.run("tiny", "statnn", [0], cfg, "cpu", str(tmp_path), progress=False)
+    saved = next(tmp_path.rglob("config.yaml"))
+    before = saved.read_text()
+    assert yaml.safe_load(before)["train"] == cfg["train"]
+    changed = {**cfg, "train": {**cfg["train"], "lr": 0.01}}
+    with pytest.raises(ValueError, match="another configuration"):
+        runner.run("tiny", "statnn", [0], changed, "cpu", str(tmp_path), progress=False)
+    assert saved.read_text() == before

@@ -21,6 +21,16 @@ from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.data.graph import EDGE_KIND, ROLE
 
 
+class Sym:
+    """A value known only at run time (a size read from a tensor)."""
+
+    def __repr__(self) -> str:
+        return "Sym()"
+
+
+SYM = Sym()
+
+
 @dataclass
 class Val:
     """What the tracer knows about one tensor of the module's dataflow.

@@ -29,11 +29,8 @@ import torch
 from torch import Tensor
 from torch_geometric.transforms import BaseTransform
 
-from neuralgraph.data.graph import EDGE_KIND, NODE_CATEGORIES, ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND_TABLE, NODE_CATEGORIES, ROLE, NeuralGraph
 
-#: edge kinds whose meaning is fully given by the edge (so permuting their endpoints consistently is safe)
-SAFE_KINDS = ("linear", "conv", "residual", "identity", "batchnorm", "layernorm", "instancenorm", "flatten",
-              "embedding")
 _CACHE_SIZE = 128
 
 
@@ -62,7 +59,8 @@ class NeuronSymmetry:
         self.num_labels = int(elabel.max()) + 1 if elabel.numel() else 1
         self.edge_key = (src * n + dst) * self.num_labels + elabel
         self.src, self.dst, self.elabel = src, dst, elabel
-        unsafe = ~torch.isin(g.edge_kind.cpu(), torch.tensor([EDGE_KIND[k] for k in SAFE_KINDS]))
+        permutable = torch.tensor([k.permutable for k in EDGE_KIND_TABLE] + [False])  # unknown kinds: fixed
+        unsafe = ~permutable[g.edge_kind.cpu().clamp(0, len(EDGE_KIND_TABLE))]
         colors = _refine(colors, src, dst, elabel)
         fixed_nodes = (g.node_role.cpu() == ROLE["input"]) | (g.node_role.cpu() == ROLE["output"])
         # repeat-flatten copies: hidden neurons with a spatial position (virtual neurons are safe)

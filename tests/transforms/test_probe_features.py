@@ -9,7 +9,7 @@ from torch_geometric.loader import DataLoader
 from neuralgraph import to_neural_graph
 from neuralgraph.data.graph import ROLE
 from neuralgraph.transforms import LearnedProbeFeatures, PermuteNeurons, ProbeFeatures, probe_activations
-from neuralgraph.zoo.arch import build_model
+from neuralgraph.data.arch import build_model
 from tests.helpers.nets import MLP, SmallResNet, WildParkCNN, permute_mlp, permute_resnet, permute_wildpark
 from tests.helpers.permute import assert_params_moved, assert_same_function
 from tests.models.ng_checks import node_edge_mapping

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import function_rule, method_rule, module_rule
+from neuralgraph.convert.builder import SYM, Val
+from neuralgraph.convert.registry import function_rule, method_rule, module_rule
 from neuralgraph.data.graph import POOL
 
 # ------------------------------------------------------------------------------------ pass-through
@@ -35,15 +35,11 @@ def _identity_method(ctx, node, x: Val, *args, **kwargs) -> Val:
 
 @method_rule("size", "dim")
 def _size(ctx, node, x: Val, *args, **kwargs):
-    from neuralgraph.convert.trace import SYM
-
     return SYM
 
 
 @function_rule(builtins.getattr)
 def _getattr(ctx, node, x: Val, name: str):
-    from neuralgraph.convert.trace import SYM
-
     if name in ("shape", "ndim", "dtype", "device"):
         return SYM
     raise ctx.unsupported(node, f"reads attribute {name!r} of a tensor")
@@ -187,8 +183,6 @@ def cat(ctx, node, tensors, dim: int = 0) -> Val:
 def getitem(ctx, node, x, index) -> Val:
     """Channel slicing ``x[:, a:b]`` (or ``x[..., a:b]`` on features)."""
     if not isinstance(x, Val):
-        from neuralgraph.convert.trace import SYM
-
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     sel = channel_slice(index, x.kind)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
-from neuralgraph.data.graph import (DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, ROLE, EdgeKind,
+from neuralgraph.data.graph import (DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, POOLS, ROLE, EdgeKind,
                                     NeuralGraph, norm_taps)
 
 #: activation family -> element-wise function (``softmax`` / ``log_softmax`` act over the neurons of a layer)
@@ -138,13 +138,16 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ reads
     def read(self, i: int, how: str) -> Tensor:
-        """Neuron ``i``'s value as an edge reads it: ``"map"`` (convolution, flatten: the map itself),
-        ``"linear"`` (linear, embedding: a feature; a map is pooled, or a flatten copy's position picked) or
-        ``"value"`` (everything else: globally pooled if the neuron records a global pooling)."""
+        """Neuron ``i``'s value as an edge reads it, after the local pooling it records (which every reader sees):
+        ``"map"`` (convolution, flatten: the map itself), ``"linear"`` (linear, embedding: a feature; a map must be
+        globally pooled, or a flatten copy whose position is picked) or ``"value"`` (everything else, and outputs:
+        globally pooled if the neuron records a global pooling)."""
         key = (i, how)
         if key in self._read:
             return self._read[key]
-        v = self.val[i] if how == "map" else self.pooled(i)
+        v = self.local(i)
+        if how != "map" and v.dim() > 1 and self.pool[i] in _GLOBAL:
+            v = v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
         if how == "linear" and v.dim() > 1 and not self.tokens:
             if self.spatial[i] > 0:  # a flatten="repeat" copy of a channel: its value at the copy's position
                 v = v.flatten(1)[:, self.spatial[i] - 1]
@@ -155,12 +158,25 @@ class _Run:
         self._read[key] = v
         return v
 
-    def pooled(self, i: int) -> Tensor:
-        """Neuron ``i``'s value, globally pooled (over space / tokens) if it records a global pooling."""
-        v = self.val[i]
-        if v.dim() > 1 and self.pool[i] in _GLOBAL:
-            return v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
-        return v
+    def local(self, i: int) -> Tensor:
+        """Neuron ``i``'s value after the local pooling it records (``node_pool`` max / avg / adaptive, geometry
+        in ``node_window``); else its value."""
+        v, kind = self.val[i], POOLS[self.pool[i]]
+        if kind not in ("max", "avg", "adaptive_avg", "adaptive_max"):
+            return v
+        sd, dims = v.dim() - 1, len(self.mk)
+        w = self.g.node_window[i].tolist()
+        kernel, stride, pad, dil = (w[a * dims + dims - sd:(a + 1) * dims] for a in range(4))
+        ceil, include_pad, divisor = w[4 * dims:]
+        x = v.unsqueeze(1)                                                            # [B, 1, *S]
+        if kind == "max":
+            out = getattr(F, f"max_pool{sd}d")(x, kernel, stride, pad, dil, bool(ceil))
+        elif kind == "avg":
+            extra = (divisor or None,) if sd > 1 else ()
+            out = getattr(F, f"avg_pool{sd}d")(x, kernel, stride, pad, bool(ceil), bool(include_pad), *extra)
+        else:
+            out = getattr(F, f"{kind}_pool{sd}d")(x, kernel)
+        return out.squeeze(1)
 
     def stacked(self, nodes: list[int], how: str) -> list[tuple[list[int], Tensor]]:
         """The reads of ``nodes`` stacked per shape: ``(positions in nodes, [n, B, *S])`` per shape."""
@@ -362,5 +378,5 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs(self) -> Tensor:
-        outs = [self.pooled(i) for i in self.g.output_nodes().tolist()]
+        outs = [self.read(i, "value") for i in self.g.output_nodes().tolist()]
         return torch.stack(outs, dim=-1 if self.tokens else 1)

@@ -82,6 +82,7 @@ class ConversionPlan:
         self.categories = {
             "node_layer": layer, "node_role": role, "node_pos": pos, "node_act": node_tensor(builder.act),
             "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
+            "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
         }
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()

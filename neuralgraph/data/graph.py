@@ -23,6 +23,9 @@ field            shape/dtype   meaning
                                (``node_layer``) for every other neuron
 ``node_act``     [N] long      activation applied by the neuron (:mod:`neuralgraph.convert.activations`)
 ``node_pool``    [N] long      pooling applied to the neuron's output map (:data:`POOLS`)
+``node_window``  [N, 4*D+3]    local pooling geometry: kernel size (output size for adaptive pooling),
+                 long          stride, padding, dilation per spatial dim, then ceil_mode,
+                               count_include_pad, divisor_override (0: none); defaults otherwise
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
 ``edge_conv``    [E, 4*D] long stride, padding, dilation and kernel size per spatial dim
@@ -103,10 +106,10 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
-POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other")
+POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
 POOL = {name: i for i, name in enumerate(POOLS)}
 
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
@@ -121,7 +124,7 @@ def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int |
 
 
 #: Integer per-node fields (all batched by concatenation, none offset).
-NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial")
+NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial", "node_window")
 #: Integer per-edge fields.
 EDGE_CATEGORIES = ("edge_kind", "edge_conv")
 

@@ -7,7 +7,7 @@ keeps every label the graph's semantics depend on. Node ids, ``edge_index`` and 
 they are; the values (``x``, ``edge_attr``) move.
 
 How the symmetries are found (once per structure, cached): colour refinement (1-WL) on the structure
-(node role, layer, position, activation, pooling, spatial position and has-bias flag; edge kind and
+(node role, layer, position, activation, pooling and its window, spatial position and has-bias flag; edge kind and
 convolution geometry) gives cells of candidate-equivalent neurons. Between two cells, each edge label's
 edges are *complete* (every pair, e.g. dense or conv layers), a *matching* (channel ``k`` to channel
 ``k``: residual, identity, norm, flatten and depthwise edges) or *other*. Cells tied by matchings form
@@ -48,7 +48,8 @@ class NeuronSymmetry:
         n = g.num_nodes
         src, dst = g.edge_index.cpu()
         self.num_nodes = n
-        node_lab = torch.stack([g[k].cpu() for k in NODE_CATEGORIES] + [(g.x[:, 1] > 0).long().cpu()], 1)
+        node_lab = torch.cat([g[k].cpu().view(n, -1) for k in NODE_CATEGORIES]
+                             + [(g.x[:, 1] > 0).long().cpu().view(n, 1)], 1)
         colors = torch.unique(node_lab, dim=0, return_inverse=True)[1]
         self.node_label = colors
         edge_rows = torch.cat([g.edge_kind.cpu().view(-1, 1), g.edge_conv.cpu().view(src.numel(), -1)], 1)

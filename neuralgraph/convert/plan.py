@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, fx, nn
 
+from neuralgraph.convert import activations
 from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
@@ -81,6 +82,7 @@ class ConversionPlan:
         self.categories = {
             "node_layer": layer, "node_role": role, "node_pos": pos, "node_act": node_tensor(builder.act),
             "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
+            "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
         }
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
@@ -358,7 +360,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
     cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
     arch = architecture_key(model)
-    key = (arch, _input_key(example_input), cfg)
+    key = (arch, _input_key(example_input), cfg, activations.VERSION)
     plan = _PLANS.get(key)
     if plan is None:
         tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
@@ -420,9 +422,9 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
     config.pop("allow_nonfinite", None)  # a conversion-time check, accepted for symmetry
     if example_input is None and not config:
         arch = architecture_key(model)
-        for (a, _, _), cand in reversed(_PLANS.items()):
-            if a == arch and cand.num_nodes == graph.num_nodes and cand.num_edges == graph.edge_index.size(1) \
-                    and cand.config.edge_dim == graph.edge_attr.size(1):
+        for (a, _, _, version), cand in reversed(_PLANS.items()):
+            if a == arch and version == activations.VERSION and cand.num_nodes == graph.num_nodes \
+                    and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1):
                 return cand
     return get_plan(model, example_input, **config)
 

@@ -11,22 +11,14 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
-from neuralgraph.convert.builder import GraphBuilder, Val
+from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
+from neuralgraph.convert.builder import SYM, GraphBuilder, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
-from neuralgraph.convert.rules import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
-                                        find_module_rule)
+from neuralgraph.convert.registry import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
+                                          find_module_rule)
+from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice
-
-
-class Sym:
-    """A value known only at run time (a size read from a tensor)."""
-
-    def __repr__(self) -> str:
-        return "Sym()"
-
-
-SYM = Sym()
 
 
 def _type_name(t: type) -> str:
@@ -332,25 +324,3 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
                                 "additions, channel slicing/concatenation, pooling and flattening.")
-
-
-def activation(ctx: TraceContext, node: fx.Node, v: Val, name: str) -> Val:
-    """Apply an element-wise activation: a property of the neurons it is applied to."""
-    if name not in A.ACTIVATIONS:
-        family = name.split("(", 1)[0]
-        raise ctx.unsupported(node, f"it computes {name}, a variant of {family!r} that is not in the activation "
-                                    f"vocabulary; converting it as {family!r} would describe another function. "
-                                    f"Register the variant first (ids follow registration order): "
-                                    f"neuralgraph.convert.register_activation(None, {name!r})")
-    b = ctx.builder
-    v = ctx.materialize(node, node.all_input_nodes[0], v)
-    act = A.activation_id(name)
-    nodes = v.nodes
-    if not b.is_open(nodes):
-        # the neurons' pre-activation value is (or will be) read elsewhere: add an identity layer
-        new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
-        b.add_identity_edges(nodes, new, "identity")
-        nodes = new
-    b.set_activation(nodes, act)
-    return Val(nodes, v.kind, v.sdims, v.positions)
-

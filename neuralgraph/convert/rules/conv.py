@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import module_rule
+from neuralgraph.convert.registry import module_rule
 
 
 def kernel_taps(kernel: tuple[int, ...], max_kernel: tuple[int, ...]) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import function_rule, method_rule, module_rule
+from neuralgraph.convert.builder import SYM, Val
+from neuralgraph.convert.registry import function_rule, method_rule, module_rule
 from neuralgraph.data.graph import POOL
 
 # ------------------------------------------------------------------------------------ pass-through
@@ -35,15 +35,11 @@ def _identity_method(ctx, node, x: Val, *args, **kwargs) -> Val:
 
 @method_rule("size", "dim")
 def _size(ctx, node, x: Val, *args, **kwargs):
-    from neuralgraph.convert.trace import SYM
-
     return SYM
 
 
 @function_rule(builtins.getattr)
 def _getattr(ctx, node, x: Val, name: str):
-    from neuralgraph.convert.trace import SYM
-
     if name in ("shape", "ndim", "dtype", "device"):
         return SYM
     raise ctx.unsupported(node, f"reads attribute {name!r} of a tensor")
@@ -187,8 +183,6 @@ def cat(ctx, node, tensors, dim: int = 0) -> Val:
 def getitem(ctx, node, x, index) -> Val:
     """Channel slicing ``x[:, a:b]`` (or ``x[..., a:b]`` on features)."""
     if not isinstance(x, Val):
-        from neuralgraph.convert.trace import SYM
-
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     sel = channel_slice(index, x.kind)
@@ -260,75 +254,132 @@ def _reshape(ctx, node, x: Val, *shape) -> Val:
 
 # ------------------------------------------------------------------------------------ pooling
 
-_GLOBAL_ADAPTIVE = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
-                    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max"}
+_ADAPTIVE = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
+             nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max"}
+#: positional parameters of the functional poolings after the input
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 
-def _pool(ctx, node, x: Val, kind: str, output_size=None) -> Val:
-    """Pooling keeps the neurons and records the pool on them (:func:`_pooled`); global pooling fixes ``P = 1``."""
-    x = ctx.materialize(node, node.all_input_nodes[0], x)
-    if x.kind != "map":
-        raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported")
-    positions = None
-    if output_size is not None:
-        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * x.sdims
-        if all(isinstance(s, int) for s in sizes):
-            positions = math.prod(sizes)
-    name = f"global_{kind}" if positions == 1 and kind in ("avg", "max") else kind
-    return Val(_pooled(ctx, x.nodes, name), "map", x.sdims, positions)
-
-
-def _pooled(ctx, nodes, name: str):
-    """Record pooling ``name`` on ``nodes``; on a copy (identity edges) when their unpooled value is read too,
-    so that every reader of a neuron reads what it read in the module. Returns the pooled neurons."""
+def _pooled(ctx, nodes, name: str, window: tuple[int, ...] | None = None):
+    """Record pooling ``name`` on ``nodes``, on a copy (identity edges) when their unpooled value is read too
+    (as a value, by a pending operation, or, for a local pooling that every reader sees, by any edge) or they
+    are pooled already, so that every reader of a neuron reads what it read in the module. Returns the pooled
+    neurons (final: a later activation or edge goes to a new layer)."""
     b = ctx.builder
-    if b.shared(nodes):
+    local = not name.startswith("global")
+    if b.shared(nodes) or (local and b.pooled_before(nodes)) or any(b.pool[i] for i in nodes.tolist()):
         new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
         b.add_identity_edges(nodes, new, "identity")
         nodes = new
-    b.set_pool(nodes, POOL[name])
+    b.set_pool(nodes, POOL[name], window)
     return nodes
 
 
-@module_rule(*_GLOBAL_ADAPTIVE)
+def _per_dim(ctx, node, what: str, value, sdims: int) -> tuple[int, ...]:
+    values = (value,) * sdims if isinstance(value, int) else tuple(value)
+    if len(values) == 1 and sdims > 1:
+        values = values * sdims
+    if len(values) != sdims or not all(isinstance(v, int) for v in values):
+        raise ctx.unsupported(node, f"pooling {what}={value!r} is not {sdims} constant ints")
+    return values
+
+
+def _local_pool(ctx, node, x: Val, kind: str, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                count_include_pad=True, divisor_override=None, return_indices=False) -> Val:
+    """A max / avg pooling over windows: recorded on the neurons with its geometry (``node_window``)."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    if x.kind != "map":
+        raise ctx.unsupported(node, f"{kind} pooling of a {x.kind} value is not supported; pool feature maps")
+    if return_indices:
+        raise ctx.unsupported(node, "return_indices=True returns the argmax positions, which a neural graph cannot "
+                                    "represent; pool without return_indices")
+    sd, dims = x.sdims, len(ctx.config.max_kernel)
+    if sd > dims:
+        raise ctx.unsupported(node, f"a {sd}-d pooling needs a max_kernel with {sd} dims; convert with "
+                                    f"max_kernel={(3,) * sd}")
+    k = _per_dim(ctx, node, "kernel_size", kernel_size, sd)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else \
+        _per_dim(ctx, node, "stride", stride, sd)
+    p, d = _per_dim(ctx, node, "padding", padding, sd), _per_dim(ctx, node, "dilation", dilation, sd)
+    lead = dims - sd
+    window = ((1,) * lead + k + (1,) * lead + s + (0,) * lead + p + (1,) * lead + d
+              + (int(bool(ceil_mode)), int(bool(count_include_pad)), int(divisor_override or 0)))
+    return Val(_pooled(ctx, x.nodes, kind, window), "map", x.sdims, None)
+
+
+def _adaptive_pool(ctx, node, x: Val, kind: str, output_size) -> Val:
+    """Adaptive pooling: to one position a global pooling, else recorded with its output size."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    if x.kind != "map":
+        raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported; pool feature maps")
+    sd, dims = x.sdims, len(ctx.config.max_kernel)
+    sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * sd
+    if None in sizes:  # None keeps that input size
+        shape = ctx.shape(node.all_input_nodes[0])
+        if shape is None:
+            raise ctx.unsupported(node, f"adaptive pooling to {output_size!r} keeps an input size that is only "
+                                        "known by running the model; pass example_input=... to to_neural_graph")
+        sizes = tuple(n if o is None else o for o, n in zip(sizes, shape[2:]))
+    sizes = _per_dim(ctx, node, "output_size", sizes, sd)
+    if math.prod(sizes) == 1:
+        return Val(_pooled(ctx, x.nodes, f"global_{kind}"), "map", x.sdims, 1)
+    if sd > dims:
+        raise ctx.unsupported(node, f"a {sd}-d pooling needs a max_kernel with {sd} dims; convert with "
+                                    f"max_kernel={(3,) * sd}")
+    lead = dims - sd
+    window = (1,) * lead + sizes + ctx.builder.default_window()[dims:]
+    return Val(_pooled(ctx, x.nodes, f"adaptive_{kind}", window), "map", x.sdims, math.prod(sizes))
+
+
+@module_rule(*_ADAPTIVE)
 def _adaptive_pool_module(ctx, node, x: Val) -> Val:
     mod = ctx.module(node)
-    return _pool(ctx, node, x, _GLOBAL_ADAPTIVE[type(mod)], mod.output_size)
+    return _adaptive_pool(ctx, node, x, _ADAPTIVE[type(mod)], mod.output_size)
 
 
 @module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool_module(ctx, node, x: Val) -> Val:
-    return _pool(ctx, node, x, "max")
+    m = ctx.module(node)
+    return _local_pool(ctx, node, x, "max", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                       return_indices=m.return_indices)
 
 
 @module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool_module(ctx, node, x: Val) -> Val:
-    return _pool(ctx, node, x, "avg")
-
-
-@module_rule(nn.LPPool1d, nn.LPPool2d)
-def _lp_pool_module(ctx, node, x: Val) -> Val:
-    return _pool(ctx, node, x, "lp")
+    m = ctx.module(node)
+    return _local_pool(ctx, node, x, "avg", m.kernel_size, m.stride, m.padding, 1, m.ceil_mode,
+                       m.count_include_pad, getattr(m, "divisor_override", None))
 
 
 @function_rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
-def _adaptive_avg_pool(ctx, node, x: Val, output_size, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "avg", output_size)
+def _adaptive_avg(ctx, node, x: Val, output_size) -> Val:
+    return _adaptive_pool(ctx, node, x, "avg", output_size)
 
 
 @function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
-def _adaptive_max_pool(ctx, node, x: Val, output_size, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "max", output_size)
+def _adaptive_max(ctx, node, x: Val, output_size, return_indices: bool = False) -> Val:
+    if return_indices:
+        raise ctx.unsupported(node, "return_indices=True returns the argmax positions, which a neural graph cannot "
+                                    "represent; pool without return_indices")
+    return _adaptive_pool(ctx, node, x, "max", output_size)
 
 
 @function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d)
 def _max_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "max")
+    return _local_pool(ctx, node, x, "max", **dict(zip(_MAX_ARGS, args)), **kwargs)
 
 
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 def _avg_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "avg")
+    return _local_pool(ctx, node, x, "avg", **dict(zip(_AVG_ARGS, args)), **kwargs)
+
+
+@module_rule(nn.LPPool1d, nn.LPPool2d, nn.LPPool3d)
+@function_rule(F.lp_pool1d, F.lp_pool2d, F.lp_pool3d)
+def _lp_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
+    raise ctx.unsupported(node, "power-average (LP) pooling is not supported (its norm_type has no place in the "
+                                "graph); use max or average pooling")
 
 
 @function_rule(torch.mean, torch.amax)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import module_rule
+from neuralgraph.convert.registry import module_rule
 
 
 @module_rule(nn.Linear)

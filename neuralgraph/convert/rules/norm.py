@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import module_rule
+from neuralgraph.convert.registry import module_rule
 from neuralgraph.data.graph import DEFAULT_EPS, norm_taps
 
 _KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",

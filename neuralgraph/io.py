@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 
+class DataFileError(ValueError):
+    """A data, cache or results file that cannot be used (damaged, or not what it should be); the message
+    names the file, what is wrong and the fix."""
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)

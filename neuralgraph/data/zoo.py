@@ -41,7 +41,7 @@ from torch_geometric.data import InMemoryDataset
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, member_splits
 from neuralgraph.data.graph import NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.io import atomic_write
+from neuralgraph.io import atomic_write, file_lock, remove_temps
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -188,7 +188,12 @@ class ZooDataset(InMemoryDataset):
         if not self.force_reload and all(os.path.exists(p) for p in self.processed_paths):
             return
         os.makedirs(self.processed_dir, exist_ok=True)
-        self.process()
+        # one writer per cache directory: a concurrent run waits, then finds the files; temporary files
+        # found under the lock are those of a killed writer
+        with file_lock(os.path.join(self.processed_dir, ".lock")):
+            remove_temps(self.processed_dir)
+            if self.force_reload or not all(os.path.exists(p) for p in self.processed_paths):
+                self.process()
 
     def process(self) -> None:
         graphs = []

@@ -10,9 +10,11 @@
 
 Every file is written to a temporary name in the same directory and renamed into place
 (``os.replace`` is atomic), and a member's JSON is written after its arrays: a run is complete
-exactly when its JSON exists. A killed writer leaves at worst a temporary file (ignored and
-later removed) or an array file without JSON (overwritten on the next run). Shards write disjoint
-run ids, so their directories can be merged or shared.
+exactly when its JSON exists. Writers hold the zoo's lock (``<zoo>/.writer.lock``, :func:`zoo_lock`)
+while they have a temporary file, so a cleanup under the lock only removes files of writers that are
+gone. A killed writer leaves at worst a temporary file (ignored, and removed by the next writer) or an
+array file without JSON (overwritten on the next run). Shards write disjoint run ids, so their
+directories can be merged or shared.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from neuralgraph.io import DataFileError, atomic_write, file_fingerprint
+from neuralgraph.io import DataFileError, atomic_write, file_fingerprint, file_lock, remove_temps
 
 FORMAT_NAME = "neuralgraph-zoo"
 FORMAT_VERSION = 1
 MEMBER_DIR = "members"
+LOCK_FILE = ".writer.lock"
 
 
 class ZooFormatError(DataFileError):
@@ -62,6 +65,11 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
+def zoo_lock(root: str | os.PathLike):
+    """The lock every writer of the zoo directory ``root`` holds while writing (see the module docstring)."""
+    return file_lock(Path(root) / LOCK_FILE)
+
+
 def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
     """Create (or check) a zoo directory; ``header`` holds preset, seed, description, config.
 
@@ -78,15 +86,16 @@ def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
         raise PermissionError(f"zoo directory {str(root / MEMBER_DIR)!r} is not writable")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header}
     path = root / "zoo.json"
-    if path.exists():
-        old = read_header(root)
-        for key in ("preset", "seed", "config"):
-            if key in meta and old.get(key) != meta[key]:
-                raise ZooFormatError(
-                    f"{str(root)!r} already holds a zoo with {key}={old.get(key)!r}, not {meta[key]!r}; "
-                    "use another --out directory (members of different recipes must not mix)")
-        return root
-    write_json_atomic(path, meta)
+    with zoo_lock(root):
+        if path.exists():
+            old = read_header(root)
+            for key in ("preset", "seed", "config"):
+                if key in meta and old.get(key) != meta[key]:
+                    raise ZooFormatError(
+                        f"{str(root)!r} already holds a zoo with {key}={old.get(key)!r}, not {meta[key]!r}; "
+                        "use another --out directory (members of different recipes must not mix)")
+            return root
+        write_json_atomic(path, meta)
     return root
 
 
@@ -100,10 +109,11 @@ def write_member(root: str | os.PathLike, run_id: str, params: dict[str, np.ndar
     for k, a in arrays.items():
         if a.shape[0] != n_ck:
             raise ValueError(f"{run_id}: parameter {k!r} has {a.shape[0]} checkpoints, record {n_ck}")
-    write_npz_atomic(mdir / f"{run_id}.npz", arrays)
     rec = {"format_version": FORMAT_VERSION, "run_id": run_id, **record,
            "param_names": list(arrays), "params_file": f"{run_id}.npz"}
-    write_json_atomic(mdir / f"{run_id}.json", rec)
+    with zoo_lock(root):
+        write_npz_atomic(mdir / f"{run_id}.npz", arrays)
+        write_json_atomic(mdir / f"{run_id}.json", rec)
 
 
 def completed_runs(root: str | os.PathLike) -> set[str]:
@@ -115,14 +125,11 @@ def completed_runs(root: str | os.PathLike) -> set[str]:
 
 
 def remove_stale_temps(root: str | os.PathLike, run_ids: Iterable[str]) -> None:
-    """Delete leftover temporary files of the given runs (only their owner calls this)."""
-    mdir = Path(root) / MEMBER_DIR
-    for rid in run_ids:
-        for p in mdir.glob(f".{rid}.*.tmp"):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+    """Delete leftover temporary files of the given runs. Taken under the zoo's lock, so the files of a
+    live writer (which holds the lock while its temporary files exist) are never touched."""
+    with zoo_lock(root):
+        for rid in run_ids:
+            remove_temps(Path(root) / MEMBER_DIR, prefix=f"{rid}.")
 
 
 def _check_run_id(run_id: str) -> None:

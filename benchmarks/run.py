@@ -31,7 +31,8 @@ import neuralgraph
 from benchmarks.options import OptionError, check_config
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
 from neuralgraph.tasks import create_task, list_tasks, task_config_class, task_config_fields
-from neuralgraph.io import atomic_write, atomic_write_text
+from neuralgraph.data.formats import UnsafeFileError
+from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
 from neuralgraph.training import TrainConfig, fit
 
 # the default configurations ship inside the package (package data), so installed copies find them
@@ -225,7 +226,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
     cfg = resolve_config(args.task, args.model, args.config, args.quick, args.overrides)
-    run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress)
+    try:
+        run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress)
+    except (DataFileError, UnsafeFileError) as e:  # a bad input file: its name, the problem and the fix
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 file) and content fingerprints of source files (caches keyed on what the files hold)."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
+
+
+class DataFileError(ValueError):
+    """A data, cache or results file that cannot be used (damaged, or not what it should be); the message
+    names the file, what is wrong and the fix."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -29,6 +36,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     data = text.encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block, waiting for other holders.
+
+    The lock (``flock``) belongs to this open file: other processes, and other ``file_lock`` calls of
+    this process, wait; the kernel releases it when the block ends or the holder dies, even by SIGKILL,
+    so a crashed writer never blocks the next one.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_temps(directory: str | os.PathLike, prefix: str = "") -> None:
+    """Delete :func:`atomic_write`'s temporary files (``.<prefix>*.tmp``) in ``directory``.
+
+    Call it only while holding the lock every writer of that directory holds while it has a temporary
+    file open (:func:`file_lock`): then every temporary file found belongs to a writer that is gone.
+    """
+    for p in Path(directory).glob(f".{prefix}*.tmp"):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
 
 
 #: files up to this size are fingerprinted by a hash of their whole content

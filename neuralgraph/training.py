@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from neuralgraph.io import atomic_write, atomic_write_text
+from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
 from neuralgraph.tasks.base import Task
 
 
@@ -85,7 +85,11 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     train_opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "max_steps")}
     fingerprint = json.loads(json.dumps({"train": train_opts, **(run_config or {})}))
     if ckpt and os.path.exists(ckpt):
-        saved = torch.load(ckpt, map_location=device, weights_only=True)
+        try:
+            saved = torch.load(ckpt, map_location=device, weights_only=True)
+        except (RuntimeError, OSError, EOFError) as e:  # truncated or damaged (a kill cannot do this: atomic)
+            raise DataFileError(f"{ckpt}, a results checkpoint, is damaged ({(str(e).splitlines() or [''])[0]}); "
+                                "delete it to train this seed from scratch") from None
         changed = _diff(saved.get("config"), fingerprint)
         if changed:
             raise ValueError(f"{ckpt} was written by another configuration ({'; '.join(changed)}); resume with "

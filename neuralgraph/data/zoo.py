@@ -26,11 +26,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import InMemoryDataset
@@ -40,7 +43,7 @@ from neuralgraph.data.arch import arch_key, build_model, example_input
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, member_splits
 from neuralgraph.data.graph import FORMAT_VERSION, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.io import atomic_write
+from neuralgraph.io import atomic_write, file_lock, remove_temps
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -67,8 +70,24 @@ class ToNeuralGraph:
                 self._plans[key] = get_plan(build_model(arch), example_input(arch), _config=self.config)
         return self._plans[key]
 
+    def params(self, member: ZooMember) -> dict[str, Tensor]:
+        """The member's parameters, checked against its architecture (names and shapes)."""
+        plan, sd = self.plan(member), member.state_dict()
+        for name, shape in plan.param_shapes.items():
+            if name not in sd:
+                raise ZooFormatError(f"{member._zoo.member_source(member)} (run {member.run_id}): parameter "
+                                     f"{name!r} of its architecture is missing (it has {sorted(sd)}); the file "
+                                     "does not match the member's architecture: restore or regenerate it")
+            if tuple(sd[name].shape) != tuple(shape):
+                raise ZooFormatError(f"{member._zoo.member_source(member)} (run {member.run_id}): parameter "
+                                     f"{name!r} has shape {tuple(sd[name].shape)}, but its architecture needs "
+                                     f"{tuple(shape)}; the file does not match the member's architecture: restore "
+                                     "or regenerate it")
+        return sd
+
     def __call__(self, member: ZooMember) -> NeuralGraph:
-        return self.plan(member).graph(member.state_dict())
+        # non-finite parameters are kept here; ZooDataset refuses (or drops) such members per split
+        return self.plan(member).graph(self.params(member), allow_nonfinite=True)
 
     def __repr__(self) -> str:
         return f"ToNeuralGraph({self.config!r})"
@@ -113,6 +132,9 @@ class ZooDataset(InMemoryDataset):
         converter (dict, optional): converter options for the default pre-transform.
         transform (callable, optional): PyG transform applied on access.
         force_reload (bool, optional): process again even if processed files exist.
+        drop_nonfinite (bool, optional): drop members of the split whose target or parameters are NaN / Inf
+            (a warning says how many); otherwise such a member is an error naming the zoo, run and field.
+            (default: ``False``)
 
     Each graph carries ``y`` ``[1]``, ``epoch`` ``[1]`` and ``zoo_member`` ``[1]`` (the member's
     position in ``zoo.members``).
@@ -123,7 +145,7 @@ class ZooDataset(InMemoryDataset):
                  split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), split_seed: int = 0,
                  pre_transform: Callable[[ZooMember], NeuralGraph] | None = None,
                  converter: dict[str, Any] | None = None, transform: Callable | None = None,
-                 force_reload: bool = False, log: bool = False) -> None:
+                 force_reload: bool = False, log: bool = False, drop_nonfinite: bool = False) -> None:
         self.zoo = _as_zoo(zoo)
         self.target = target
         pre_transform = pre_transform or ToNeuralGraph(**(converter or {}))
@@ -139,8 +161,8 @@ class ZooDataset(InMemoryDataset):
         root = Path(root) if root is not None else self.zoo.roots[0] / "pyg"
         super().__init__(str(root), transform, pre_transform, None, log=log, force_reload=force_reload)
         self._load_processed()
-        self._indices = _split_indices(self.zoo, split, split_fractions, split_seed)
         self.split = split
+        self._indices = self._finite(_split_indices(self.zoo, split, split_fractions, split_seed), drop_nonfinite)
 
     # --- PyG plumbing -------------------------------------------------------------------------
     @property
@@ -163,12 +185,23 @@ class ZooDataset(InMemoryDataset):
         if not self.force_reload and all(os.path.exists(p) for p in self.processed_paths):
             return
         os.makedirs(self.processed_dir, exist_ok=True)
-        self.process()
+        # one writer per cache directory: a concurrent run waits, then finds the files; temporary files
+        # found under the lock are those of a killed writer
+        with file_lock(os.path.join(self.processed_dir, ".lock")):
+            remove_temps(self.processed_dir)
+            if self.force_reload or not all(os.path.exists(p) for p in self.processed_paths):
+                self.process()
 
     def process(self) -> None:
         graphs = []
         for i, m in enumerate(self.zoo.members):
-            g = self.pre_transform(m)
+            try:
+                g = self.pre_transform(m)
+            except ZooFormatError:
+                raise
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ZooFormatError(f"{self.zoo.member_source(m)} (run {m.run_id}, checkpoint {m.checkpoint}) "
+                                     f"cannot be converted: {e}") from e
             g.y = torch.tensor([_target(m, self.target)], dtype=torch.float)
             g.epoch = torch.tensor([m.epoch], dtype=torch.long)
             g.zoo_member = torch.tensor([i], dtype=torch.long)
@@ -185,8 +218,53 @@ class ZooDataset(InMemoryDataset):
         except pickle.UnpicklingError as e:
             raise ZooFormatError(f"refusing {path!r}: not a plain-tensor file ({str(e).splitlines()[0]}); "
                                  "delete it to process again") from e
+        except (RuntimeError, OSError, EOFError) as e:  # truncated or damaged
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ZooFormatError(f"{path!r}, a processed-graph cache, is damaged ({why}); delete "
+                                 f"{self.processed_dir!r} and it is processed again from the zoo") from None
+        if not (isinstance(payload, dict) and isinstance(payload.get("data"), dict) and "slices" in payload):
+            raise ZooFormatError(f"{path!r} is not a processed-graph cache (expected {{'data', 'slices'}}); delete "
+                                 f"{self.processed_dir!r} and it is processed again from the zoo")
         self._data = NeuralGraph.from_dict(payload["data"])
         self.slices = payload["slices"]
+
+    def _finite(self, indices: list[int], drop: bool) -> list[int]:
+        """``indices`` without members whose target or parameters (graph values) are not finite; without
+        ``drop`` the first such member is an error naming the zoo, run and field."""
+        data = self._data
+        bad_graphs = set()
+        for key in ("x", "edge_attr"):  # every parameter value lives in one of them
+            rows = (~torch.isfinite(data[key])).flatten(1).any(1).nonzero().view(-1)
+            if rows.numel():
+                bounds = self.slices[key] if self.slices is not None else torch.tensor([0, data[key].size(0)])
+                bad_graphs.update(torch.searchsorted(bounds, rows, right=True).sub(1).tolist())
+        keep, dropped = [], []
+        for i in indices:
+            m = self.zoo.members[i]
+            y = _target(m, self.target)
+            field = (f"target {self.target!r} = {y}" if not math.isfinite(y) else
+                     f"parameter {self._nonfinite_param(m)!r} has NaN / Inf values" if i in bad_graphs else None)
+            if field is None:
+                keep.append(i)
+            elif drop:
+                dropped.append((m, field))
+            else:
+                raise ZooFormatError(
+                    f"{self.zoo!r} ({', '.join(str(r) for r in self.zoo.roots)}): run {m.run_id} (checkpoint "
+                    f"{m.checkpoint}, {self.zoo.member_source(m)}): {field}. Training on it would make every loss "
+                    "and metric NaN; repair or remove the run, or drop such members (task.drop_nonfinite=true, "
+                    "ZooDataset(..., drop_nonfinite=True))")
+        if dropped:
+            m, field = dropped[0]
+            warnings.warn(f"{self.zoo!r}: dropped {len(dropped)} of {len(indices)} members of the {self.split!r} "
+                          f"split with non-finite targets or parameters (first: run {m.run_id} checkpoint "
+                          f"{m.checkpoint}, {field})", stacklevel=3)
+        self.dropped = [m for m, _ in dropped]
+        return keep
+
+    @staticmethod
+    def _nonfinite_param(m: ZooMember) -> str:
+        return next(k for k, v in m.params().items() if not np.isfinite(v).all())
 
     # --- convenience --------------------------------------------------------------------------
     def member(self, idx: int) -> ZooMember:
@@ -231,7 +309,7 @@ class ZooWeightDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, idx: int) -> tuple[WeightSpace, Tensor]:
         m = self.member(idx)
-        ws = self.to_graph.plan(m).weight_space(m.state_dict())
+        ws = self.to_graph.plan(m).weight_space(self.to_graph.params(m))
         return ws, torch.tensor(_target(m, self.target), dtype=torch.float)
 
     collate = staticmethod(WeightSpaceBatch.from_items)

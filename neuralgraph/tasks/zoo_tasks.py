@@ -52,12 +52,12 @@ def processed_root(zoo: BaseZoo) -> Path:
 
 
 def zoo_splits(zoo: BaseZoo, fractions: Sequence[float], seed: int, target: str, converter: dict[str, Any],
-               splits: Sequence[str] = ("train", "val", "test")) -> dict[str, Split]:
+               splits: Sequence[str] = ("train", "val", "test"), drop_nonfinite: bool = False) -> dict[str, Split]:
     """Splits of one zoo by run (every checkpoint of a run in one split)."""
     out = {}
     for name in splits:
         ds = ZooDataset(zoo, name, root=processed_root(zoo), target=target, split_fractions=tuple(fractions),
-                        split_seed=seed, converter=converter)
+                        split_seed=seed, converter=converter, drop_nonfinite=drop_nonfinite)
         if len(ds) == 0:
             raise ValueError(f"{zoo!r}: the {name!r} split is empty with split={tuple(fractions)}; use a zoo with "
                              "more runs (task.runs=...) or other fractions (task.split=[...])")
@@ -90,6 +90,7 @@ class AccuracyZooConfig:
     target: str = "test_accuracy"  # member metric to predict
     max_kernel: tuple[int, ...] = (7, 7)  # converter option: kernels are padded to this size
     normalize_layers: bool = False  # graph models: per-layer weight / bias normalisation fitted on train
+    drop_nonfinite: bool = False  # drop members with a NaN / Inf target or parameter (else: an error naming them)
 
 
 @register_task("wildpark")
@@ -101,7 +102,8 @@ class WildParkTask(Task):
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
         zoo = open_zoo(c.zoo, preset=c.preset, runs=c.runs)
-        splits = zoo_splits(zoo, c.split, c.split_seed, c.target, {"max_kernel": tuple(c.max_kernel)})
+        splits = zoo_splits(zoo, c.split, c.split_seed, c.target, {"max_kernel": tuple(c.max_kernel)},
+                            drop_nonfinite=c.drop_nonfinite)
         return normalize_graphs(splits) if c.normalize_layers else splits
 
 
@@ -130,7 +132,8 @@ class CnnZooTask(WildParkTask):
             zoos = {name: SmallCNNZoo(c.zoo, split=name, permutation_file=c.permutation_file)
                     for name in ("train", "val", "test")}
             return {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
-                                                   converter=conv)) for name, z in zoos.items()}
+                                                   converter=conv, drop_nonfinite=c.drop_nonfinite))
+                    for name, z in zoos.items()}
         return super().build_splits()
 
 
@@ -144,6 +147,7 @@ class CrossDatasetConfig:
     split_seed: int = 0
     target: str = "test_accuracy"
     max_kernel: tuple[int, ...] = (7, 7)
+    drop_nonfinite: bool = False  # drop members with a NaN / Inf target or parameter (else: an error naming them)
 
 
 @register_task("cross-dataset")
@@ -165,7 +169,7 @@ class CrossDatasetTask(Task):
         splits: dict[str, Split] = {}
         for ds in c.datasets:
             zoo = open_zoo(None, preset=f"{c.arch}-{ds}", runs=c.runs)
-            own = zoo_splits(zoo, c.split, c.split_seed, c.target, conv)
+            own = zoo_splits(zoo, c.split, c.split_seed, c.target, conv, drop_nonfinite=c.drop_nonfinite)
             if ds == c.train_on:
                 splits["train"], splits["val"] = own["train"], own["val"]
             splits[f"test/{ds}"] = own["test"]
@@ -182,6 +186,7 @@ class CrossArchConfig:
     split_seed: int = 0
     target: str = "test_accuracy"
     max_kernel: tuple[int, ...] = (7, 7)
+    drop_nonfinite: bool = False  # drop members with a NaN / Inf target or parameter (else: an error naming them)
 
 
 @register_task("cross-arch")
@@ -199,8 +204,8 @@ class CrossArchTask(Task):
         c = self.cfg
         conv = {"max_kernel": tuple(c.max_kernel)}
         src = zoo_splits(open_zoo(None, preset=f"{c.train_arch}-{c.dataset}", runs=c.runs), c.split,
-                         c.split_seed, c.target, conv)
+                         c.split_seed, c.target, conv, drop_nonfinite=c.drop_nonfinite)
         dst = zoo_splits(open_zoo(None, preset=f"{c.test_arch}-{c.dataset}", runs=c.runs), c.split,
-                         c.split_seed, c.target, conv, splits=("all",))
+                         c.split_seed, c.target, conv, splits=("all",), drop_nonfinite=c.drop_nonfinite)
         return {"train": src["train"], "val": src["val"], f"test/{c.train_arch}": src["test"],
                 f"test/{c.test_arch}": dst["all"]}

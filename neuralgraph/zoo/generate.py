@@ -5,9 +5,11 @@
 
 Runs are trained in groups of one architecture (vectorised, see :mod:`neuralgraph.zoo.train`) and
 written as they finish. The command is idempotent and resumable: killing it at any moment (even
-with SIGKILL) and re-running the same command trains exactly the runs that are missing. Shards
-``I/N`` take the groups ``g`` with ``g % N == I``, so shards write disjoint run ids and may share
-one output directory (or be merged later by copying ``members/``).
+with SIGKILL) and re-running the same command trains exactly the runs that are missing; worker
+processes exit with the main process. Writers hold the zoo's lock while writing, so two commands on
+one directory never delete each other's files. Shards ``I/N`` take the groups ``g`` with
+``g % N == I``, so shards write disjoint run ids and may share one output directory (or be merged
+later by copying ``members/``).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import math
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +80,17 @@ def train_and_write_group(preset_name: str, seed: int, runs: int, group: int, ou
         write_member(out, spec.run_id, res.params, record)
         written += 1
     return written
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: exit as soon as the main process is gone (even killed by SIGKILL), so no orphaned
+    worker keeps training and writing into the zoo beside the next run."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def _worker(args) -> tuple[int, int]:
@@ -151,7 +165,7 @@ def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
                 torch.set_num_threads(old)
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(workers) as pool:
+            with ctx.Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
                 for _, w in pool.imap_unordered(_worker, jobs):
                     trained += w
                     bar.update(w)

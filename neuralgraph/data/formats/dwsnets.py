@@ -108,6 +108,9 @@ class DWSNetsINRs(BaseZoo):
     def source_files(self) -> list[Path]:
         return [Path(rec["path"]) for rec in self.records.values()] + self._splits_file
 
+    def member_source(self, member: ZooMember) -> str:
+        return member.record["path"]
+
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         sd, _ = _state_dict(safe_torch_load(member.record["path"]), Path(member.record["path"]))
         return {k: v.detach().cpu().numpy() for k, v in sd.items()}

@@ -10,15 +10,19 @@
 
 Every file is written to a temporary name in the same directory and renamed into place
 (``os.replace`` is atomic), and a member's JSON is written after its arrays: a run is complete
-exactly when its JSON exists. A killed writer leaves at worst a temporary file (ignored and
-later removed) or an array file without JSON (overwritten on the next run). Shards write disjoint
-run ids, so their directories can be merged or shared.
+exactly when its JSON exists. Writers hold the zoo's lock (``<zoo>/.writer.lock``, :func:`zoo_lock`)
+while they have a temporary file, so a cleanup under the lock only removes files of writers that are
+gone. A killed writer leaves at worst a temporary file (ignored, and removed by the next writer) or an
+array file without JSON (overwritten on the next run). Shards write disjoint run ids, so their
+directories can be merged or shared.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -26,15 +30,22 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from neuralgraph.data.arch import build_model
-from neuralgraph.io import atomic_write, file_fingerprint
+from neuralgraph.io import DataFileError, atomic_write, file_fingerprint, file_lock, remove_temps
 
 FORMAT_NAME = "neuralgraph-zoo"
 FORMAT_VERSION = 1
 MEMBER_DIR = "members"
+LOCK_FILE = ".writer.lock"
 
 
-class ZooFormatError(ValueError):
-    """A zoo directory or file that is not in the expected format."""
+class ZooFormatError(DataFileError):
+    """A zoo directory or file that is not in the expected format (the message names the file and the fix)."""
+
+
+#: how to replace a damaged member of one of our zoos
+MEMBER_FIX = ("delete {run}.json and {run}.npz and re-run the command that wrote the zoo (python -m "
+              "neuralgraph.zoo.generate ...; a default zoo is completed on the next run) to write the run again, "
+              "or restore both files")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +66,11 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
+def zoo_lock(root: str | os.PathLike):
+    """The lock every writer of the zoo directory ``root`` holds while writing (see the module docstring)."""
+    return file_lock(Path(root) / LOCK_FILE)
+
+
 def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
     """Create (or check) a zoo directory; ``header`` holds preset, seed, description, config.
 
@@ -71,15 +87,16 @@ def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
         raise PermissionError(f"zoo directory {str(root / MEMBER_DIR)!r} is not writable")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header}
     path = root / "zoo.json"
-    if path.exists():
-        old = read_header(root)
-        for key in ("preset", "seed", "config"):
-            if key in meta and old.get(key) != meta[key]:
-                raise ZooFormatError(
-                    f"{str(root)!r} already holds a zoo with {key}={old.get(key)!r}, not {meta[key]!r}; "
-                    "use another --out directory (members of different recipes must not mix)")
-        return root
-    write_json_atomic(path, meta)
+    with zoo_lock(root):
+        if path.exists():
+            old = read_header(root)
+            for key in ("preset", "seed", "config"):
+                if key in meta and old.get(key) != meta[key]:
+                    raise ZooFormatError(
+                        f"{str(root)!r} already holds a zoo with {key}={old.get(key)!r}, not {meta[key]!r}; "
+                        "use another --out directory (members of different recipes must not mix)")
+            return root
+        write_json_atomic(path, meta)
     return root
 
 
@@ -93,10 +110,11 @@ def write_member(root: str | os.PathLike, run_id: str, params: dict[str, np.ndar
     for k, a in arrays.items():
         if a.shape[0] != n_ck:
             raise ValueError(f"{run_id}: parameter {k!r} has {a.shape[0]} checkpoints, record {n_ck}")
-    write_npz_atomic(mdir / f"{run_id}.npz", arrays)
     rec = {"format_version": FORMAT_VERSION, "run_id": run_id, **record,
            "param_names": list(arrays), "params_file": f"{run_id}.npz"}
-    write_json_atomic(mdir / f"{run_id}.json", rec)
+    with zoo_lock(root):
+        write_npz_atomic(mdir / f"{run_id}.npz", arrays)
+        write_json_atomic(mdir / f"{run_id}.json", rec)
 
 
 def completed_runs(root: str | os.PathLike) -> set[str]:
@@ -108,14 +126,11 @@ def completed_runs(root: str | os.PathLike) -> set[str]:
 
 
 def remove_stale_temps(root: str | os.PathLike, run_ids: Iterable[str]) -> None:
-    """Delete leftover temporary files of the given runs (only their owner calls this)."""
-    mdir = Path(root) / MEMBER_DIR
-    for rid in run_ids:
-        for p in mdir.glob(f".{rid}.*.tmp"):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+    """Delete leftover temporary files of the given runs. Taken under the zoo's lock, so the files of a
+    live writer (which holds the lock while its temporary files exist) are never touched."""
+    with zoo_lock(root):
+        for rid in run_ids:
+            remove_temps(Path(root) / MEMBER_DIR, prefix=f"{rid}.")
 
 
 def _check_run_id(run_id: str) -> None:
@@ -131,8 +146,15 @@ def read_header(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / "zoo.json"
     if not path.exists():
         raise ZooFormatError(f"{str(root)!r} is not a neuralgraph zoo (no zoo.json)")
-    with open(path) as f:
-        meta = json.load(f)
+    fix = "restore it from a copy, or generate the zoo again into a new directory"
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ZooFormatError(f"{str(path)!r} is not valid JSON ({e}); it is the zoo's header; {fix}") from None
+    if not isinstance(meta, dict):
+        raise ZooFormatError(f"{str(path)!r} holds a JSON {type(meta).__name__}, but the zoo header is an object "
+                             f"{{\"format\": {FORMAT_NAME!r}, \"version\", \"preset\", \"seed\", ...}}; {fix}")
     if meta.get("format") != FORMAT_NAME:
         raise ZooFormatError(f"{str(path)!r}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     if int(meta.get("version", 0)) > FORMAT_VERSION:
@@ -148,16 +170,44 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     except ValueError as e:  # numpy raises ValueError for pickled data when allow_pickle=False
         raise ZooFormatError(f"refusing {str(path)!r}: it holds pickled data ({e}); zoo files must be "
                              "plain arrays") from e
-    except (OSError, EOFError) as e:
-        raise ZooFormatError(f"{str(path)!r} is not a readable .npz archive: {e}") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ZooFormatError(f"{str(path)!r} is not a readable .npz archive (truncated or damaged: {e}); "
+                             + MEMBER_FIX.format(run=path.stem)) from None
     if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ZooFormatError(f"{str(path)!r} is not an .npz archive")
+        raise ZooFormatError(f"{str(path)!r} is not an .npz archive; " + MEMBER_FIX.format(run=path.stem))
     with z:
         try:
             return {k: z[k] for k in z.files}
         except ValueError as e:  # an object array inside the archive
             raise ZooFormatError(f"refusing {str(path)!r}: it holds pickled data ({e}); zoo files must be "
                                  "plain arrays") from e
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ZooFormatError(f"{str(path)!r}: an array cannot be read (truncated or damaged: {e}); "
+                                 + MEMBER_FIX.format(run=path.stem)) from None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A member's JSON record, checked for the fields readers rely on."""
+    fix = MEMBER_FIX.format(run=path.stem)
+    try:
+        with open(path, "rb") as f:
+            rec = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ZooFormatError(f"{str(path)!r} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(rec, dict):
+        raise ZooFormatError(f"{str(path)!r} holds a JSON {type(rec).__name__}, not a member record; {fix}")
+    problems = []
+    if not isinstance(rec.get("architecture"), dict):
+        problems.append("'architecture' (an object describing the network)")
+    cks = rec.get("checkpoints")
+    if not (isinstance(cks, list) and cks and all(isinstance(c, dict) for c in cks)):
+        problems.append("'checkpoints' (a non-empty list of objects with epoch, step and metrics)")
+    names = rec.get("param_names")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        problems.append("'param_names' (the list of parameter names in the .npz)")
+    if problems:
+        raise ZooFormatError(f"{str(path)!r}: missing or invalid {', '.join(problems)}; {fix}")
+    return rec
 
 
 @dataclass
@@ -219,13 +269,20 @@ class BaseZoo:
         """Every file the members (parameters, metrics, layout) are read from."""
         raise NotImplementedError
 
+    def member_source(self, member: "ZooMember") -> str:
+        """Where a member's parameters are read from (a file, and a row where several share one)."""
+        raise NotImplementedError
+
     def fingerprint(self) -> str:
         """A hash of the content of :meth:`source_files` (see :func:`neuralgraph.io.file_fingerprint`):
         caches of converted members are keyed on it, so a file replaced in place is never served stale."""
         if getattr(self, "_fingerprint", None) is None:
             h = hashlib.sha256()
             for path in sorted(set(map(str, self.source_files()))):
-                h.update(f"{path}\0{file_fingerprint(path)}\0".encode())
+                try:
+                    h.update(f"{path}\0{file_fingerprint(path)}\0".encode())
+                except OSError as e:
+                    raise ZooFormatError(f"cannot read {path!r}, a file of {self!r}: {e.strerror or e}") from None
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -285,14 +342,18 @@ class Zoo(BaseZoo):
         self._where: dict[str, Path] = {}
         for root in self.roots:
             for rid in sorted(completed_runs(root)):
-                with open(root / MEMBER_DIR / f"{rid}.json") as f:
-                    rec = json.load(f)
+                rec = read_record(root / MEMBER_DIR / f"{rid}.json")
                 if rid in self.records:
                     if rec != self.records[rid]:
                         raise ZooFormatError(f"run {rid!r} appears in two shards with different content")
                     continue
                 self.records[rid] = rec
                 self._where[rid] = root
+        if not self.records:
+            raise ZooFormatError(
+                f"no complete members in {', '.join(repr(str(r / MEMBER_DIR)) for r in self.roots)} (a run is "
+                "complete when members/<run>.json exists); generate them with python -m neuralgraph.zoo.generate "
+                "--preset ... --runs N --out <this directory>, or give a directory that holds a zoo")
         self.members: list[ZooMember] = []
         for rid, rec in self.records.items():
             for c, ck in enumerate(rec["checkpoints"]):
@@ -307,11 +368,26 @@ class Zoo(BaseZoo):
         if run_id not in self._cache:
             if len(self._cache) >= self._cache_runs:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[run_id] = load_arrays(self._where[run_id] / MEMBER_DIR / f"{run_id}.npz")
+            path = self._where[run_id] / MEMBER_DIR / f"{run_id}.npz"
+            arrays = load_arrays(path)
+            rec = self.records[run_id]
+            n_ck = len(rec["checkpoints"])
+            for k in rec["param_names"]:
+                if k not in arrays:
+                    raise ZooFormatError(f"{str(path)!r} has no array {k!r} (it has {sorted(arrays)}), but "
+                                         f"{run_id}.json lists it; " + MEMBER_FIX.format(run=run_id))
+                if arrays[k].ndim == 0 or arrays[k].shape[0] != n_ck:
+                    raise ZooFormatError(f"{str(path)!r}: array {k!r} has shape {arrays[k].shape}, but "
+                                         f"{run_id}.json has {n_ck} checkpoints (expected [{n_ck}, ...]); "
+                                         + MEMBER_FIX.format(run=run_id))
+            self._cache[run_id] = arrays
         return self._cache[run_id]
 
     def source_files(self) -> list[Path]:
         return [self._where[rid] / MEMBER_DIR / f"{rid}.{ext}" for rid in self.records for ext in ("json", "npz")]
+
+    def member_source(self, member: ZooMember) -> str:
+        return str(self._where[member.run_id] / MEMBER_DIR / f"{member.run_id}.npz")
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         arrays = self._arrays(member.run_id)

@@ -53,16 +53,58 @@ def standard_split(n: int, split: str) -> list[int]:
     raise ValueError(f"split must be train, val, test or all, got {split!r}")
 
 
-def _read_layout(path: Path) -> list[dict[str, Any]]:
+LAYOUT_FIX = "use the layout.csv published with this weights.npy"
+
+
+def _read_layout(path: Path, row_size: int) -> list[dict[str, Any]]:
+    """``layout.csv``, checked against the length ``row_size`` of a ``weights.npy`` row."""
     rows = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            shape = ast.literal_eval(r["shape"])
-            if not (isinstance(shape, tuple) and all(isinstance(s, int) for s in shape)):
-                raise ZooFormatError(f"{path}: bad shape {r['shape']!r} for {r['varname']!r}")
-            rows.append({"varname": r["varname"], "start": int(r["start_idx"]), "end": int(r["end_idx"]),
-                         "shape": shape})
+        reader = csv.DictReader(f)
+        missing = {"varname", "start_idx", "end_idx", "shape"} - set(reader.fieldnames or ())
+        if missing:
+            raise ZooFormatError(f"{str(path)!r}: columns {sorted(missing)} are missing (it has "
+                                 f"{reader.fieldnames}); {LAYOUT_FIX}")
+        for line, r in enumerate(reader, start=2):
+            where = f"{str(path)!r} line {line} ({r['varname']!r})"
+            try:
+                shape = ast.literal_eval(r["shape"])
+                start, end = int(r["start_idx"]), int(r["end_idx"])
+            except (ValueError, SyntaxError, TypeError):
+                raise ZooFormatError(f"{where}: start_idx / end_idx must be integers and shape a tuple like "
+                                     f"\"(3, 3, 1, 16)\", got {r['start_idx']!r}, {r['end_idx']!r}, {r['shape']!r}; "
+                                     + LAYOUT_FIX) from None
+            if not (isinstance(shape, tuple) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
+                raise ZooFormatError(f"{where}: bad shape {r['shape']!r} (a tuple of positive integers); {LAYOUT_FIX}")
+            if not (0 <= start <= end <= row_size):
+                raise ZooFormatError(f"{where}: values {start}..{end} lie outside a weights.npy row "
+                                     f"(0..{row_size}); {LAYOUT_FIX}")
+            if end - start != int(np.prod(shape)):
+                raise ZooFormatError(f"{where}: shape {shape} needs {int(np.prod(shape))} values but "
+                                     f"start_idx..end_idx holds {end - start}; {LAYOUT_FIX}")
+            if not r["varname"].endswith(("kernel:0", "bias:0")):
+                raise ZooFormatError(f"{where}: unrecognised variable (expected .../kernel:0 or .../bias:0); "
+                                     + LAYOUT_FIX)
+            if len(shape) not in (1, 2, 4):
+                raise ZooFormatError(f"{where}: shape {shape} is neither a conv kernel (h, w, in, out), a dense "
+                                     f"kernel (in, out) nor a bias; {LAYOUT_FIX}")
+            rows.append({"varname": r["varname"], "start": start, "end": end, "shape": shape})
     return rows
+
+
+def _read_permutation(path: str | os.PathLike, rows: int) -> np.ndarray:
+    """The row permutation file (one row index per line), checked against the number of rows."""
+    try:
+        order = np.loadtxt(path, dtype=np.int64, delimiter=",", ndmin=1).reshape(-1)
+    except (ValueError, OSError) as e:
+        raise ZooFormatError(f"{str(path)!r} is not a row permutation file (one integer row index per line): "
+                             f"{e}") from None
+    bad = order[(order < 0) | (order >= rows)]
+    if bad.size:
+        raise ZooFormatError(f"{str(path)!r}: row index {int(bad[0])} is out of range (weights.npy has {rows} rows, "
+                             f"indices 0..{rows - 1}; {bad.size} such indices); use the permutation file of this "
+                             "zoo")
+    return order
 
 
 def _read_metrics(path: Path) -> list[dict[str, str]]:
@@ -114,15 +156,21 @@ class SmallCNNZoo(BaseZoo):
             raise ZooFormatError(f"refusing {str(root / 'weights.npy')!r}: expected a 2-D .npy array")
         self._sources = [root / "weights.npy", root / "layout.csv", metrics_path] + (
             [Path(permutation_file)] if permutation_file is not None else [])
-        self.layout = _read_layout(root / "layout.csv")
+        self.layout = _read_layout(root / "layout.csv", self.weights.shape[1])
         metrics = _read_metrics(metrics_path)
         if len(metrics) != self.weights.shape[0]:
             raise ZooFormatError(f"{root}: {len(metrics)} metrics rows but {self.weights.shape[0]} weight rows")
         order = np.arange(len(metrics))
         if permutation_file is not None:
-            order = np.loadtxt(permutation_file, dtype=np.int64, delimiter=",", ndmin=1).reshape(-1)
+            order = _read_permutation(permutation_file, len(metrics))
         if step is not None:
-            order = np.array([i for i in order if int(float(metrics[i]["step"])) == step], dtype=np.int64)
+            if metrics and "step" not in metrics[0]:
+                raise ZooFormatError(f"{str(metrics_path)!r} has no 'step' column (columns: {sorted(metrics[0])}); "
+                                     "pass step=None to keep every row")
+            try:
+                order = np.array([i for i in order if int(float(metrics[i]["step"])) == step], dtype=np.int64)
+            except ValueError as e:
+                raise ZooFormatError(f"{str(metrics_path)!r}: a 'step' value is not a number ({e})") from None
         rows = order[standard_split(len(order), split)]
         self.header = {"format": "small-cnn-zoo", "preset": f"small-cnn-zoo:{root.name}", "split": split}
         self._geometry = (tuple(input_size), conv_stride, conv_padding)
@@ -168,14 +216,15 @@ class SmallCNNZoo(BaseZoo):
                 i += 1
                 a = a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.T     # (h,w,in,out)->(out,in,h,w); (in,out)->(out,in)
                 out[f"layers.{i}.weight"] = np.ascontiguousarray(a)
-            elif r["varname"].endswith("bias:0"):
+            else:  # bias:0 (checked when the layout was read)
                 out[f"layers.{i}.bias"] = a.copy()
-            else:
-                raise ZooFormatError(f"unrecognised variable {r['varname']!r} in layout.csv")
         return out
 
     def source_files(self) -> list[Path]:
         return list(self._sources)
+
+    def member_source(self, member: ZooMember) -> str:
+        return f"{self._sources[0]} row {member.record['row']}"
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         return self.row_params(member.record["row"])

@@ -130,6 +130,9 @@ class WildParkZoo(BaseZoo):
     def source_files(self) -> list[Path]:
         return [Path(ck["path"]) for rec in self.records.values() for ck in rec["checkpoints"]]
 
+    def member_source(self, member: ZooMember) -> str:
+        return member.record["checkpoints"][member.checkpoint]["path"]
+
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         path = member.record["checkpoints"][member.checkpoint]["path"]
         sd = safe_torch_load(path, hint=CONVERT_HINT)["model"]

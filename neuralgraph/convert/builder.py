@@ -100,6 +100,8 @@ class GraphBuilder:
         self.outputs: list[int] = []
         self.edges: list[EdgeBlock] = []
         self.node_params: list[NodeParam] = []
+        # neurons of one softmax / log_softmax (normalised together), with the operation for error messages
+        self.layer_groups: list[tuple[Tensor, str]] = []
         self.param_shapes: dict[str, tuple[int, ...]] = {}
         self.layers: list[tuple[str, str | None]] = []  # (weight, bias) of linear/conv layers, dataflow order
         # where each neuron's value lives in the traced module (probe features): per node an index into

@@ -84,6 +84,7 @@ class ConversionPlan:
             "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
             "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
         }
+        _check_layer_groups(builder, layer, remap, keep)
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
         x0[:, 0] = torch.tensor(builder.const, dtype=torch.float)[keep]   # constants (x + c); params overwrite
@@ -270,6 +271,22 @@ class ConversionPlan:
     def __repr__(self) -> str:
         return (f"ConversionPlan(nodes={self.num_nodes}, edges={self.num_edges}, "
                 f"params={len(self.param_names)}, config={self.config})")
+
+
+def _check_layer_groups(builder: GraphBuilder, layer: Tensor, remap: Tensor, keep: Tensor) -> None:
+    """Each softmax's neurons must be exactly the neurons of their layer carrying that activation (the executor
+    normalises over those): two softmaxes at the same depth are refused."""
+    act = torch.tensor(builder.act, dtype=torch.long)[keep]
+    seen: dict[tuple[int, int], str] = {}
+    for nodes, where in builder.layer_groups:
+        nodes = remap[nodes]
+        key = (int(layer[nodes[0]]), int(act[nodes[0]]))
+        if key in seen or int(((layer == key[0]) & (act == key[1])).sum()) != nodes.numel():
+            other = seen.get(key, "another operation at the same depth")
+            raise UnsupportedModuleError(f"{where} lies at the same graph depth as {other}; the graph would "
+                                         "normalise their neurons together. Not supported: give them different "
+                                         "depths (e.g. one softmax over their concatenation)")
+        seen[key] = where
 
 
 def _detached_copy(graph: fx.Graph | None) -> fx.Graph | None:

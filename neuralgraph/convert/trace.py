@@ -112,6 +112,7 @@ class TraceContext:
         self.root = root
         self.builder = builder
         self.config = builder.config
+        self.tokens = False  # values are token sequences [B, T, C] (set by the attention pass)
 
     # ---------------------------------------------------------------------------------- naming
     def module(self, node: fx.Node) -> nn.Module:
@@ -204,6 +205,11 @@ class TraceContext:
         return v
 
 
+def _dim_arg(args: tuple, kwargs: dict) -> Any:
+    """The ``dim`` of an activation call ``fn(x, dim, ...)`` (softmax); ``None`` if not given."""
+    return kwargs.get("dim", args[1] if len(args) > 1 else None)
+
+
 def _flatten_args(args: Any) -> list[Any]:
     out: list[Any] = []
     fx.node.map_aggregate(args, out.append)
@@ -291,7 +297,8 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         mod = ctx.module(node)
         rule = find_module_rule(mod)
         if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
-            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod))
+            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod),
+                              getattr(mod, "dim", None))
         if rule is None:
             raise UnsupportedModuleError(
                 f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
@@ -302,12 +309,12 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         rule = FUNCTION_RULES.get(node.target)
         if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
             name = A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     else:  # call_method
         rule = METHOD_RULES.get(node.target)
         if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
             name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     if rule is not None and has_val:
         return rule(ctx, node, *args, **kwargs)
     if not has_val:

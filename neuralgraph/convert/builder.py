@@ -32,6 +32,20 @@ SYM = Sym()
 
 
 @dataclass
+class Param:
+    """A parameter or buffer read directly in forward (``self.weight``): usable as the weight / bias of a
+    functional layer (``F.linear``, ``F.conv2d``), not as a neuron value.
+
+    Args:
+        name: its qualified name in the model.
+        shape: its shape.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
 class Val:
     """What the tracer knows about one tensor of the module's dataflow.
 

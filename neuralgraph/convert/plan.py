@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -425,8 +426,34 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
         UnsupportedModuleError: a module or operation that cannot be represented, named by path and type;
             also a module without parameters (nothing to convert).
         ValueError: NaN / Inf parameters (unless ``allow_nonfinite``).
+
+    Warns:
+        UserWarning: the model is in training mode and has modules whose function depends on it (BatchNorm,
+            dropout): the graph is the eval-mode function.
     """
-    return get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    graph = get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    _warn_training(model)
+    return graph
+
+
+def _warn_training(model: nn.Module) -> None:
+    """Warn when modules whose function depends on the mode are in training mode: the graph is the eval-mode
+    function (BatchNorm with running statistics, dropout as identity)."""
+    culprits = [f"{name or '<root>'} ({type(m).__name__})" for name, m in model.named_modules()
+                if m.training and _mode_dependent(m)]
+    if culprits:
+        more = f" and {len(culprits) - 3} more" if len(culprits) > 3 else ""
+        warnings.warn(f"the model is in training mode, where {', '.join(culprits[:3])}{more} compute a different "
+                      "function than in eval mode; the neural graph describes the eval-mode function (running "
+                      "statistics, no dropout). Call model.eval() before converting.", UserWarning, stacklevel=3)
+
+
+def _mode_dependent(m: nn.Module) -> bool:
+    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return m.track_running_stats
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    return isinstance(m, nn.MultiheadAttention) and m.dropout > 0
 
 
 def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:

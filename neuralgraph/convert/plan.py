@@ -40,6 +40,8 @@ class ConversionPlan:
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
             ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
+        edge_copies, node_copies (tuple[Tensor, Tensor, Tensor]): parameter elements stored more than once
+            (tied weights): ``(element, position of the first copy, position of this copy)``.
         fx_graph (torch.fx.Graph): the traced dataflow (run it on any member with
             ``torch.func.functional_call``, see :mod:`neuralgraph.transforms.probe_features`).
         values (list[tuple[str, str, int]]): traced tensors holding neuron values: (fx node name, kind,
@@ -167,18 +169,25 @@ class ConversionPlan:
         self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
         # -- read-back maps: one graph position per parameter element
-        self.edge_param = self._read_map(self.edge_src, self.edge_dst)
-        self.node_param = self._read_map(self.node_src, self.node_dst)
+        self.edge_param, self.edge_copies = self._read_map(self.edge_src, self.edge_dst)
+        self.node_param, self.node_copies = self._read_map(self.node_src, self.node_dst)
         self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
         kinds = {EDGE_KINDS[k] for k in self.categories["edge_kind"].unique().tolist()}
         #: a plain feed-forward chain of linear / conv layers (what NFN-style weight-space models assume)
         self.feedforward = kinds <= {"linear", "conv", "flatten"}
 
-    def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
-        """For each parameter gathered by ``(src, dst)``, one graph position per element."""
+    def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+        """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
+        the further copies of elements stored more than once (a module used twice: tied weights) as
+        ``(element, first position, copy position)``."""
         total = sum(_numel(s) for s in self.param_shapes.values())
+        order = torch.argsort(src, stable=True)
+        s, d = src[order], dst[order]
+        first = torch.ones_like(s, dtype=torch.bool)
+        first[1:] = s[1:] != s[:-1]
         pos = torch.full((total,), -1, dtype=torch.long)
-        pos[src] = dst
+        pos[s[first]] = d[first]
+        copies = (s[~first], pos[s[~first]], d[~first])
         out: dict[str, Tensor] = {}
         for name in self.param_names:
             start = self.offsets[name]
@@ -188,7 +197,7 @@ class ConversionPlan:
                 out[name] = sl
             elif hit.any():
                 raise AssertionError(f"conversion plan does not represent every element of {name}")
-        return out
+        return out, copies
 
     # ------------------------------------------------------------------------------------------ use
     @torch.no_grad()
@@ -239,7 +248,8 @@ class ConversionPlan:
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
         """Parameter-shaped tensors read from per-edge ``[E, F_edge, ...]`` and per-node ``[N, F_node, ...]``
         values laid out like ``edge_attr`` / ``x`` (e.g. the graph itself, or an equivariant head's
-        output). Differentiable."""
+        output). Differentiable. A parameter stored more than once (tied weights) is read from its first copy
+        (in edge / node order); :meth:`state_dict` checks that the copies agree."""
         out: dict[str, Tensor] = {}
         for maps, values in ((self.edge_param, edge_values), (self.node_param, node_values)):
             flat = values.reshape(values.size(0) * values.size(1), *values.shape[2:])
@@ -248,8 +258,23 @@ class ConversionPlan:
         return {name: out[name] for name in self.param_names}
 
     def state_dict(self, graph: NeuralGraph) -> dict[str, Tensor]:
-        """The parameters stored in ``graph`` (exact copies of the converted values)."""
+        """The parameters stored in ``graph`` (exact copies of the converted values).
+
+        A parameter used more than once in the module (tied weights: a module called twice) is stored on every
+        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter."""
         self.check(graph)
+        for (elem, first, copy_), values in ((self.edge_copies, graph.edge_attr), (self.node_copies, graph.x)):
+            flat = values.reshape(-1)
+            bad = (flat[first.to(flat.device)] != flat[copy_.to(flat.device)]).nonzero().view(-1)
+            if bad.numel():
+                e = int(elem[int(bad[0])])
+                name = next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(
+                    self.param_shapes[n]))
+                raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
+                                 f"{1 + int((elem == e).sum())} times, and the copies differ (element "
+                                 f"{e - self.offsets[name]}: {float(flat[first[bad[0]]])} vs "
+                                 f"{float(flat[copy_[bad[0]]])}); set every copy to the same value before reading "
+                                 "the graph back")
         return self.read(graph.edge_attr, graph.x)
 
     def weight_space(self, params: nn.Module | Mapping[str, Tensor]) -> WeightSpace:

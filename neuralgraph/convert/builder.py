@@ -32,6 +32,20 @@ SYM = Sym()
 
 
 @dataclass
+class Param:
+    """A parameter or buffer read directly in forward (``self.weight``): usable as the weight / bias of a
+    functional layer (``F.linear``, ``F.conv2d``), not as a neuron value.
+
+    Args:
+        name: its qualified name in the model.
+        shape: its shape.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
 class Val:
     """What the tracer knows about one tensor of the module's dataflow.
 
@@ -100,6 +114,8 @@ class GraphBuilder:
         self.outputs: list[int] = []
         self.edges: list[EdgeBlock] = []
         self.node_params: list[NodeParam] = []
+        # neurons of one softmax / log_softmax (normalised together), with the operation for error messages
+        self.layer_groups: list[tuple[Tensor, str]] = []
         self.param_shapes: dict[str, tuple[int, ...]] = {}
         self.layers: list[tuple[str, str | None]] = []  # (weight, bias) of linear/conv layers, dataflow order
         # where each neuron's value lives in the traced module (probe features): per node an index into

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -39,6 +40,8 @@ class ConversionPlan:
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
             ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
+        edge_copies, node_copies (tuple[Tensor, Tensor, Tensor]): parameter elements stored more than once
+            (tied weights): ``(element, position of the first copy, position of this copy)``.
         fx_graph (torch.fx.Graph): the traced dataflow (run it on any member with
             ``torch.func.functional_call``, see :mod:`neuralgraph.transforms.probe_features`).
         values (list[tuple[str, str, int]]): traced tensors holding neuron values: (fx node name, kind,
@@ -84,6 +87,7 @@ class ConversionPlan:
             "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
             "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
         }
+        _check_layer_groups(builder, layer, remap, keep)
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
         x0[:, 0] = torch.tensor(builder.const, dtype=torch.float)[keep]   # constants (x + c); params overwrite
@@ -165,18 +169,25 @@ class ConversionPlan:
         self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
         # -- read-back maps: one graph position per parameter element
-        self.edge_param = self._read_map(self.edge_src, self.edge_dst)
-        self.node_param = self._read_map(self.node_src, self.node_dst)
+        self.edge_param, self.edge_copies = self._read_map(self.edge_src, self.edge_dst)
+        self.node_param, self.node_copies = self._read_map(self.node_src, self.node_dst)
         self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
         kinds = {EDGE_KINDS[k] for k in self.categories["edge_kind"].unique().tolist()}
         #: a plain feed-forward chain of linear / conv layers (what NFN-style weight-space models assume)
         self.feedforward = kinds <= {"linear", "conv", "flatten"}
 
-    def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
-        """For each parameter gathered by ``(src, dst)``, one graph position per element."""
+    def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+        """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
+        the further copies of elements stored more than once (a module used twice: tied weights) as
+        ``(element, first position, copy position)``."""
         total = sum(_numel(s) for s in self.param_shapes.values())
+        order = torch.argsort(src, stable=True)
+        s, d = src[order], dst[order]
+        first = torch.ones_like(s, dtype=torch.bool)
+        first[1:] = s[1:] != s[:-1]
         pos = torch.full((total,), -1, dtype=torch.long)
-        pos[src] = dst
+        pos[s[first]] = d[first]
+        copies = (s[~first], pos[s[~first]], d[~first])
         out: dict[str, Tensor] = {}
         for name in self.param_names:
             start = self.offsets[name]
@@ -186,7 +197,7 @@ class ConversionPlan:
                 out[name] = sl
             elif hit.any():
                 raise AssertionError(f"conversion plan does not represent every element of {name}")
-        return out
+        return out, copies
 
     # ------------------------------------------------------------------------------------------ use
     @torch.no_grad()
@@ -237,7 +248,8 @@ class ConversionPlan:
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
         """Parameter-shaped tensors read from per-edge ``[E, F_edge, ...]`` and per-node ``[N, F_node, ...]``
         values laid out like ``edge_attr`` / ``x`` (e.g. the graph itself, or an equivariant head's
-        output). Differentiable."""
+        output). Differentiable. A parameter stored more than once (tied weights) is read from its first copy
+        (in edge / node order); :meth:`state_dict` checks that the copies agree."""
         out: dict[str, Tensor] = {}
         for maps, values in ((self.edge_param, edge_values), (self.node_param, node_values)):
             flat = values.reshape(values.size(0) * values.size(1), *values.shape[2:])
@@ -246,8 +258,23 @@ class ConversionPlan:
         return {name: out[name] for name in self.param_names}
 
     def state_dict(self, graph: NeuralGraph) -> dict[str, Tensor]:
-        """The parameters stored in ``graph`` (exact copies of the converted values)."""
+        """The parameters stored in ``graph`` (exact copies of the converted values).
+
+        A parameter used more than once in the module (tied weights: a module called twice) is stored on every
+        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter."""
         self.check(graph)
+        for (elem, first, copy_), values in ((self.edge_copies, graph.edge_attr), (self.node_copies, graph.x)):
+            flat = values.reshape(-1)
+            bad = (flat[first.to(flat.device)] != flat[copy_.to(flat.device)]).nonzero().view(-1)
+            if bad.numel():
+                e = int(elem[int(bad[0])])
+                name = next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(
+                    self.param_shapes[n]))
+                raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
+                                 f"{1 + int((elem == e).sum())} times, and the copies differ (element "
+                                 f"{e - self.offsets[name]}: {float(flat[first[bad[0]]])} vs "
+                                 f"{float(flat[copy_[bad[0]]])}); set every copy to the same value before reading "
+                                 "the graph back")
         return self.read(graph.edge_attr, graph.x)
 
     def weight_space(self, params: nn.Module | Mapping[str, Tensor]) -> WeightSpace:
@@ -270,6 +297,22 @@ class ConversionPlan:
     def __repr__(self) -> str:
         return (f"ConversionPlan(nodes={self.num_nodes}, edges={self.num_edges}, "
                 f"params={len(self.param_names)}, config={self.config})")
+
+
+def _check_layer_groups(builder: GraphBuilder, layer: Tensor, remap: Tensor, keep: Tensor) -> None:
+    """Each softmax's neurons must be exactly the neurons of their layer carrying that activation (the executor
+    normalises over those): two softmaxes at the same depth are refused."""
+    act = torch.tensor(builder.act, dtype=torch.long)[keep]
+    seen: dict[tuple[int, int], str] = {}
+    for nodes, where in builder.layer_groups:
+        nodes = remap[nodes]
+        key = (int(layer[nodes[0]]), int(act[nodes[0]]))
+        if key in seen or int(((layer == key[0]) & (act == key[1])).sum()) != nodes.numel():
+            other = seen.get(key, "another operation at the same depth")
+            raise UnsupportedModuleError(f"{where} lies at the same graph depth as {other}; the graph would "
+                                         "normalise their neurons together. Not supported: give them different "
+                                         "depths (e.g. one softmax over their concatenation)")
+        seen[key] = where
 
 
 def _detached_copy(graph: fx.Graph | None) -> fx.Graph | None:
@@ -408,8 +451,34 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
         UnsupportedModuleError: a module or operation that cannot be represented, named by path and type;
             also a module without parameters (nothing to convert).
         ValueError: NaN / Inf parameters (unless ``allow_nonfinite``).
+
+    Warns:
+        UserWarning: the model is in training mode and has modules whose function depends on it (BatchNorm,
+            dropout): the graph is the eval-mode function.
     """
-    return get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    graph = get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    _warn_training(model)
+    return graph
+
+
+def _warn_training(model: nn.Module) -> None:
+    """Warn when modules whose function depends on the mode are in training mode: the graph is the eval-mode
+    function (BatchNorm with running statistics, dropout as identity)."""
+    culprits = [f"{name or '<root>'} ({type(m).__name__})" for name, m in model.named_modules()
+                if m.training and _mode_dependent(m)]
+    if culprits:
+        more = f" and {len(culprits) - 3} more" if len(culprits) > 3 else ""
+        warnings.warn(f"the model is in training mode, where {', '.join(culprits[:3])}{more} compute a different "
+                      "function than in eval mode; the neural graph describes the eval-mode function (running "
+                      "statistics, no dropout). Call model.eval() before converting.", UserWarning, stacklevel=3)
+
+
+def _mode_dependent(m: nn.Module) -> bool:
+    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return m.track_running_stats
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    return isinstance(m, nn.MultiheadAttention) and m.dropout > 0
 
 
 def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:

@@ -66,8 +66,32 @@ def graph_pass(fn: Callable) -> Callable:
     return fn
 
 
-def find_module_rule(module: nn.Module) -> Callable | None:
-    for cls in type(module).__mro__:
-        if cls in MODULE_RULES:
-            return MODULE_RULES[cls]
+#: methods a subclass may redefine and still use its parent's rule (they do not change what forward computes)
+_SAFE_OVERRIDES = {"__init__", "reset_parameters", "extra_repr", "__repr__", "__setstate__", "_load_from_state_dict",
+                   "_save_to_state_dict"}
+
+
+def _ruled_class(module: nn.Module) -> type | None:
+    return next((cls for cls in type(module).__mro__ if cls in MODULE_RULES), None)
+
+
+def overridden_rule(module: nn.Module) -> type | None:
+    """The registered class whose rule ``module`` would use, if ``module``'s class redefines one of its methods
+    (``forward``, ``_conv_forward``, ...): then the rule does not apply and the module is traced into."""
+    ruled = _ruled_class(module)
+    if ruled is None:
+        return None
+    for cls in type(module).__mro__[:type(module).__mro__.index(ruled)]:
+        for name, value in vars(cls).items():
+            if callable(value) and name not in _SAFE_OVERRIDES and hasattr(ruled, name):
+                return ruled
     return None
+
+
+def find_module_rule(module: nn.Module) -> Callable | None:
+    """The rule of ``module``'s class or its nearest registered base class; a subclass that redefines a method
+    of that base (e.g. ``forward``: timm's weight-standardised ``StdConv2d``) gets none, and is traced into."""
+    ruled = _ruled_class(module)
+    if ruled is None or overridden_rule(module) is not None:
+        return None
+    return MODULE_RULES[ruled]

@@ -12,11 +12,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
 from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
-from neuralgraph.convert.builder import SYM, GraphBuilder, Sym, Val
+from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.registry import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
-                                          find_module_rule)
+                                          find_module_rule, overridden_rule)
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice
 
@@ -112,6 +112,7 @@ class TraceContext:
         self.root = root
         self.builder = builder
         self.config = builder.config
+        self.tokens = False  # values are token sequences [B, T, C] (set by the attention pass)
 
     # ---------------------------------------------------------------------------------- naming
     def module(self, node: fx.Node) -> nn.Module:
@@ -146,7 +147,33 @@ class TraceContext:
         return f"<root> ({_type_name(type(self.root))})"
 
     def unsupported(self, node: fx.Node, why: str) -> UnsupportedModuleError:
-        return UnsupportedModuleError(f"{self.where(node)}: {why}")
+        return UnsupportedModuleError(f"{self.where(node)}: {why}{self._traced_subclass(node)}")
+
+    def _traced_subclass(self, node: fx.Node) -> str:
+        """Why an operation inside a subclass of a supported layer was traced at all (its rule does not apply)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        for path in reversed(list(stack)):
+            try:
+                base = overridden_rule(self.root.get_submodule(path))
+            except AttributeError:
+                continue
+            if base is not None:
+                return (f" ({path} is a subclass of {_type_name(base)} that redefines its computation, so the "
+                        f"{base.__name__} rule does not apply and its forward was traced)")
+        return ""
+
+    def attribute(self, node: fx.Node) -> Param:
+        """A parameter / buffer read in forward (``get_attr``)."""
+        try:
+            t = self.root.get_parameter(node.target)
+        except AttributeError:
+            try:
+                t = self.root.get_buffer(node.target)
+            except AttributeError:
+                raise self.unsupported(node, f"reads the tensor constant {node.target!r} in forward; only parameters "
+                                             "and buffers of the model can be represented") from None
+        self.builder.register_param(node.target, tuple(t.shape))
+        return Param(node.target, tuple(t.shape))
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         meta = node.meta.get("tensor_meta")
@@ -204,6 +231,11 @@ class TraceContext:
         return v
 
 
+def _dim_arg(args: tuple, kwargs: dict) -> Any:
+    """The ``dim`` of an activation call ``fn(x, dim, ...)`` (softmax); ``None`` if not given."""
+    return kwargs.get("dim", args[1] if len(args) > 1 else None)
+
+
 def _flatten_args(args: Any) -> list[Any]:
     out: list[Any] = []
     fx.node.map_aggregate(args, out.append)
@@ -211,7 +243,7 @@ def _flatten_args(args: Any) -> list[Any]:
 
 
 def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, (Val, Sym, fx.Node))
+    return not isinstance(x, (Val, Sym, Param, fx.Node))
 
 
 def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) -> GraphBuilder:
@@ -242,8 +274,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
         if node.op == "placeholder":
             result: Any = Val(None, "input", name=node.name)
         elif node.op == "get_attr":
-            raise ctx.unsupported(node, f"reads the tensor {node.target!r} directly in forward; only "
-                                        "parameters used through supported modules can be represented")
+            result = ctx.attribute(node)
         elif node.op == "output":
             for v in _flatten_args(args):
                 if isinstance(v, Val):
@@ -291,7 +322,8 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         mod = ctx.module(node)
         rule = find_module_rule(mod)
         if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
-            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod))
+            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod),
+                              getattr(mod, "dim", None))
         if rule is None:
             raise UnsupportedModuleError(
                 f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
@@ -302,12 +334,12 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         rule = FUNCTION_RULES.get(node.target)
         if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
             name = A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     else:  # call_method
         rule = METHOD_RULES.get(node.target)
         if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
             name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     if rule is not None and has_val:
         return rule(ctx, node, *args, **kwargs)
     if not has_val:
@@ -321,6 +353,12 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                 return SYM
         return SYM
     name = getattr(node.target, "__name__", str(node.target))
+    params = [a.name for a in flat if isinstance(a, Param)]
+    if params:
+        raise ctx.unsupported(node, f"the operation {name!r} combines neuron values with the parameter "
+                                    f"{params[0]!r} read in forward, which a neural graph cannot represent (it stores "
+                                    "parameters of layers: use them through nn.Linear / nn.Conv*d or F.linear / "
+                                    "F.conv*d)")
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
                                 "additions, channel slicing/concatenation, pooling and flattening.")

@@ -72,7 +72,7 @@ class UsesParameterDirectly(nn.Module):
 def test_unsupported_operations_are_named():
     with pytest.raises(UnsupportedModuleError, match=r"a product with an operand that is neither"):
         to_neural_graph(Gated())
-    with pytest.raises(UnsupportedModuleError, match=r"reads the tensor 'scale'"):
+    with pytest.raises(UnsupportedModuleError, match=r"parameter 'scale' read in forward"):
         to_neural_graph(UsesParameterDirectly())
 
 

@@ -47,6 +47,7 @@ def attention_pass(ctx, graph: fx.Graph) -> None:
             layouts.append((node, 1))
             outputs.append(match.merge[-1])
     if layouts:
+        ctx.tokens = True
         _claim_token_pooling(ctx, graph, layouts, outputs)
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph.convert.builder import SYM, Val
+from neuralgraph.convert.builder import SYM, Param, Val
 from neuralgraph.convert.registry import function_rule, method_rule, module_rule
 from neuralgraph.data.graph import POOL
 
@@ -74,6 +74,10 @@ def _constant_operand(ctx, node, a, b, what: str) -> tuple[Val, float]:
         return a, float(b)
     if isinstance(b, Val) and _number(a):
         return b, float(a)
+    param = next((x.name for x in (a, b) if isinstance(x, Param)), None)
+    if param is not None:
+        raise ctx.unsupported(node, f"{what} with the parameter {param!r} read in forward is not supported (a neural "
+                                    "graph stores parameters of layers, not tensors combined with neuron values)")
     raise ctx.unsupported(node, f"{what} with an operand that is neither a neuron value nor a Python number "
                                 "(a tensor constant, a parameter read in forward, or two neuron values) is "
                                 "not supported")

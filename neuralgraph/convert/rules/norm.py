@@ -68,6 +68,10 @@ def norm(ctx, node, x: Val) -> Val:
                                     "feature-dim LayerNorm is supported")
     if x.channels != c:
         raise ctx.unsupported(node, f"expects {c} channels but receives {x.channels}")
+    if kind == "batchnorm" and getattr(mod, "running_mean", None) is None:
+        raise ctx.unsupported(node, "BatchNorm with track_running_stats=False normalises with the statistics of "
+                                    "each batch, also in eval mode (a function of the whole batch, not of one "
+                                    "input), which a neural graph cannot represent; use running statistics")
     out = b.add_nodes(c, b.next_layer(x.nodes))
     idx = torch.arange(c).view(-1, 1)
     sources = []

@@ -316,7 +316,7 @@ class INRPreset:
 
 
 #: The INR fit used by every INR preset (measured in ``benchmarks/perf/zoo.py``, see docs/formats.md).
-INR_FIT = FitConfig(steps=100, lr=3e-3, batch=4)
+INR_FIT = FitConfig(steps=80, lr=4e-3, batch=8)
 for _set in ("digits", "glyphs", "shapes"):
     PRESETS[f"inr-{_set}"] = INRPreset(
         f"inr-{_set}", _set, f"SIREN 2-32-32-1 INRs (DWSNets) of {IMAGE_SETS[_set].description}", INR_FIT)

@@ -29,7 +29,7 @@ def test_manual_gradients_match_autograd():
     M, H, W = 3, 7, 5                                   # non-square: rows and columns must not be swapped
     p = init_sirens([1, 2, 3])
     img = torch.rand(M, H, W, generator=torch.Generator().manual_seed(0))
-    mse, g = _loss_and_grads(p, img.reshape(M, -1) - 0.5, torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), 30.0)
+    mse, g = _loss_and_grads(p, img.reshape(M, -1) - 0.5, pixel_coords(H, W).T, 30.0)
     assert set(g) == set(p) and all(g[k].shape == p[k].shape for k in p)
     for i in range(M):
         m = _module(p, i).double()

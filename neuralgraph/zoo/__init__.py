@@ -14,7 +14,7 @@ from neuralgraph.zoo.arch import ACTIVATION_NAMES, build_model, example_input
 from neuralgraph.zoo.presets import PRESETS, Preset, get_preset, list_presets
 
 #: Runs of the embedded default zoo per preset: small enough for a few minutes on 2 cores.
-DEFAULT_RUNS = {"wildpark-digits": 128}
+DEFAULT_RUNS = {"wildpark-digits": 128, "inr-digits": 1797, "inr-glyphs": 10000, "inr-shapes": 10000}
 _FALLBACK_RUNS = 160
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -67,12 +68,10 @@ def _load(name: str) -> ImageData:
 
 
 def _digits():
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    d = load_digits()
-    x = d.images.astype(np.float32) / 16.0                     # [1797, 8, 8] in [0, 1]
-    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
+    x, y = _digit_images()                                       # [1797, 8, 8] in [0, 1]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
     return x_tr, y_tr, x_te, y_te
 
 
@@ -96,52 +95,57 @@ def _mnist1d():
 SHAPE_CLASSES = ("disk", "ring", "square", "square_outline", "triangle", "plus", "cross", "bars", "line", "ell")
 
 
+def _shape_image(rng: np.random.Generator, c: int, size: int, noise: tuple[float, float]) -> np.ndarray:
+    """One shape of class ``c`` at random position, size, rotation, stroke, contrast; noise std ~ U(noise)."""
+    coords = (np.arange(size) + 0.5) / size * 2 - 1              # pixel centres in [-1, 1]
+    gy, gx = np.meshgrid(coords, coords, indexing="ij")
+    aa = 1.0 / size                                               # anti-aliasing width
+    r = rng.uniform(0.35, 0.7)                                    # shape radius
+    cx, cy = rng.uniform(-0.9 + r, 0.9 - r, 2)
+    th = rng.uniform(0, 2 * np.pi)
+    w = rng.uniform(0.1, 0.22)                                    # stroke half-width
+    # rotate into the shape frame, scale by the radius
+    u = (np.cos(th) * (gx - cx) + np.sin(th) * (gy - cy)) / r
+    v = (-np.sin(th) * (gx - cx) + np.cos(th) * (gy - cy)) / r
+    w = w / r
+    name = SHAPE_CLASSES[c]
+    if name == "disk":
+        sd = np.hypot(u, v) - 1
+    elif name == "ring":
+        sd = np.abs(np.hypot(u, v) - 0.8) - w
+    elif name == "square":
+        sd = np.maximum(np.abs(u), np.abs(v)) - 0.8
+    elif name == "square_outline":
+        sd = np.abs(np.maximum(np.abs(u), np.abs(v)) - 0.75) - w
+    elif name == "triangle":
+        k = np.sqrt(3)
+        sd = np.maximum(np.maximum(-v - 0.5, (k * u + v) / 2 - 0.5), (-k * u + v) / 2 - 0.5)
+    elif name == "plus":
+        sd = np.minimum(np.maximum(np.abs(u) - w, np.abs(v) - 1), np.maximum(np.abs(v) - w, np.abs(u) - 1))
+    elif name == "cross":
+        a, b = (u + v) / np.sqrt(2), (u - v) / np.sqrt(2)
+        sd = np.minimum(np.maximum(np.abs(a) - w, np.abs(b) - 1), np.maximum(np.abs(b) - w, np.abs(a) - 1))
+    elif name == "bars":
+        sd = np.maximum(np.abs(np.abs(v) - 0.5) - w, np.abs(u) - 1)
+    elif name == "line":
+        sd = np.maximum(np.abs(v) - w, np.abs(u) - 1)
+    else:  # "ell"
+        sd = np.minimum(np.maximum(np.abs(u + 0.7) - w, np.abs(v) - 1),
+                        np.maximum(np.abs(v - 0.7) - w, np.abs(u) - 1))
+    sd = sd * r                                                   # back to image units
+    img = np.clip(0.5 - sd / (2 * aa), 0, 1) * rng.uniform(0.6, 1.0)
+    img += rng.normal(0, rng.uniform(*noise), img.shape)
+    return img
+
+
 def render_shapes(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Render ``n`` random shapes (balanced classes) as ``[n, size, size]`` float images."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % len(SHAPE_CLASSES)
     rng.shuffle(labels)
-    coords = (np.arange(size) + 0.5) / size * 2 - 1              # pixel centres in [-1, 1]
-    gy, gx = np.meshgrid(coords, coords, indexing="ij")
-    aa = 1.0 / size                                               # anti-aliasing width
     out = np.empty((n, size, size), np.float32)
     for i, c in enumerate(labels):
-        r = rng.uniform(0.35, 0.7)                                # shape radius
-        cx, cy = rng.uniform(-0.9 + r, 0.9 - r, 2)
-        th = rng.uniform(0, 2 * np.pi)
-        w = rng.uniform(0.1, 0.22)                                # stroke half-width
-        # rotate into the shape frame, scale by the radius
-        u = (np.cos(th) * (gx - cx) + np.sin(th) * (gy - cy)) / r
-        v = (-np.sin(th) * (gx - cx) + np.cos(th) * (gy - cy)) / r
-        w = w / r
-        name = SHAPE_CLASSES[c]
-        if name == "disk":
-            sd = np.hypot(u, v) - 1
-        elif name == "ring":
-            sd = np.abs(np.hypot(u, v) - 0.8) - w
-        elif name == "square":
-            sd = np.maximum(np.abs(u), np.abs(v)) - 0.8
-        elif name == "square_outline":
-            sd = np.abs(np.maximum(np.abs(u), np.abs(v)) - 0.75) - w
-        elif name == "triangle":
-            k = np.sqrt(3)
-            sd = np.maximum(np.maximum(-v - 0.5, (k * u + v) / 2 - 0.5), (-k * u + v) / 2 - 0.5)
-        elif name == "plus":
-            sd = np.minimum(np.maximum(np.abs(u) - w, np.abs(v) - 1), np.maximum(np.abs(v) - w, np.abs(u) - 1))
-        elif name == "cross":
-            a, b = (u + v) / np.sqrt(2), (u - v) / np.sqrt(2)
-            sd = np.minimum(np.maximum(np.abs(a) - w, np.abs(b) - 1), np.maximum(np.abs(b) - w, np.abs(a) - 1))
-        elif name == "bars":
-            sd = np.maximum(np.abs(np.abs(v) - 0.5) - w, np.abs(u) - 1)
-        elif name == "line":
-            sd = np.maximum(np.abs(v) - w, np.abs(u) - 1)
-        else:  # "ell"
-            sd = np.minimum(np.maximum(np.abs(u + 0.7) - w, np.abs(v) - 1),
-                            np.maximum(np.abs(v - 0.7) - w, np.abs(u) - 1))
-        sd = sd * r                                               # back to image units
-        img = np.clip(0.5 - sd / (2 * aa), 0, 1) * rng.uniform(0.6, 1.0)
-        img += rng.normal(0, rng.uniform(0.02, 0.15), img.shape)
-        out[i] = img
+        out[i] = _shape_image(rng, c, size, (0.02, 0.15))
     return out, labels
 
 
@@ -149,3 +153,84 @@ def _shapes():
     x_tr, y_tr = render_shapes(2000, seed=0)
     x_te, y_te = render_shapes(500, seed=1)
     return x_tr, y_tr, x_te, y_te
+
+
+# ---------------------------------------------------------------------------------------------
+# image sets: raw images in [0, 1] by index (what the INR zoos fit, one INR per image)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageSet:
+    """A set of labelled single-channel images, addressed by index; image ``i`` is a pure function of
+    ``(seed, i)`` (``digits`` ignores the seed: it is a fixed set).
+
+    Args:
+        name: registry name.
+        size: image side in pixels.
+        count: number of images (``None``: unbounded, procedural).
+        render: ``(indices [n] int64, seed) -> (images [n, size, size] float32 in [0, 1], labels [n] int64)``.
+        description: one line for docs and ``zoo.json``.
+    """
+
+    name: str
+    size: int
+    count: int | None
+    render: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+    description: str
+
+
+@lru_cache(maxsize=None)
+def _digit_images() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, np.asarray(d.target, np.int64)   # [1797, 8, 8] in [0, 1]
+
+
+def _render_digits(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _digit_images()
+    return x[idx], y[idx]
+
+
+def _render_shapes28(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = idx % len(SHAPE_CLASSES)
+    out = np.empty((len(idx), 28, 28), np.float32)
+    for j, (i, c) in enumerate(zip(idx, labels)):
+        out[j] = _shape_image(np.random.default_rng([int(seed), int(i)]), int(c), 28, (0.0, 0.02))
+    return np.clip(out, 0.0, 1.0), labels
+
+
+def _render_glyphs(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from neuralgraph.zoo.glyphs import render_glyphs
+
+    return render_glyphs(idx, seed, 28)
+
+
+IMAGE_SETS: dict[str, ImageSet] = {
+    "digits": ImageSet("digits", 8, 1797, _render_digits,
+                       "sklearn load_digits, 8x8 real handwriting, 1,797 images (index = sklearn order)"),
+    "glyphs": ImageSet("glyphs", 28, None, _render_glyphs,
+                       "digits 0-9 from 21 matplotlib fonts with affine / stroke / contrast / noise jitter, "
+                       "28x28, label = index % 10"),
+    "shapes": ImageSet("shapes", 28, None, _render_shapes28,
+                       "the 10 procedural shapes at 28x28, noise std <= 0.02, label = index % 10"),
+}
+
+
+def load_images(name: str, indices, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``indices`` of the image set ``name`` (see :data:`IMAGE_SETS`).
+
+    Returns:
+        images ``[n, size, size]`` float32 in [0, 1] and labels ``[n]`` int64.
+
+    Raises:
+        ValueError: unknown set (listing the known ones), or an index outside a finite set.
+    """
+    if name not in IMAGE_SETS:
+        raise ValueError(f"unknown image set {name!r}; choose from {sorted(IMAGE_SETS)}")
+    s = IMAGE_SETS[name]
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or (s.count is not None and idx.max() >= s.count)):
+        bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+        raise ValueError(f"image set {name!r} has images 0..{(s.count or 0) - 1 if s.count else 'inf'}; "
+                         f"got index {bad}")
+    return s.render(idx, int(seed))

@@ -23,11 +23,7 @@ from typing import Sequence
 
 from neuralgraph.data.formats.native import (completed_runs, init_zoo_dir, remove_stale_temps,
                                              write_member)
-from neuralgraph.zoo.presets import Preset, get_preset, list_presets, seed_for
-
-
-def run_id(index: int) -> str:
-    return f"run{index:06d}"
+from neuralgraph.zoo.presets import get_preset, list_presets, run_id
 
 
 @dataclass
@@ -44,37 +40,19 @@ class GenerateReport:
         return 60.0 * self.trained / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
 
 
-def _group_runs(preset: Preset, runs: int, group: int) -> list[int]:
-    G = preset.group_size
-    return list(range(group * G, min((group + 1) * G, runs)))
-
-
 def train_and_write_group(preset_name: str, seed: int, runs: int, group: int, out: str,
                           epochs: int | None = None) -> int:
     """Train one group and write its missing members; returns how many members were written."""
-    from neuralgraph.zoo.datasets import load_image_data
-    from neuralgraph.zoo.train import MemberSpec, train_group
-
     preset = get_preset(preset_name).with_epochs(epochs)
-    idx = _group_runs(preset, runs, group)
+    idx = preset.group_runs(runs, group)
     done = completed_runs(out)
     missing = [r for r in idx if run_id(r) not in done]
     if not missing:
         return 0
     remove_stale_temps(out, [run_id(r) for r in missing])
-    desc, frac = preset.group_plan(seed, group)
-    data = load_image_data(preset.dataset)
-    specs = [MemberSpec(run_id(r), seed_for(seed, r, "member"), preset.run_hparams(seed, r)) for r in idx]
-    results = train_group(desc, specs, data, preset.train, frac, seed_for(seed, group, "group"))
     written = 0
-    for r, spec, res in zip(idx, specs, results):
-        if r not in missing:
-            continue
-        hp = dict(spec.hparams, train_fraction=frac, epochs=preset.train.epochs)
-        record = {"run_index": r, "group": group, "preset": preset.name, "seed": seed,
-                  "dataset": preset.dataset, "architecture": desc, "hyperparameters": hp,
-                  "diverged": res.diverged, **res.extra, "checkpoints": res.checkpoints}
-        write_member(out, spec.run_id, res.params, record)
+    for run in preset.train_group(seed, runs, group, missing):
+        write_member(out, run_id(run.index), run.params, run.record, run.extras)
         written += 1
     return written
 
@@ -112,22 +90,25 @@ def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
         shard: ``(I, N)``: this process handles groups ``g % N == I``.
         seed: zoo seed; runs are a pure function of (preset, seed, run index).
         progress: show a tqdm progress bar.
-        threads: torch threads per worker (default: cores / workers).
+        threads: torch threads per worker (default: the preset's ``worker_threads``, else cores / workers).
         epochs: override the preset's number of epochs (recorded in ``zoo.json``; for quick zoos).
     """
     p = get_preset(preset).with_epochs(epochs)
     if runs < 1:
         raise ValueError(f"--runs must be positive, got {runs}")
+    if p.max_runs is not None and runs > p.max_runs:
+        raise ValueError(f"preset {p.name!r} has at most {p.max_runs} runs (one per image of its image set), "
+                         f"got --runs {runs}")
     i, n = shard
     out = Path(out)
     init_zoo_dir(out, {"preset": p.name, "seed": seed, "description": p.description, "config": p.config()})
     n_groups = math.ceil(runs / p.group_size)
     groups = [g for g in range(n_groups) if g % n == i]
-    mine = [r for g in groups for r in _group_runs(p, runs, g)]
+    mine = [r for g in groups for r in p.group_runs(runs, g)]
     done = completed_runs(out)
-    todo = [g for g in groups if any(run_id(r) not in done for r in _group_runs(p, runs, g))]
+    todo = [g for g in groups if any(run_id(r) not in done for r in p.group_runs(runs, g))]
     skipped = sum(run_id(r) in done for r in mine)
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = threads or p.worker_threads or max(1, (os.cpu_count() or 1) // max(1, workers))
 
     from tqdm.auto import tqdm
 
@@ -181,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard", default=None, help="I/N: train only shard I of N (default 0/1)")
     ap.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
-    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick zoos)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick zoos; INR presets: Adam steps)")
     ap.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     args = ap.parse_args(argv)
     try:

@@ -26,16 +26,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from neuralgraph.zoo.datasets import load_image_data
+from neuralgraph.zoo.datasets import IMAGE_SETS, load_image_data, load_images
+from neuralgraph.zoo.inr import SIREN_DESC, FitConfig, fit_sirens
 from neuralgraph.zoo.train import INIT_SCHEMES, OPTIMIZERS, TrainConfig
 
 TRAIN_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 WILDPARK_ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "identity")
+
+
+def run_id(index: int) -> str:
+    """The id (file name stem) of run ``index``."""
+    return f"run{index:06d}"
 
 
 def rng_for(*keys: int) -> np.random.Generator:
@@ -130,9 +137,20 @@ def arch2(act: str, input_size) -> dict[str, Any]:
                        {"kind": "linear", "out": 10, "act": "identity"}]}
 
 
+@dataclass
+class GeneratedRun:
+    """One trained run, ready for :func:`neuralgraph.data.formats.native.write_member`."""
+
+    index: int                                   # run index in the zoo
+    params: dict[str, np.ndarray]                # name -> [n_checkpoints, *shape]
+    record: dict[str, Any]                       # the member JSON (architecture, metrics per checkpoint, ...)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)   # further arrays of the run
+
+
 @dataclass(frozen=True)
 class Preset:
-    """A zoo recipe.
+    """A zoo recipe of trained classifiers (see :class:`INRPreset` for INR zoos; both offer
+    ``name``, ``group_size``, ``max_runs``, ``group_runs``, ``train_group``, ``with_epochs``, ``config``).
 
     Args:
         name: preset name (``wildpark-digits``, ``arch1-mnist1d`` ...).
@@ -151,6 +169,34 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     group_size: int = 8
     sample_hparams: Callable[[np.random.Generator], dict[str, Any]] = sample_hparams
+
+    max_runs = None       # no limit on the number of runs
+    worker_threads = None  # torch threads per generator worker: cores / workers
+
+    def group_runs(self, runs: int, group: int) -> list[int]:
+        """Run indices of ``group`` in a zoo of ``runs`` runs."""
+        G = self.group_size
+        return list(range(group * G, min((group + 1) * G, runs)))
+
+    def train_group(self, seed: int, runs: int, group: int, missing: list[int]) -> list["GeneratedRun"]:
+        """Train ``group`` (all its members together) and return the runs in ``missing``."""
+        from neuralgraph.zoo.train import MemberSpec, train_group
+
+        idx = self.group_runs(runs, group)
+        desc, frac = self.group_plan(seed, group)
+        data = load_image_data(self.dataset)
+        specs = [MemberSpec(run_id(r), seed_for(seed, r, "member"), self.run_hparams(seed, r)) for r in idx]
+        results = train_group(desc, specs, data, self.train, frac, seed_for(seed, group, "group"))
+        out = []
+        for r, spec, res in zip(idx, specs, results):
+            if r not in missing:
+                continue
+            hp = dict(spec.hparams, train_fraction=frac, epochs=self.train.epochs)
+            record = {"run_index": r, "group": group, "preset": self.name, "seed": seed,
+                      "dataset": self.dataset, "architecture": desc, "hyperparameters": hp,
+                      "diverged": res.diverged, **res.extra, "checkpoints": res.checkpoints}
+            out.append(GeneratedRun(r, res.params, record))
+        return out
 
     def group_plan(self, seed: int, group: int) -> tuple[dict[str, Any], float]:
         """Architecture and train fraction of a group."""
@@ -207,7 +253,76 @@ for _kind in ("arch1", "arch2"):
             _homogeneous(_kind), TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)), group_size=16)
 
 
-def get_preset(name: str) -> Preset:
+@dataclass(frozen=True)
+class INRPreset:
+    """A zoo of SIREN INRs (:data:`neuralgraph.zoo.inr.SIREN_DESC`), one per image: run ``r`` fits image
+    ``r`` of the image set (drawn with the zoo seed), with its own init seed ``seed_for(seed, r, "inr")``.
+
+    Args:
+        name: preset name (``inr-digits`` ...).
+        image_set: a :data:`neuralgraph.zoo.datasets.IMAGE_SETS` name.
+        description: one line for ``zoo.json``.
+        fit: steps, learning-rate schedule and member batch of the fit.
+        group_size: runs per generator job (written together; members are independent).
+    """
+
+    name: str
+    image_set: str
+    description: str
+    fit: FitConfig = field(default_factory=FitConfig)
+    group_size: int = 64
+
+    @property
+    def max_runs(self) -> int | None:
+        """At most one run per image (``None`` for an unbounded procedural set)."""
+        return IMAGE_SETS[self.image_set].count
+
+    #: one torch thread per generator worker: a fit is many tiny matmuls, which threads only slow down
+    #: (measured: 2 threads on 2 busy cores, 40 instead of 1,200 INRs per core-minute); use --workers
+    worker_threads = 1
+
+    group_runs = Preset.group_runs
+
+    def train_group(self, seed: int, runs: int, group: int, missing: list[int]) -> list[GeneratedRun]:
+        """Fit the INRs of the runs in ``missing`` (members are independent: only those are fitted)."""
+        images, labels = load_images(self.image_set, missing, seed)
+        res = fit_sirens(images, [seed_for(seed, r, "inr") for r in missing], self.fit, SIREN_DESC)
+        hp = {k: v for k, v in dataclasses.asdict(self.fit).items() if k != "batch"}
+        out = []
+        for i, r in enumerate(missing):
+            label, mse, db = int(labels[i]), float(res.mse[i]), float(res.psnr[i])
+            ck = {"epoch": self.fit.steps, "step": self.fit.steps, "label": label, "psnr": db, "mse": mse}
+            record = {"run_index": r, "group": group, "preset": self.name, "seed": seed,
+                      "dataset": self.image_set, "image_index": r, "label": label, "architecture": SIREN_DESC,
+                      "hyperparameters": dict(hp, init_seed=seed_for(seed, r, "inr")), "checkpoints": [ck]}
+            params = {k: v[i].unsqueeze(0).numpy() for k, v in res.params.items()}     # [1, *shape]
+            out.append(GeneratedRun(r, params, record, {"image": images[i]}))
+        return out
+
+    def with_epochs(self, epochs: int | None) -> "INRPreset":
+        """This preset with ``epochs`` Adam steps (a full-batch step is one epoch over the pixels)."""
+        if epochs is None or epochs == self.fit.steps:
+            return self
+        if epochs < 1:
+            raise ValueError(f"epochs (INR fitting steps) must be positive, got {epochs}")
+        return dataclasses.replace(self, fit=dataclasses.replace(self.fit, steps=epochs))
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable summary stored in ``zoo.json``."""
+        s = IMAGE_SETS[self.image_set]
+        cfg = {"image_set": self.image_set, "image_size": s.size, "group_size": self.group_size,
+               "architecture": SIREN_DESC, "fit": dataclasses.asdict(self.fit)}
+        return json.loads(json.dumps(cfg))       # as read back from zoo.json (tuples become lists)
+
+
+#: The INR fit used by every INR preset (measured in ``benchmarks/perf/zoo.py``, see docs/formats.md).
+INR_FIT = FitConfig(steps=100, lr=3e-3, batch=4)
+for _set in ("digits", "glyphs", "shapes"):
+    PRESETS[f"inr-{_set}"] = INRPreset(
+        f"inr-{_set}", _set, f"SIREN 2-32-32-1 INRs (DWSNets) of {IMAGE_SETS[_set].description}", INR_FIT)
+
+
+def get_preset(name: str) -> Preset | INRPreset:
     """The preset ``name``; raises ``ValueError`` listing the valid names."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")

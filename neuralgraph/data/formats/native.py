@@ -4,7 +4,8 @@
 
     <zoo>/zoo.json                  {"format": "neuralgraph-zoo", "version": 1, "preset", "seed",
                                      "description", "config": {...}}
-    <zoo>/members/<run_id>.npz      one array per parameter, [n_checkpoints, *shape] float32
+    <zoo>/members/<run_id>.npz      one array per parameter, [n_checkpoints, *shape] float32, plus any
+                                    named extra arrays of the run (e.g. an INR's fitted ``image``)
     <zoo>/members/<run_id>.json     run id, architecture description, hyperparameters, dataset,
                                      per checkpoint {epoch, step, test/train accuracy and loss}
 
@@ -82,8 +83,12 @@ def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
 
 
 def write_member(root: str | os.PathLike, run_id: str, params: dict[str, np.ndarray],
-                 record: dict[str, Any]) -> None:
-    """Write one member: arrays first, then the JSON that marks it complete."""
+                 record: dict[str, Any], extras: dict[str, np.ndarray] | None = None) -> None:
+    """Write one member: arrays first, then the JSON that marks it complete.
+
+    ``extras`` are further float32 arrays of the run (any shape, no checkpoint dim), stored in the same
+    ``.npz`` and listed in the record's ``extra_arrays``; read them with :meth:`ZooMember.extra`.
+    """
     _check_run_id(run_id)
     mdir = Path(root) / MEMBER_DIR
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
@@ -91,9 +96,15 @@ def write_member(root: str | os.PathLike, run_id: str, params: dict[str, np.ndar
     for k, a in arrays.items():
         if a.shape[0] != n_ck:
             raise ValueError(f"{run_id}: parameter {k!r} has {a.shape[0]} checkpoints, record {n_ck}")
-    write_npz_atomic(mdir / f"{run_id}.npz", arrays)
+    extra = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in (extras or {}).items()}
+    clash = set(extra) & set(arrays)
+    if clash:
+        raise ValueError(f"{run_id}: extra arrays {sorted(clash)} have the names of parameters")
+    write_npz_atomic(mdir / f"{run_id}.npz", {**arrays, **extra})
     rec = {"format_version": FORMAT_VERSION, "run_id": run_id, **record,
            "param_names": list(arrays), "params_file": f"{run_id}.npz"}
+    if extra:
+        rec["extra_arrays"] = list(extra)
     write_json_atomic(mdir / f"{run_id}.json", rec)
 
 
@@ -185,6 +196,14 @@ class ZooMember:
         """The parameters of this checkpoint (name -> array, torch layout), loaded lazily."""
         return self._zoo.member_params(self)
 
+    def extra(self, name: str) -> np.ndarray:
+        """A named extra array of this member's run (e.g. ``"image"`` for INR zoos), loaded lazily.
+
+        Raises:
+            KeyError: the run stores no such array (the message lists the ones it has).
+        """
+        return self._zoo.member_extra(self, name)
+
     def state_dict(self) -> dict[str, "Any"]:
         """The parameters as torch tensors, ready for ``build_model(arch).load_state_dict``."""
         import torch
@@ -214,6 +233,10 @@ class BaseZoo:
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def member_extra(self, member: ZooMember, name: str) -> np.ndarray:
+        raise KeyError(f"run {member.run_id!r} of this {type(self).__name__} stores no extra array {name!r} "
+                       "(only zoos in our format written with extras have them)")
 
     def __len__(self) -> int:
         return len(self.members)
@@ -298,6 +321,13 @@ class Zoo(BaseZoo):
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         arrays = self._arrays(member.run_id)
         return {k: arrays[k][member.checkpoint] for k in member.record["param_names"]}
+
+    def member_extra(self, member: ZooMember, name: str) -> np.ndarray:
+        names = member.record.get("extra_arrays", [])
+        if name not in names:
+            raise KeyError(f"run {member.run_id!r} stores no extra array {name!r} (it has {names}); "
+                           f"see {str(self._where[member.run_id] / MEMBER_DIR / (member.run_id + '.json'))!r}")
+        return self._arrays(member.run_id)[name]
 
 
 def load_zoo(root: str | os.PathLike | Sequence[str | os.PathLike]) -> Zoo:

@@ -1,0 +1,247 @@
+"""SIREN INRs (DWSNets / NFN): many fitted at once, rendered in batches, and the member's image.
+
+A member is the DWSNets SIREN (Navon et al., ICML 2023; Sitzmann et al., NeurIPS 2020)::
+
+    f(c) = W2 sin(w0 (W1 sin(w0 (W0 c + b0)) + b1)) + b2 + 0.5,    w0 = 30
+
+with parameters named ``seq.{0,1,2}.weight/bias`` as in the published INR files (so our members and
+theirs give graphs of the same structure), coordinates ``c = (row, col)`` of the pixel grid in
+[-1, 1] (:func:`pixel_coords`, DWSNets' / SIREN's ``get_mgrid``), pixel values in [0, 1].
+
+Fitting (:func:`fit_sirens`) is full-batch Adam on each image's pixel MSE, ``M`` INRs at a time,
+with a hand-written forward and backward in one ``[M, features, pixels]`` layout (every layer a
+batched matmul over members). Two exact savings over autograd: the first layer's pre-activation on a
+grid is separable, ``w_r r + w_c c + b``, so ``sin`` / ``cos`` of it come from ``H + W`` values per
+neuron instead of ``H * W`` (angle-sum formulas); and nothing is stored or recomputed that the
+backward does not need. Each member's loss reaches only its own parameters, so a batch is exactly
+``M`` independent fits (checked against autograd on a single :class:`~neuralgraph.zoo.arch.SirenINR`
+in the tests).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: The architecture description of every member (:func:`neuralgraph.zoo.arch.build_model`).
+SIREN_DESC: dict[str, Any] = {"family": "siren", "in_dim": 2, "hidden": [32, 32], "out_dim": 1,
+                              "w0": 30.0, "output_offset": 0.5}
+
+
+def param_shapes(desc: dict[str, Any] = SIREN_DESC) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of a SIREN description (``seq.{i}.weight`` ``[out, in]``, ``seq.{i}.bias``)."""
+    dims = [desc["in_dim"], *desc["hidden"], desc["out_dim"]]
+    out: dict[str, tuple[int, ...]] = {}
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        out[f"seq.{i}.weight"] = (b, a)
+        out[f"seq.{i}.bias"] = (b,)
+    return out
+
+
+def pixel_coords(height: int, width: int) -> Tensor:
+    """Pixel coordinates ``[height * width, 2]``: ``(row, col)`` in [-1, 1], pixels row-major."""
+    r, c = torch.linspace(-1, 1, height), torch.linspace(-1, 1, width)
+    return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)
+
+
+def psnr(mse: Tensor | np.ndarray | float) -> Tensor:
+    """PSNR in dB of a pixel MSE for images in [0, 1]: ``-10 log10(mse)``."""
+    return -10.0 * torch.log10(torch.as_tensor(mse, dtype=torch.float64))
+
+
+def init_sirens(seeds: list[int], desc: dict[str, Any] = SIREN_DESC) -> dict[str, Tensor]:
+    """SIREN initialisation (Sitzmann et al. 2020, sec. 3.2), one member per seed, stacked ``[M, ...]``.
+
+    First layer weights ``U(-1/fan_in, 1/fan_in)``, later weights ``U(-sqrt(6/fan_in)/w0, +)``;
+    biases as ``nn.Linear`` (``U(-1/sqrt(fan_in), +)``). A member's init depends on its seed only.
+    """
+    w0 = float(desc["w0"])
+    shapes = param_shapes(desc)
+    out: dict[str, list[Tensor]] = {k: [] for k in shapes}
+    for s in seeds:
+        gen = torch.Generator().manual_seed(int(s))
+        for name, shape in shapes.items():
+            fan_in = shapes[name.replace("bias", "weight")][1]
+            if name.endswith("bias"):
+                bound = 1.0 / math.sqrt(fan_in)
+            elif name == "seq.0.weight":
+                bound = 1.0 / fan_in
+            else:
+                bound = math.sqrt(6.0 / fan_in) / w0
+            out[name].append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def render_sirens(params: dict[str, Tensor], height: int, width: int, w0: float = 30.0,
+                  output_offset: float = 0.5) -> Tensor:
+    """Evaluate ``B`` SIRENs on the pixel grid (differentiable, on the parameters' device).
+
+    Args:
+        params (dict): ``seq.{i}.weight`` ``[B, out, in]`` and ``seq.{i}.bias`` ``[B, out]``.
+        height (int), width (int): the grid.
+        w0 (float, optional): sine frequency. (default: ``30.0``)
+        output_offset (float, optional): added to the output. (default: ``0.5``)
+
+    Returns:
+        images ``[B, height, width]`` (single output channel).
+    """
+    n = len([k for k in params if k.endswith(".weight")])
+    w = params["seq.0.weight"]
+    h = pixel_coords(height, width).to(w.device, w.dtype).T.expand(w.shape[0], -1, -1)   # [B, 2, P]
+    for i in range(n):
+        h = torch.baddbmm(params[f"seq.{i}.bias"].unsqueeze(-1), params[f"seq.{i}.weight"], h)  # [B, out, P]
+        if i < n - 1:
+            h = torch.sin(w0 * h)
+    return (h[:, 0] + output_offset).view(-1, height, width)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How each INR is fitted (full-batch Adam on the pixel MSE).
+
+    Args:
+        steps: Adam steps (one step = one pass over all pixels).
+        lr: peak learning rate.
+        lr_final: learning rate at the last step, as a fraction of ``lr`` (cosine decay; 1.0: constant).
+        warmup: linear warm-up steps.
+        betas: Adam betas.
+        eps: Adam epsilon.
+        batch: members fitted together (one batched matmul per layer; tuned for CPU caches).
+    """
+
+    steps: int = 200
+    lr: float = 1e-3
+    lr_final: float = 1.0
+    warmup: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    batch: int = 16
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup - 1)
+        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@dataclass
+class FitResult:
+    params: dict[str, Tensor]   # name -> [M, *shape] (final parameters)
+    mse: Tensor                 # [M] pixel MSE of the final parameters
+    psnr: Tensor                # [M] dB
+
+
+def _loss_and_grads(p: dict[str, Tensor], y: Tensor, r: Tensor, c: Tensor, w0: float,
+                    want_grads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pixel MSE per member ``[M]`` and its gradients, for the 2 -> h -> ... -> 1 SIREN on a grid.
+
+    ``y`` ``[M, H * W]`` targets minus the output offset, ``r`` ``[H]`` / ``c`` ``[W]`` the grid axes.
+    """
+    n = len(p) // 2
+    W0, b0 = p["seq.0.weight"], p["seq.0.bias"]                              # [M, F, 2], [M, F]
+    M, F = b0.shape
+    H, Wd = len(r), len(c)
+    # separable first layer: w0 * (w_r r + b) and w0 * w_c c
+    a = w0 * (W0[:, :, 0:1] * r + b0.unsqueeze(-1))                          # [M, F, H]
+    bb = w0 * W0[:, :, 1:2] * c                                              # [M, F, W]
+    sa, ca, sb, cb = torch.sin(a), torch.cos(a), torch.sin(bb), torch.cos(bb)
+    h = (sa.unsqueeze(-1) * cb.unsqueeze(-2) + ca.unsqueeze(-1) * sb.unsqueeze(-2)).view(M, F, H * Wd)  # [M, F, P]
+    hs = [h]
+    zs: list[Tensor] = []
+    for i in range(1, n - 1):
+        z = torch.baddbmm(p[f"seq.{i}.bias"].unsqueeze(-1), p[f"seq.{i}.weight"], h).mul_(w0)  # [M, F', P]
+        zs.append(z)
+        h = torch.sin(z)
+        hs.append(h)
+    out = torch.baddbmm(p[f"seq.{n - 1}.bias"].unsqueeze(-1), p[f"seq.{n - 1}.weight"], h)[:, 0]  # [M, P]
+    err = out - y                                                            # [M, P]
+    mse = err.square().mean(1)                                               # [M]
+    if not want_grads:
+        return mse, {}
+    g: dict[str, Tensor] = {}
+    d = (2.0 / err.shape[1]) * err.unsqueeze(1)                              # [M, 1, P] dL/d out
+    for i in range(n - 1, 0, -1):
+        h = hs[i - 1]
+        g[f"seq.{i}.weight"] = torch.bmm(d, h.transpose(1, 2))               # [M, out, in]
+        g[f"seq.{i}.bias"] = d.sum(-1)                                       # [M, out]
+        dh = torch.bmm(p[f"seq.{i}.weight"].transpose(1, 2), d)              # [M, in, P]
+        if i > 1:
+            d = dh.mul_(torch.cos(zs[i - 2]).mul_(w0))                       # [M, in, P] dL/d (pre-activation)
+    # first layer: cos(w0 z0) = cos a cos b - sin a sin b
+    d4 = dh.view(M, F, H, Wd) * (ca.unsqueeze(-1) * cb.unsqueeze(-2) - sa.unsqueeze(-1) * sb.unsqueeze(-2))
+    d4 = d4.mul_(w0)                                                         # [M, F, H, W]
+    dr, dc = d4.sum(-1), d4.sum(-2)                                          # [M, F, H], [M, F, W]
+    g["seq.0.weight"] = torch.stack([dr @ r, dc @ c], -1)                   # [M, F, 2]
+    g["seq.0.bias"] = dr.sum(-1)                                             # [M, F]
+    return mse, g
+
+
+def fit_sirens(images: Tensor | np.ndarray, seeds: list[int], cfg: FitConfig = FitConfig(),
+               desc: dict[str, Any] = SIREN_DESC) -> FitResult:
+    """Fit one SIREN per image, ``cfg.batch`` at a time (see the module docstring).
+
+    Args:
+        images (Tensor): ``[M, H, W]`` pixel values in [0, 1].
+        seeds (list of int): one init seed per image.
+        cfg (FitConfig): steps, learning rate schedule, batch size.
+        desc (dict): a 2 -> hidden -> 1 ``siren`` description (default :data:`SIREN_DESC`).
+
+    Returns:
+        :class:`FitResult` with the final parameters (CPU, float32), MSE and PSNR per image.
+    """
+    images = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images, dtype=torch.float32)
+    if images.dim() != 3:
+        raise ValueError(f"images must be [M, H, W], got shape {tuple(images.shape)}")
+    if len(seeds) != len(images):
+        raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(images)} images")
+    if desc["in_dim"] != 2 or desc["out_dim"] != 1:
+        raise ValueError(f"fit_sirens fits 2 -> ... -> 1 SIRENs on images, got {desc}")
+    parts = [_fit_batch(images[i:i + cfg.batch], seeds[i:i + cfg.batch], cfg, desc)
+             for i in range(0, len(images), cfg.batch)]
+    params = {k: torch.cat([pt[0][k] for pt in parts]) for k in parts[0][0]}
+    mse = torch.cat([pt[1] for pt in parts])
+    return FitResult(params, mse, psnr(mse).float())
+
+
+def _fit_batch(images: Tensor, seeds: list[int], cfg: FitConfig, desc: dict[str, Any]):
+    M, H, W = images.shape
+    w0 = float(desc["w0"])
+    init = init_sirens(seeds, desc)
+    names = list(init)
+    sizes = [init[k][0].numel() for k in names]
+    flat = torch.cat([init[k].reshape(M, -1) for k in names], 1)            # [M, n_params]
+    views = {k: v.view(init[k].shape) for k, v in zip(names, flat.split(sizes, 1))}
+    m, v = torch.zeros_like(flat), torch.zeros_like(flat)
+    y = images.reshape(M, H * W) - float(desc["output_offset"])             # [M, P]
+    r, c = torch.linspace(-1, 1, H), torch.linspace(-1, 1, W)
+    b1, b2 = cfg.betas
+    for step in range(cfg.steps):
+        p = {k: t.contiguous() for k, t in views.items()}
+        _, g = _loss_and_grads(p, y, r, c, w0)
+        grad = torch.cat([g[k].reshape(M, -1) for k in names], 1)          # [M, n_params]
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        t = step + 1
+        lr = cfg.lr_at(step) * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        flat.addcdiv_(m, v.sqrt().add_(cfg.eps * math.sqrt(1 - b2 ** t)), value=-lr)
+    p = {k: t.contiguous() for k, t in views.items()}
+    mse, _ = _loss_and_grads(p, y, r, c, w0, want_grads=False)
+    return {k: t.clone() for k, t in p.items()}, mse
+
+
+def member_image(member) -> np.ndarray:
+    """The image ``[H, W]`` (float32 in [0, 1]) that a zoo member (an INR of an INR preset) was fitted to.
+
+    Raises:
+        ValueError: the member stores no image (e.g. a DWSNets INR: the published files hold weights only).
+    """
+    try:
+        return np.asarray(member.extra("image"), dtype=np.float32)
+    except KeyError as e:
+        raise ValueError(f"no original image for member {member.run_id!r}: {e.args[0]}. Images are stored by "
+                         "the inr-* presets of `python -m neuralgraph.zoo.generate`; for other INRs render "
+                         "the member itself with render_sirens") from None

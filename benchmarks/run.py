@@ -1,4 +1,5 @@
-"""Train and evaluate a model on a task over seeds; write metrics, a Markdown table and a scatter plot.
+"""Train and evaluate a model on a task over seeds; write metrics, a Markdown table and the task's figure
+(a scatter plot for regression, a confusion matrix for classification, reconstructions for INR editing).
 
     python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE]
                              [--set key=value ...] [--device cpu|cuda] [--quick] [--out DIR] [--tag NAME]
@@ -16,7 +17,6 @@ checkpoint when the same command is run again.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -30,7 +30,8 @@ import yaml
 import neuralgraph
 from benchmarks.options import OptionError, check_config
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
-from neuralgraph.tasks import create_task, list_tasks, task_config_class, task_config_fields
+from neuralgraph.tasks import (TASK_SUPPLIED, IncompatibleModelError, create_task, list_tasks, task_config_class,
+                               task_config_fields)
 from neuralgraph.data.formats import UnsafeFileError
 from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
 from neuralgraph.training import TrainConfig, fit
@@ -98,7 +99,7 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
         cfg[section][name] = _parse_value(value)
     valid = {
         "task": set(task_config_fields(task)),
-        "model": set(model_arguments(model)) - {"out_dim", "node_in", "edge_in", "weight_shapes"},
+        "model": set(model_arguments(model)) - set(TASK_SUPPLIED),
         "train": {f.name for f in fields(TrainConfig)} - {"seed", "device"},
     }
     for section, keys in valid.items():
@@ -134,13 +135,28 @@ def markdown_table(task: str, model: str, summary: dict[str, Any], seeds: list[i
     return "\n".join(lines) + "\n"
 
 
-def scatter_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    split = "test" if "test" in results[0]["predictions"] else sorted(results[0]["predictions"])[0]
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    _pyplot().close(fig)
+
+
+def _figure_split(results: list[dict[str, Any]]) -> str:
+    return "test" if "test" in results[0]["predictions"] else sorted(results[0]["predictions"])[0]
+
+
+def scatter_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+    """Predicted against true values of the test split, every seed."""
+    plt = _pyplot()
+    split = _figure_split(results)
     fig, ax = plt.subplots(figsize=(4, 4))
     for r in results:
         p = r["predictions"][split]
@@ -153,8 +169,61 @@ def scatter_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    _save(fig, path)
+
+
+def confusion_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+    """Confusion matrix of the test split, summed over seeds, rows normalised (true class)."""
+    plt = _pyplot()
+    split = _figure_split(results)
+    pred = np.concatenate([r["predictions"][split]["pred"] for r in results]).astype(int)
+    target = np.concatenate([r["predictions"][split]["target"] for r in results]).astype(int)
+    k = int(max(pred.max(), target.max())) + 1
+    counts = np.zeros((k, k))
+    np.add.at(counts, (target, pred), 1)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=6,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel(f"predicted class ({split})")
+    ax.set_ylabel("true class")
+    ax.set_title(title + f"\naccuracy {np.mean(pred == target):.3f}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def reconstructions_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+    """Original / target / edited reconstructions of the first test members (first seed)."""
+    plt = _pyplot()
+    split = _figure_split(results)
+    rec = results[0]["predictions"][split]
+    rows = [("original", np.asarray(rec["original"])), ("target", np.asarray(rec["target"])),
+            ("edited", np.asarray(rec["edited"]))]
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(3, n, figsize=(1.1 * n, 3.6), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(f"{title} (seed {results[0]['seed']}, {split})", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+#: the runner's figure of each kind a task names (``Task.figure``), and its file name
+FIGURES = {"scatter": (scatter_plot, "scatter.png"), "confusion": (confusion_plot, "confusion.png"),
+           "reconstructions": (reconstructions_plot, "reconstructions.png")}
 
 
 def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[str, Any]], device: str,
@@ -184,7 +253,9 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
     atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(
         {"task": task_name, "model": label, "seeds": seeds, "config": cfg, "summary": summary}, indent=2))
     atomic_write_text(os.path.join(run_dir, "summary.md"), table)
-    scatter_plot(results, os.path.join(run_dir, "scatter.png"), f"{task_name} / {label}")
+    if task.figure is not None:
+        plot, filename = FIGURES[task.figure]
+        plot(results, os.path.join(run_dir, filename), f"{task_name} / {label}")
     print(table)
     print(f"results in {run_dir}")
     return {"summary": summary, "results": results, "dir": run_dir}
@@ -192,13 +263,10 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
 
 def _sized(task, model_name: str, cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Model hyperparameters plus the sizes the task supplies that the model's constructor accepts."""
-    accepted = model_arguments(model_name)
-    sizes = task.model_kwargs(model_class(model_name).input_kind)
-    if accepted.get("weight_shapes", None) is inspect.Parameter.empty and sizes.get("weight_shapes") is None:
-        raise SystemExit(f"{model_name} needs a homogeneous zoo of feed-forward networks (one architecture, "
-                         f"no residual or normalization layers), but the {task.name} zoo does not qualify: "
-                         f"{getattr(task, 'heterogeneity', 'unknown reason')}. Use ng-gnn, ng-t, sne or statnn.")
-    kwargs = {k: v for k, v in sizes.items() if k in accepted}
+    try:
+        kwargs = task.model_kwargs(model_name)
+    except IncompatibleModelError as err:
+        raise SystemExit(str(err)) from None
     kwargs.update(cfg["model"])
     return kwargs
 

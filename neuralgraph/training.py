@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
@@ -38,18 +38,28 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" or "cuda"
 
 
+#: members of a split whose :attr:`Task.example_fields` (e.g. images) are kept in ``predictions.json``
+NUM_EXAMPLES = 8
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str, input_kind: str, batch_size: int,
-             device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Metrics, predictions and targets of ``model`` on one split."""
+             device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics of ``model`` on one split, and the task's per-member records (:meth:`Task.predict`)
+    concatenated over the split."""
     model.eval()
-    preds, targets = [], []
+    parts: dict[str, list[Tensor]] = {}
     for batch in task.loader(split, input_kind, batch_size):
         batch = batch.to(device)
-        preds.append(task.predict(model(batch)).float().cpu())
-        targets.append(batch.y.view(-1).float().cpu())
-    pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
-    return task.metrics(pred, target), pred, target
+        for key, value in task.predict(model, batch).items():
+            parts.setdefault(key, []).append(value.detach().cpu())
+    records = {key: torch.cat(values).numpy() for key, values in parts.items()}
+    return task.metrics(records), records
+
+
+def _saved_records(task: Task, records: dict[str, np.ndarray]) -> dict[str, list]:
+    """Records as JSON lists; example fields for the first :data:`NUM_EXAMPLES` members only."""
+    return {k: (v[:NUM_EXAMPLES] if k in task.example_fields else v).tolist() for k, v in records.items()}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -69,6 +79,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     device = torch.device(cfg.device)
     input_kind = model.input_kind
     torch.manual_seed(cfg.seed)  # dropout and any other randomness of training (data order: per epoch)
+    model = task.wrap_model(model)
     model.to(device)
     if hasattr(model, "fit_degree"):  # models with data-dependent statistics fit them on train only
         model.fit_degree(task.splits["train"].graphs())
@@ -109,10 +120,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
         t0, losses = time.perf_counter(), []
         for batch in task.loader("train", input_kind, cfg.batch_size, shuffle=True, generator=gen):
             batch = batch.to(device)
-            out = model(batch)
-            loss = task.loss(out, batch.y)
-            if hasattr(model, "regularizer"):  # a model's own training penalty (weighted in its config)
-                loss = loss + model.regularizer(batch, out)
+            loss = task.loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -123,7 +131,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
             if cfg.max_steps and state["step"] >= cfg.max_steps:
                 break
         state["train_seconds"] += time.perf_counter() - t0
-        val, _, _ = evaluate(model, task, "val", input_kind, cfg.batch_size, device)
+        val, _ = evaluate(model, task, "val", input_kind, cfg.batch_size, device)
         score = val[task.select_metric]
         if not math.isfinite(score):  # a diverged epoch is never the best one
             score = -math.inf if task.select_mode == "max" else math.inf
@@ -154,9 +162,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     }
     predictions = {}
     for split in task.eval_splits():
-        metrics, pred, target = evaluate(model, task, split, input_kind, cfg.batch_size, device)
+        metrics, records = evaluate(model, task, split, input_kind, cfg.batch_size, device)
         results[split] = metrics
-        predictions[split] = {"pred": pred.tolist(), "target": target.tolist()}
+        predictions[split] = _saved_records(task, records)
     if out_dir:
         atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(results, indent=2))
         atomic_write_text(os.path.join(out_dir, "predictions.json"), json.dumps(predictions))

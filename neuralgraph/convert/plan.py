@@ -257,6 +257,20 @@ class ConversionPlan:
                 out[name] = flat[pos.to(flat.device)].reshape(*self.param_shapes[name], *values.shape[2:])
         return {name: out[name] for name in self.param_names}
 
+    def read_batch(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
+        """:meth:`read` for ``B`` graphs of this plan laid out one after the other, as a PyG batch does:
+        per-edge ``[B * E, F_edge]`` and per-node ``[B * N, F_node]`` values -> ``{name: [B, *shape]}``,
+        one gather for the whole batch. Differentiable."""
+        E, N, f_edge, f_node = self.num_edges, self.num_nodes, self.config.edge_dim, self.config.node_dim
+        B = edge_values.size(0) // max(E, 1)
+        if (edge_values.shape != (B * E, f_edge) or node_values.shape != (B * N, f_node)):
+            raise ValueError(f"values of shape {tuple(node_values.shape)} per node / {tuple(edge_values.shape)} per "
+                             f"edge are not a batch of graphs of this architecture ({N} nodes x {f_node}, {E} edges "
+                             f"x {f_edge} each)")
+        edge = edge_values.reshape(B, E, f_edge).permute(1, 2, 0)  # (E, F_edge, B)
+        node = node_values.reshape(B, N, f_node).permute(1, 2, 0)  # (N, F_node, B)
+        return {k: v.movedim(-1, 0) for k, v in self.read(edge, node).items()}  # name -> (B, *shape)
+
     def state_dict(self, graph: NeuralGraph) -> dict[str, Tensor]:
         """The parameters stored in ``graph`` (exact copies of the converted values).
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.models.mlp import mlp, normalize_signature, require_homogeneous
 from neuralgraph.models.registry import register_model
-from neuralgraph.nn.nf_layers import (HNPLayer, IOEncoding, NPLayer, PointwiseLayer, check_feedforward,
+from neuralgraph.nn.nf_layers import (HNPLayer, IOEncoding, NFFeatures, NPLayer, PointwiseLayer, check_feedforward,
                                       hnp_pool, np_pool, pool_dim, to_features)
 
 _LAYERS = {"np": NPLayer, "hnp": HNPLayer, "pt": PointwiseLayer}
@@ -57,14 +57,20 @@ class NFN(nn.Module):
         io_encoding (str, optional): ``"sinusoidal"``, ``"learned"`` or ``"none"``. (default: ``"sinusoidal"``)
         io_dim (int, optional): IO-encoding channels. (default: :obj:`8`)
         dropout (float, optional): dropout in the MLP head. (default: :obj:`0.0`)
+        head (str, optional): ``"invariant"`` (pool, then the MLP: one ``out_dim`` vector per network) or
+            ``"equivariant"`` (a last NF-layer to one channel, no pool: one value per weight and bias,
+            permuted with the input's hidden neurons; paper §3.4, INR editing). (default: ``"invariant"``)
 
     Shapes:
         - **input:** :class:`WeightSpaceBatch` of ``B`` networks of the one architecture
-        - **output:** ``[B, out_dim]`` (raw; the task applies sigmoid / BCE)
+        - **output:** ``[B, out_dim]`` (raw; the task applies sigmoid / BCE), or for
+          ``head="equivariant"`` a :class:`WeightSpace` shaped like the input (batch order)
     """
 
     input_kind: ClassVar[str] = "weights"
     permutation_invariant: ClassVar[bool] = True
+    #: the ``head`` giving one output per parameter (what per-parameter tasks build)
+    parameter_head: ClassVar[str] = "equivariant"
     default_layer: ClassVar[str] = "np"
     default_io_encoding: ClassVar[str] = "sinusoidal"
     default_pool: ClassVar[str] = "hnp"
@@ -73,7 +79,7 @@ class NFN(nn.Module):
     def __init__(self, weight_shapes: Sequence, out_dim: int = 1, layer: Optional[str] = None,
                  hidden_channels: Sequence[int] = (16, 16, 5), head_hidden: Sequence[int] = (1000, 1000),
                  io_encoding: Optional[str] = None, io_dim: int = 8, dropout: float = 0.0,
-                 pool: Optional[str] = None, standardize: Optional[bool] = None) -> None:
+                 pool: Optional[str] = None, standardize: Optional[bool] = None, head: str = "invariant") -> None:
         super().__init__()
         self.weight_shapes = normalize_signature(weight_shapes)
         self.layer = layer or self.default_layer
@@ -84,6 +90,9 @@ class NFN(nn.Module):
             raise ValueError(f"unknown NF-layer {self.layer!r}; choose from {sorted(_LAYERS)}")
         if self.pool_kind not in ("np", "hnp"):
             raise ValueError(f"unknown pool {self.pool_kind!r}; choose 'np' or 'hnp'")
+        if head not in ("invariant", "equivariant"):
+            raise ValueError(f"Could not resolve head {head!r} among choices ['invariant', 'equivariant']")
+        self.head_kind = head
         if self.layer == "hnp" and self.pool_kind != "hnp":
             raise ValueError("HNP layers keep input and output neurons apart; they need pool='hnp'")
         self.name = f"nfn-{self.layer}"
@@ -102,8 +111,11 @@ class NFN(nn.Module):
             channels = c
         self.layers = nn.ModuleList(layers)
         self._init_statistics()
-        self.head = mlp(pool_dim(self.weight_shapes, channels, self.pool_kind), tuple(head_hidden), out_dim,
-                        dropout)
+        if head == "equivariant":  # one channel per weight / bias
+            self.head = _LAYERS[self.layer](self.weight_shapes, channels, 1)
+        else:
+            self.head = mlp(pool_dim(self.weight_shapes, channels, self.pool_kind), tuple(head_hidden), out_dim,
+                            dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -152,17 +164,28 @@ class NFN(nn.Module):
             tuple((b - getattr(self, f"b_mean_{i}")) / getattr(self, f"b_std_{i}") for i, b in enumerate(ws.biases)),
             ws.feedforward)
 
-    def encode(self, batch: WeightSpaceBatch) -> Tensor:
-        """The invariant pooled features ``[B, pool_dim]`` (before the MLP)."""
+    def features(self, batch: WeightSpaceBatch) -> NFFeatures:
+        """The equivariant features after the NF-layers (group order)."""
         ws = self._standardized(require_homogeneous(batch, self.weight_shapes, self.name))
         feats = to_features(ws)
         if self.io is not None:
             feats = self.io(feats)
         for layer in self.layers:
             feats = layer(feats).map(torch.relu)
+        return feats
+
+    def encode(self, batch: WeightSpaceBatch) -> Tensor:
+        """The invariant pooled features ``[B, pool_dim]`` (before the MLP)."""
+        feats = self.features(batch)
         return hnp_pool(feats) if self.pool_kind == "hnp" else np_pool(feats)
 
-    def forward(self, batch: WeightSpaceBatch) -> Tensor:
+    def forward(self, batch: WeightSpaceBatch) -> Tensor | WeightSpace:
+        if self.head_kind == "equivariant":
+            out = self.head(self.features(batch))                           # one channel per weight / bias
+            order = batch.positions[0].argsort()                            # group order -> batch order
+            return WeightSpace(tuple(w.reshape(w.shape[:3] + s[2:])[order] for w, (s, _) in
+                                     zip(out.weights, self.weight_shapes)),  # [B, out, in, *kernel]
+                               tuple(b.squeeze(-1)[order] for b in out.biases), batch.groups[0].feedforward)
         return batch.scatter([self.head(self.encode(batch))])               # [B, out_dim]
 
 

@@ -34,6 +34,7 @@ from neuralgraph.models.heads import EquivariantOutput, apply_head, make_head
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.embeddings import NeuralGraphEncoder
 from neuralgraph.nn.film_pna import FiLMPNAConv, degree_histogram
+from neuralgraph.transforms.probe_features import MemberNetwork, make_probe_features, with_probe_features
 
 __all__ = ["NGGNN"]
 
@@ -76,6 +77,11 @@ class NGGNN(nn.Module):
         fourier_features (int, optional): random Fourier features of the raw weights/biases
             (0 = plain linear projection). (default: :obj:`128`, as the reference)
         fourier_sigma (float, optional): their frequency scale. (default: :obj:`3.0`)
+        probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
+            eq. 2): each neuron's values on them are appended to its node features, computed per batch
+            from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
+            ``member_network``. (default: :obj:`0`)
+        member_network (MemberNetwork, optional): the input networks' one architecture (tasks supply it).
 
     Shapes:
         - **input:** a PyG ``Batch`` of :class:`~neuralgraph.NeuralGraph` (B graphs, :math:`|V|`
@@ -85,6 +91,8 @@ class NGGNN(nn.Module):
 
     input_kind: ClassVar[str] = "graph"
     permutation_invariant: ClassVar[bool] = True
+    #: the ``head`` giving per-node / per-edge outputs that map onto parameters (per-parameter tasks)
+    parameter_head: ClassVar[str] = "equivariant"
 
     def __init__(
         self,
@@ -122,6 +130,8 @@ class NGGNN(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 128,
         fourier_sigma: float = 3.0,
+        probes: int = 0,
+        member_network: MemberNetwork | None = None,
     ):
         super().__init__()
         if norm not in ("layer", None):
@@ -131,7 +141,7 @@ class NGGNN(nn.Module):
         self.num_layers, self.reverse_edges, self.residual = num_layers, reverse_edges, residual
         self.head_kind = head
         self.encoder = NeuralGraphEncoder(
-            node_in, edge_in, hidden, edge_hidden, pos_emb=pos_emb, act_emb=act_emb,
+            node_in + probes, edge_in, hidden, edge_hidden, pos_emb=pos_emb, act_emb=act_emb,
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
@@ -152,6 +162,7 @@ class NGGNN(nn.Module):
                               node_out_dim)
         self.deg_fitted = deg is not None
         self.register_load_state_dict_post_hook(NGGNN._loaded)
+        self.probe = make_probe_features(probes, member_network, "ng-gnn")  # last: the same init without probes
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -169,6 +180,8 @@ class NGGNN(nn.Module):
             if isinstance(norm, nn.LayerNorm):
                 norm.reset_parameters()
         self.head.reset_parameters()
+        if self.probe is not None:
+            self.probe.reset_parameters()
 
     @staticmethod
     def _loaded(module: "NGGNN", incompatible_keys) -> None:
@@ -192,6 +205,8 @@ class NGGNN(nn.Module):
             warnings.warn("NG-GNN degree statistics are not fitted; call model.fit_degree(train_loader) "
                           "or pass deg=... (using a placeholder histogram)", stacklevel=5)
             self.deg_fitted = True  # warn once
+        if self.probe is not None:
+            data = with_probe_features(data, self.probe)  # x: (N, F + M)
         x, e = self.encoder(data)  # (N, F), (E, Fe)
         edge_index = data.edge_index
         E = edge_index.size(1)

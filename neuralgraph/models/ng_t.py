@@ -37,6 +37,7 @@ from neuralgraph.models.heads import EquivariantOutput, apply_head, graph_index,
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.embeddings import NeuralGraphEncoder
 from neuralgraph.nn.relational_attention import RelationalTransformerLayer
+from neuralgraph.transforms.probe_features import MemberNetwork, make_probe_features, with_probe_features
 
 __all__ = ["NGT", "PAIR_TYPES"]
 
@@ -76,6 +77,11 @@ class NGT(nn.Module):
         fourier_features (int, optional): random Fourier features of the raw weights/biases.
             (default: :obj:`128`, as the reference)
         fourier_sigma (float, optional): their frequency scale. (default: :obj:`1.0`)
+        probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
+            eq. 2): each neuron's values on them are appended to its node features, computed per batch
+            from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
+            ``member_network``. (default: :obj:`0`)
+        member_network (MemberNetwork, optional): the input networks' one architecture (tasks supply it).
 
     Shapes:
         - **input:** a PyG ``Batch`` of :class:`~neuralgraph.NeuralGraph`
@@ -84,6 +90,8 @@ class NGT(nn.Module):
 
     input_kind: ClassVar[str] = "graph"
     permutation_invariant: ClassVar[bool] = True
+    #: the ``head`` giving per-node / per-edge outputs that map onto parameters (per-parameter tasks)
+    parameter_head: ClassVar[str] = "equivariant"
 
     def __init__(
         self,
@@ -122,6 +130,8 @@ class NGT(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 128,
         fourier_sigma: float = 1.0,
+        probes: int = 0,
+        member_network: MemberNetwork | None = None,
     ):
         super().__init__()
         if mode not in ("dense", "sparse"):
@@ -130,7 +140,7 @@ class NGT(nn.Module):
         self.num_layers, self.mode, self.norm_first = num_layers, mode, norm_first
         self.head_kind = head
         self.encoder = NeuralGraphEncoder(
-            node_in, edge_in, node_dim, edge_dim, pos_emb=pos_emb, act_emb=act_emb,
+            node_in + probes, edge_in, node_dim, edge_dim, pos_emb=pos_emb, act_emb=act_emb,
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
@@ -148,6 +158,7 @@ class NGT(nn.Module):
         self.final_eln = nn.LayerNorm(edge_dim) if (norm_first and final_edge_update) else None
         self.head = make_head(head, node_dim, edge_dim, out_dim, readout, num_outputs,
                               head_hidden or 2 * node_dim, node_out_dim)
+        self.probe = make_probe_features(probes, member_network, "ng-t")  # last: the same init without probes
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,6 +170,8 @@ class NGT(nn.Module):
             if ln is not None:
                 ln.reset_parameters()
         self.head.reset_parameters()
+        if self.probe is not None:
+            self.probe.reset_parameters()
 
     # --- pair states ---------------------------------------------------------------------------
     def _sparse_pairs(self, x: Tensor, e: Tensor, edge_index: Tensor
@@ -199,6 +212,8 @@ class NGT(nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def encode(self, data) -> tuple[Tensor, Tensor]:
         """Node states ``[N, node_dim]`` and forward-edge states ``[E, edge_dim]``."""
+        if self.probe is not None:
+            data = with_probe_features(data, self.probe)  # x: (N, F + M)
         x, e = self.encoder(data)  # (N, F), (E, Fe)
         E = e.size(0)
         if self.mode == "sparse":

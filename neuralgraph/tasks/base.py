@@ -1,4 +1,4 @@
-"""Tasks own the data (zoo, splits), the loss, the metrics and the sizes models are built with.
+"""Tasks own the data (zoo, splits), the outputs models give, the loss, the metrics and model selection.
 
 Models never branch on tasks and the training loop never branches on model classes: a model declares
 ``input_kind`` ("graph" or "weights") and the task hands it loaders of that kind.
@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader as TorchLoader
 from torch_geometric.loader import DataLoader as GraphLoader
 
@@ -26,10 +27,11 @@ from neuralgraph.metrics import REGRESSION_METRICS
 class Split:
     """One split of a task: per member its graph and / or weight space (built on demand) and target."""
 
-    y: Tensor  # [n] float targets
+    y: Tensor  # [n, ...] targets (float): a property, a class index, or e.g. a target image per member
     make_graphs: Callable[[], list[NeuralGraph]]
     make_weights: Callable[[], list[WeightSpace]]
     feedforward: bool = True  # every member is a plain chain of linear / conv layers
+    dataset: Any = None  # the ZooDataset behind the split, when there is one (its members: ``dataset.member(i)``)
     _graphs: list[NeuralGraph] | None = field(default=None, repr=False)
     _weights: list[WeightSpace] | None = field(default=None, repr=False)
 
@@ -40,7 +42,7 @@ class Split:
         if self._graphs is None:
             self._graphs = self.make_graphs()
             for g, y in zip(self._graphs, self.y):
-                g.y = y.view(1)
+                g.y = y.unsqueeze(0)  # [1, ...]: batches to [B, ...]
         return self._graphs
 
     def weights(self) -> list[WeightSpace]:
@@ -60,21 +62,52 @@ class _WeightItems(torch.utils.data.Dataset):
         return self.ws[i], self.y[i]
 
 
-class Task:
-    """Base class: property prediction of networks in a zoo (subclasses fill :meth:`build_splits`).
+class IncompatibleModelError(ValueError):
+    """A registered model that cannot serve a task (the message says why and which models can)."""
 
-    Subclasses set ``Config`` (a dataclass of the task's options, defaults in ``neuralgraph/configs/tasks``) and
-    implement :meth:`build_splits` returning ``{"train", "val", "test", ...}`` splits; every split whose
-    name starts with ``test`` is evaluated at the best validation epoch.
+
+#: Model constructor arguments a task supplies (sizes and the members' architecture), never set by users.
+TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network")
+
+#: What a task asks a model to output.
+OUTPUTS = ("scalar", "classes", "parameters")
+
+
+class Task:
+    """Base class of every task: the data, what a model outputs, the loss, the metrics, model selection.
+
+    The contract the training loop relies on (it never assumes more):
+
+    * :attr:`output` - ``"scalar"`` (one number per network), ``"classes"`` (``num_classes`` logits per
+      network) or ``"parameters"`` (one value per parameter of the input network, from a model's
+      per-parameter head: see :mod:`neuralgraph.tasks.parameters`); :meth:`model_kwargs` turns it into
+      the sizes a model is built with, or refuses a model that cannot give it.
+    * :meth:`loss` ``(model, batch) -> scalar tensor`` and :meth:`predict` ``(model, batch) -> {field:
+      [B, ...]}``: per-member records of one batch; :func:`~neuralgraph.training.evaluate` concatenates
+      them over a split and :meth:`metrics` reduces them to numbers.
+    * :attr:`select_metric` / :attr:`select_mode`: the validation metric that picks the checkpoint.
+    * :meth:`wrap_model`: task-owned trainable parameters, trained and checkpointed with the model.
+    * :attr:`example_fields`: large record fields (e.g. images) kept for the first few members only in
+      ``predictions.json``; :attr:`figure`: the runner's plot of the records (``"scatter"``,
+      ``"confusion"``, ``"reconstructions"`` or ``None``).
+
+    This base class implements scalar regression of a zoo member's property (BCE on logits when the
+    target is a probability, else MSE): subclasses set ``Config`` (a dataclass of the task's options,
+    defaults in ``neuralgraph/configs/tasks``) and implement :meth:`build_splits` returning ``{"train", "val",
+    "test", ...}`` splits; every split whose name starts with ``test`` is evaluated at the best
+    validation epoch.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
+    output: ClassVar[str] = "scalar"
     #: "bce": the target is a probability (test accuracy) and outputs are logits; "mse": raw regression.
     loss_kind: ClassVar[str] = "bce"
     #: model selection metric on the validation split, and whether larger is better
     select_metric: ClassVar[str] = "kendall_tau"
     select_mode: ClassVar[str] = "max"
+    example_fields: ClassVar[tuple[str, ...]] = ()
+    figure: ClassVar[str | None] = "scatter"
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -93,16 +126,55 @@ class Task:
     def eval_splits(self) -> list[str]:
         return [s for s in self.splits if s.startswith("test")]
 
-    def model_kwargs(self, input_kind: str) -> dict[str, Any]:
-        """Sizes a model of this input kind needs (the runner passes only those a model accepts)."""
-        kw: dict[str, Any] = {"out_dim": 1}
-        train = self.splits["train"]
-        if input_kind == "graph":
-            g = train.graphs()[0]
-            kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1))
+    @property
+    def out_dim(self) -> int:
+        """Outputs per network (scalar and class outputs)."""
+        return 1
+
+    def model_kwargs(self, model_name: str) -> dict[str, Any]:
+        """The sizes (:data:`TASK_SUPPLIED`) a registered model of this task is built with, only those its
+        constructor accepts.
+
+        Raises:
+            IncompatibleModelError: the model cannot serve this task (the message says why).
+        """
+        from neuralgraph.models import list_models, model_arguments, model_class
+
+        cls, accepted = model_class(model_name), model_arguments(model_name)
+        kw: dict[str, Any] = {}
+        if cls.input_kind == "graph":
+            g = self.splits["train"].graphs()[0]
+            kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1), member_network=self.member_network())
         else:
             kw["weight_shapes"] = self.weight_shapes()
-        return kw
+            if accepted.get("weight_shapes") is inspect.Parameter.empty and kw["weight_shapes"] is None:
+                raise IncompatibleModelError(
+                    f"{model_name} needs a homogeneous zoo of feed-forward networks (one architecture, no residual "
+                    f"or normalization layers), but the {self.name} zoo does not qualify: {self.heterogeneity}. "
+                    "Use ng-gnn, ng-t, sne or statnn.")
+        if self.output == "parameters":
+            head = getattr(cls, "parameter_head", None)
+            if head is None:
+                able = [n for n in list_models() if getattr(model_class(n), "parameter_head", None)]
+                raise IncompatibleModelError(
+                    f"{model_name} outputs one value per network, but the {self.name} task needs one per parameter "
+                    f"of the input network; use one of {able}")
+            kw["head"] = head
+            if cls.input_kind == "graph":
+                plan = self.plan()
+                kw.update(out_dim=plan.config.edge_dim, node_out_dim=plan.config.node_dim)
+        else:
+            kw["out_dim"] = self.out_dim
+        return {k: v for k, v in kw.items() if k in accepted}
+
+    def member_network(self):
+        """The members' one architecture (:class:`~neuralgraph.transforms.MemberNetwork`, what probe
+        features run), or ``None`` when the task mixes architectures."""
+        return None
+
+    def plan(self):
+        """The conversion plan of the members' one architecture (per-parameter tasks)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single conversion plan")
 
     def weight_shapes(self) -> tuple | None:
         """The one weight-space signature of every split's members, or ``None`` (with
@@ -127,17 +199,74 @@ class Task:
         raise ValueError(f"unknown input_kind {input_kind!r}; expected 'graph' or 'weights'")
 
     # ------------------------------------------------------------------------------------ objective
-    def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        out = out.view(-1)
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module the loop trains and checkpoints: ``model`` itself, or a wrapper adding the task's
+        own trainable parameters (e.g. the edit step size of ``inr-edit``)."""
+        return model
+
+    def loss(self, model: nn.Module, batch) -> Tensor:
+        """The training loss of one batch (plus the model's own penalty, if it has one)."""
+        out = model(batch)
+        loss = self.criterion(out, batch)
+        if hasattr(model, "regularizer"):  # a model's own training penalty (weighted in its config)
+            loss = loss + model.regularizer(batch, out)
+        return loss
+
+    def criterion(self, out: Tensor, batch) -> Tensor:
+        """The loss of model outputs ``out`` against the batch's targets."""
+        out, y = out.view(-1), batch.y.view(-1).to(out.dtype)
         if self.loss_kind == "bce":
-            return F.binary_cross_entropy_with_logits(out, y.view(-1).to(out.dtype))
-        return F.mse_loss(out, y.view(-1).to(out.dtype))
+            return F.binary_cross_entropy_with_logits(out, y)
+        return F.mse_loss(out, y)
 
-    def predict(self, out: Tensor) -> Tensor:
-        return torch.sigmoid(out.view(-1)) if self.loss_kind == "bce" else out.view(-1)
+    def predict(self, model: nn.Module, batch) -> dict[str, Tensor]:
+        """Per-member records of one batch: ``pred`` and ``target`` ``[B]``."""
+        out = model(batch).view(-1)
+        pred = torch.sigmoid(out) if self.loss_kind == "bce" else out
+        return {"pred": pred.float(), "target": batch.y.view(-1).float()}
 
-    def metrics(self, pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-        return {name: fn(pred, target) for name, fn in REGRESSION_METRICS.items()}
+    def metrics(self, records: dict[str, np.ndarray]) -> dict[str, float]:
+        """Numbers of one split from its concatenated records."""
+        return {name: fn(records["pred"], records["target"]) for name, fn in REGRESSION_METRICS.items()}
+
+
+class ClassificationTask(Task):
+    """Predict a class per network: cross-entropy on ``num_classes`` logits, top-1 and per-class
+    accuracy (``acc_c<k>``; NaN for a class absent from the split), selection on validation accuracy.
+    Split targets ``y`` hold the class index (as a float)."""
+
+    output: ClassVar[str] = "classes"
+    select_metric: ClassVar[str] = "accuracy"
+    select_mode: ClassVar[str] = "max"
+    figure: ClassVar[str | None] = "confusion"
+
+    @property
+    def out_dim(self) -> int:
+        return self.num_classes
+
+    @property
+    def num_classes(self) -> int:
+        """One more than the largest label of any split."""
+        return int(max(int(s.y.max()) for s in self.splits.values())) + 1
+
+    def criterion(self, out: Tensor, batch) -> Tensor:
+        return F.cross_entropy(out, batch.y.view(-1).long())
+
+    def predict(self, model: nn.Module, batch) -> dict[str, Tensor]:
+        return {"pred": model(batch).argmax(-1), "target": batch.y.view(-1).long()}
+
+    def metrics(self, records: dict[str, np.ndarray]) -> dict[str, float]:
+        return classification_metrics(records["pred"], records["target"], self.num_classes)
+
+
+def classification_metrics(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Top-1 ``accuracy`` and per-class accuracy ``acc_c<k>`` of predicted against true class indices."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    out = {"accuracy": float((pred == target).mean()) if target.size else float("nan")}
+    for k in range(num_classes):
+        sel = target == k
+        out[f"acc_c{k}"] = float((pred[sel] == k).mean()) if sel.any() else float("nan")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- registry

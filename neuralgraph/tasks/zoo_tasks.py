@@ -26,7 +26,8 @@ def dataset_split(ds: ZooDataset) -> Split:
     """A task split over one :class:`ZooDataset` split: its graphs, and the same members as weight spaces."""
     weights = ds.weight_dataset()
     return Split(y=ds.y.float(), make_graphs=lambda: list(ds), make_weights=lambda: [w for w, _ in weights],
-                 feedforward=all(weights.to_graph.plan(weights.member(i)).feedforward for i in range(len(weights))))
+                 feedforward=all(weights.to_graph.plan(weights.member(i)).feedforward for i in range(len(weights))),
+                 dataset=ds)
 
 
 def normalize_graphs(splits: dict[str, Split]) -> dict[str, Split]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import torch
@@ -187,11 +188,34 @@ class ProbeFeatures(BaseTransform):
         return f"{type(self).__name__}(probes={[tuple(p.shape) for p in probes]})"
 
 
+@dataclass(frozen=True, eq=False)
+class MemberNetwork:
+    """The one architecture of a task's networks, as the graph models' probe features need it (tasks supply
+    it: :meth:`Task.member_network <neuralgraph.tasks.Task.member_network>`).
+
+    Args:
+        module (nn.Module): any network of the architecture (only its structure is used).
+        example_input (Tensor): ``[1, *input_shape]``, as given to :func:`~neuralgraph.to_neural_graph`.
+        converter (dict): the converter options the graphs were made with.
+    """
+
+    module: nn.Module
+    example_input: Tensor
+    converter: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.example_input.shape[1:])
+
+
 class LearnedProbeFeatures(nn.Module):
     r"""Probe features with learned probe inputs (``nn.Parameter``), trained with the model using them.
 
     The network of each graph is evaluated functionally from the graph's parameters, so gradients reach
-    the probe inputs (and the graph's ``x`` / ``edge_attr`` if they require grad).
+    the probe inputs (and the graph's ``x`` / ``edge_attr`` if they require grad). A batch whose graphs
+    all have the architecture of ``model`` (given as a module) is evaluated in one vectorised call
+    (``torch.func.vmap`` over the members' parameters, read from the batch with one gather); other
+    batches graph by graph.
 
     Args:
         model (nn.Module or callable): as in :class:`ProbeFeatures` (kept outside the module tree: its
@@ -217,15 +241,60 @@ class LearnedProbeFeatures(nn.Module):
         self.probes = nn.Parameter(torch.empty(num_probes, *self.input_shape))
         self.reset_parameters()
 
+    @classmethod
+    def for_members(cls, net: MemberNetwork, num_probes: int, init_std: float = 1.0) -> "LearnedProbeFeatures":
+        """Probe features of the networks of a :class:`MemberNetwork`."""
+        return cls(net.module, num_probes, net.input_shape, init_std, net.example_input, **net.converter)
+
     def reset_parameters(self) -> None:
         nn.init.normal_(self.probes, std=self.init_std)
 
     def forward(self, data: NeuralGraph | Batch) -> Tensor:
-        graphs = data.to_data_list() if isinstance(data, Batch) else [data]
         model = self._model[0]
+        if isinstance(data, Batch) and isinstance(model, nn.Module):
+            first = data.get_example(0)
+            plan = find_plan(first, model, self.example_input, **self.config)
+            B = data.num_graphs
+            if data.num_nodes == B * plan.num_nodes and data.edge_index.size(1) == B * plan.num_edges:
+                plan.check(first)
+                return _batched_activations(data, plan, model, self.probes)
+        graphs = data.to_data_list() if isinstance(data, Batch) else [data]
         out = [probe_activations(g, _template(model, g), self.probes, self.example_input, **self.config)
                for g in graphs]
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def extra_repr(self) -> str:
         return f"num_probes={self.probes.size(0)}, input_shape={self.input_shape}"
+
+
+#: the numbers of probes the graph models offer (Neural Graphs, table 3 / figure 2)
+PROBE_CHOICES = (0, 4, 16, 64)
+
+
+def make_probe_features(probes: int, member_network: MemberNetwork | None, who: str) -> LearnedProbeFeatures | None:
+    """The learned probe features of a graph model with ``probes`` probes (``None`` for 0), with clear errors."""
+    if probes not in PROBE_CHOICES:
+        raise ValueError(f"{who}: probes={probes!r}; choose one of {list(PROBE_CHOICES)}")
+    if not probes:
+        return None
+    if member_network is None:
+        raise ValueError(f"{who}: probes={probes} needs the networks' architecture (member_network=MemberNetwork"
+                         "(...)), which tasks over one architecture supply (inr-cls, inr-edit, cnn-zoo, cross-*); "
+                         "this task mixes architectures, so set probes=0")
+    return LearnedProbeFeatures.for_members(member_network, probes)
+
+
+def _batched_activations(data: Batch, plan: ConversionPlan, model: nn.Module, inputs: Tensor) -> Tensor:
+    """Neuron values ``[B * N, M]`` of a batch of ``B`` graphs of one plan on inputs ``[M, ...]``."""
+    params = plan.read_batch(data.edge_attr, data.x[:, :plan.config.node_dim])  # name -> (B, *shape)
+    inputs = inputs.to(data.x.device, data.x.dtype)
+    run = _runner(plan, model)
+    values = torch.func.vmap(lambda p: run(p, (inputs,)))(params)  # (B, N, M)
+    return values.reshape(-1, values.size(-1))
+
+
+def with_probe_features(data: NeuralGraph | Batch, probe: LearnedProbeFeatures) -> NeuralGraph | Batch:
+    """A shallow copy of ``data`` whose ``x`` has the probe features appended (``[N, F + M]``)."""
+    out = copy.copy(data)
+    out.x = torch.cat([data.x, probe(data).to(data.x.dtype)], dim=1)
+    return out

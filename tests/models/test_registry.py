@@ -17,7 +17,10 @@ from neuralgraph.data import WeightSpaceBatch
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
 from tests.helpers.permute import assert_params_moved, assert_same_function, permute_in, permute_out
 
-ALL = ["ng-gnn", "ng-t", "sne", "nfn-np", "nfn-hnp", "nfn-pt", "statnn", "mlp"]
+ALL = list_models()
+#: the model names the public contract promises
+CONTRACT = ["ng-gnn", "ng-t", "sne", "nfn-np", "nfn-hnp", "nfn-pt", "statnn", "mlp"]
+PER_PARAMETER = [n for n in ALL if getattr(model_class(n), "parameter_head", None)]
 
 
 def cnn() -> nn.Sequential:
@@ -38,10 +41,10 @@ def inputs(kind: str, nets: list[nn.Module]):
     return WeightSpaceBatch.collate([get_plan(n).weight_space(n) for n in nets])
 
 
-def build(name: str, nets: list[nn.Module]) -> nn.Module:
+def build(name: str, nets: list[nn.Module], **extra) -> nn.Module:
     kind = model_class(name).input_kind
     ws = get_plan(nets[0]).weight_space(nets[0])
-    sizes = {"out_dim": 1, "node_in": 2, "edge_in": 49, "weight_shapes": ws.signature}
+    sizes = {"out_dim": 1, "node_in": 2, "edge_in": 49, "weight_shapes": ws.signature, **extra}
     accepted = model_arguments(name)
     torch.manual_seed(0)
     model = create_model(name, **{k: v for k, v in sizes.items() if k in accepted})
@@ -51,7 +54,7 @@ def build(name: str, nets: list[nn.Module]) -> nn.Module:
 
 
 def test_registry_has_every_model_and_clear_typos():
-    assert list_models() == sorted(ALL)
+    assert set(CONTRACT) <= set(list_models())
     assert list_models("ng-*") == ["ng-gnn", "ng-t"]
     with pytest.raises(KeyError, match=r"Could not resolve 'ngt' among choices \["):
         create_model("ngt")
@@ -90,3 +93,60 @@ def test_claimed_permutation_invariance(name):
 def test_non_invariant_models_are_declared():
     # the flat MLP sees parameters in a fixed order: it must not claim invariance
     assert model_class("mlp").permutation_invariant is False
+
+
+def _parameter_output(name: str, nets: list[nn.Module]):
+    """A model's per-parameter head (the sizes a per-parameter task gives it) on ``nets``, as parameters."""
+    from neuralgraph.tasks.parameters import parameter_values
+
+    plan = get_plan(nets[0])
+    extra = {"head": model_class(name).parameter_head}
+    if model_class(name).input_kind == "graph":
+        extra.update(out_dim=plan.config.edge_dim, node_out_dim=plan.config.node_dim)
+    model, kind = build(name, nets, **extra)
+    return model, parameter_values(model(inputs(kind, nets)), plan), plan
+
+
+@pytest.mark.parametrize("name", PER_PARAMETER)
+def test_per_parameter_outputs_have_the_parameters_shapes(name):
+    torch.manual_seed(0)
+    nets = [cnn() for _ in range(3)]
+    model, values, plan = _parameter_output(name, nets)
+    assert list(values) == plan.param_names
+    for k, v in values.items():
+        assert v.shape == (3, *plan.param_shapes[k]) and torch.isfinite(v).all()
+    sum(v.square().sum() for v in values.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("name", [n for n in PER_PARAMETER if model_class(n).permutation_invariant])
+def test_per_parameter_outputs_permute_with_the_hidden_neurons(name):
+    """Permuting hidden channels of the input CNNs permutes the per-parameter outputs the same way."""
+    torch.manual_seed(1)
+    nets = [cnn() for _ in range(2)]
+    gen = torch.Generator().manual_seed(0)
+    perm = [permuted(n, gen) for n in nets]
+    torch.manual_seed(0)
+    model, values, _ = _parameter_output(name, nets)
+    model.eval()
+    from neuralgraph.tasks.parameters import parameter_values
+
+    with torch.no_grad():
+        kind = model_class(name).input_kind
+        plan = get_plan(nets[0])
+        a = parameter_values(model(inputs(kind, nets)), plan)
+        b = parameter_values(model(inputs(kind, perm)), plan)
+    assert any(not torch.allclose(a[k], b[k], atol=1e-3) for k in a)  # the outputs do move with the neurons
+    # apply the same permutation to the outputs of the unpermuted networks, as to parameters
+    for i in range(2):
+        moved = copy.deepcopy(nets[i])
+        with torch.no_grad():
+            for k, p in moved.named_parameters():
+                p.copy_(a[k][i])
+        gen_i = torch.Generator().manual_seed(0)
+        for _ in range(i):  # replay the generator to the permutation of member i
+            torch.randperm(4, generator=gen_i), torch.randperm(5, generator=gen_i)
+        moved = permuted(moved, gen_i)
+        for k, p in moved.named_parameters():
+            assert torch.allclose(p, b[k][i], atol=1e-5, rtol=1e-4), (name, k, (p - b[k][i]).abs().max())

@@ -178,3 +178,11 @@ def test_crafted_pickles_refused(tmp_path, fmt, via_torch_save):
         with pytest.raises(ZooFormatError):
             SmallCNNZoo(tmp_path, split="test")
     assert not target.exists()
+
+
+def test_truncated_wild_park_checkpoint_is_named(tmp_path):
+    write_wildpark(tmp_path, trials=1, ckpts=2)
+    path = next(tmp_path.rglob("checkpoint.pt"))
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(UnsafeFileError, match=r"cannot read .*checkpoint.pt' as a torch file .*truncated, damaged"):
+        WildParkZoo(tmp_path)

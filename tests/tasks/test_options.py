@@ -75,3 +75,11 @@ def test_refused_rerun_leaves_the_saved_configuration_alone(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="another configuration"):
         runner.run("tiny", "statnn", [0], changed, "cpu", str(tmp_path), progress=False)
     assert saved.read_text() == before
+
+
+def test_cli_reports_a_bad_zoo_file_without_a_traceback(tmp_path):
+    (tmp_path / "zoo.json").write_text("[]")
+    with pytest.raises(SystemExit) as e:
+        runner.main(["--task", "wildpark", "--model", "ng-t", "--quick", "--set", f"task.zoo={tmp_path}",
+                     "--out", str(tmp_path / "out"), "--no-progress"])
+    assert str(e.value).startswith("error: ") and "zoo.json' holds a JSON list" in str(e.value)

@@ -39,5 +39,7 @@ def safe_torch_load(path: str | os.PathLike, hint: str = "") -> Any:
             f"refusing to load {str(path)!r}: it contains pickled objects that are not plain tensors or "
             f"containers ({reason.strip()}); loading it would execute code stored in the file. {hint}".strip()
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise UnsafeFileError(f"cannot read {str(path)!r} as a torch file: {e}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UnsafeFileError(f"cannot read {str(path)!r} as a torch file ({why}): it is truncated, damaged or "
+                              "not a torch.save file; restore it from its source") from None

@@ -1,6 +1,12 @@
 """INR zoos: the batched SIREN fit, the image sets, generation, the stored format and conversion."""
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +174,26 @@ def test_member_converts_like_a_dwsnets_member(tmp_path):
     assert torch.isin(w.reshape(-1), ga.edge_attr.reshape(-1)).all()
     with pytest.raises(ValueError, match="no original image"):
         member_image(theirs)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_uninterrupted_zoo(tmp_path):
+    out, ref = tmp_path / "zoo", tmp_path / "ref"
+    args = ["--preset", "inr-glyphs", "--runs", "150", "--epochs", "20", "--no-progress", "--seed", "3"]
+    cmd = [sys.executable, "-m", "neuralgraph.zoo.generate", *args, "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("members/*.json")):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)   # while the first group is being written or the second is fitting
+    proc.wait()
+    done_before = {p.stem for p in (out / "members").glob("*.json")}
+    assert 0 < len(done_before) < 150
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert main([*args, "--out", str(ref)]) == 0
+    assert sorted(load_zoo(out).run_ids) == sorted(load_zoo(ref).run_ids) == [run_id(i) for i in range(150)]
+    for i in range(150):
+        a, b = _read(out, run_id(i)), _read(ref, run_id(i))
+        assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+    assert not list((out / "members").glob(".*"))

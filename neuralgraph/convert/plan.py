@@ -21,7 +21,7 @@ from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.trace import trace_module
-from neuralgraph.data.graph import EDGE_KINDS, GEOMETRY_DTYPE, ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, GEOMETRY_DTYPE, ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace
 
 _CACHE_SIZE = 256
@@ -176,9 +176,25 @@ class ConversionPlan:
         self.offsets = offsets
         self._read_maps: tuple | None = None  # read-back maps, built on first use
         self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
-        kinds = {EDGE_KINDS[k] for k in self.categories["edge_kind"].unique().tolist()}
-        #: a plain feed-forward chain of linear / conv layers (what NFN-style weight-space models assume)
-        self.feedforward = kinds <= {"linear", "conv", "flatten"}
+        #: a plain feed-forward chain of linear / conv layers with element-wise maps between them
+        #: (activations, constant scales and shifts): what NFN-style weight-space models assume
+        self.feedforward = self._is_feedforward()
+
+    def _is_feedforward(self) -> bool:
+        """Only linear / conv / flatten edges, plus identity edges that map one neuron to one new neuron and
+        nothing else reads the old one (a constant scale such as SIREN's ``sin(w0 * x)``, or ``x + c``):
+        such element-wise maps commute with permutations of the neurons they act on."""
+        kind = self.categories["edge_kind"]
+        kinds = {EDGE_KINDS[k] for k in kind.unique().tolist()}
+        if not kinds <= {"linear", "conv", "flatten", "identity"}:
+            return False
+        ident = kind == EDGE_KIND["identity"]
+        if not ident.any():
+            return True
+        out_deg = torch.bincount(self.edge_index[0], minlength=self.num_nodes)
+        in_deg = torch.bincount(self.edge_index[1], minlength=self.num_nodes)
+        src, dst = self.edge_index[:, ident]
+        return bool((out_deg[src] == 1).all() and (in_deg[dst] == 1).all())
 
     def _maps(self) -> tuple:
         if self._read_maps is None:

@@ -36,7 +36,7 @@ class Split:
     _weights: list[WeightSpace] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return self.y.numel()
+        return len(self.y)
 
     def graphs(self) -> list[NeuralGraph]:
         if self._graphs is None:

@@ -1,6 +1,7 @@
 """Per-architecture plans: the second model of an architecture is a gather, not a new trace."""
 import pytest
 import torch
+from torch import nn
 
 from neuralgraph import from_neural_graph, to_neural_graph
 from neuralgraph.convert import clear_plan_cache, get_plan
@@ -64,3 +65,26 @@ def test_edited_graph_values_reach_the_module():
     assert torch.equal(m2.layers[1].weight, m.layers[1].weight * 2)
     assert torch.equal(m2.fc.bias, m.fc.bias * 3)
     assert_state_equal(m, from_neural_graph(to_neural_graph(m), m))
+
+
+class _SharedPreActivation(nn.Module):
+    """The pre-activation of the hidden layer is read twice (an identity-fed copy gets the activation): only
+    linear and identity edges, but not a chain of layers with element-wise maps between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 4), nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.cat([torch.tanh(h), h], 1))
+
+
+def test_feedforward_flag_allows_element_wise_maps_only():
+    from neuralgraph.zoo.arch import build_model
+
+    siren = build_model({"family": "siren", "in_dim": 2, "hidden": [5, 4], "out_dim": 1, "w0": 30.0,
+                         "output_offset": 0.5})  # sin(30 x) and + 0.5: identity edges, one to one
+    assert get_plan(siren, torch.zeros(1, 2)).feedforward
+    assert get_plan(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))).feedforward
+    assert not get_plan(_SharedPreActivation(), torch.zeros(1, 2)).feedforward

@@ -28,7 +28,7 @@ from neuralgraph.tasks.parameters import parameter_values
 from neuralgraph.tasks.zoo_tasks import dataset_split, processed_root, zoo_splits
 from neuralgraph.transforms.probe_features import MemberNetwork
 from neuralgraph.zoo import default_zoo
-from neuralgraph.zoo.arch import arch_key, build_model, example_input
+from neuralgraph.data.arch import arch_key, build_model, example_input
 from neuralgraph.zoo.inr import member_image, render_sirens
 
 __all__ = ["InrClsTask", "InrEditTask", "dilate"]

@@ -81,7 +81,7 @@ class _SharedPreActivation(nn.Module):
 
 
 def test_feedforward_flag_allows_element_wise_maps_only():
-    from neuralgraph.zoo.arch import build_model
+    from neuralgraph.data.arch import build_model
 
     siren = build_model({"family": "siren", "in_dim": 2, "hidden": [5, 4], "out_dim": 1, "w0": 30.0,
                          "output_offset": 0.5})  # sin(30 x) and + 0.5: identity edges, one to one

@@ -32,7 +32,6 @@ from benchmarks.options import OptionError, check_config
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
 from neuralgraph.tasks import (TASK_SUPPLIED, IncompatibleModelError, create_task, list_tasks, task_config_class,
                                task_config_fields)
-from neuralgraph.data.formats import UnsafeFileError
 from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
 from neuralgraph.training import TrainConfig, fit
 
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = resolve_config(args.task, args.model, args.config, args.quick, args.overrides)
     try:
         run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress)
-    except (DataFileError, UnsafeFileError) as e:  # a bad input file: its name, the problem and the fix
+    except DataFileError as e:  # a bad input file (damaged, or refused as unsafe): its name, the problem, the fix
         raise SystemExit(f"error: {e}") from None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -17,10 +17,14 @@ class DataFileError(ValueError):
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The file gets the mode any new file gets (``0o666`` less the umask), so a zoo or cache written
+    under umask 022 is readable by others, as with ``open(path, "w")``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -31,6 +35,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         except FileNotFoundError:
             pass
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created ``.<name>.<random>.tmp`` beside ``path``, mode ``0o666`` less the umask
+    (``tempfile.mkstemp`` would make it 0600, and the rename would keep that)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from neuralgraph.data.formats.safe import safe_torch_load
 from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
 from neuralgraph.tasks.base import Task
 
@@ -96,11 +97,11 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     train_opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "max_steps")}
     fingerprint = json.loads(json.dumps({"train": train_opts, **(run_config or {})}))
     if ckpt and os.path.exists(ckpt):
-        try:
-            saved = torch.load(ckpt, map_location=device, weights_only=True)
-        except (RuntimeError, OSError, EOFError) as e:  # truncated or damaged (a kill cannot do this: atomic)
-            raise DataFileError(f"{ckpt}, a results checkpoint, is damaged ({(str(e).splitlines() or [''])[0]}); "
-                                "delete it to train this seed from scratch") from None
+        fix = "delete it to train this seed from scratch"
+        saved = safe_torch_load(ckpt, hint=f"If you did not write it, {fix}.", what="a results checkpoint", fix=fix)
+        if not (isinstance(saved, dict) and {"model", "optimizer", "state", "rng", "config"} <= saved.keys()):
+            raise DataFileError(f"{ckpt!r} is not a results checkpoint (expected a dict with model, optimizer, "
+                                f"state, rng and config); {fix}")
         changed = _diff(saved.get("config"), fingerprint)
         if changed:
             raise ValueError(f"{ckpt} was written by another configuration ({'; '.join(changed)}); resume with "

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -41,6 +40,7 @@ from torch_geometric.data import InMemoryDataset
 from neuralgraph.convert import ConvertConfig, get_plan
 from neuralgraph.data.arch import arch_key, build_model, example_input
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, member_splits
+from neuralgraph.data.formats.safe import safe_torch_load
 from neuralgraph.data.graph import FORMAT_VERSION, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.io import atomic_write, file_lock, remove_temps
@@ -213,15 +213,9 @@ class ZooDataset(InMemoryDataset):
 
     def _load_processed(self) -> None:
         path = self.processed_paths[0]
-        try:
-            payload = torch.load(path, weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ZooFormatError(f"refusing {path!r}: not a plain-tensor file ({str(e).splitlines()[0]}); "
-                                 "delete it to process again") from e
-        except (RuntimeError, OSError, EOFError) as e:  # truncated or damaged
-            why = (str(e).splitlines() or [type(e).__name__])[0]
-            raise ZooFormatError(f"{path!r}, a processed-graph cache, is damaged ({why}); delete "
-                                 f"{self.processed_dir!r} and it is processed again from the zoo") from None
+        fix = f"delete {self.processed_dir!r} and it is processed again from the zoo"
+        payload = safe_torch_load(path, hint=f"If you did not write it, {fix}.", what="a processed-graph cache",
+                                  fix=fix)
         if not (isinstance(payload, dict) and isinstance(payload.get("data"), dict) and "slices" in payload):
             raise ZooFormatError(f"{path!r} is not a processed-graph cache (expected {{'data', 'slices'}}); delete "
                                  f"{self.processed_dir!r} and it is processed again from the zoo")

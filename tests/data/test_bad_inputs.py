@@ -10,6 +10,7 @@ import pytest
 from neuralgraph.data.formats import SmallCNNZoo, ZooFormatError, load_zoo
 from neuralgraph.data.formats.native import write_member
 from neuralgraph.data.zoo import ZooDataset, ZooWeightDataset
+from neuralgraph.io import DataFileError
 from tests.data.test_zoo_format import ARCH, write_toy_zoo
 from tests.data.test_zoo_readers import write_small_cnn_zoo
 
@@ -89,8 +90,8 @@ def test_truncated_processed_graph_cache(zdir):
     path = ds.processed_paths[0]
     with open(path, "r+b") as f:
         f.truncate(1000)
-    with pytest.raises(ZooFormatError, match=r"graphs.pt', a processed-graph cache, is damaged .*delete .* and it "
-                                             r"is processed again"):
+    with pytest.raises(DataFileError, match=r"graphs.pt', a processed-graph cache, is damaged .*delete .* and it "
+                                            r"is processed again"):
         ZooDataset(zdir, "all")
 
 

@@ -7,7 +7,9 @@ from torch_geometric.loader import DataLoader
 
 from neuralgraph.data.formats.native import ZooFormatError, load_zoo
 from neuralgraph.data.zoo import ZooDataset, ZooWeightDataset
+from neuralgraph.data.formats.safe import UnsafeFileError
 from tests.data.test_zoo_format import ARCH, Payload, write_toy_zoo
+from tests.data.test_zoo_readers import assert_refused_as_unsafe
 
 ARCH2 = dict(ARCH, channels=[8, 4], kernels=[3, 3], activations=["tanh", "relu"], residual=[-1, -1])
 
@@ -71,9 +73,11 @@ def test_crafted_processed_file_is_refused(zoo_dir):
     target = zoo_dir / "pwned"
     with open(a.processed_paths[0], "wb") as f:
         pickle.dump(Payload(target), f)
-    with pytest.raises(ZooFormatError, match="refusing"):
+    with pytest.raises(UnsafeFileError) as err:
         ZooDataset(zoo_dir, split="all")
     assert not target.exists()
+    assert_refused_as_unsafe(err.value, a.processed_paths[0], "a processed-graph cache")
+    assert "and it is processed again from the zoo" in str(err.value)
 
 
 # --- the graph cache is keyed on the content of the source files ------------------------------

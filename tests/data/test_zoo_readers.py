@@ -14,6 +14,7 @@ from neuralgraph.data.formats import (DWSNetsINRs, SmallCNNZoo, UnsafeFileError,
                                       load_zoo)
 from neuralgraph.data.formats.small_cnn_zoo import standard_split
 from neuralgraph.data.formats.wildpark import convert
+from neuralgraph.io import DataFileError
 from tests.data.test_zoo_format import Payload
 from tests.data.test_arch import published_forward
 
@@ -151,6 +152,14 @@ def test_dwsnets(tmp_path):
 
 
 # --- crafted pickles are refused everywhere, never executed ----------------------------------
+def assert_refused_as_unsafe(err, path, what):
+    """The refusal names the file and what it is, says why, and never suggests the unsafe fix (torch's
+    own message suggests weights_only=False)."""
+    msg = str(err)
+    assert f"refusing to load {str(path)!r} ({what}) as unsafe" in msg, msg
+    assert "execute code" in msg and "weights_only" not in msg, msg
+
+
 @pytest.mark.parametrize("fmt", ["wildpark", "dwsnets", "small-cnn-zoo"])
 @pytest.mark.parametrize("via_torch_save", [False, True])
 def test_crafted_pickles_refused(tmp_path, fmt, via_torch_save):
@@ -165,13 +174,17 @@ def test_crafted_pickles_refused(tmp_path, fmt, via_torch_save):
             path.write_bytes(pickle.dumps(payload))
 
     if fmt == "wildpark":
-        dump(tmp_path / "z" / "trial" / "checkpoint_000001" / "checkpoint.pt")
-        with pytest.raises(UnsafeFileError):
+        path = tmp_path / "z" / "trial" / "checkpoint_000001" / "checkpoint.pt"
+        dump(path)
+        with pytest.raises(UnsafeFileError) as err:
             WildParkZoo(tmp_path / "z")
+        assert_refused_as_unsafe(err.value, path, "a Wild Park checkpoint")
     elif fmt == "dwsnets":
-        dump(tmp_path / "z" / "mnist_png_training_3_1" / "checkpoints" / "model_final.pth")
-        with pytest.raises(UnsafeFileError):
+        path = tmp_path / "z" / "mnist_png_training_3_1" / "checkpoints" / "model_final.pth"
+        dump(path)
+        with pytest.raises(UnsafeFileError) as err:
             DWSNetsINRs(tmp_path / "z", split="train")
+        assert_refused_as_unsafe(err.value, path, "a DWSNets INR")
     else:
         write_small_cnn_zoo(tmp_path)
         dump(tmp_path / "weights.npy")
@@ -184,5 +197,6 @@ def test_truncated_wild_park_checkpoint_is_named(tmp_path):
     write_wildpark(tmp_path, trials=1, ckpts=2)
     path = next(tmp_path.rglob("checkpoint.pt"))
     path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    with pytest.raises(UnsafeFileError, match=r"cannot read .*checkpoint.pt' as a torch file .*truncated, damaged"):
+    with pytest.raises(DataFileError, match=r"checkpoint.pt', a Wild Park checkpoint, is damaged .*truncated, or "
+                                            r"not a torch.save file; restore it"):
         WildParkZoo(tmp_path)

@@ -96,7 +96,7 @@ class DWSNetsINRs(BaseZoo):
         self.header = {"format": "dwsnets-inr", "preset": f"dwsnets:{root.name}", "split": split}
         self.records, self.members = {}, []
         for i, (path, label) in enumerate(items):
-            sd, stored = _state_dict(safe_torch_load(path), path)
+            sd, stored = _state_dict(safe_torch_load(path, what="a DWSNets INR"), path)
             label = label if label is not None else stored if stored is not None else label_from_path(path)
             if label is None:
                 raise ZooFormatError(f"{path}: no label in the splits file, the file or the path")
@@ -112,5 +112,5 @@ class DWSNetsINRs(BaseZoo):
         return member.record["path"]
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
-        sd, _ = _state_dict(safe_torch_load(member.record["path"]), Path(member.record["path"]))
+        sd, _ = _state_dict(safe_torch_load(member.record["path"], what="a DWSNets INR"), Path(member.record["path"]))
         return {k: v.detach().cpu().numpy() for k, v in sd.items()}

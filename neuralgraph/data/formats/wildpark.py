@@ -41,6 +41,7 @@ import numpy as np
 from neuralgraph.data.arch import validate_wildpark
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember
 from neuralgraph.data.formats.safe import UnsafeFileError, safe_torch_load
+from neuralgraph.io import DataFileError
 
 CONVERT_HINT = ("Convert the zoo once, in an environment you trust, with: python -m "
                 "neuralgraph.data.formats.wildpark --src <wild park root> --out <new dir> --trust-pickles ; "
@@ -117,7 +118,7 @@ class WildParkZoo(BaseZoo):
         self.header = {"format": "cnn-wild-park", "preset": f"wildpark:{root.name}"}
         self.records, self.members = {}, []
         for path in paths:
-            ck = safe_torch_load(path, hint=CONVERT_HINT)
+            ck = safe_torch_load(path, hint=CONVERT_HINT, what="a Wild Park checkpoint")
             sd, cfg, result, it = _checkpoint_fields(ck, path)
             trial = path.parent.parent.name
             desc = config_to_description(cfg, input_size)
@@ -135,7 +136,7 @@ class WildParkZoo(BaseZoo):
 
     def member_params(self, member: ZooMember) -> dict[str, np.ndarray]:
         path = member.record["checkpoints"][member.checkpoint]["path"]
-        sd = safe_torch_load(path, hint=CONVERT_HINT)["model"]
+        sd = safe_torch_load(path, hint=CONVERT_HINT, what="a Wild Park checkpoint")["model"]
         return {k: v.detach().cpu().numpy() for k, v in sd.items()}
 
 
@@ -171,7 +172,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, trust_pickles: bool 
         cks, desc = [], None
         for p in ps:
             ck = (torch.load(p, map_location="cpu", weights_only=False) if trust_pickles
-                  else safe_torch_load(p, hint=CONVERT_HINT))
+                  else safe_torch_load(p, hint=CONVERT_HINT, what="a Wild Park checkpoint"))
             sd, cfg, result, it = _checkpoint_fields(ck, p)
             d = config_to_description(cfg if isinstance(cfg, Mapping) else _to_plain(cfg), input_size)
             if desc is not None and d != desc:
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         n = convert(args.src, args.out, trust_pickles=args.trust_pickles)
-    except (ZooFormatError, UnsafeFileError, PermissionError) as e:
+    except (DataFileError, PermissionError) as e:  # a bad file (named), or an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.out}: {n} runs written")

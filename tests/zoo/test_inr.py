@@ -197,3 +197,24 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_zoo(tmp_path):
         a, b = _read(out, run_id(i)), _read(ref, run_id(i))
         assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
     assert not list((out / "members").glob(".*"))
+
+
+def test_extra_arrays_in_the_native_format(tmp_path):
+    from neuralgraph.data.formats.native import init_zoo_dir, write_member
+
+    init_zoo_dir(tmp_path, {"preset": "x", "seed": 0})
+    p = {k: v.numpy() for k, v in init_sirens([0]).items()}              # [1, *shape]: one checkpoint
+    ck = [{"epoch": 0, "step": 0}]
+    write_member(tmp_path, "run000000", p, {"architecture": SIREN_DESC, "checkpoints": ck},
+                 extras={"image": np.full((3, 4), 0.25)})
+    write_member(tmp_path, "run000001", p, {"architecture": SIREN_DESC, "checkpoints": ck})
+    with pytest.raises(ValueError, match="names of parameters"):
+        write_member(tmp_path, "run000002", p, {"architecture": SIREN_DESC, "checkpoints": ck},
+                     extras={"seq.0.bias": np.zeros(3)})
+    a, b = load_zoo(tmp_path)
+    assert set(a.params()) == set(p)                                     # extras are not parameters
+    assert member_image(a).shape == (3, 4) and (member_image(a) == 0.25).all()
+    with pytest.raises(KeyError, match="no extra array 'image'"):
+        b.extra("image")
+    with pytest.raises(ValueError, match="no original image for member 'run000001'"):
+        member_image(b)

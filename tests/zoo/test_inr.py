@@ -46,6 +46,17 @@ def test_manual_gradients_match_autograd():
             assert torch.allclose(g[k][i].double(), prm.grad, rtol=1e-4, atol=1e-6 * float(prm.grad.abs().max())), k
 
 
+def test_pixel_coords_follow_dwsnets():
+    # DWSNets' make_coordinates: x = column varies fastest, then y = row; both linspace(-1, 1, n)
+    expected = torch.tensor([[-1.0, -1.0], [0.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    assert torch.equal(pixel_coords(2, 3), expected)
+    # an INR that reads only x renders an image that is constant down each column
+    p = init_sirens([0])
+    p["seq.0.weight"][..., 1] = 0
+    img = render_sirens(p, 5, 4)[0]
+    assert torch.allclose(img, img[:1].expand(5, 4)) and not torch.allclose(img, img[:, :1].expand(5, 4))
+
+
 def test_render_matches_module():
     p = init_sirens([5, 6])
     out = render_sirens(p, 6, 4)                        # [B, H, W]

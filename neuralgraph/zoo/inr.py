@@ -5,8 +5,10 @@ A member is the DWSNets SIREN (Navon et al., ICML 2023; Sitzmann et al., NeurIPS
     f(c) = W2 sin(w0 (W1 sin(w0 (W0 c + b0)) + b1)) + b2 + 0.5,    w0 = 30
 
 with parameters named ``seq.{0,1,2}.weight/bias`` as in the published INR files (so our members and
-theirs give graphs of the same structure), coordinates ``c = (row, col)`` of the pixel grid in
-[-1, 1] (:func:`pixel_coords`, DWSNets' / SIREN's ``get_mgrid``), pixel values in [0, 1].
+theirs give graphs of the same structure), coordinates ``c = (x, y) = (column, row)`` of the pixel
+grid in [-1, 1] as DWSNets renders its INRs (:func:`pixel_coords`; their ``make_coordinates``), pixel
+values in [0, 1]. So ``render_sirens`` shows published DWSNets INRs upright, and ours render upright in
+their code.
 
 Fitting (:func:`fit_sirens`) is full-batch Adam on each image's pixel MSE, ``M`` INRs at a time,
 with a hand-written forward and backward in one ``[M, features, pixels]`` layout: every layer is one
@@ -43,9 +45,11 @@ def param_shapes(desc: dict[str, Any] = SIREN_DESC) -> dict[str, tuple[int, ...]
 
 
 def pixel_coords(height: int, width: int) -> Tensor:
-    """Pixel coordinates ``[height * width, 2]``: ``(row, col)`` in [-1, 1], pixels row-major."""
-    r, c = torch.linspace(-1, 1, height), torch.linspace(-1, 1, width)
-    return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)
+    """Pixel coordinates ``[height * width, 2]``, pixels row-major: pixel ``(i, j)`` (row ``i``, column ``j``)
+    gets ``(x, y) = (linspace(-1, 1, width)[j], linspace(-1, 1, height)[i])``, as DWSNets' ``make_coordinates``
+    (x first; note SIREN's ``get_mgrid`` puts the row first)."""
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    return torch.stack([cols, rows], -1).reshape(-1, 2)
 
 
 def psnr(mse: Tensor | np.ndarray | float) -> Tensor:

@@ -46,6 +46,17 @@ def test_manual_gradients_match_autograd():
             assert torch.allclose(g[k][i].double(), prm.grad, rtol=1e-4, atol=1e-6 * float(prm.grad.abs().max())), k
 
 
+def test_pixel_coords_follow_dwsnets():
+    # DWSNets' make_coordinates: x = column varies fastest, then y = row; both linspace(-1, 1, n)
+    expected = torch.tensor([[-1.0, -1.0], [0.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    assert torch.equal(pixel_coords(2, 3), expected)
+    # an INR that reads only x renders an image that is constant down each column
+    p = init_sirens([0])
+    p["seq.0.weight"][..., 1] = 0
+    img = render_sirens(p, 5, 4)[0]
+    assert torch.allclose(img, img[:1].expand(5, 4)) and not torch.allclose(img, img[:, :1].expand(5, 4))
+
+
 def test_render_matches_module():
     p = init_sirens([5, 6])
     out = render_sirens(p, 6, 4)                        # [B, H, W]
@@ -197,3 +208,24 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_zoo(tmp_path):
         a, b = _read(out, run_id(i)), _read(ref, run_id(i))
         assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
     assert not list((out / "members").glob(".*"))
+
+
+def test_extra_arrays_in_the_native_format(tmp_path):
+    from neuralgraph.data.formats.native import init_zoo_dir, write_member
+
+    init_zoo_dir(tmp_path, {"preset": "x", "seed": 0})
+    p = {k: v.numpy() for k, v in init_sirens([0]).items()}              # [1, *shape]: one checkpoint
+    ck = [{"epoch": 0, "step": 0}]
+    write_member(tmp_path, "run000000", p, {"architecture": SIREN_DESC, "checkpoints": ck},
+                 extras={"image": np.full((3, 4), 0.25)})
+    write_member(tmp_path, "run000001", p, {"architecture": SIREN_DESC, "checkpoints": ck})
+    with pytest.raises(ValueError, match="names of parameters"):
+        write_member(tmp_path, "run000002", p, {"architecture": SIREN_DESC, "checkpoints": ck},
+                     extras={"seq.0.bias": np.zeros(3)})
+    a, b = load_zoo(tmp_path)
+    assert set(a.params()) == set(p)                                     # extras are not parameters
+    assert member_image(a).shape == (3, 4) and (member_image(a) == 0.25).all()
+    with pytest.raises(KeyError, match="no extra array 'image'"):
+        b.extra("image")
+    with pytest.raises(ValueError, match="no original image for member 'run000001'"):
+        member_image(b)

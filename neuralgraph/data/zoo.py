@@ -267,6 +267,14 @@ class ZooDataset(InMemoryDataset):
         """The zoo member behind item ``idx`` of this split."""
         return self.zoo.members[self.indices()[idx]]
 
+    def architectures(self) -> list[dict[str, Any]]:
+        """The distinct architecture descriptions of this split's members."""
+        archs = {}
+        for i in self.indices():
+            arch = self.zoo.members[i].architecture
+            archs.setdefault(arch_key(arch), arch)
+        return list(archs.values())
+
     @property
     def y(self) -> Tensor:
         return torch.tensor([_target(self.member(i), self.target) for i in range(len(self))])

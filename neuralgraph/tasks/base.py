@@ -18,9 +18,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader as TorchLoader
 from torch_geometric.loader import DataLoader as GraphLoader
 
+from neuralgraph.convert import ConversionPlan, get_plan
 from neuralgraph.data.graph import NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.metrics import REGRESSION_METRICS
+from neuralgraph.transforms.probe_features import MemberNetwork
+from neuralgraph.data.arch import arch_key, build_model, example_input
 
 
 @dataclass
@@ -167,14 +170,31 @@ class Task:
             kw["out_dim"] = self.out_dim
         return {k: v for k, v in kw.items() if k in accepted}
 
-    def member_network(self):
-        """The members' one architecture (:class:`~neuralgraph.transforms.MemberNetwork`, what probe
-        features run), or ``None`` when the task mixes architectures."""
-        return None
+    def architecture(self) -> dict[str, Any] | None:
+        """The architecture description every member of every split shares (zoo splits), or ``None``
+        when the members mix architectures or a split has no zoo dataset behind it."""
+        if any(s.dataset is None for s in self.splits.values()):
+            return None
+        archs = {arch_key(a): a for s in self.splits.values() for a in s.dataset.architectures()}
+        return next(iter(archs.values())) if len(archs) == 1 else None
 
-    def plan(self):
-        """The conversion plan of the members' one architecture (per-parameter tasks)."""
-        raise NotImplementedError(f"{type(self).__name__} has no single conversion plan")
+    def member_network(self) -> MemberNetwork | None:
+        """The members' one architecture as probe features run it (:class:`~neuralgraph.transforms.MemberNetwork`),
+        or ``None`` when the task mixes architectures."""
+        arch = self.architecture()
+        if arch is None:
+            return None
+        with torch.random.fork_rng():  # building the template must not move the seeded global RNG
+            module = build_model(arch)
+        converter = dataclasses.asdict(next(iter(self.splits.values())).dataset.pre_transform.config)
+        return MemberNetwork(module, example_input(arch), converter)
+
+    def plan(self) -> ConversionPlan:
+        """The conversion plan of the members' one architecture (per-parameter tasks read outputs with it)."""
+        net = self.member_network()
+        if net is None:
+            raise ValueError(f"the {self.name} task mixes architectures; a per-parameter output needs one")
+        return get_plan(net.module, net.example_input, **net.converter)
 
     def weight_shapes(self) -> tuple | None:
         """The one weight-space signature of every split's members, or ``None`` (with

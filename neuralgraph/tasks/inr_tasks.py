@@ -20,15 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neuralgraph.data.formats.dwsnets import DWSNetsINRs
-from neuralgraph.convert import get_plan
 from neuralgraph.data.formats.native import load_zoo
 from neuralgraph.data.zoo import ZooDataset
 from neuralgraph.tasks.base import ClassificationTask, Split, Task, register_task
 from neuralgraph.tasks.parameters import parameter_values
 from neuralgraph.tasks.zoo_tasks import dataset_split, processed_root, zoo_splits
-from neuralgraph.transforms.probe_features import MemberNetwork
 from neuralgraph.zoo import default_zoo
-from neuralgraph.data.arch import arch_key, build_model, example_input
 from neuralgraph.zoo.inr import member_image, render_sirens
 
 __all__ = ["InrClsTask", "InrEditTask", "dilate"]
@@ -64,24 +61,11 @@ class _InrTask(Task):
         return zoo_splits(zoo, c.split, c.split_seed, "label", self.converter)
 
     def architecture(self) -> dict[str, Any]:
-        """The architecture description every member shares (an error if the zoo mixes several)."""
-        archs = {arch_key(s.dataset.member(i).architecture): s.dataset.member(i).architecture
-                 for s in self.splits.values() for i in range(len(s))}
-        if len(archs) != 1:
-            raise ValueError(f"the {self.name} zoo mixes {len(archs)} architectures; INR tasks need one")
-        return next(iter(archs.values()))
-
-    def member_network(self) -> MemberNetwork:
-        arch = self.architecture()
-        with torch.random.fork_rng():  # building the template must not move the seeded global RNG
-            module = build_model(arch)
-        return MemberNetwork(module, example_input(arch), self.converter)
-
-    def plan(self):
-        if getattr(self, "_plan", None) is None:
-            net = self.member_network()
-            self._plan = get_plan(net.module, net.example_input, **net.converter)
-        return self._plan
+        """The architecture every member shares (an error if the zoo mixes several)."""
+        arch = super().architecture()
+        if arch is None:
+            raise ValueError(f"the {self.name} zoo mixes architectures; the INR tasks need one")
+        return arch
 
 
 @dataclass

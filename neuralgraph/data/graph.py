@@ -49,6 +49,17 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other")
 POOL = {name: i for i, name in enumerate(POOLS)}
 
+#: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
+DEFAULT_EPS = 1e-5
+
+
+def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:
+    """Taps of ``running_mean``, ``running_var`` and ``eps`` on a normalization edge: the first three that are
+    not the centre tap (``None`` where the edge is too short)."""
+    free = [t for t in range(edge_dim) if t != centre]
+    return tuple(free[i] if i < len(free) else None for i in range(3))
+
+
 #: Integer per-node fields (all batched by concatenation, none offset).
 NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial")
 #: Integer per-edge fields.

@@ -5,8 +5,7 @@ import torch
 from torch_geometric.transforms import BaseTransform
 
 from neuralgraph.convert.config import ConvertConfig
-from neuralgraph.convert.rules.norm import DEFAULT_EPS, norm_taps
-from neuralgraph.data.graph import EDGE_KIND, NeuralGraph
+from neuralgraph.data.graph import DEFAULT_EPS, EDGE_KIND, NeuralGraph, norm_taps
 
 
 class FoldBatchNorm(BaseTransform):
@@ -14,7 +13,7 @@ class FoldBatchNorm(BaseTransform):
 
     A converted BatchNorm neuron ``j`` fed by neuron ``i`` stores :math:`\gamma_j` on the centre tap of
     edge :math:`i \to j`, the running mean :math:`\mu_j` and variance :math:`\sigma^2_j` on two other taps
-    and :math:`\epsilon` on a third (:func:`~neuralgraph.convert.rules.norm.norm_taps`; the default 1e-5 when
+    and :math:`\epsilon` on a third (:func:`~neuralgraph.data.graph.norm_taps`; the default 1e-5 when
     the edges have fewer than 4 taps), and :math:`\beta_j` as its additive term. In
     eval mode it computes :math:`v_j = s_j v_i + t_j` with
 

@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, to_neural_graph
 from neuralgraph.convert import activations as A
 from neuralgraph.convert import register_activation
 from neuralgraph.convert.plan import clear_plan_cache
-from tests.helpers.execute import execute
 
 
 @pytest.fixture

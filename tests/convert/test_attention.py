@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import clear_plan_cache, get_plan
 from neuralgraph.convert import plan as plan_mod
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
-from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, head_permutation, isomorphic, permute_encoder_layer,
                                    permute_heads, permute_in, permute_out)

@@ -4,10 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert.rules.conv import kernel_taps
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
-from tests.helpers.execute import execute
 from tests.helpers.nets import SmallResNet, WildParkCNN, permute_resnet, permute_wildpark
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, permute_in, permute_out)
@@ -18,7 +17,7 @@ def check_all(m, x, **cfg):
     g = to_neural_graph(m, **cfg)
     with torch.no_grad():
         ref = m.eval()(x)
-        assert torch.allclose(execute(g, x, cfg.get("max_kernel", (7, 7))), ref, atol=1e-5)
+        assert torch.allclose(execute(g, x, max_kernel=cfg.get("max_kernel", (7, 7))), ref, atol=1e-5)
     assert_state_equal(m, from_neural_graph(g, m, **cfg))
     return g
 

@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.data.graph import EDGE_KIND, ROLE
-from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, permute_in, permute_out)
 

@@ -10,7 +10,7 @@ examples one block is something the converter documents as unsupported (recurren
 neuron values, attention masks, a parameter read in forward, ...). Constant scales and shifts written in
 forward (``2 * x - 1``, ``x / 4``, ``-x``) are a supported family. Every example either
 
-(i) converts: the graph computes what the module computes (``tests/helpers/execute.py``), the round trip is
+(i) converts: the graph computes what the module computes (``neuralgraph.execute``), the round trip is
     bit-exact, and a random function-preserving permutation of the module's hidden neurons -- checked on the
     module first -- gives an isomorphic graph; or
 (ii) raises :class:`UnsupportedModuleError` (never another exception), exactly when an unsupported block is
@@ -46,10 +46,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import register_activation
 from neuralgraph.data.graph import ROLE
-from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_state_equal, head_permutation, permute_encoder_layer,
                                    permute_features, permute_heads, permute_in, permute_out)
 
@@ -1118,7 +1117,7 @@ def check(case: Case) -> None:
     # (1) the graph computes the module
     if not case.net.gaps:
         with torch.no_grad():
-            got = execute(g, case.executor_inputs, mk, tokens=case.tokens)
+            got = execute(g, case.executor_inputs, max_kernel=mk, tokens=case.tokens)
         want = y.transpose(0, 1) if case.seq_output and not case.net.batch_first else y
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda msg: f"{msg}\n{case}")
     # (2) exact round trip

@@ -4,10 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import from_neural_graph, to_neural_graph
+from neuralgraph import execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import ACTIVATIONS
 from neuralgraph.data.graph import EDGE_KIND, ROLE
-from tests.helpers.execute import execute
 from tests.helpers.nets import MLP, permute_mlp
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal)

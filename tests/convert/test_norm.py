@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
-from neuralgraph.convert.rules.norm import norm_taps
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
+from neuralgraph.data.graph import norm_taps
 from neuralgraph.data.graph import EDGE_KIND, ROLE
-from tests.helpers.execute import execute
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, isomorphic, permute_in, permute_out)
 
@@ -127,7 +126,7 @@ def test_running_statistics_never_share_a_tap_with_gamma():
         assert_state_equal(m1, from_neural_graph(g, m1, max_kernel=mk))
         x = torch.randn(4, 3)
         with torch.no_grad():
-            assert torch.allclose(execute(g, x, mk), m1.eval()(x), atol=1e-5)
+            assert torch.allclose(execute(g, x, max_kernel=mk), m1.eval()(x), atol=1e-5)
     assert_state_equal(m, from_neural_graph(to_neural_graph(m, max_kernel=(3, 3)), m, max_kernel=(3, 3)))
 
 
@@ -150,7 +149,7 @@ def test_eps_is_stored_and_used(norm, x):
         inp = torch.randn(6, 3, 5) if isinstance(lin, nn.Conv1d) else x
         g = to_neural_graph(m, max_kernel=(3, 3))
         with torch.no_grad():
-            torch.testing.assert_close(execute(g, inp, (3, 3)), m.eval()(inp), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(execute(g, inp, max_kernel=(3, 3)), m.eval()(inp), atol=1e-5, rtol=1e-5)
         assert_state_equal(m, from_neural_graph(g, m, max_kernel=(3, 3)))
         graphs.append(g)
     assert not torch.equal(graphs[0].edge_attr, graphs[1].edge_attr)

@@ -8,8 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neuralgraph import from_neural_graph, to_neural_graph
-from tests.helpers.execute import execute
+from neuralgraph import execute, from_neural_graph, to_neural_graph
 from tests.helpers.nets import ACTS, WildParkCNN, permute_wildpark
 from tests.helpers.permute import assert_isomorphic, assert_same_function, assert_state_equal
 

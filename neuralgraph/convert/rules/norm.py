@@ -19,20 +19,11 @@ from torch import nn
 
 from neuralgraph.convert.builder import Val
 from neuralgraph.convert.rules import module_rule
+from neuralgraph.data.graph import DEFAULT_EPS, norm_taps
 
 _KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",
          nn.InstanceNorm1d: "instancenorm", nn.InstanceNorm2d: "instancenorm", nn.InstanceNorm3d: "instancenorm",
          nn.GroupNorm: "groupnorm", nn.LayerNorm: "layernorm"}
-
-
-DEFAULT_EPS = 1e-5
-
-
-def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:
-    """Taps of ``running_mean``, ``running_var`` and ``eps``: the first three that are not the centre tap
-    (``None`` where the edge is too short)."""
-    free = [t for t in range(edge_dim) if t != centre]
-    return tuple(free[i] if i < len(free) else None for i in range(3))
 
 
 def _channels(node, ctx, mod: nn.Module) -> int:

@@ -1,0 +1,365 @@
+"""Run a neural graph as a network, from the graph alone: the semantic reference of the format.
+
+Node ``j`` computes
+
+.. math::
+    v_j = \\mathrm{act}_j\\Big(b_j + \\sum_{i \\to j} \\mathrm{op}_{ij}(v_i)\\Big)
+
+where ``b_j = x[j, 0]`` and ``op_ij`` is what the edge's kind means (see ``docs/formats.md``, "What a graph
+computes"). The graph is run one dataflow layer (``node_layer``) at a time; within a layer the edges are
+grouped by kind and evaluated together: the convolution edges of one geometry as one dense convolution, the
+scalar-weight edges as one matrix product, normalizations as one element-wise expression per kind.
+
+Values. A neuron's value is ``[B]`` (a feature), ``[B, *S]`` (a feature map) or ``[B, T]`` (a token sequence,
+in a graph with attention edges). A global pooling recorded on a neuron (``node_pool``) is applied when a
+consumer other than a convolution / flatten edge reads it, and to output neurons.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
+from neuralgraph.data.graph import DEFAULT_EPS, EDGE_KINDS, POOL, ROLE, NeuralGraph, norm_taps
+
+#: activation family -> element-wise function (``softmax`` / ``log_softmax`` act over the neurons of a layer)
+ACTIVATION_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
+    "none": lambda x: x, "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid, "silu": F.silu, "elu": F.elu, "selu": F.selu, "celu": F.celu,
+    "softplus": F.softplus, "mish": F.mish, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+    "hardtanh": F.hardtanh, "relu6": F.relu6, "softsign": F.softsign, "tanhshrink": F.tanhshrink,
+    "logsigmoid": F.logsigmoid, "sin": torch.sin,
+}
+#: activations normalising over the neurons of one layer that carry them (dim 0 of the stacked values)
+LAYER_ACTIVATIONS = {"softmax": torch.softmax, "log_softmax": torch.log_softmax}
+
+_GLOBAL = (POOL["global_avg"], POOL["global_max"])
+
+
+def _infer_max_kernel(g: NeuralGraph) -> tuple[int, ...]:
+    dims, taps = g.edge_conv.size(1) // 4, g.edge_attr.size(1)
+    k = round(taps ** (1 / dims)) if dims else 0
+    if dims == 0 or k ** dims != taps:
+        raise ValueError(f"cannot infer max_kernel from {taps} edge features and {dims} spatial dims; pass "
+                         "execute(graph, x, max_kernel=...) with the converter's max_kernel")
+    return (k,) * dims
+
+
+@torch.no_grad()
+def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Sequence[int] | None = None,
+            tokens: bool | None = None) -> Tensor:
+    """Compute the network a neural graph describes on inputs ``x``, from the graph alone.
+
+    ``execute(to_neural_graph(m), x)`` equals ``m(x)`` (eval mode) to float tolerance: this is what the
+    converter promises, and the definition of what a graph means.
+
+    Args:
+        graph (NeuralGraph): one graph (not a batch of several).
+        x (Tensor or sequence of Tensors): the input, ``[B, C, *S]`` / ``[B, C]``, or ``[B, T, d]`` token
+            sequences for a graph with attention edges (a sequence of such tensors feeds the input neurons in
+            order, e.g. queries and keys of different lengths).
+        max_kernel (tuple[int, ...], optional): the converter's ``max_kernel``; inferred when the edge
+            features are a cube of the spatial dims (``(7, 7)`` from 49 taps). (default: ``None``)
+        tokens (bool, optional): read ``x`` as token sequences; by default when the graph has attention
+            edges. (default: ``None``)
+
+    Returns:
+        Tensor: the outputs, ``[B, n_out]`` (``[B, n_out, *S]`` for unpooled maps, ``[B, T, n_out]`` for token
+        sequences).
+
+    Shapes:
+        x: ``[B, C_in, *S]`` or ``[B, T, C_in]``; graph: N nodes, E edges.
+    """
+    if getattr(graph, "num_graphs", 1) > 1:
+        raise ValueError(f"execute runs one graph; got a batch of {graph.num_graphs}: run "
+                         "batch.get_example(i) for each")
+    mk = tuple(max_kernel) if max_kernel is not None else _infer_max_kernel(graph)
+    if math.prod(mk) != graph.edge_attr.size(1) or 4 * len(mk) != graph.edge_conv.size(1):
+        raise ValueError(f"max_kernel={mk} does not match the graph ({graph.edge_attr.size(1)} edge features, "
+                         f"{graph.edge_conv.size(1) // 4} spatial dims)")
+    return _Run(graph, x, mk, tokens).outputs()
+
+
+class _Run:
+    """One execution: per-node values, computed layer by layer."""
+
+    def __init__(self, g: NeuralGraph, x, max_kernel: tuple[int, ...], tokens: bool | None):
+        self.g, self.mk = g, max_kernel
+        self.centre = 0
+        for k in max_kernel:
+            self.centre = self.centre * k + k // 2
+        if tokens is None:  # a network with attention reads token sequences [B, T, d]
+            tokens = bool((g.edge_kind == EDGE_KINDS.index("attention")).any())
+        self.tokens = tokens
+        self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
+        self.batch = self.xs[0].size(0)
+        self.role, self.pool = g.node_role.tolist(), g.node_pool.tolist()
+        self.spatial = g.node_spatial.tolist()
+        self.val: list[Tensor | None] = [None] * g.num_nodes
+        self._read: dict[tuple[int, str], Tensor] = {}
+        self._set_inputs()
+        self.src_t, self.dst_t = g.edge_index[0].cpu(), g.edge_index[1].cpu()
+        # non-input nodes per layer, and edges per (target layer, kind), both in id order
+        layer = g.node_layer.cpu()
+        nodes = (g.node_role.cpu() != ROLE["input"]).nonzero().view(-1)
+        order = nodes[torch.argsort(layer[nodes], stable=True)]
+        layers, counts = torch.unique_consecutive(layer[order], return_counts=True)
+        by_layer = dict(zip(layers.tolist(), order.split(counts.tolist())))
+        n_kinds = len(EDGE_KINDS)
+        key = layer[self.dst_t] * n_kinds + g.edge_kind.cpu()
+        order = torch.argsort(key, stable=True)
+        keys, counts = torch.unique_consecutive(key[order], return_counts=True)
+        self.edges: dict[int, list[tuple[str, Tensor]]] = defaultdict(list)
+        for k, e in zip(keys.tolist(), order.split(counts.tolist())):
+            self.edges[k // n_kinds].append((EDGE_KINDS[k % n_kinds], e))
+        for layer_id in sorted(by_layer):
+            self._run_layer(layer_id, by_layer[layer_id].tolist())
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _set_inputs(self) -> None:
+        g = self.g
+        cols = [t.select(-1 if self.tokens else 1, c) for t in self.xs
+                for c in range(t.size(-1 if self.tokens else 1))]
+        # flatten="repeat" copies of an input channel (node_spatial = position + 1) follow the channel's own input
+        # neuron, or stand in its place if nothing else reads it: they hold the channel's value at their position
+        channel, after_original = -1, False
+        for i in g.input_nodes().tolist():
+            pos = self.spatial[i]
+            if pos == 0 or (pos == 1 and not after_original):
+                channel += 1
+            self.val[i] = cols[channel] if pos == 0 else cols[channel].flatten(1)[:, pos - 1]
+            after_original = pos == 0
+
+    # ------------------------------------------------------------------------------------------ reads
+    def read(self, i: int, how: str) -> Tensor:
+        """Neuron ``i``'s value as an edge reads it: ``"map"`` (convolution, flatten: the map itself),
+        ``"linear"`` (linear, embedding: a feature; a map is pooled, or a flatten copy's position picked) or
+        ``"value"`` (everything else: globally pooled if the neuron records a global pooling)."""
+        key = (i, how)
+        if key in self._read:
+            return self._read[key]
+        v = self.val[i] if how == "map" else self.pooled(i)
+        if how == "linear" and v.dim() > 1 and not self.tokens:
+            if self.spatial[i] > 0:  # a flatten="repeat" copy of a channel: its value at the copy's position
+                v = v.flatten(1)[:, self.spatial[i] - 1]
+            elif self.pool[i] == POOL["none"] and v[0].numel() == 1:  # a one-position map
+                v = v.flatten(1)[:, 0]
+            else:
+                raise ValueError(f"node {i}: a map feeds a linear edge without global pooling or flattening")
+        self._read[key] = v
+        return v
+
+    def pooled(self, i: int) -> Tensor:
+        """Neuron ``i``'s value, globally pooled (over space / tokens) if it records a global pooling."""
+        v = self.val[i]
+        if v.dim() > 1 and self.pool[i] in _GLOBAL:
+            return v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
+        return v
+
+    def stacked(self, nodes: list[int], how: str) -> list[tuple[list[int], Tensor]]:
+        """The reads of ``nodes`` stacked per shape: ``(positions in nodes, [n, B, *S])`` per shape."""
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        reads = [self.read(i, how) for i in nodes]
+        for k, v in enumerate(reads):
+            by_shape[tuple(v.shape)].append(k)
+        return [(pos, torch.stack([reads[k] for k in pos])) for pos in by_shape.values()]
+
+    def _split(self, e: Tensor, how: str):
+        """Edges ``e`` grouped by the shape of their sources' reads. Yields ``(sel, targets, sl, dl, stack)``:
+        the positions in ``e`` of the group's edges, its distinct targets, the local source / target index of
+        each of its edges, and the stacked source reads ``[Cs, B, *S]``."""
+        src, dst = self.src_t[e], self.dst_t[e]
+        usrc, sinv = torch.unique(src, return_inverse=True)
+        for pos, stack in self.stacked(usrc.tolist(), how):
+            local = torch.full((usrc.numel(),), -1, dtype=torch.long)
+            local[torch.tensor(pos)] = torch.arange(len(pos))
+            sl = local[sinv]
+            sel = (sl >= 0).nonzero().view(-1)
+            udst, dl = torch.unique(dst[sel], return_inverse=True)
+            yield sel, udst.tolist(), sl[sel], dl, stack
+
+    # ------------------------------------------------------------------------------------------ layers
+    def _run_layer(self, layer: int, nodes: list[int]) -> None:
+        g = self.g
+        pre: dict[int, Tensor] = {}
+
+        def add(dst: list[int], terms: Tensor) -> None:  # terms: [len(dst), B, ...]
+            for j, t in zip(dst, terms):
+                pre[j] = t if j not in pre else pre[j] + t
+
+        for kind, e in self.edges.get(layer, []):
+            if kind == "conv":
+                self._conv(e, add)
+            elif kind == "flatten":
+                self._flatten(e, add)
+            elif kind in ("batchnorm", "instancenorm", "layernorm", "groupnorm"):
+                self._norm(kind, e, add)
+            elif kind == "attention":
+                self._attention(e, add)
+            elif kind == "group":  # membership only (GroupNorm groups): no term
+                continue
+            else:  # linear, embedding, identity, residual: the centre tap times the source's value
+                self._scalar(e, "linear" if kind in ("linear", "embedding") else "value", add)
+        bias = g.x[:, 0]
+        # stack the neurons by shape and activation, add the bias and apply the activation
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for j in nodes:
+            if j not in pre:
+                pre[j] = bias[j].expand(self.batch)
+            groups[(tuple(pre[j].shape), int(g.node_act[j]))].append(j)
+        for (shape, act), members in groups.items():
+            z = torch.stack([pre[j] for j in members]) + bias[torch.tensor(members)].view(-1, *([1] * len(shape)))
+            family, params = parse_variant(ACTIVATIONS[act])
+            if family in LAYER_ACTIVATIONS:
+                out = LAYER_ACTIVATIONS[family](z, 0)
+            elif family in ACTIVATION_FUNCTIONS:
+                out = ACTIVATION_FUNCTIONS[family](z, **params)
+            else:
+                raise ValueError(f"activation {ACTIVATIONS[act]!r} has no executor function; add it to "
+                                 "ACTIVATION_FUNCTIONS in neuralgraph/execute.py")
+            for j, v in zip(members, out):
+                self.val[j] = v
+
+    def _scalar(self, e: Tensor, how: str, add) -> None:
+        """``w * v_i`` summed per target: one (dense or scattered) matrix product per source shape."""
+        w_all = self.g.edge_attr[e, self.centre]
+        for sel, udst, sl, dl, stack in self._split(e, how):
+            w = w_all[sel].to(stack.dtype)
+            flat = stack.reshape(stack.size(0), -1)                                   # [Cs, B*S]
+            if len(udst) * stack.size(0) <= 16 * sel.numel() + 4096:
+                weight = stack.new_zeros(len(udst), stack.size(0)).index_put_((dl, sl), w, accumulate=True)
+                out = weight @ flat                                                   # [Cd, B*S]
+            else:
+                out = stack.new_zeros(len(udst), flat.size(1)).index_add_(0, dl, w.view(-1, 1) * flat[sl])
+            add(udst, out.view(len(udst), *stack.shape[1:]))
+
+    def _flatten(self, e: Tensor, add) -> None:
+        """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""
+        spatial = self.g.node_spatial.cpu()
+        for sel, udst, sl, dl, stack in self._split(e, "map"):
+            pos = spatial[self.dst_t[e[sel]]] - 1
+            terms = stack.flatten(2)[sl, :, pos]                                      # [E, B]
+            add(udst, stack.new_zeros(len(udst), stack.size(1)).index_add_(0, dl, terms))
+
+    def _conv(self, e: Tensor, add) -> None:
+        """Convolution edges: per geometry and source shape, one dense convolution with a ``[Cd, Cs, *k]``
+        kernel. Tap ``u`` of a padded kernel (size ``K``) of an edge with kernel size ``k``, padding ``p`` and
+        dilation ``d`` reads input position ``o * stride - p + (u - (K - k) // 2) * d`` for output ``o``."""
+        g, mk, dims = self.g, self.mk, len(self.mk)
+        uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            eg = e[inverse == u]
+            geometry = uniq[u].view(4, dims).tolist()
+            for sel, udst, sl, dl, stack in self._split(eg, "map"):
+                sd = stack.dim() - 2                                                  # spatial dims of the source
+                stride, pad, dil, ksize = (t[dims - sd:] for t in geometry)
+                # the padded kernels [E, *K]; lower-dim kernels sit in the centre of the leading dims
+                kern = g.edge_attr[eg[sel]].view(-1, *mk)[(slice(None),) + tuple(K // 2 for K in mk[:dims - sd])]
+                used = kern.ne(0).any(0)
+                crop, spatial_pad = [], []
+                for d in range(sd):  # crop to the taps any edge uses (the centre tap if none)
+                    K, k = kern.size(1 + d), ksize[d]
+                    off = (K - k) // 2
+                    hit = used.any(tuple(a for a in range(sd) if a != d)).nonzero().view(-1) if sd > 1 else \
+                        used.nonzero().view(-1)
+                    a, b = (int(hit[0]), int(hit[-1]) + 1) if hit.numel() else (K // 2, K // 2 + 1)
+                    n_in = stack.size(2 + d)
+                    n_out = (n_in + 2 * pad[d] - dil[d] * (k - 1) - 1) // stride[d] + 1
+                    left = pad[d] + (off - a) * dil[d]
+                    right = (n_out - 1) * stride[d] + dil[d] * (b - a - 1) + 1 - n_in - left
+                    crop.append(slice(a, b))
+                    spatial_pad.append((left, right))
+                kern = kern[(slice(None), *crop)].to(stack.dtype)
+                weight = stack.new_zeros(len(udst), stack.size(0), *kern.shape[1:])
+                weight.index_put_((dl, sl), kern, accumulate=True)                     # [Cd, Cs, *k]
+                inp = F.pad(stack.movedim(0, 1), [p for lr in reversed(spatial_pad) for p in lr])
+                conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[sd]
+                out = conv(inp, weight, stride=stride, dilation=dil)                  # [B, Cd, *S']
+                add(udst, out.movedim(1, 0))
+
+    def _norm(self, kind: str, e: Tensor, add) -> None:
+        """Normalization edges: ``(v - mean) / sqrt(var + eps) * gamma`` with ``gamma`` on the centre tap and
+        ``eps`` on its tap; the statistics by kind (see ``docs/formats.md``)."""
+        w = self.g.edge_attr[e]
+        mean_tap, var_tap, eps_tap = norm_taps(w.size(1), self.centre)
+        eps = w[:, eps_tap] if eps_tap is not None else torch.full((e.numel(),), DEFAULT_EPS, dtype=w.dtype)
+        gamma = w[:, self.centre]
+        if kind == "layernorm":  # over every source of this layer's layernorm edges
+            ((_, stack),) = self.stacked(self.src_t[e].tolist(), "value")
+            mean, var = stack.mean(0, keepdim=True), stack.var(0, unbiased=False, keepdim=True)
+            shape = (-1,) + (1,) * (stack.dim() - 1)
+            terms = (stack - mean) / torch.sqrt(var + eps.view(shape)) * gamma.view(shape)
+            add(self.dst_t[e].tolist(), terms)
+            return
+        for sel, udst, sl, dl, stack in self._split(e, "value"):
+            v = stack[sl]                                                             # [E, B, *S]
+            shape = (-1,) + (1,) * (v.dim() - 1)
+            over = tuple(range(2, v.dim()))
+            if kind == "groupnorm":  # over the group's sources and space
+                mean, var = self._group_stats(e[sel], v, over)
+            elif kind == "batchnorm" or not over:  # running statistics (eval mode)
+                mean, var = w[sel, mean_tap].view(shape), w[sel, var_tap].view(shape)
+            else:  # instancenorm: the running statistics if tracked (non-zero variance tap), else over space
+                running = (w[sel, var_tap] != 0).view(shape)
+                mean = torch.where(running, w[sel, mean_tap].view(shape), v.mean(over, keepdim=True))
+                var = torch.where(running, w[sel, var_tap].view(shape), v.var(over, unbiased=False, keepdim=True))
+            terms = (v - mean) / torch.sqrt(var + eps[sel].view(shape)) * gamma[sel].view(shape)
+            add(udst, stack.new_zeros(len(udst), *v.shape[1:]).index_add_(0, dl, terms))
+
+    def _group_stats(self, e: Tensor, v: Tensor, over: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """Mean and variance per GroupNorm edge ``e`` (sources ``v``: ``[E, B, *S]``) over the sources of its
+        target's group (the neurons one virtual neuron feeds through ``group`` edges) and space."""
+        g = self.g
+        is_group = g.edge_kind.cpu() == EDGE_KINDS.index("group")
+        group_of = torch.full((g.num_nodes,), -1, dtype=torch.long)
+        group_of[self.dst_t[is_group]] = self.src_t[is_group]
+        _, gid = torch.unique(group_of[self.dst_t[e]], return_inverse=True)          # [E] group per edge
+        n_groups = int(gid.max()) + 1
+        count = torch.bincount(gid, minlength=n_groups).to(v.dtype).view(-1, 1)
+        expand = (-1, v.size(1)) + (1,) * len(over)
+        per = v.mean(over) if over else v                                             # [E, B]
+        mean = (v.new_zeros(n_groups, v.size(1)).index_add_(0, gid, per) / count)[gid].view(expand)
+        sq = (v - mean) ** 2
+        sq = sq.mean(over) if over else sq
+        var = (v.new_zeros(n_groups, v.size(1)).index_add_(0, gid, sq) / count)[gid].view(expand)
+        return mean, var
+
+    def _attention(self, e: Tensor, add) -> None:
+        """Attention edges: per head (the head neurons one virtual neuron feeds) ``softmax(Q K^T / sqrt(d_H)) V``,
+        where a head neuron's ``Q, K, V`` are the sums over its attention edges of taps 0, 1, 2 times the source
+        value (1 for the virtual head neuron, whose edges carry the biases)."""
+        w = self.g.edge_attr[e, :3]
+        virtual = torch.tensor([self.role[i] == ROLE["virtual"] for i in self.src_t[e].tolist()], dtype=torch.bool)
+        dst, dl = torch.unique(self.dst_t[e], return_inverse=True)
+        n = dst.numel()
+        head = torch.full((n,), -1, dtype=torch.long)
+        head[dl[virtual]] = self.src_t[e][virtual]
+        # the biases (edges from virtual head neurons), then the weighted sources of each shape
+        qkv: list[Tensor] = [w.new_zeros(n).index_add_(0, dl[virtual], w[virtual, r]) for r in range(3)]
+        real = (~virtual).nonzero().view(-1)
+        for sel, udst, sl, dl_, stack in self._split(e[real], "value"):
+            rows = real[sel]
+            tgt = dl[rows]
+            flat = stack.reshape(stack.size(0), -1)                                   # [Cs, B*T]
+            for r in range(3):
+                wr = w[rows, r]
+                if not bool((wr != 0).any()):
+                    continue  # a zero tap adds nothing (query edges have no key / value taps)
+                weight = stack.new_zeros(n, stack.size(0)).index_put_((tgt, sl), wr, accumulate=True)
+                term = (weight @ flat).view(n, *stack.shape[1:])                      # [n, B, T]
+                qkv[r] = term + (qkv[r].view(-1, *([1] * (term.dim() - 1))) if qkv[r].dim() == 1 else qkv[r])
+        for h in torch.unique(head).tolist():
+            idx = (head == h).nonzero().view(-1)
+            q, k, v = (t[idx].movedim(0, -1) for t in qkv)                            # [B, T, d_H]
+            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(idx.numel()), -1) @ v
+            add(dst[idx].tolist(), out.movedim(-1, 0))
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def outputs(self) -> Tensor:
+        outs = [self.pooled(i) for i in self.g.output_nodes().tolist()]
+        return torch.stack(outs, dim=-1 if self.tokens else 1)

@@ -1,0 +1,73 @@
+"""The public executor: batched inputs, graphs it refuses, inferred options (its semantics are checked per
+layer family in tests/convert/ and over random networks in tests/convert/test_fuzz.py)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.data import Batch
+
+from neuralgraph import execute, to_neural_graph
+
+
+class _Net(nn.Module):
+    """Conv, BatchNorm, residual, global pooling and a linear head: one edge kind of each family."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 5, padding=2)
+        self.bn, self.fc = nn.BatchNorm2d(6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        h = F.relu(self.bn(self.c2(h)) + h)
+        return self.fc(h.mean((2, 3)))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    m = _Net()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    return m.eval()
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_batched_inputs_match_per_sample(batch):
+    m = _net()
+    g = to_neural_graph(m)
+    x = torch.randn(batch, 3, 8, 8)
+    y = execute(g, x)
+    assert y.shape == (batch, 4)
+    torch.testing.assert_close(y, m(x), atol=1e-5, rtol=1e-5)
+    # every sample is computed on its own: the batch does not leak between samples
+    torch.testing.assert_close(torch.cat([execute(g, x[i:i + 1]) for i in range(batch)]), y, atol=1e-6, rtol=1e-6)
+
+
+def test_batched_graphs_are_refused_with_the_fix():
+    g = to_neural_graph(_net())
+    with pytest.raises(ValueError, match="get_example"):
+        execute(Batch.from_data_list([g, g]), torch.randn(1, 3, 8, 8))
+    one = Batch.from_data_list([g])  # a batch of one graph is that graph
+    torch.testing.assert_close(execute(one, torch.ones(2, 3, 8, 8)), execute(g, torch.ones(2, 3, 8, 8)))
+
+
+def test_max_kernel_inferred_or_required():
+    m = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv1d(3, 2, 1))
+    x = torch.randn(4, 2, 9)
+    torch.testing.assert_close(execute(to_neural_graph(m, max_kernel=(3,)), x), m(x), atol=1e-6, rtol=1e-6)
+    g = to_neural_graph(m, max_kernel=(1, 3))  # 3 taps over 2 dims: not a square
+    with pytest.raises(ValueError, match="max_kernel"):
+        execute(g, x)
+    torch.testing.assert_close(execute(g, x, max_kernel=(1, 3)), m(x), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        execute(g, x, max_kernel=(3, 3))
+
+
+def test_executor_reads_the_graph_not_the_module():
+    m = _net()
+    g = to_neural_graph(m)
+    x = torch.randn(2, 3, 8, 8)
+    y = execute(g, x)
+    g.edge_attr = g.edge_attr * 2   # doubling every weight (and the norm statistics) changes the function
+    assert not torch.allclose(execute(g, x), y, atol=1e-3)

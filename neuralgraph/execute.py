@@ -143,14 +143,15 @@ class _Run:
         key = (i, how)
         if key in self._read:
             return self._read[key]
-        v = self.val[i] if how == "map" else self.pooled(i)
+        v = self.pooled(i)
+        if how == "map" and v.dim() < self.val[i].dim():  # a convolution reads a global pooling as a 1x1 map
+            v = v.view(*v.shape, *([1] * (self.val[i].dim() - v.dim())))
         if how == "linear" and v.dim() > 1 and not self.tokens:
             if self.spatial[i] > 0:  # a flatten="repeat" copy of a channel: its value at the copy's position
                 v = v.flatten(1)[:, self.spatial[i] - 1]
             elif self.pool[i] == POOL["none"] and v[0].numel() == 1:  # a one-position map
                 v = v.flatten(1)[:, 0]
-            else:
-                raise ValueError(f"node {i}: a map feeds a linear edge without global pooling or flattening")
+            # else: an unpooled map read per position (a Linear on channel-last maps, like a 1x1 convolution)
         self._read[key] = v
         return v
 
@@ -203,6 +204,8 @@ class _Run:
                 self._attention(e, add)
             elif kind == "group":  # membership only (GroupNorm groups): no term
                 continue
+            elif kind == "product":
+                self._product(e, add)
             else:  # linear, embedding, identity, residual: the centre tap times the source's value
                 self._scalar(e, "linear" if kind in ("linear", "embedding") else "value", add)
         bias = g.x[:, 0]
@@ -237,6 +240,20 @@ class _Run:
             else:
                 out = stack.new_zeros(len(udst), flat.size(1)).index_add_(0, dl, w.view(-1, 1) * flat[sl])
             add(udst, out.view(len(udst), *stack.shape[1:]))
+
+    def _product(self, e: Tensor, add) -> None:
+        """Product edges: the product over a target's product edges of ``w * v_i``, a pooled (``[B]`` or
+        ``[B, 1, ...]``) factor broadcast over the positions of a map (a per-channel gate)."""
+        w = self.g.edge_attr[e, self.centre]
+        factors: dict[int, list[Tensor]] = defaultdict(list)
+        for k, (i, j) in enumerate(zip(self.src_t[e].tolist(), self.dst_t[e].tolist())):
+            factors[j].append(w[k] * self.read(i, "value"))
+        for j, fs in factors.items():
+            rank = max(f.dim() for f in fs)
+            out = fs[0].view(*fs[0].shape, *([1] * (rank - fs[0].dim())))
+            for f in fs[1:]:
+                out = out * f.view(*f.shape, *([1] * (rank - f.dim())))
+            add([j], out.unsqueeze(0))
 
     def _flatten(self, e: Tensor, add) -> None:
         """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""

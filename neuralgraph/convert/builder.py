@@ -47,6 +47,22 @@ class Val:
 
 
 @dataclass
+class Param:
+    """A parameter or floating buffer of the module read directly in forward (an fx ``get_attr`` node, e.g. a
+    layer scale ``self.gamma * x`` or ``F.batch_norm(x, self.running_mean, ...)``).
+
+    Args:
+        name: its qualified name in the module.
+        shape: its shape as the reading operation sees it; ``reshape`` / ``view`` / ``unsqueeze`` / ``expand``
+            keep the element order, so element ``k`` of the flattened parameter is still element ``k`` (an
+            ``expand`` keeps the size-1 dims: it is a broadcast).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
 class EdgeBlock:
     src: Tensor  # [E] long
     dst: Tensor  # [E] long
@@ -155,12 +171,20 @@ class GraphBuilder:
         read it), or will be read by another pending operation."""
         return any(self.read[i] or self.pending[i] > 0 for i in nodes.tolist())
 
+    def read_anywhere(self, nodes: Tensor) -> Tensor:
+        """Per node of ``nodes``: whether an edge (convolutions included) or a pending operation reads it."""
+        mark = torch.zeros(self.num_nodes, dtype=torch.bool)
+        for blk in self.edges:
+            mark[blk.src] = True
+        return mark[nodes] | torch.tensor([self.read[i] or self.pending[i] > 0 for i in nodes.tolist()],
+                                          dtype=torch.bool)
+
     def set_pool(self, nodes: Tensor, pool: int) -> None:
         for i in nodes.tolist():
             self.pool[i] = pool
 
     def add_pending(self, nodes: Tensor, count: int) -> None:
-        for i in nodes.tolist():
+        for i in nodes.reshape(-1).tolist():
             self.pending[i] += count
 
     def mark_outputs(self, nodes: Tensor) -> None:
@@ -267,7 +291,7 @@ class GraphBuilder:
         Recorded for neurons changed since their last record (or all with ``force``), so every neuron
         ends with the tensor after its last change: its activation output, not a later pooled copy.
         """
-        if v.nodes is None or v.name is None:
+        if v.nodes is None or v.name is None or v.kind == "groups":  # groups: mid channel shuffle, no channel dim
             return
         entry = -1
         for k, i in enumerate(v.nodes.tolist()):

@@ -11,7 +11,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
-from neuralgraph.convert.builder import GraphBuilder, Val
+from neuralgraph.convert.builder import GraphBuilder, Param, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.rules import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
@@ -156,6 +156,21 @@ class TraceContext:
     def unsupported(self, node: fx.Node, why: str) -> UnsupportedModuleError:
         return UnsupportedModuleError(f"{self.where(node)}: {why}")
 
+    def param_ref(self, node: fx.Node) -> Param:
+        """A parameter or floating buffer read directly in forward (``get_attr``), registered for the gather."""
+        try:
+            t = self.root.get_parameter(node.target)
+        except AttributeError:
+            try:
+                t = self.root.get_buffer(node.target)
+            except AttributeError:
+                t = None
+        if t is None or not t.is_floating_point():
+            raise self.unsupported(node, f"reads the tensor {node.target!r} in forward, which is not a floating "
+                                         "parameter or buffer of the module; a neural graph stores only those")
+        self.builder.register_param(node.target, tuple(t.shape))
+        return Param(node.target, tuple(t.shape))
+
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         meta = node.meta.get("tensor_meta")
         return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -250,8 +265,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
         if node.op == "placeholder":
             result: Any = Val(None, "input", name=node.name)
         elif node.op == "get_attr":
-            raise ctx.unsupported(node, f"reads the tensor {node.target!r} directly in forward; only "
-                                        "parameters used through supported modules can be represented")
+            result = ctx.param_ref(node)
         elif node.op == "output":
             for v in _flatten_args(args):
                 if isinstance(v, Val):
@@ -295,6 +309,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         return claimed(ctx, node, *args, **kwargs)
     flat = _flatten_args((args, kwargs))
     has_val = any(isinstance(a, Val) for a in flat)
+    params = [a for a in flat if isinstance(a, Param)]
+    if params and not has_val:
+        return _param_view(ctx, node, args, kwargs, params[0])
     if node.op == "call_module":
         mod = ctx.module(node)
         rule = find_module_rule(mod)
@@ -305,6 +322,7 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                 f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
                 f"{', '.join(supported_modules())}. Custom modules are traced through; element-wise "
                 f"activations can be registered with neuralgraph.convert.register_activation.")
+        _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
     if node.op == "call_function":
         rule = FUNCTION_RULES.get(node.target)
@@ -317,7 +335,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
             name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
             return activation(ctx, node, args[0], name)
     if rule is not None and has_val:
+        _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
+    _check_params(ctx, node, None, params)
     if not has_val:
         # pure Python / size arithmetic: evaluate when concrete, stay symbolic otherwise
         if all(_is_concrete(a) for a in flat):
@@ -332,6 +352,49 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
                                 "additions, channel slicing/concatenation, pooling and flattening.")
+
+
+_PARAM_USES = ("a per-channel scale or shift (x * p, x + p with one value per channel / feature), and the "
+               "statistics and affine terms of F.batch_norm / F.layer_norm / F.group_norm / F.instance_norm")
+
+
+def _check_params(ctx: TraceContext, node: fx.Node, rule, params: list[Param]) -> None:
+    if params and not getattr(rule, "takes_params", False):
+        op = getattr(node.target, "__name__", str(node.target))
+        raise ctx.unsupported(node, f"the operation {op!r} reads parameter {params[0].name!r} (shape "
+                                    f"{params[0].shape}) in forward, which it cannot represent; parameters read in "
+                                    f"forward convert as {_PARAM_USES}")
+
+
+#: reshapes of a parameter read in forward that keep its element order (``expand`` is a broadcast)
+_PARAM_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", "float", "to", "contiguous", "type_as",
+                "detach", "clone", "expand", "expand_as"}
+_PARAM_VIEW_FUNCTIONS = {torch.reshape: "reshape", torch.unsqueeze: "unsqueeze", torch.squeeze: "squeeze",
+                         torch.flatten: "flatten"}
+
+
+def _param_view(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict, p: Param) -> Param:
+    """A reshape of a parameter alone (``self.gamma.reshape(1, -1, 1, 1)``): the same elements, a new shape."""
+    if node.target is getattr and args[1] in ("shape", "ndim"):
+        return torch.Size(p.shape) if args[1] == "shape" else len(p.shape)
+    op = node.target if node.op == "call_method" else _PARAM_VIEW_FUNCTIONS.get(node.target)
+    if op not in _PARAM_VIEWS or args[0] is not p:
+        what = getattr(node.target, "__name__", str(node.target))
+        raise ctx.unsupported(node, f"computes {what!r} on parameter {p.name!r} in forward (e.g. a weight "
+                                    f"standardisation); the graph stores parameters as they are, so only "
+                                    f"reshapes of them are supported, used as {_PARAM_USES}")
+    if op in ("expand", "expand_as"):
+        return p  # a broadcast: the size-1 dims stay size 1 for the operation that reads it
+    if op in ("float", "to", "contiguous", "type_as", "detach", "clone"):
+        return p
+    rest = args[1:]
+    if not all(_is_concrete(a) for a in _flatten_args((rest, kwargs))):
+        shape = ctx.shape(node)
+        if shape is None:
+            raise ctx.unsupported(node, f"reshapes parameter {p.name!r} to a size known only at run time; pass "
+                                        "example_input=... to to_neural_graph")
+        return Param(p.name, shape)
+    return Param(p.name, tuple(getattr(torch.empty(p.shape, device="meta"), op)(*rest, **kwargs).shape))
 
 
 def activation(ctx: TraceContext, node: fx.Node, v: Val, name: str) -> Val:

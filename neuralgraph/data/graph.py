@@ -42,7 +42,7 @@ ROLE = {name: i for i, name in enumerate(ROLES)}
 
 #: Edge kinds (``edge_kind``).
 EDGE_KINDS = ("linear", "conv", "residual", "identity", "batchnorm", "layernorm", "groupnorm", "instancenorm",
-              "attention", "flatten", "embedding", "group")
+              "attention", "flatten", "embedding", "group", "product")
 EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).

@@ -51,6 +51,13 @@ def method_rule(*names: str) -> Callable[[Callable], Callable]:
     return deco
 
 
+def takes_params(fn: Callable) -> Callable:
+    """Mark a rule as accepting :class:`~neuralgraph.convert.builder.Param` arguments (parameters read
+    directly in forward); every other rule is refused a parameter argument with one clear error."""
+    fn.takes_params = True
+    return fn
+
+
 #: Passes over the whole ``torch.fx`` graph, run before the walk as ``fn(ctx, graph)``: they validate and
 #: match patterns that span several operations (hand-written attention: q/k/v Linear, head reshapes,
 #: softmax(q kᵀ) v), and claim the nodes of a match by setting ``node.meta[CLAIM] = rule``; the tracer
@@ -66,9 +73,11 @@ def graph_pass(fn: Callable) -> Callable:
 
 
 def find_module_rule(module: nn.Module) -> Callable | None:
+    """The rule of the nearest registered class of ``module``; a subclass that overrides ``forward`` has none
+    (its forward is traced instead: timm's BatchNormAct2d, LayerNorm2d)."""
     for cls in type(module).__mro__:
         if cls in MODULE_RULES:
-            return MODULE_RULES[cls]
+            return MODULE_RULES[cls] if type(module).forward is cls.forward else None
     return None
 
 
@@ -76,3 +85,4 @@ def find_module_rule(module: nn.Module) -> Callable | None:
 from neuralgraph.convert.rules import conv, functional, linear, norm  # noqa: E402,F401
 from neuralgraph.convert.rules import embedding  # noqa: E402,F401
 from neuralgraph.convert.rules import attention  # noqa: E402,F401
+from neuralgraph.convert.rules import layout  # noqa: E402,F401

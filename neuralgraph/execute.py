@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
-from neuralgraph.data.graph import DEFAULT_EPS, EDGE_KINDS, POOL, ROLE, NeuralGraph, norm_taps
+from neuralgraph.data.graph import (DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, POOLS, ROLE, EdgeKind,
+                                    NeuralGraph, norm_taps)
 
 #: activation family -> element-wise function (``softmax`` / ``log_softmax`` act over the neurons of a layer)
 ACTIVATION_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
@@ -94,7 +95,7 @@ class _Run:
         for k in max_kernel:
             self.centre = self.centre * k + k // 2
         if tokens is None:  # a network with attention reads token sequences [B, T, d]
-            tokens = bool((g.edge_kind == EDGE_KINDS.index("attention")).any())
+            tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any())
         self.tokens = tokens
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
         self.batch = self.xs[0].size(0)
@@ -110,13 +111,13 @@ class _Run:
         order = nodes[torch.argsort(layer[nodes], stable=True)]
         layers, counts = torch.unique_consecutive(layer[order], return_counts=True)
         by_layer = dict(zip(layers.tolist(), order.split(counts.tolist())))
-        n_kinds = len(EDGE_KINDS)
+        n_kinds = len(EDGE_KIND_TABLE)
         key = layer[self.dst_t] * n_kinds + g.edge_kind.cpu()
         order = torch.argsort(key, stable=True)
         keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-        self.edges: dict[int, list[tuple[str, Tensor]]] = defaultdict(list)
+        self.edges: dict[int, list[tuple[EdgeKind, Tensor]]] = defaultdict(list)
         for k, e in zip(keys.tolist(), order.split(counts.tolist())):
-            self.edges[k // n_kinds].append((EDGE_KINDS[k % n_kinds], e))
+            self.edges[k // n_kinds].append((EDGE_KIND_TABLE[k % n_kinds], e))
         for layer_id in sorted(by_layer):
             self._run_layer(layer_id, by_layer[layer_id].tolist())
 
@@ -137,15 +138,19 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ reads
     def read(self, i: int, how: str) -> Tensor:
-        """Neuron ``i``'s value as an edge reads it: ``"map"`` (convolution, flatten: the map itself),
-        ``"linear"`` (linear, embedding: a feature; a map is pooled, or a flatten copy's position picked) or
-        ``"value"`` (everything else: globally pooled if the neuron records a global pooling)."""
+        """Neuron ``i``'s value as an edge reads it, after the local pooling it records (which every reader sees):
+        ``"map"`` (convolution, flatten: the map itself; a global pooling as a one-position map), ``"linear"``
+        (linear, embedding: a feature; a globally pooled map pooled, a flatten copy at its position, any other
+        map per position) or ``"value"`` (everything else, and outputs: globally pooled if the neuron records a
+        global pooling)."""
         key = (i, how)
         if key in self._read:
             return self._read[key]
-        v = self.pooled(i)
-        if how == "map" and v.dim() < self.val[i].dim():  # a convolution reads a global pooling as a 1x1 map
-            v = v.view(*v.shape, *([1] * (self.val[i].dim() - v.dim())))
+        v = self.local(i)
+        if v.dim() > 1 and self.pool[i] in _GLOBAL:
+            pooled = v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
+            # a convolution / flatten edge reads a global pooling as a one-position map
+            v = pooled.view(*pooled.shape, *([1] * (v.dim() - 1))) if how == "map" else pooled
         if how == "linear" and v.dim() > 1 and not self.tokens:
             if self.spatial[i] > 0:  # a flatten="repeat" copy of a channel: its value at the copy's position
                 v = v.flatten(1)[:, self.spatial[i] - 1]
@@ -155,12 +160,25 @@ class _Run:
         self._read[key] = v
         return v
 
-    def pooled(self, i: int) -> Tensor:
-        """Neuron ``i``'s value, globally pooled (over space / tokens) if it records a global pooling."""
-        v = self.val[i]
-        if v.dim() > 1 and self.pool[i] in _GLOBAL:
-            return v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
-        return v
+    def local(self, i: int) -> Tensor:
+        """Neuron ``i``'s value after the local pooling it records (``node_pool`` max / avg / adaptive, geometry
+        in ``node_window``); else its value."""
+        v, kind = self.val[i], POOLS[self.pool[i]]
+        if kind not in ("max", "avg", "adaptive_avg", "adaptive_max"):
+            return v
+        sd, dims = v.dim() - 1, len(self.mk)
+        w = self.g.node_window[i].tolist()
+        kernel, stride, pad, dil = (w[a * dims + dims - sd:(a + 1) * dims] for a in range(4))
+        ceil, include_pad, divisor = w[4 * dims:]
+        x = v.unsqueeze(1)                                                            # [B, 1, *S]
+        if kind == "max":
+            out = getattr(F, f"max_pool{sd}d")(x, kernel, stride, pad, dil, bool(ceil))
+        elif kind == "avg":
+            extra = (divisor or None,) if sd > 1 else ()
+            out = getattr(F, f"avg_pool{sd}d")(x, kernel, stride, pad, bool(ceil), bool(include_pad), *extra)
+        else:
+            out = getattr(F, f"{kind}_pool{sd}d")(x, kernel)
+        return out.squeeze(1)
 
     def stacked(self, nodes: list[int], how: str) -> list[tuple[list[int], Tensor]]:
         """The reads of ``nodes`` stacked per shape: ``(positions in nodes, [n, B, *S])`` per shape."""
@@ -194,20 +212,20 @@ class _Run:
                 pre[j] = t if j not in pre else pre[j] + t
 
         for kind, e in self.edges.get(layer, []):
-            if kind == "conv":
+            if kind.op == "conv":
                 self._conv(e, add)
-            elif kind == "flatten":
+            elif kind.op == "flatten":
                 self._flatten(e, add)
-            elif kind in ("batchnorm", "instancenorm", "layernorm", "groupnorm"):
-                self._norm(kind, e, add)
-            elif kind == "attention":
+            elif kind.op in ("batchnorm", "instancenorm", "layernorm", "groupnorm"):
+                self._norm(kind.op, e, add)
+            elif kind.op == "attention":
                 self._attention(e, add)
-            elif kind == "group":  # membership only (GroupNorm groups): no term
-                continue
-            elif kind == "product":
+            elif kind.op == "product":
                 self._product(e, add)
-            else:  # linear, embedding, identity, residual: the centre tap times the source's value
-                self._scalar(e, "linear" if kind in ("linear", "embedding") else "value", add)
+            elif kind.op == "scalar":  # the centre tap times the source's value
+                self._scalar(e, kind.reads, add)
+            elif kind.op != "none":
+                raise ValueError(f"edge kind {kind.name!r} has no executor operation {kind.op!r}")
         bias = g.x[:, 0]
         # stack the neurons by shape and activation, add the bias and apply the activation
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -332,7 +350,7 @@ class _Run:
         """Mean and variance per GroupNorm edge ``e`` (sources ``v``: ``[E, B, *S]``) over the sources of its
         target's group (the neurons one virtual neuron feeds through ``group`` edges) and space."""
         g = self.g
-        is_group = g.edge_kind.cpu() == EDGE_KINDS.index("group")
+        is_group = g.edge_kind.cpu() == EDGE_KIND["group"]
         group_of = torch.full((g.num_nodes,), -1, dtype=torch.long)
         group_of[self.dst_t[is_group]] = self.src_t[is_group]
         _, gid = torch.unique(group_of[self.dst_t[e]], return_inverse=True)          # [E] group per edge
@@ -378,5 +396,5 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs(self) -> Tensor:
-        outs = [self.pooled(i) for i in self.g.output_nodes().tolist()]
+        outs = [self.read(i, "value") for i in self.g.output_nodes().tolist()]
         return torch.stack(outs, dim=-1 if self.tokens else 1)

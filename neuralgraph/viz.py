@@ -6,12 +6,8 @@ from typing import Any
 import networkx as nx
 
 from neuralgraph.convert.activations import ACTIVATIONS
-from neuralgraph.data.graph import EDGE_KINDS, ROLES, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND_TABLE, EDGE_KINDS, ROLES, NeuralGraph
 
-_EDGE_STYLE = {"linear": ("tab:gray", "-"), "conv": ("tab:blue", "-"), "residual": ("tab:red", "--"),
-               "identity": ("tab:purple", ":"), "batchnorm": ("tab:green", "-"), "layernorm": ("tab:green", "--"),
-               "groupnorm": ("tab:cyan", "-"), "instancenorm": ("tab:cyan", "--"), "attention": ("tab:orange", "-"),
-               "flatten": ("tab:brown", ":"), "embedding": ("tab:olive", "-")}
 _ROLE_COLOR = {"input": "#9ecae1", "hidden": "#fdd0a2", "output": "#a1d99b", "virtual": "#dadaeb"}
 
 
@@ -44,12 +40,13 @@ def draw_neural_graph(g: NeuralGraph, ax: Any = None, title: str | None = None, 
     from matplotlib.lines import Line2D
 
     handles = []
-    for kind, (color, style) in _EDGE_STYLE.items():
-        edges = [(u, v) for u, v, d in G.edges(data=True) if d["kind"] == kind]
+    for kind in EDGE_KIND_TABLE:
+        color, style = kind.style
+        edges = [(u, v) for u, v, d in G.edges(data=True) if d["kind"] == kind.name]
         if edges:
             nx.draw_networkx_edges(G, pos, edgelist=edges, ax=ax, edge_color=color, style=style, alpha=0.6,
                                    arrows=True, arrowsize=6, connectionstyle="arc3,rad=0.08")
-            handles.append(Line2D([], [], color=color, linestyle=style, label=kind))
+            handles.append(Line2D([], [], color=color, linestyle=style, label=kind.name))
     nx.draw_networkx_nodes(G, pos, ax=ax, node_size=160,
                            node_color=[_ROLE_COLOR[d["role"]] for _, d in G.nodes(data=True)],
                            edgecolors="black", linewidths=0.5)

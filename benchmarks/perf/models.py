@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.perf.nets import ResNet18
+from neuralgraph.data.arch import build_model
 from neuralgraph.io import atomic_write_text
-from neuralgraph.zoo.arch import build_model
 from neuralgraph.zoo.presets import sample_wildpark
 
 #: benchmark name -> (registered model, extra hyperparameters); sizes are the paper's Wild Park ones

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neuralgraph.zoo.arch import build_model
+from neuralgraph.data.arch import build_model
 
 
 def small_cnn_zoo() -> nn.Module:

@@ -24,6 +24,9 @@ ACTIVATIONS: list[str] = [
     "logsigmoid", "sin", "softmax", "log_softmax",
 ]
 
+#: changes with every registration (part of the conversion plan cache key)
+VERSION = 0
+
 #: module type -> activation name
 MODULE_ACTIVATIONS: dict[type, str] = {
     nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
@@ -123,9 +126,8 @@ def register_activation(fn_or_module: Callable | type | None, name: str) -> int:
         register_activation(Sine, "sine")
         register_activation(None, "leaky_relu(negative_slope=0.2)")   # nn.LeakyReLU(0.2)
     """
-    from neuralgraph.convert.plan import clear_plan_cache  # plans may have traced through it
-
-    clear_plan_cache()
+    global VERSION
+    VERSION += 1  # plans traced before may have traced through it: they are keyed by the version
     if name not in ACTIVATIONS:
         ACTIVATIONS.append(name)
     if isinstance(fn_or_module, type) and issubclass(fn_or_module, nn.Module):

@@ -21,6 +21,30 @@ from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.data.graph import EDGE_KIND, ROLE
 
 
+class Sym:
+    """A value known only at run time (a size read from a tensor)."""
+
+    def __repr__(self) -> str:
+        return "Sym()"
+
+
+SYM = Sym()
+
+
+@dataclass
+class Param:
+    """A parameter or buffer read directly in forward (``self.weight``): usable as the weight / bias of a
+    functional layer (``F.linear``, ``F.conv2d``), not as a neuron value.
+
+    Args:
+        name: its qualified name in the model.
+        shape: its shape.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+
 @dataclass
 class Val:
     """What the tracer knows about one tensor of the module's dataflow.
@@ -93,17 +117,21 @@ class GraphBuilder:
         self.role: list[int] = []
         self.act: list[int] = []
         self.pool: list[int] = []
+        self.window: list[tuple[int, ...]] = []  # local pooling geometry (node_window)
         self.spatial: list[int] = []
         self.has_bias: list[int] = []
         self.const: list[float] = []  # a constant added to the neuron (x + c in forward), not a parameter
         self.frozen: list[bool] = []
         self.read: list[bool] = []  # read as a value by an edge other than conv / flatten (which read the map)
+        self.sourced: list[bool] = []  # read by any edge
         self.pending: list[int] = []
         self.replaced: list[bool] = []
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self.edges: list[EdgeBlock] = []
         self.node_params: list[NodeParam] = []
+        # neurons of one softmax / log_softmax (normalised together), with the operation for error messages
+        self.layer_groups: list[tuple[Tensor, str]] = []
         self.param_shapes: dict[str, tuple[int, ...]] = {}
         self.layers: list[tuple[str, str | None]] = []  # (weight, bias) of linear/conv layers, dataflow order
         # where each neuron's value lives in the traced module (probe features): per node an index into
@@ -127,11 +155,13 @@ class GraphBuilder:
         self.role += [ROLE[role]] * count
         self.act += [0] * count
         self.pool += [0] * count
+        self.window += [self.default_window()] * count
         self.spatial += [spatial] * count
         self.has_bias += [0] * count
         self.const += [0.0] * count
         self.frozen += [role == "input"] * count
         self.read += [False] * count
+        self.sourced += [False] * count
         self.pending += [0] * count
         self.replaced += [False] * count
         self._grow(count)
@@ -173,15 +203,16 @@ class GraphBuilder:
 
     def read_anywhere(self, nodes: Tensor) -> Tensor:
         """Per node of ``nodes``: whether an edge (convolutions included) or a pending operation reads it."""
-        mark = torch.zeros(self.num_nodes, dtype=torch.bool)
-        for blk in self.edges:
-            mark[blk.src] = True
-        return mark[nodes] | torch.tensor([self.read[i] or self.pending[i] > 0 for i in nodes.tolist()],
-                                          dtype=torch.bool)
+        return torch.tensor([self.sourced[i] or self.read[i] or self.pending[i] > 0 for i in nodes.tolist()],
+                            dtype=torch.bool)
 
-    def set_pool(self, nodes: Tensor, pool: int) -> None:
+    def set_pool(self, nodes: Tensor, pool: int, window: tuple[int, ...] | None = None) -> None:
+        """Record pooling ``pool`` (with the local pooling geometry ``window``) on ``nodes``; their value is
+        final from now on (an activation or edge added later goes to a new layer)."""
         for i in nodes.tolist():
             self.pool[i] = pool
+            self.window[i] = window or self.default_window()
+        self.observe(nodes)
 
     def add_pending(self, nodes: Tensor, count: int) -> None:
         for i in nodes.reshape(-1).tolist():
@@ -192,6 +223,11 @@ class GraphBuilder:
         self.outputs += nodes.tolist()
 
     # ----------------------------------------------------------------------------------------- edges
+    def default_window(self) -> tuple[int, ...]:
+        """``node_window`` of a neuron without local pooling: kernel, stride 1, padding 0, dilation 1 per dim,
+        ceil_mode 0, count_include_pad 1, divisor_override 0."""
+        return (1,) * self.dims + (1,) * self.dims + (0,) * self.dims + (1,) * self.dims + (0, 1, 0)
+
     def default_geometry(self) -> tuple[int, ...]:
         return (1,) * self.dims + (0,) * self.dims + (1,) * self.dims + (1,) * self.dims
 
@@ -202,6 +238,8 @@ class GraphBuilder:
         if src.numel() == 0:
             return
         self.observe(src)
+        for i in src.tolist():
+            self.sourced[i] = True
         if kind not in ("conv", "flatten"):
             for i in src.tolist():
                 self.read[i] = True
@@ -245,11 +283,13 @@ class GraphBuilder:
             self.role += [self.role[i]] * copies
             self.act += [self.act[i]] * copies
             self.pool += [self.pool[i]] * copies
+            self.window += [self.window[i]] * copies
             self.spatial += list(range(1, copies + 1))
             self.has_bias += [self.has_bias[i]] * copies
             self.const += [self.const[i]] * copies
             self.frozen += [True] * copies
             self.read += [False] * copies
+            self.sourced += [False] * copies
             self.pending += [0] * copies
             self.replaced += [False] * copies
             self._grow(copies)

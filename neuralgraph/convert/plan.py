@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections import OrderedDict
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, fx, nn
 
+from neuralgraph.convert import activations
 from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
@@ -81,7 +83,9 @@ class ConversionPlan:
         self.categories = {
             "node_layer": layer, "node_role": role, "node_pos": pos, "node_act": node_tensor(builder.act),
             "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
+            "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
         }
+        _check_layer_groups(builder, layer, remap, keep)
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
         x0[:, 0] = torch.tensor(builder.const, dtype=torch.float)[keep]   # constants (x + c); params overwrite
@@ -270,6 +274,22 @@ class ConversionPlan:
                 f"params={len(self.param_names)}, config={self.config})")
 
 
+def _check_layer_groups(builder: GraphBuilder, layer: Tensor, remap: Tensor, keep: Tensor) -> None:
+    """Each softmax's neurons must be exactly the neurons of their layer carrying that activation (the executor
+    normalises over those): two softmaxes at the same depth are refused."""
+    act = torch.tensor(builder.act, dtype=torch.long)[keep]
+    seen: dict[tuple[int, int], str] = {}
+    for nodes, where in builder.layer_groups:
+        nodes = remap[nodes]
+        key = (int(layer[nodes[0]]), int(act[nodes[0]]))
+        if key in seen or int(((layer == key[0]) & (act == key[1])).sum()) != nodes.numel():
+            other = seen.get(key, "another operation at the same depth")
+            raise UnsupportedModuleError(f"{where} lies at the same graph depth as {other}; the graph would "
+                                         "normalise their neurons together. Not supported: give them different "
+                                         "depths (e.g. one softmax over their concatenation)")
+        seen[key] = where
+
+
 def _detached_copy(graph: fx.Graph | None) -> fx.Graph | None:
     """A copy of a traced graph owned by no module (shape propagation attaches the traced model; a cached
     plan must not keep it alive)."""
@@ -358,7 +378,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
     cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
     arch = architecture_key(model)
-    key = (arch, _input_key(example_input), cfg)
+    key = (arch, _input_key(example_input), cfg, activations.VERSION)
     plan = _PLANS.get(key)
     if plan is None:
         tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
@@ -406,8 +426,34 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
         UnsupportedModuleError: a module or operation that cannot be represented, named by path and type;
             also a module without parameters (nothing to convert).
         ValueError: NaN / Inf parameters (unless ``allow_nonfinite``).
+
+    Warns:
+        UserWarning: the model is in training mode and has modules whose function depends on it (BatchNorm,
+            dropout): the graph is the eval-mode function.
     """
-    return get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    graph = get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    _warn_training(model)
+    return graph
+
+
+def _warn_training(model: nn.Module) -> None:
+    """Warn when modules whose function depends on the mode are in training mode: the graph is the eval-mode
+    function (BatchNorm with running statistics, dropout as identity)."""
+    culprits = [f"{name or '<root>'} ({type(m).__name__})" for name, m in model.named_modules()
+                if m.training and _mode_dependent(m)]
+    if culprits:
+        more = f" and {len(culprits) - 3} more" if len(culprits) > 3 else ""
+        warnings.warn(f"the model is in training mode, where {', '.join(culprits[:3])}{more} compute a different "
+                      "function than in eval mode; the neural graph describes the eval-mode function (running "
+                      "statistics, no dropout). Call model.eval() before converting.", UserWarning, stacklevel=3)
+
+
+def _mode_dependent(m: nn.Module) -> bool:
+    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        return m.track_running_stats
+    if isinstance(m, nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    return isinstance(m, nn.MultiheadAttention) and m.dropout > 0
 
 
 def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
@@ -420,9 +466,9 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
     config.pop("allow_nonfinite", None)  # a conversion-time check, accepted for symmetry
     if example_input is None and not config:
         arch = architecture_key(model)
-        for (a, _, _), cand in reversed(_PLANS.items()):
-            if a == arch and cand.num_nodes == graph.num_nodes and cand.num_edges == graph.edge_index.size(1) \
-                    and cand.config.edge_dim == graph.edge_attr.size(1):
+        for (a, _, _, version), cand in reversed(_PLANS.items()):
+            if a == arch and version == activations.VERSION and cand.num_nodes == graph.num_nodes \
+                    and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1):
                 return cand
     return get_plan(model, example_input, **config)
 

@@ -11,22 +11,14 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
-from neuralgraph.convert.builder import GraphBuilder, Param, Val
+from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
+from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
-from neuralgraph.convert.rules import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
-                                        find_module_rule)
+from neuralgraph.convert.registry import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
+                                          find_module_rule, overridden_rule)
+from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice
-
-
-class Sym:
-    """A value known only at run time (a size read from a tensor)."""
-
-    def __repr__(self) -> str:
-        return "Sym()"
-
-
-SYM = Sym()
 
 
 def _type_name(t: type) -> str:
@@ -120,6 +112,7 @@ class TraceContext:
         self.root = root
         self.builder = builder
         self.config = builder.config
+        self.tokens = False  # values are token sequences [B, T, C] (set by the attention pass)
 
     # ---------------------------------------------------------------------------------- naming
     def module(self, node: fx.Node) -> nn.Module:
@@ -154,20 +147,31 @@ class TraceContext:
         return f"<root> ({_type_name(type(self.root))})"
 
     def unsupported(self, node: fx.Node, why: str) -> UnsupportedModuleError:
-        return UnsupportedModuleError(f"{self.where(node)}: {why}")
+        return UnsupportedModuleError(f"{self.where(node)}: {why}{self._traced_subclass(node)}")
 
-    def param_ref(self, node: fx.Node) -> Param:
-        """A parameter or floating buffer read directly in forward (``get_attr``), registered for the gather."""
+    def _traced_subclass(self, node: fx.Node) -> str:
+        """Why an operation inside a subclass of a supported layer was traced at all (its rule does not apply)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        for path in reversed(list(stack)):
+            try:
+                base = overridden_rule(self.root.get_submodule(path))
+            except AttributeError:
+                continue
+            if base is not None:
+                return (f" ({path} is a subclass of {_type_name(base)} that redefines its computation, so the "
+                        f"{base.__name__} rule does not apply and its forward was traced)")
+        return ""
+
+    def attribute(self, node: fx.Node) -> Param:
+        """A parameter / buffer read in forward (``get_attr``)."""
         try:
             t = self.root.get_parameter(node.target)
         except AttributeError:
             try:
                 t = self.root.get_buffer(node.target)
             except AttributeError:
-                t = None
-        if t is None or not t.is_floating_point():
-            raise self.unsupported(node, f"reads the tensor {node.target!r} in forward, which is not a floating "
-                                         "parameter or buffer of the module; a neural graph stores only those")
+                raise self.unsupported(node, f"reads the tensor constant {node.target!r} in forward; only parameters "
+                                             "and buffers of the model can be represented") from None
         self.builder.register_param(node.target, tuple(t.shape))
         return Param(node.target, tuple(t.shape))
 
@@ -227,6 +231,11 @@ class TraceContext:
         return v
 
 
+def _dim_arg(args: tuple, kwargs: dict) -> Any:
+    """The ``dim`` of an activation call ``fn(x, dim, ...)`` (softmax); ``None`` if not given."""
+    return kwargs.get("dim", args[1] if len(args) > 1 else None)
+
+
 def _flatten_args(args: Any) -> list[Any]:
     out: list[Any] = []
     fx.node.map_aggregate(args, out.append)
@@ -234,7 +243,7 @@ def _flatten_args(args: Any) -> list[Any]:
 
 
 def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, (Val, Sym, fx.Node))
+    return not isinstance(x, (Val, Sym, Param, fx.Node))
 
 
 def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) -> GraphBuilder:
@@ -265,7 +274,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
         if node.op == "placeholder":
             result: Any = Val(None, "input", name=node.name)
         elif node.op == "get_attr":
-            result = ctx.param_ref(node)
+            result = ctx.attribute(node)
         elif node.op == "output":
             for v in _flatten_args(args):
                 if isinstance(v, Val):
@@ -316,7 +325,8 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         mod = ctx.module(node)
         rule = find_module_rule(mod)
         if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
-            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod))
+            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod),
+                              getattr(mod, "dim", None))
         if rule is None:
             raise UnsupportedModuleError(
                 f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
@@ -328,12 +338,12 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         rule = FUNCTION_RULES.get(node.target)
         if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
             name = A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     else:  # call_method
         rule = METHOD_RULES.get(node.target)
         if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
             name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     if rule is not None and has_val:
         _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
@@ -354,8 +364,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                                 "additions, channel slicing/concatenation, pooling and flattening.")
 
 
-_PARAM_USES = ("a per-channel scale or shift (x * p, x + p with one value per channel / feature), and the "
-               "statistics and affine terms of F.batch_norm / F.layer_norm / F.group_norm / F.instance_norm")
+_PARAM_USES = ("the weight / bias of F.linear / F.conv*d, a per-channel scale or shift (x * p, x + p with one "
+               "value per channel / feature), and the statistics and affine terms of F.batch_norm / F.layer_norm / "
+               "F.group_norm")
 
 
 def _check_params(ctx: TraceContext, node: fx.Node, rule, params: list[Param]) -> None:
@@ -395,25 +406,3 @@ def _param_view(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict, p: 
                                         "example_input=... to to_neural_graph")
         return Param(p.name, shape)
     return Param(p.name, tuple(getattr(torch.empty(p.shape, device="meta"), op)(*rest, **kwargs).shape))
-
-
-def activation(ctx: TraceContext, node: fx.Node, v: Val, name: str) -> Val:
-    """Apply an element-wise activation: a property of the neurons it is applied to."""
-    if name not in A.ACTIVATIONS:
-        family = name.split("(", 1)[0]
-        raise ctx.unsupported(node, f"it computes {name}, a variant of {family!r} that is not in the activation "
-                                    f"vocabulary; converting it as {family!r} would describe another function. "
-                                    f"Register the variant first (ids follow registration order): "
-                                    f"neuralgraph.convert.register_activation(None, {name!r})")
-    b = ctx.builder
-    v = ctx.materialize(node, node.all_input_nodes[0], v)
-    act = A.activation_id(name)
-    nodes = v.nodes
-    if not b.is_open(nodes):
-        # the neurons' pre-activation value is (or will be) read elsewhere: add an identity layer
-        new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
-        b.add_identity_edges(nodes, new, "identity")
-        nodes = new
-    b.set_activation(nodes, act)
-    return Val(nodes, v.kind, v.sdims, v.positions)
-

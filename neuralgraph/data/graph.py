@@ -23,6 +23,9 @@ field            shape/dtype   meaning
                                (``node_layer``) for every other neuron
 ``node_act``     [N] long      activation applied by the neuron (:mod:`neuralgraph.convert.activations`)
 ``node_pool``    [N] long      pooling applied to the neuron's output map (:data:`POOLS`)
+``node_window``  [N, 4*D+3]    local pooling geometry: kernel size (output size for adaptive pooling),
+                 long          stride, padding, dilation per spatial dim, then ceil_mode,
+                               count_include_pad, divisor_override (0: none); defaults otherwise
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
 ``edge_conv``    [E, 4*D] long stride, padding, dilation and kernel size per spatial dim
@@ -31,6 +34,7 @@ field            shape/dtype   meaning
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,13 +44,76 @@ from torch_geometric.data import Data
 ROLES = ("input", "hidden", "output", "virtual")
 ROLE = {name: i for i, name in enumerate(ROLES)}
 
-#: Edge kinds (``edge_kind``).
-EDGE_KINDS = ("linear", "conv", "residual", "identity", "batchnorm", "layernorm", "groupnorm", "instancenorm",
-              "attention", "flatten", "embedding", "group", "product")
+
+
+@dataclass(frozen=True)
+class EdgeKind:
+    """What one edge kind means: the single place a new kind is declared (its id is its table position).
+
+    Args:
+        name (str): the kind's name (``EDGE_KINDS[id]``).
+        params (bool): its taps hold parameters (weights, norm scales; :class:`~neuralgraph.transforms.
+            NormalizeLayers` scales them); otherwise constants or structure only.
+        permutable (bool): its meaning is given by the edge alone, so moving its endpoints with a neuron
+            permutation keeps the function (:class:`~neuralgraph.transforms.PermuteNeurons`); ``False`` for
+            kinds that couple neurons beyond their edges (GroupNorm groups, attention heads).
+        op (str): how :func:`neuralgraph.execute` runs it: ``"scalar"`` (centre tap times the source), ``"conv"``,
+            ``"flatten"``, ``"batchnorm"``, ``"instancenorm"``, ``"groupnorm"``, ``"layernorm"``, ``"attention"``,
+            ``"product"`` (a factor of the target's product term) or ``"none"`` (structure only).
+        reads (str): how the executor reads the source: ``"linear"`` (a feature: a map must be globally pooled or
+            a flatten copy), ``"value"`` (globally pooled if the source records it), ``"map"`` (the map itself).
+        style (tuple[str, str]): colour and line style when drawn (:mod:`neuralgraph.viz`).
+        meaning (str): one line for documentation.
+    """
+
+    name: str
+    params: bool
+    permutable: bool
+    op: str
+    reads: str
+    style: tuple[str, str]
+    meaning: str
+
+
+#: Every edge kind, in id order (append new kinds; the id of a kind never changes).
+EDGE_KIND_TABLE = (
+    EdgeKind("linear", True, True, "scalar", "linear", ("tab:gray", "-"), "a Linear weight on the centre tap"),
+    EdgeKind("conv", True, True, "conv", "map", ("tab:blue", "-"),
+             "a convolution kernel, zero-padded and centred; geometry in edge_conv"),
+    EdgeKind("residual", False, True, "scalar", "value", ("tab:red", "--"), "a residual addition (1 on the centre)"),
+    EdgeKind("identity", False, True, "scalar", "value", ("tab:purple", ":"),
+             "a copy of the source, or a constant scale c * x (c on the centre)"),
+    EdgeKind("batchnorm", True, True, "batchnorm", "value", ("tab:green", "-"),
+             "BatchNorm: gamma on the centre, running mean / var and eps on the first non-centre taps"),
+    EdgeKind("layernorm", True, True, "layernorm", "value", ("tab:green", "--"),
+             "LayerNorm over the sources of the target layer's layernorm edges"),
+    EdgeKind("groupnorm", True, False, "groupnorm", "value", ("tab:cyan", "-"),
+             "GroupNorm over the sources of the target's group (see group)"),
+    EdgeKind("instancenorm", True, True, "instancenorm", "value", ("tab:cyan", "--"),
+             "InstanceNorm: running statistics if tracked, else over space"),
+    EdgeKind("attention", True, False, "attention", "value", ("tab:orange", "-"),
+             "q, k, v weights (or biases from a virtual head neuron) on taps 0, 1, 2"),
+    EdgeKind("flatten", False, True, "flatten", "map", ("tab:brown", ":"),
+             "the source map at the target's position (node_spatial - 1)"),
+    EdgeKind("embedding", True, True, "scalar", "linear", ("tab:olive", "-"),
+             "an Embedding entry E[t, d] from a one-hot input neuron"),
+    EdgeKind("group", False, False, "none", "value", ("tab:pink", ":"),
+             "membership of a GroupNorm group (virtual neuron -> its neurons)"),
+    EdgeKind("product", False, True, "product", "value", ("tab:olive", "--"),
+             "a factor: the target multiplies its product edges' w * v (x * gate: Squeeze-and-Excitation)"),
+    EdgeKind("scale", True, True, "scalar", "value", ("tab:purple", "-"),
+             "a per-channel scale parameter read in forward (a layer scale gamma * x) on the centre"),
+)
+#: Edge kinds (``edge_kind``) by id, and ids by name.
+EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
 EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
+#: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
+#: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
+FORMAT_VERSION = 5
+
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
-POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other")
+POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
 POOL = {name: i for i, name in enumerate(POOLS)}
 
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
@@ -61,7 +128,7 @@ def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int |
 
 
 #: Integer per-node fields (all batched by concatenation, none offset).
-NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial")
+NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial", "node_window")
 #: Integer per-edge fields.
 EDGE_CATEGORIES = ("edge_kind", "edge_conv")
 

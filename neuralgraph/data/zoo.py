@@ -33,8 +33,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import InMemoryDataset
 
+from neuralgraph.convert import ConvertConfig, get_plan
+from neuralgraph.data.arch import arch_key, build_model, example_input
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, member_splits
-from neuralgraph.data.graph import NeuralGraph
+from neuralgraph.data.graph import FORMAT_VERSION, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.io import atomic_write
 
@@ -50,17 +52,12 @@ class ToNeuralGraph:
     """
 
     def __init__(self, **config: Any) -> None:
-        from neuralgraph.convert import ConvertConfig
-
         self.config = ConvertConfig.from_kwargs(**config)
         self._plans: dict[str, Any] = {}
 
     def plan(self, member: ZooMember):
         """The conversion plan of the member's architecture (one module built per architecture, with
         the global RNG left untouched so seeded runs do not depend on which zoo was converted)."""
-        from neuralgraph.convert import get_plan
-        from neuralgraph.zoo.arch import arch_key, build_model, example_input
-
         arch = member.architecture
         key = arch_key(arch)
         if key not in self._plans:
@@ -133,7 +130,7 @@ class ZooDataset(InMemoryDataset):
                               "runs": hashlib.sha256(json.dumps(  # run ids and their records (metrics, ...)
                                   [[r, self.zoo.records[r]] for r in sorted(self.zoo.run_ids)],
                                   sort_keys=True, default=str).encode()).hexdigest(),
-                              "format": 2}, sort_keys=True)   # 2: norm eps, GroupNorm groups
+                              "format": FORMAT_VERSION}, sort_keys=True)
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self._key_src = key_src
         root = Path(root) if root is not None else self.zoo.roots[0] / "pyg"

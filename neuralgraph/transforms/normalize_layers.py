@@ -7,10 +7,8 @@ import torch
 from torch import Tensor
 from torch_geometric.transforms import BaseTransform
 
-from neuralgraph.data.graph import EDGE_KIND, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND_TABLE, NeuralGraph
 
-#: edge kinds that carry parameters (identity, residual and flatten edges carry constants)
-PARAM_KINDS = ("linear", "conv", "batchnorm", "layernorm", "groupnorm", "instancenorm")
 
 
 class NormalizeLayers(BaseTransform):
@@ -39,7 +37,7 @@ class NormalizeLayers(BaseTransform):
 
     @staticmethod
     def _param_edges(g: NeuralGraph) -> Tensor:
-        kinds = torch.tensor([EDGE_KIND[k] for k in PARAM_KINDS], device=g.edge_kind.device)
+        kinds = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.params], device=g.edge_kind.device)
         return torch.isin(g.edge_kind, kinds)
 
     def fit(self, graphs: Iterable[NeuralGraph]) -> "NormalizeLayers":

@@ -7,7 +7,7 @@ keeps every label the graph's semantics depend on. Node ids, ``edge_index`` and 
 they are; the values (``x``, ``edge_attr``) move.
 
 How the symmetries are found (once per structure, cached): colour refinement (1-WL) on the structure
-(node role, layer, position, activation, pooling, spatial position and has-bias flag; edge kind and
+(node role, layer, position, activation, pooling and its window, spatial position and has-bias flag; edge kind and
 convolution geometry) gives cells of candidate-equivalent neurons. Between two cells, each edge label's
 edges are *complete* (every pair, e.g. dense or conv layers), a *matching* (channel ``k`` to channel
 ``k``: residual, identity, norm, flatten and depthwise edges) or *other*. Cells tied by matchings form
@@ -29,11 +29,8 @@ import torch
 from torch import Tensor
 from torch_geometric.transforms import BaseTransform
 
-from neuralgraph.data.graph import EDGE_KIND, NODE_CATEGORIES, ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND_TABLE, NODE_CATEGORIES, ROLE, NeuralGraph
 
-#: edge kinds whose meaning is fully given by the edge (so permuting their endpoints consistently is safe)
-SAFE_KINDS = ("linear", "conv", "residual", "identity", "batchnorm", "layernorm", "instancenorm", "flatten",
-              "embedding")
 _CACHE_SIZE = 128
 
 
@@ -51,7 +48,8 @@ class NeuronSymmetry:
         n = g.num_nodes
         src, dst = g.edge_index.cpu()
         self.num_nodes = n
-        node_lab = torch.stack([g[k].cpu() for k in NODE_CATEGORIES] + [(g.x[:, 1] > 0).long().cpu()], 1)
+        node_lab = torch.cat([g[k].cpu().view(n, -1) for k in NODE_CATEGORIES]
+                             + [(g.x[:, 1] > 0).long().cpu().view(n, 1)], 1)
         colors = torch.unique(node_lab, dim=0, return_inverse=True)[1]
         self.node_label = colors
         edge_rows = torch.cat([g.edge_kind.cpu().view(-1, 1), g.edge_conv.cpu().view(src.numel(), -1)], 1)
@@ -62,7 +60,8 @@ class NeuronSymmetry:
         self.num_labels = int(elabel.max()) + 1 if elabel.numel() else 1
         self.edge_key = (src * n + dst) * self.num_labels + elabel
         self.src, self.dst, self.elabel = src, dst, elabel
-        unsafe = ~torch.isin(g.edge_kind.cpu(), torch.tensor([EDGE_KIND[k] for k in SAFE_KINDS]))
+        permutable = torch.tensor([k.permutable for k in EDGE_KIND_TABLE] + [False])  # unknown kinds: fixed
+        unsafe = ~permutable[g.edge_kind.cpu().clamp(0, len(EDGE_KIND_TABLE))]
         colors = _refine(colors, src, dst, elabel)
         fixed_nodes = (g.node_role.cpu() == ROLE["input"]) | (g.node_role.cpu() == ROLE["output"])
         # repeat-flatten copies: hidden neurons with a spatial position (virtual neurons are safe)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from neuralgraph.data.arch import ACTIVATION_NAMES, build_model, example_input
 from neuralgraph.data.formats.native import Zoo, ZooMember, load_zoo, split_by_run
-from neuralgraph.zoo.arch import ACTIVATION_NAMES, build_model, example_input
 from neuralgraph.zoo.presets import PRESETS, Preset, get_preset, list_presets
 
 #: Runs of the embedded default zoo per preset: small enough for a few minutes on 2 cores.

@@ -16,7 +16,7 @@ memory-bound elementwise work (activations, dropout, the optimizer). Hence the l
 below: activations channels-last end to end (:func:`_conv`), conv weights stored channels-last,
 dropout masks from random bytes, and an optimizer that works on one ``[M, P]`` matrix.
 
-The batched forwards below mirror :mod:`neuralgraph.zoo.arch` line by line; the tests check that
+The batched forwards below mirror :mod:`neuralgraph.data.arch` line by line; the tests check that
 a member's parameters loaded into ``build_model(desc)`` give the same outputs.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neuralgraph.zoo.arch import build_model, canonical_activation
+from neuralgraph.data.arch import build_model, canonical_activation
 
 _ACT_FN: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
@@ -190,7 +190,7 @@ def _act(h: Tensor, act: str) -> Tensor:
 
 
 def forward_wildpark(desc: dict, p: dict[str, Tensor], x: Tensor, drop: Dropout | None = None) -> Tensor:
-    """Batched :class:`~neuralgraph.zoo.arch.WildParkCNN` forward (dropout after each activation).
+    """Batched :class:`~neuralgraph.data.arch.WildParkCNN` forward (dropout after each activation).
 
     ``x``: ``[B, M, C, H, W]``, or ``[B, C, H, W]`` shared by all members."""
     channels, residual = desc["channels"], desc["residual"]
@@ -215,7 +215,7 @@ def forward_wildpark(desc: dict, p: dict[str, Tensor], x: Tensor, drop: Dropout 
 
 
 def forward_cnn(desc: dict, p: dict[str, Tensor], x: Tensor, drop: Dropout | None = None) -> Tensor:
-    """Batched :class:`~neuralgraph.zoo.arch.SequentialCNN` forward.
+    """Batched :class:`~neuralgraph.data.arch.SequentialCNN` forward.
 
     ``x``: ``[B, M, C, H, W]``, or ``[B, C, H, W]`` shared by all members."""
     h, i = (x if x.dim() == 4 else _nhwmc(x)), 0

@@ -9,8 +9,8 @@ import pytest
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import activation_id
+from neuralgraph.data.arch import build_model
 from neuralgraph.data.graph import EDGE_KIND
-from neuralgraph.zoo.arch import build_model
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, assert_state_equal,
                                    permute_in, permute_out, permuted_copy)
 

@@ -242,7 +242,7 @@ def test_convnext_channel_layernorm_and_layer_scale():
     m = randomize(ConvNeXt())
     x = torch.randn(2, 3, 8, 8)
     g = check(m, x)
-    assert {"layernorm", "identity"} <= kinds(g)
+    assert {"layernorm", "scale"} <= kinds(g)
     g2 = check(m, x, example=True)
     assert torch.equal(g.edge_index, g2.edge_index)
     gen = torch.Generator().manual_seed(0)

@@ -48,3 +48,17 @@ def test_from_fields_equals_the_keyword_constructor():
         assert a[k] is b[k]
     batch = Batch.from_data_list([a, b])
     assert batch.num_graphs == 2 and batch.edge_index.max() == 2 * g.num_nodes - 1
+
+
+def test_every_edge_kind_is_declared_once_and_documented():
+    from pathlib import Path
+
+    from neuralgraph.data.graph import EDGE_KIND_TABLE, EDGE_KINDS
+
+    assert len(set(EDGE_KINDS)) == len(EDGE_KINDS) == len(EDGE_KIND_TABLE)
+    ops = {"scalar", "conv", "flatten", "batchnorm", "instancenorm", "groupnorm", "layernorm", "attention", "product",
+           "none"}
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
+    for kind in EDGE_KIND_TABLE:
+        assert kind.op in ops and kind.reads in ("linear", "value", "map"), kind
+        assert f"`{kind.name}`" in docs, f"edge kind {kind.name!r} is not described in docs/formats.md"

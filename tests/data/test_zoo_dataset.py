@@ -18,7 +18,7 @@ def zoo_dir(tmp_path):
     from neuralgraph.data.formats.native import write_member
     z = load_zoo(tmp_path)
     m = z[0]
-    from neuralgraph.zoo.arch import build_model
+    from neuralgraph.data.arch import build_model
     sd = build_model(ARCH2).state_dict()
     write_member(tmp_path, "run000100", {k: v.numpy()[None] for k, v in sd.items()},
                  {"architecture": ARCH2, "checkpoints": [m.record["checkpoints"][0]]})

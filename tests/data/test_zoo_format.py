@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from neuralgraph.data.arch import build_model
 from neuralgraph.data.formats.native import (ZooFormatError, init_zoo_dir, load_zoo, member_splits,
                                              split_by_run, write_member)
-from neuralgraph.zoo.arch import build_model
 
 ARCH = {"family": "wildpark", "in_channels": 1, "n_classes": 10, "input_size": [8, 8], "channels": [4, 8, 4],
         "kernels": [3, 5, 3], "activations": ["relu", "identity", "sigmoid"], "residual": [-1, -1, 0]}

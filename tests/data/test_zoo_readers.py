@@ -15,7 +15,7 @@ from neuralgraph.data.formats import (DWSNetsINRs, SmallCNNZoo, UnsafeFileError,
 from neuralgraph.data.formats.small_cnn_zoo import standard_split
 from neuralgraph.data.formats.wildpark import convert
 from tests.data.test_zoo_format import Payload
-from tests.zoo.test_arch import published_forward
+from tests.data.test_arch import published_forward
 
 
 # --- Small CNN Zoo ---------------------------------------------------------------------------

@@ -7,9 +7,10 @@ from torch import nn
 from torch_geometric.loader import DataLoader
 
 from neuralgraph import to_neural_graph
-from neuralgraph.data.graph import ROLE
+from neuralgraph.convert import ACTIVATIONS
+from neuralgraph.data.arch import build_model
+from neuralgraph.data.graph import POOL, ROLE
 from neuralgraph.transforms import LearnedProbeFeatures, PermuteNeurons, ProbeFeatures, probe_activations
-from neuralgraph.zoo.arch import build_model
 from tests.helpers.nets import MLP, SmallResNet, WildParkCNN, permute_mlp, permute_resnet, permute_wildpark
 from tests.helpers.permute import assert_params_moved, assert_same_function
 from tests.models.ng_checks import node_edge_mapping
@@ -216,7 +217,10 @@ def test_every_neuron_of_the_builtin_rules_has_a_recorded_value():
     copies = (g.node_spatial > 0).nonzero().view(-1)
     assert copies.numel() == 18
     assert torch.allclose(probe_activations(g, flat, probes, flatten="repeat")[copies], flat_out, atol=1e-6)
-    # a channel pooled before its activation holds the activation of the pooled map (what the next layer reads)
+    # a channel pooled before its activation: the activation goes on an identity copy (a neuron's pooling follows
+    # its activation), which holds the activation of the pooled map (what the next layer reads)
     g = to_neural_graph(flat)
     (act,) = record(flat, [flat[2]], probes)
-    assert torch.allclose(probe_activations(g, flat, probes)[1:3], act, atol=1e-6)
+    relu = (g.node_act == ACTIVATIONS.index("relu")).nonzero().view(-1)
+    assert relu.numel() == 2 and (g.node_pool[relu - 2] == POOL["max"]).all()
+    assert torch.allclose(probe_activations(g, flat, probes)[relu], act, atol=1e-6)

@@ -73,7 +73,7 @@ def test_vector_optimizer_matches_torch(kind):
 
 def test_checkpoints_are_snapshots(tiny_data):
     """Each checkpoint keeps the parameters of its own epoch (epoch 0: the initialisation)."""
-    from neuralgraph.zoo.arch import build_model
+    from neuralgraph.data.arch import build_model
     from neuralgraph.zoo.train import init_member
 
     cfg = TrainConfig(epochs=2, checkpoint_epochs=(0, 1, 2), batch_size=16, train_eval_size=32)

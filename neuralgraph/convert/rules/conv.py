@@ -6,10 +6,11 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import module_rule
+from neuralgraph.convert.builder import Param, Val
+from neuralgraph.convert.registry import function_rule, module_rule, takes_params
 
 
 def kernel_taps(kernel: tuple[int, ...], max_kernel: tuple[int, ...]) -> torch.Tensor:
@@ -26,51 +27,84 @@ def kernel_taps(kernel: tuple[int, ...], max_kernel: tuple[int, ...]) -> torch.T
     return torch.tensor(taps, dtype=torch.long)
 
 
-def _padding(mod: nn.modules.conv._ConvNd) -> tuple[int, ...]:
-    if isinstance(mod.padding, str):
-        if mod.padding == "valid":
-            return (0,) * len(mod.kernel_size)
+def _padding(padding, kernel_size: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * len(kernel_size)
         # "same": total padding d*(k-1), even (the rule rejects asymmetric padding): half on each side
-        return tuple(d * (k - 1) // 2 for d, k in zip(mod.dilation, mod.kernel_size))
-    return tuple(mod.padding)
+        return tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel_size))
+    return tuple(padding)
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
 @module_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
-def conv(ctx, node, x: Val) -> Val:
+def conv_module(ctx, node, x: Val) -> Val:
     mod = ctx.module(node)
+    if mod.padding_mode != "zeros" and any(p > 0 for p in _padding(mod.padding, mod.kernel_size, mod.dilation)):
+        raise ctx.unsupported(node, f"padding_mode={mod.padding_mode!r} pads with other values than zeros, which "
+                                    "edge_conv cannot store; pad the input explicitly or use padding_mode='zeros'")
+    weight = ctx.param(node, "weight")
+    if weight is None:
+        raise ctx.unsupported(node, "its weight is not a parameter but computed in forward (a parametrization such "
+                                    "as weight_norm?); a neural graph stores parameters: remove the parametrization "
+                                    "first (torch.nn.utils.parametrize.remove_parametrizations)")
+    return conv(ctx, node, x, weight, ctx.param(node, "bias"), tuple(mod.weight.shape),
+                mod.stride, mod.padding, mod.dilation, mod.groups)
+
+
+@function_rule(F.conv1d, F.conv2d, F.conv3d)
+@takes_params
+def conv_function(ctx, node, x: Val, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Val:
+    """``F.conv2d(x, self.weight, self.bias, ...)`` with parameters of the model (read in forward)."""
+    for what, p in (("weight", weight), ("bias", bias)):
+        if not (isinstance(p, Param) or (what == "bias" and p is None)):
+            raise ctx.unsupported(node, f"the {what} of this convolution is computed in forward (e.g. weight "
+                                        "standardisation), not a parameter of the model; a neural graph stores "
+                                        "parameters, so it cannot represent it")
+    sd = len(weight.shape) - 2
+    return conv(ctx, node, x, weight.name, None if bias is None else bias.name, weight.shape, _tuple(stride, sd),
+                padding if isinstance(padding, str) else _tuple(padding, sd), _tuple(dilation, sd), groups)
+
+
+def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...], stride: tuple[int, ...],
+         padding, dilation: tuple[int, ...], groups: int) -> Val:
+    """A convolution with weight ``[C_out, C_in / groups, *kernel]`` named ``weight`` (and ``bias``)."""
     b = ctx.builder
     cfg = ctx.config
-    sdims = len(mod.kernel_size)
+    out_channels, in_pg, kernel_size = shape[0], shape[1], tuple(shape[2:])
+    in_channels = in_pg * groups
+    sdims = len(kernel_size)
     dims = max(sdims, len(cfg.max_kernel))
-    want = (1,) * (dims - sdims) + tuple(mod.kernel_size)
+    want = (1,) * (dims - sdims) + kernel_size
     have = (1,) * (dims - len(cfg.max_kernel)) + cfg.max_kernel
     if sdims > len(cfg.max_kernel) or any(k > K for k, K in zip(want, have)):
         fix = tuple(max(k, K) for k, K in zip(want, have))
-        raise ctx.unsupported(node, f"kernel {tuple(mod.kernel_size)} does not fit max_kernel="
-                                    f"{cfg.max_kernel}; convert with a larger one, e.g. "
-                                    f"to_neural_graph(model, max_kernel={fix})")
-    if mod.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(mod.dilation, mod.kernel_size)):
-        raise ctx.unsupported(node, f"padding='same' with kernel {tuple(mod.kernel_size)} and dilation "
-                                    f"{tuple(mod.dilation)} pads one side more than the other, which edge_conv "
-                                    "(one padding per dim) cannot store; pad explicitly or use an odd kernel")
-    src_nodes = ctx.as_map(node, x, mod.in_channels, sdims)
-    out = b.add_nodes(mod.out_channels, b.next_layer(src_nodes))
-    in_pg = mod.in_channels // mod.groups
-    out_pg = mod.out_channels // mod.groups
-    ksize = math.prod(mod.kernel_size)
+        raise ctx.unsupported(node, f"kernel {kernel_size} does not fit max_kernel={cfg.max_kernel}; convert with a "
+                                    f"larger one, e.g. to_neural_graph(model, max_kernel={fix})")
+    if padding == "same" and any(d * (k - 1) % 2 for d, k in zip(dilation, kernel_size)):
+        raise ctx.unsupported(node, f"padding='same' with kernel {kernel_size} and dilation {tuple(dilation)} pads "
+                                    "one side more than the other, which edge_conv (one padding per dim) cannot "
+                                    "store; pad explicitly or use an odd kernel")
+    src_nodes = ctx.as_map(node, x, in_channels, sdims)
+    out = b.add_nodes(out_channels, b.next_layer(src_nodes))
+    out_pg = out_channels // groups
+    ksize = math.prod(kernel_size)
     # edge e = (o, j): output channel o, j-th input channel of o's group; weight[o, j] is row e
-    o = torch.arange(mod.out_channels).repeat_interleave(in_pg)
-    j = torch.arange(in_pg).repeat(mod.out_channels)
+    o = torch.arange(out_channels).repeat_interleave(in_pg)
+    j = torch.arange(in_pg).repeat(out_channels)
     src = src_nodes[(o // out_pg) * in_pg + j]
     dst = out[o]
-    elem = torch.arange(mod.out_channels * in_pg).view(-1, 1) * ksize + torch.arange(ksize).view(1, -1)
+    elem = torch.arange(out_channels * in_pg).view(-1, 1) * ksize + torch.arange(ksize).view(1, -1)
     pad = len(cfg.max_kernel) - sdims
-    geometry = ((1,) * pad + tuple(mod.stride) + (0,) * pad + _padding(mod) + (1,) * pad + tuple(mod.dilation)
-                + (1,) * pad + tuple(mod.kernel_size))
+    geometry = ((1,) * pad + tuple(stride) + (0,) * pad + _padding(padding, kernel_size, dilation) + (1,) * pad
+                + tuple(dilation) + (1,) * pad + kernel_size)
+    b.register_param(weight, shape)
     b.add_edges(src, dst, "conv", geometry=geometry,
-                sources=[(ctx.param(node, "weight"), elem, kernel_taps(mod.kernel_size, cfg.max_kernel))])
-    bias = ctx.param(node, "bias")
-    b.layers.append((f"{node.target}.weight", bias))
+                sources=[(weight, elem, kernel_taps(kernel_size, cfg.max_kernel))])
+    b.layers.append((weight, bias))
     if bias is not None:
-        b.add_node_param(out, bias, torch.arange(mod.out_channels))
+        b.add_node_param(out, bias, torch.arange(out_channels))
     return Val(out, "map", sdims=sdims, positions=None)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import module_rule
+from neuralgraph.convert.registry import module_rule
 from neuralgraph.data.graph import ROLE
 
 

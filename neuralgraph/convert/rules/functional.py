@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph.convert.builder import Param, Val
-from neuralgraph.convert.rules import function_rule, layout, method_rule, module_rule, takes_params
-from neuralgraph.data.graph import POOL
+from neuralgraph.convert.builder import SYM, Param, Val
+from neuralgraph.convert.registry import function_rule, method_rule, module_rule, takes_params
+from neuralgraph.convert.rules import layout
+from neuralgraph.data.graph import POOL, ROLE
 
 # ------------------------------------------------------------------------------------ pass-through
 
@@ -35,15 +36,11 @@ def _identity_method(ctx, node, x: Val, *args, **kwargs) -> Val:
 
 @method_rule("size", "dim")
 def _size(ctx, node, x: Val, *args, **kwargs):
-    from neuralgraph.convert.trace import SYM
-
     return SYM
 
 
 @function_rule(builtins.getattr)
 def _getattr(ctx, node, x: Val, name: str):
-    from neuralgraph.convert.trace import SYM
-
     if name in ("shape", "ndim", "dtype", "device"):
         return SYM
     raise ctx.unsupported(node, f"reads attribute {name!r} of a tensor")
@@ -72,7 +69,7 @@ def affine(ctx, node, v: Val, scale=1.0, shift=0.0) -> Val:
     if isinstance(scale, float):
         bld.add_edges(v.nodes, new, "identity", const=scale)
     else:
-        bld.add_edges(v.nodes, new, "identity",
+        bld.add_edges(v.nodes, new, "scale",
                       sources=[(scale[0], scale[1].view(-1, 1), torch.tensor([ctx.config.centre_tap]))])
     _shift(ctx, new, shift)
     return Val(new, v.kind, v.sdims, v.positions)
@@ -111,6 +108,10 @@ def _constant_operand(ctx, node, a, b, what: str) -> tuple[Val, float]:
         return a, float(b)
     if isinstance(b, Val) and _number(a):
         return b, float(a)
+    param = next((x.name for x in (a, b) if isinstance(x, Param)), None)
+    if param is not None:
+        raise ctx.unsupported(node, f"{what} with the parameter {param!r} read in forward is not supported (a neural "
+                                    "graph stores parameters of layers, not tensors combined with neuron values)")
     raise ctx.unsupported(node, f"{what} with an operand that is neither a neuron value nor a Python number "
                                 "(a tensor constant, or a parameter that is not one value per channel) is "
                                 "not supported")
@@ -254,8 +255,6 @@ def getitem(ctx, node, x, index) -> Val:
     if isinstance(x, tuple) and isinstance(index, int) and any(isinstance(v, Val) for v in x):
         return x[index]  # one part of a channel split (x.chunk(2, 1))
     if not isinstance(x, Val):
-        from neuralgraph.convert.trace import SYM
-
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     sel = channel_slice(index, x.kind)
@@ -334,83 +333,141 @@ def _reshape(ctx, node, x: Val, *shape) -> Val:
 
 # ------------------------------------------------------------------------------------ pooling
 
-_GLOBAL_ADAPTIVE = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
-                    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max"}
+_ADAPTIVE = {nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
+             nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max"}
+#: positional parameters of the functional poolings after the input
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 
-def _pool(ctx, node, x: Val, kind: str, output_size=None) -> Val:
-    """Pooling keeps the neurons and records the pool on them (:func:`_pooled`); global pooling fixes ``P = 1``."""
-    x = ctx.materialize(node, node.all_input_nodes[0], x)
-    if x.kind != "map":
-        raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported")
-    positions = None
-    if output_size is not None:
-        sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * x.sdims
-        if all(isinstance(s, int) for s in sizes):
-            positions = math.prod(sizes)
-    name = f"global_{kind}" if positions == 1 and kind in ("avg", "max") else kind
-    return Val(_pooled(ctx, x.nodes, name), "map", x.sdims, positions)
+def _pooled(ctx, nodes, name: str, window: tuple[int, ...] | None = None):
+    """Record pooling ``name`` on ``nodes``, on a copy (identity edges) when their unpooled value is read too
+    or they are pooled already, so that every reader of a neuron reads what it read in the module. Returns the
+    pooled neurons (final: a later activation or edge goes to a new layer).
 
-
-def _pooled(ctx, nodes, name: str):
-    """Record pooling ``name`` on ``nodes``; on a copy (identity edges) when their unpooled value is read too,
-    so that every reader of a neuron reads what it read in the module. Returns the pooled neurons.
-
-    Every reader of a globally pooled neuron reads it pooled (a convolution too: an SE block's 1x1 convs), so a
-    global pool goes on copies of exactly the neurons whose maps are read elsewhere (DenseNet's reused maps)."""
+    Every reader of a pooled neuron reads it pooled (a convolution reads a global pooling as a 1x1 map: the 1x1
+    convolutions of a Squeeze-and-Excitation block), so the pooling goes on copies of the neurons read by any
+    edge or pending operation; a global pooling on copies of exactly those (DenseNet's reused maps stay copy-free
+    for the others), a local one on copies of all."""
     b = ctx.builder
-    if name.startswith("global"):
-        need = b.read_anywhere(nodes)
-    else:
-        need = torch.full((nodes.numel(),), b.shared(nodes), dtype=torch.bool)
+    local = not name.startswith("global")
+    need = b.read_anywhere(nodes) | torch.tensor([b.pool[i] != 0 or (local and b.role[i] == ROLE["input"])
+                                                  for i in nodes.tolist()], dtype=torch.bool)
+    if local and need.any():
+        need[:] = True
     if need.any():
         new = b.add_nodes(int(need.sum()), b.next_layer(nodes[need]))
         b.add_identity_edges(nodes[need], new, "identity")
         nodes = nodes.clone()
         nodes[need] = new
-    b.set_pool(nodes, POOL[name])
+    b.set_pool(nodes, POOL[name], window)
     return nodes
 
 
-@module_rule(*_GLOBAL_ADAPTIVE)
+def _per_dim(ctx, node, what: str, value, sdims: int) -> tuple[int, ...]:
+    values = (value,) * sdims if isinstance(value, int) else tuple(value)
+    if len(values) == 1 and sdims > 1:
+        values = values * sdims
+    if len(values) != sdims or not all(isinstance(v, int) for v in values):
+        raise ctx.unsupported(node, f"pooling {what}={value!r} is not {sdims} constant ints")
+    return values
+
+
+def _local_pool(ctx, node, x: Val, kind: str, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                count_include_pad=True, divisor_override=None, return_indices=False) -> Val:
+    """A max / avg pooling over windows: recorded on the neurons with its geometry (``node_window``)."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    if x.kind != "map":
+        raise ctx.unsupported(node, f"{kind} pooling of a {x.kind} value is not supported; pool feature maps")
+    if return_indices:
+        raise ctx.unsupported(node, "return_indices=True returns the argmax positions, which a neural graph cannot "
+                                    "represent; pool without return_indices")
+    sd, dims = x.sdims, len(ctx.config.max_kernel)
+    if sd > dims:
+        raise ctx.unsupported(node, f"a {sd}-d pooling needs a max_kernel with {sd} dims; convert with "
+                                    f"max_kernel={(3,) * sd}")
+    k = _per_dim(ctx, node, "kernel_size", kernel_size, sd)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else \
+        _per_dim(ctx, node, "stride", stride, sd)
+    p, d = _per_dim(ctx, node, "padding", padding, sd), _per_dim(ctx, node, "dilation", dilation, sd)
+    lead = dims - sd
+    window = ((1,) * lead + k + (1,) * lead + s + (0,) * lead + p + (1,) * lead + d
+              + (int(bool(ceil_mode)), int(bool(count_include_pad)), int(divisor_override or 0)))
+    return Val(_pooled(ctx, x.nodes, kind, window), "map", x.sdims, None)
+
+
+def _adaptive_pool(ctx, node, x: Val, kind: str, output_size) -> Val:
+    """Adaptive pooling: to one position a global pooling, else recorded with its output size."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    if x.kind != "map":
+        raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported; pool feature maps")
+    sd, dims = x.sdims, len(ctx.config.max_kernel)
+    sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * sd
+    if None in sizes:  # None keeps that input size
+        shape = ctx.shape(node.all_input_nodes[0])
+        if shape is None:
+            raise ctx.unsupported(node, f"adaptive pooling to {output_size!r} keeps an input size that is only "
+                                        "known by running the model; pass example_input=... to to_neural_graph")
+        sizes = tuple(n if o is None else o for o, n in zip(sizes, shape[2:]))
+    sizes = _per_dim(ctx, node, "output_size", sizes, sd)
+    if math.prod(sizes) == 1:
+        return Val(_pooled(ctx, x.nodes, f"global_{kind}"), "map", x.sdims, 1)
+    if sd > dims:
+        raise ctx.unsupported(node, f"a {sd}-d pooling needs a max_kernel with {sd} dims; convert with "
+                                    f"max_kernel={(3,) * sd}")
+    lead = dims - sd
+    window = (1,) * lead + sizes + ctx.builder.default_window()[dims:]
+    return Val(_pooled(ctx, x.nodes, f"adaptive_{kind}", window), "map", x.sdims, math.prod(sizes))
+
+
+@module_rule(*_ADAPTIVE)
 def _adaptive_pool_module(ctx, node, x: Val) -> Val:
     mod = ctx.module(node)
-    return _pool(ctx, node, x, _GLOBAL_ADAPTIVE[type(mod)], mod.output_size)
+    return _adaptive_pool(ctx, node, x, _ADAPTIVE[type(mod)], mod.output_size)
 
 
 @module_rule(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool_module(ctx, node, x: Val) -> Val:
-    return _pool(ctx, node, x, "max")
+    m = ctx.module(node)
+    return _local_pool(ctx, node, x, "max", m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                       return_indices=m.return_indices)
 
 
 @module_rule(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool_module(ctx, node, x: Val) -> Val:
-    return _pool(ctx, node, x, "avg")
-
-
-@module_rule(nn.LPPool1d, nn.LPPool2d)
-def _lp_pool_module(ctx, node, x: Val) -> Val:
-    return _pool(ctx, node, x, "lp")
+    m = ctx.module(node)
+    return _local_pool(ctx, node, x, "avg", m.kernel_size, m.stride, m.padding, 1, m.ceil_mode,
+                       m.count_include_pad, getattr(m, "divisor_override", None))
 
 
 @function_rule(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
-def _adaptive_avg_pool(ctx, node, x: Val, output_size, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "avg", output_size)
+def _adaptive_avg(ctx, node, x: Val, output_size) -> Val:
+    return _adaptive_pool(ctx, node, x, "avg", output_size)
 
 
 @function_rule(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
-def _adaptive_max_pool(ctx, node, x: Val, output_size, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "max", output_size)
+def _adaptive_max(ctx, node, x: Val, output_size, return_indices: bool = False) -> Val:
+    if return_indices:
+        raise ctx.unsupported(node, "return_indices=True returns the argmax positions, which a neural graph cannot "
+                                    "represent; pool without return_indices")
+    return _adaptive_pool(ctx, node, x, "max", output_size)
 
 
 @function_rule(F.max_pool1d, F.max_pool2d, F.max_pool3d)
 def _max_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "max")
+    return _local_pool(ctx, node, x, "max", **dict(zip(_MAX_ARGS, args)), **kwargs)
 
 
 @function_rule(F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
 def _avg_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
-    return _pool(ctx, node, x, "avg")
+    return _local_pool(ctx, node, x, "avg", **dict(zip(_AVG_ARGS, args)), **kwargs)
+
+
+@module_rule(nn.LPPool1d, nn.LPPool2d, nn.LPPool3d)
+@function_rule(F.lp_pool1d, F.lp_pool2d, F.lp_pool3d)
+def _lp_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
+    raise ctx.unsupported(node, "power-average (LP) pooling is not supported (its norm_type has no place in the "
+                                "graph); use max or average pooling")
 
 
 @function_rule(torch.mean, torch.amax)

@@ -16,7 +16,7 @@ import math
 import torch
 
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import function_rule, method_rule
+from neuralgraph.convert.registry import function_rule, method_rule
 
 
 def _ints(args) -> tuple | None:

@@ -2,27 +2,49 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph.convert.builder import Val
-from neuralgraph.convert.rules import module_rule
+from neuralgraph.convert.builder import Param, Val
+from neuralgraph.convert.registry import function_rule, module_rule, takes_params
 
 
 @module_rule(nn.Linear)
-def linear(ctx, node, x: Val) -> Val:
+def linear_module(ctx, node, x: Val) -> Val:
     mod: nn.Linear = ctx.module(node)
+    weight = ctx.param(node, "weight")
+    if weight is None:
+        raise ctx.unsupported(node, "its weight is not a parameter but computed in forward (a parametrization such "
+                                    "as weight_norm?); a neural graph stores parameters: remove the parametrization "
+                                    "first (torch.nn.utils.parametrize.remove_parametrizations)")
+    return linear(ctx, node, x, weight, ctx.param(node, "bias"), tuple(mod.weight.shape))
+
+
+@function_rule(F.linear)
+@takes_params
+def linear_function(ctx, node, x: Val, weight, bias=None) -> Val:
+    """``F.linear(x, self.weight, self.bias)`` with parameters of the model (read in forward)."""
+    for what, p in (("weight", weight), ("bias", bias)):
+        if not (isinstance(p, Param) or (what == "bias" and p is None)):
+            raise ctx.unsupported(node, f"the {what} of this linear layer is computed in forward, not a parameter "
+                                        "of the model; a neural graph stores parameters, so it cannot represent it")
+    return linear(ctx, node, x, weight.name, None if bias is None else bias.name, weight.shape)
+
+
+def linear(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...]) -> Val:
+    """A linear layer with the ``[out, in]`` weight named ``weight`` (and ``bias``)."""
     b = ctx.builder
-    src_nodes = ctx.as_features(node, x, mod.in_features)
-    out = b.add_nodes(mod.out_features, b.next_layer(src_nodes))
-    n_in, n_out = mod.in_features, mod.out_features
+    n_out, n_in = shape
+    src_nodes = ctx.as_features(node, x, n_in)
+    out = b.add_nodes(n_out, b.next_layer(src_nodes))
     # edge e = (o, i) in row-major order, so the weight element of edge e is e itself
     src = src_nodes.repeat(n_out)
     dst = out.repeat_interleave(n_in)
     elem = torch.arange(n_out * n_in).view(-1, 1)
     taps = torch.tensor([ctx.config.centre_tap])
-    b.add_edges(src, dst, "linear", sources=[(ctx.param(node, "weight"), elem, taps)])
-    bias = ctx.param(node, "bias")
-    b.layers.append((f"{node.target}.weight", bias))
+    b.register_param(weight, shape)
+    b.add_edges(src, dst, "linear", sources=[(weight, elem, taps)])
+    b.layers.append((weight, bias))
     if bias is not None:
         b.add_node_param(out, bias, torch.arange(n_out))
     return Val(out, "vec")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph.convert.builder import Param, Val
-from neuralgraph.convert.rules import function_rule, module_rule, takes_params
+from neuralgraph.convert.registry import function_rule, module_rule, takes_params
 from neuralgraph.data.graph import DEFAULT_EPS, norm_taps
 
 _KIND = {nn.BatchNorm1d: "batchnorm", nn.BatchNorm2d: "batchnorm", nn.BatchNorm3d: "batchnorm",
@@ -71,6 +71,10 @@ def norm(ctx, node, x: Val) -> Val:
     if x.kind == "input":
         sdims = _input_sdims(ctx, node, mod)
         x.nodes, x.kind, x.sdims = b.add_inputs(c), ("vec" if sdims == 0 else "map"), sdims
+    if kind == "batchnorm" and getattr(mod, "running_mean", None) is None:
+        raise ctx.unsupported(node, "BatchNorm with track_running_stats=False normalises with the statistics of "
+                                    "each batch, also in eval mode (a function of the whole batch, not of one "
+                                    "input), which a neural graph cannot represent; use running statistics")
     stats = getattr(mod, "running_mean", None) is not None
     return normalize(ctx, node, x, c, kind, ctx.param(node, "weight"), ctx.param(node, "bias"),
                      ctx.buffer(node, "running_mean") if stats else None,

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from neuralgraph.data.arch import build_model
 from neuralgraph.io import atomic_write
 
 FORMAT_NAME = "neuralgraph-zoo"
@@ -166,7 +167,7 @@ class ZooMember:
         run_id: the run (all checkpoints of a run share it; splits are by run).
         checkpoint: index into the run's checkpoints.
         epoch / step: when the checkpoint was taken.
-        architecture: the description for :func:`neuralgraph.zoo.arch.build_model`.
+        architecture: the description for :func:`neuralgraph.data.arch.build_model`.
         metrics: ``test_accuracy``, ``test_loss``, ``train_accuracy``, ``train_loss``.
         hyperparameters: the run's training hyperparameters.
     """
@@ -193,8 +194,6 @@ class ZooMember:
 
     def model(self):
         """The rebuilt torch module carrying this checkpoint's parameters (eval mode)."""
-        from neuralgraph.zoo.arch import build_model
-
         m = build_model(self.architecture)
         m.load_state_dict(self.state_dict())
         return m.eval()

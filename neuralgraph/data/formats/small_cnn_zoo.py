@@ -10,7 +10,7 @@ Files of one zoo (e.g. CIFAR10-GS)::
 
 TensorFlow layouts become torch layouts: a conv kernel ``(h, w, in, out)`` -> ``(out, in, h, w)``, a
 dense kernel ``(in, out)`` -> ``(out, in)``. Parameters are named ``layers.{i}.weight/bias`` in layout
-order, matching the ``cnn`` family of :mod:`neuralgraph.zoo.arch`.
+order, matching the ``cnn`` family of :mod:`neuralgraph.data.arch`.
 
 The standard split of NFN and Neural Graphs: reorder rows by a permutation file (one row index per
 line, no header), keep rows with ``step == 86``, take the second half as test, and split the first

@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from neuralgraph.data.arch import validate_wildpark
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember
 from neuralgraph.data.formats.safe import UnsafeFileError, safe_torch_load
 
@@ -54,8 +55,6 @@ def _cfg_get(cfg: Any, key: str) -> Any:
 
 def config_to_description(cfg: Any, input_size: Sequence[int] = (32, 32)) -> dict[str, Any]:
     """Map a published Wild Park ``config`` onto our ``wildpark`` architecture description."""
-    from neuralgraph.zoo.arch import validate_wildpark
-
     channels = [int(c) for c in _cfg_get(cfg, "channels")]
     kernels = [int(k) for k in _cfg_get(cfg, "kernel_size")]
     strides = [int(s) for s in _cfg_get(cfg, "stride")]

@@ -4,7 +4,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from neuralgraph.zoo.arch import build_model, example_input, validate_wildpark
+from neuralgraph.data.arch import build_model, example_input, validate_wildpark
 from neuralgraph.zoo.presets import ARCH2_PADDING, arch1, arch2, rng_for, sample_wildpark
 from neuralgraph.zoo.train import FORWARDS, init_member
 

@@ -1,0 +1,104 @@
+"""The rule registries: one function per layer type / operation, registered by decorator.
+
+A rule has the signature ``rule(ctx, node, *args, **kwargs)`` where ``ctx`` is the
+:class:`~neuralgraph.convert.trace.TraceContext`, ``node`` the ``torch.fx`` node, and args/kwargs
+the node's arguments with every tensor replaced by its :class:`~neuralgraph.convert.builder.Val`.
+Module rules receive the module as ``ctx.module(node)``. A rule returns the ``Val`` of its result.
+
+Adding a layer type is one rule in one file of :mod:`neuralgraph.convert.rules` plus its registration (see
+CONTRIBUTING.md).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+MODULE_RULES: dict[type[nn.Module], Callable] = {}
+FUNCTION_RULES: dict[Callable, Callable] = {}
+METHOD_RULES: dict[str, Callable] = {}
+
+
+def module_rule(*types: type[nn.Module]) -> Callable[[Callable], Callable]:
+    """Register a rule for module types (they become leaves of the trace)."""
+
+    def deco(fn: Callable) -> Callable:
+        for t in types:
+            MODULE_RULES[t] = fn
+        return fn
+
+    return deco
+
+
+def function_rule(*fns: Callable) -> Callable[[Callable], Callable]:
+    """Register a rule for ``call_function`` targets (``torch.cat``, ``operator.add``, ...)."""
+
+    def deco(fn: Callable) -> Callable:
+        for f in fns:
+            FUNCTION_RULES[f] = fn
+        return fn
+
+    return deco
+
+
+def method_rule(*names: str) -> Callable[[Callable], Callable]:
+    """Register a rule for tensor methods (``x.flatten(1)``, ``x.view(...)``, ...)."""
+
+    def deco(fn: Callable) -> Callable:
+        for n in names:
+            METHOD_RULES[n] = fn
+        return fn
+
+    return deco
+
+
+def takes_params(fn: Callable) -> Callable:
+    """Mark a rule as accepting :class:`~neuralgraph.convert.builder.Param` arguments (parameters read
+    directly in forward); every other rule is refused a parameter argument with one clear error."""
+    fn.takes_params = True
+    return fn
+
+
+#: Passes over the whole ``torch.fx`` graph, run before the walk as ``fn(ctx, graph)``: they validate and
+#: match patterns that span several operations (hand-written attention: q/k/v Linear, head reshapes,
+#: softmax(q kᵀ) v), and claim the nodes of a match by setting ``node.meta[CLAIM] = rule``; the tracer
+#: then calls that rule for the node instead of the one registered for its target.
+GRAPH_PASSES: list[Callable] = []
+CLAIM = "neuralgraph_rule"
+
+
+def graph_pass(fn: Callable) -> Callable:
+    """Register a pass over the traced graph (see :data:`GRAPH_PASSES`)."""
+    GRAPH_PASSES.append(fn)
+    return fn
+
+
+#: methods a subclass may redefine and still use its parent's rule (they do not change what forward computes)
+_SAFE_OVERRIDES = {"__init__", "reset_parameters", "extra_repr", "__repr__", "__setstate__", "_load_from_state_dict",
+                   "_save_to_state_dict"}
+
+
+def _ruled_class(module: nn.Module) -> type | None:
+    return next((cls for cls in type(module).__mro__ if cls in MODULE_RULES), None)
+
+
+def overridden_rule(module: nn.Module) -> type | None:
+    """The registered class whose rule ``module`` would use, if ``module``'s class redefines one of its methods
+    (``forward``, ``_conv_forward``, ...): then the rule does not apply and the module is traced into."""
+    ruled = _ruled_class(module)
+    if ruled is None:
+        return None
+    for cls in type(module).__mro__[:type(module).__mro__.index(ruled)]:
+        for name, value in vars(cls).items():
+            if callable(value) and name not in _SAFE_OVERRIDES and hasattr(ruled, name):
+                return ruled
+    return None
+
+
+def find_module_rule(module: nn.Module) -> Callable | None:
+    """The rule of ``module``'s class or its nearest registered base class; a subclass that redefines a method
+    of that base (e.g. ``forward``: timm's weight-standardised ``StdConv2d``) gets none, and is traced into."""
+    ruled = _ruled_class(module)
+    if ruled is None or overridden_rule(module) is not None:
+        return None
+    return MODULE_RULES[ruled]

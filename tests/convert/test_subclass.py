@@ -1,0 +1,96 @@
+"""Subclasses of supported layers: the parent's rule applies only if the subclass does not redefine how the layer
+computes (``forward``, ``_conv_forward``, ...); otherwise it is traced into (and converts if what it does can be
+represented) or refused by name. Before, every subclass silently converted as its parent."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
+from tests.helpers.permute import assert_state_equal, isomorphic
+
+
+class ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) * 0.5 + 1
+
+
+class StdConv2d(nn.Conv2d):
+    """timm's weight-standardised convolution."""
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                         momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class HalfConv(nn.Conv2d):
+    """Changes the computation without touching forward."""
+
+    def _conv_forward(self, x, weight, bias):
+        return F.conv2d(x, weight * 0.5, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class InitConv(nn.Conv2d):
+    """Only a different initialisation: the same function as its parent."""
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.bias) if self.bias is not None else None
+        nn.init.normal_(self.weight, std=0.1)
+
+
+class ReLULinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x).relu()
+
+
+def _net(conv_cls, head_cls=nn.Linear) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(conv_cls(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         head_cls(4, 3)).eval()
+
+
+@pytest.mark.parametrize("conv_cls, head_cls", [(ScaledConv, nn.Linear), (InitConv, nn.Linear),
+                                                (nn.Conv2d, ReLULinear), (ScaledConv, ReLULinear)])
+def test_representable_subclasses_convert_exactly(conv_cls, head_cls):
+    m = _net(conv_cls, head_cls)
+    x = torch.randn(3, 2, 6, 6)
+    g = to_neural_graph(m)
+    torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, m))
+
+
+def test_overriding_subclass_differs_from_its_parent():
+    plain, scaled = _net(nn.Conv2d), _net(ScaledConv)
+    scaled.load_state_dict(plain.state_dict())
+    assert not isomorphic(to_neural_graph(plain), to_neural_graph(scaled))
+    init = _net(InitConv)  # a subclass that only initialises differently uses the Conv2d rule
+    init.load_state_dict(plain.state_dict())
+    assert isomorphic(to_neural_graph(plain), to_neural_graph(init))
+
+
+@pytest.mark.parametrize("conv_cls", [StdConv2d, HalfConv])
+def test_unrepresentable_subclasses_refused_by_name(conv_cls):
+    with pytest.raises(UnsupportedModuleError, match=r"^0 \(.*\): (the weight of this convolution is computed in "
+                                                     r"forward|computes '\w+' on parameter '0.weight' in forward)"
+                                                     r".*subclass of torch.nn.modules.conv.Conv2d"):
+        to_neural_graph(_net(conv_cls))
+
+
+def test_functional_layers_on_model_parameters():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1, self.b1 = nn.Parameter(torch.randn(4, 2, 3, 3)), nn.Parameter(torch.randn(4))
+            self.w2 = nn.Parameter(torch.randn(3, 4))
+
+        def forward(self, x):
+            h = F.conv2d(x, self.w1, self.b1, padding=1, stride=2).tanh().mean((2, 3))
+            return F.linear(h, self.w2)
+
+    torch.manual_seed(0)
+    m = Functional()
+    x = torch.randn(2, 2, 7, 7)
+    g = to_neural_graph(m)
+    torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, m))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from neuralgraph.convert.config import ConvertConfig
+from neuralgraph.convert.errors import GraphTooLargeError
 from neuralgraph.data.graph import EDGE_KIND, ROLE
 
 
@@ -129,6 +130,8 @@ class GraphBuilder:
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self.edges: list[EdgeBlock] = []
+        self.num_edges = 0
+        self.num_taps = 0  # parameter elements stored on edges so far
         self.node_params: list[NodeParam] = []
         # neurons of one softmax / log_softmax (normalised together), with the operation for error messages
         self.layer_groups: list[tuple[Tensor, str]] = []
@@ -247,6 +250,47 @@ class GraphBuilder:
             self.touched[i] += 1
         self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
                                     const, sources or [], tuple(tap_consts)))
+        self.num_edges += src.numel()
+        self.num_taps += sum(elem.numel() for _, elem, _ in sources or [])
+        self.check_size()
+
+    def estimated_bytes(self, taps: int | None = None) -> int:
+        """Memory to convert the graph built so far (the graph, the plan's index tensors and the gather), with
+        ``taps`` edge features (default: the configuration's)."""
+        taps = self.config.edge_dim if taps is None else taps
+        per_edge = 4 * taps + 2 * (16 + 8 + 2 * 4 * self.dims)  # edge_attr; edge_index, kind, geometry twice
+        return self.num_edges * per_edge + 16 * self.num_taps
+
+    def check_size(self, edges: int = 0, taps: int = 0) -> None:
+        """Raise :class:`GraphTooLargeError` if the graph, with ``edges`` more edges carrying ``taps`` parameter
+        elements (a rule about to add them calls this before allocating them), exceeds ``max_edges`` or the
+        available memory."""
+        self.num_edges += edges
+        self.num_taps += taps
+        try:
+            self._check_size()
+        finally:
+            self.num_edges -= edges
+            self.num_taps -= taps
+
+    def _check_size(self) -> None:
+        cfg = self.config
+        if cfg.max_edges is not None and self.num_edges > cfg.max_edges:
+            raise GraphTooLargeError(f"the graph has more than max_edges={cfg.max_edges:,} edges ({self.num_edges:,} "
+                                     f"so far, about {self.estimated_bytes() / 2**30:.1f} GB to convert)")
+        if self.num_edges < 2_000_000:
+            return
+        need, free = self.estimated_bytes(), available_memory()
+        if free is not None and need > free:
+            small = self.estimated_bytes(9)
+            raise GraphTooLargeError(
+                f"converting this model needs about {need / 2**30:.1f} GB ({self.num_edges:,} edges so far x "
+                f"{cfg.edge_dim} edge features, plus indices), more than the {free / 2**30:.1f} GB available; "
+                f"nothing was allocated. Options: a smaller max_kernel if the model's kernels fit it (edges get "
+                f"only its taps: max_kernel=(3, 3) needs about {small / 2**30:.1f} GB), a machine with more memory, "
+                f"or max_edges=... to refuse such models early")
+
+
 
     def add_identity_edges(self, src: Tensor, dst: Tensor, kind: str) -> None:
         self.add_edges(src, dst, kind, const=1.0)
@@ -351,3 +395,15 @@ class GraphBuilder:
         for k, i in enumerate(nodes.tolist()):
             self.value_of[i] = (len(self.values) - 1, k)
             self._seen[i] = self.touched[i]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -17,15 +17,21 @@ class ConvertConfig:
             virtual layer of ``C * P`` nodes, one per channel and position, each fed by its channel with
             an identity edge; ``"repeat"`` copies each channel node (with its incoming edges) once per
             position. Both mark the position in ``node_spatial``. (default: ``"virtual"``)
+        max_edges (int, optional): refuse, while tracing and before the graph is allocated, architectures whose
+            graph has more edges (a ``GraphTooLargeError``). Independently, an architecture whose graph would
+            not fit in the available memory is refused the same way. (default: ``None``)
     """
 
     max_kernel: tuple[int, ...] = (7, 7)
     flatten: str = "virtual"
+    max_edges: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_kernel", tuple(int(k) for k in self.max_kernel))
         if not self.max_kernel or any(k < 1 for k in self.max_kernel):
             raise ValueError(f"max_kernel must be positive sizes, got {self.max_kernel}")
+        if self.max_edges is not None and self.max_edges < 0:
+            raise ValueError(f"max_edges must be >= 0, got {self.max_edges}")
         if self.flatten not in ("virtual", "repeat"):
             raise ValueError(f"flatten must be 'virtual' or 'repeat', got {self.flatten!r}")
 

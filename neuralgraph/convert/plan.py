@@ -21,7 +21,7 @@ from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.trace import trace_module
-from neuralgraph.data.graph import EDGE_KINDS, ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KINDS, GEOMETRY_DTYPE, ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace
 
 _CACHE_SIZE = 256
@@ -40,6 +40,8 @@ class ConversionPlan:
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
             ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
+        edge_copies, node_copies (tuple[Tensor, Tensor, Tensor]): parameter elements stored more than once
+            (tied weights): ``(element, position of the first copy, position of this copy)``.
         fx_graph (torch.fx.Graph): the traced dataflow (run it on any member with
             ``torch.func.functional_call``, see :mod:`neuralgraph.transforms.probe_features`).
         values (list[tuple[str, str, int]]): traced tensors holding neuron values: (fx node name, kind,
@@ -105,36 +107,39 @@ class ConversionPlan:
         def offset(name: str) -> int:
             return offsets[name]
 
-        srcs, dsts, kinds, geoms, consts = [], [], [], [], []
+        srcs, dsts, kinds, geoms, c_pos, c_val = [], [], [], [], [], []
         e_src, e_dst = [], []
         rows = 0
         centre = cfg.centre_tap
         for blk in builder.edges:
-            ok = (keep[blk.src] & keep[blk.dst]).nonzero().view(-1)
-            m = ok.numel()
+            src, dst, sources = blk.src, blk.dst, blk.sources
+            blk.src = blk.dst = blk.sources = None  # the builder is discarded: free its edges as they are copied
+            kept = keep[src] & keep[dst]
+            ok = None if bool(kept.all()) else kept.nonzero().view(-1)
+            m = src.numel() if ok is None else ok.numel()
             if m == 0:
                 continue
-            srcs.append(remap[blk.src[ok]])
-            dsts.append(remap[blk.dst[ok]])
+            srcs.append(remap[src if ok is None else src[ok]])
+            dsts.append(remap[dst if ok is None else dst[ok]])
+            del src, dst
             kinds.append(torch.full((m,), blk.kind, dtype=torch.long))
-            geoms.append(torch.tensor(blk.geometry, dtype=torch.long).expand(m, -1))
+            geoms.append(torch.tensor(blk.geometry, dtype=GEOMETRY_DTYPE).expand(m, -1))
             edge_rows = torch.arange(rows, rows + m)
-            if blk.const is not None:
-                consts.append((edge_rows, centre, blk.const))
-            consts += [(edge_rows, tap, value) for tap, value in blk.tap_consts]
-            for name, elem, taps in blk.sources:
+            for tap, value in ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts):
+                c_pos.append(edge_rows * f_edge + tap)
+                c_val.append(torch.full((m,), float(value)))
+            for name, elem, taps in sources:
                 e_dst.append((edge_rows.view(-1, 1) * f_edge + taps.view(1, -1)).reshape(-1))
-                e_src.append((elem[ok] + offset(name)).reshape(-1))
+                e_src.append(((elem if ok is None else elem[ok]) + offset(name)).reshape(-1))
             rows += m
         self.num_edges = rows
         self.edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)]) if rows else torch.empty(
             2, 0, dtype=torch.long)
+        del srcs, dsts
         self.categories["edge_kind"] = torch.cat(kinds) if rows else torch.empty(0, dtype=torch.long)
         self.categories["edge_conv"] = (torch.cat(geoms) if rows else
-                                        torch.empty(0, 4 * len(cfg.max_kernel), dtype=torch.long))
-        ea0 = torch.zeros(rows, f_edge)
-        for edge_rows, tap, value in consts:
-            ea0[edge_rows, tap] = value
+                                        torch.empty(0, 4 * len(cfg.max_kernel), dtype=GEOMETRY_DTYPE))
+        del kinds, geoms
 
         n_src, n_dst = [], []
         for np_ in builder.node_params:
@@ -142,14 +147,17 @@ class ConversionPlan:
             n_dst.append(remap[np_.nodes[ok]] * f_node + np_.column)
             n_src.append(np_.elem[ok] + offset(np_.param))
 
-        def cat(parts: list[Tensor]) -> Tensor:
-            return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+        def cat(parts: list[Tensor], dtype=torch.long) -> Tensor:
+            return torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
 
+        # constant taps (identity edges, a normalization's eps): sparse, no dense template of edge_attr
+        self.const_pos, self.const_val = cat(c_pos), cat(c_val, torch.float)
         self.edge_src, self.edge_dst = cat(e_src), cat(e_dst)
+        del e_src, e_dst
         if torch.unique(self.edge_dst).numel() != self.edge_dst.numel():
             raise AssertionError("two parameter elements were assigned the same edge tap; a conversion rule "
                                  "is wrong (please report it with the module)")
-        if (ea0.view(-1)[self.edge_dst] != 0).any():
+        if torch.isin(self.const_pos, self.edge_dst).any():
             raise AssertionError("a constant tap and a parameter share an edge tap; a conversion rule is wrong "
                                  "(please report it with the module)")
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
@@ -157,7 +165,7 @@ class ConversionPlan:
         if (x0.view(-1)[bias_slots] != 0).any():
             raise AssertionError("a constant shift was stored on a neuron that also has a bias parameter; a "
                                  "conversion rule is wrong (please report it with the module)")
-        self.x0, self.edge_attr0 = x0, ea0
+        self.x0 = x0
         self.param_shapes = {p: builder.param_shapes[p] for p in self.param_names}
         self.layers = list(builder.layers)
         # -- where each kept neuron's value lives in the traced module
@@ -166,19 +174,46 @@ class ConversionPlan:
         value_of = torch.tensor(builder.value_of, dtype=torch.long).view(-1, 2)[keep]
         self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
-        # -- read-back maps: one graph position per parameter element
-        self.edge_param = self._read_map(self.edge_src, self.edge_dst)
-        self.node_param = self._read_map(self.node_src, self.node_dst)
+        self._read_maps: tuple | None = None  # read-back maps, built on first use
         self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
         kinds = {EDGE_KINDS[k] for k in self.categories["edge_kind"].unique().tolist()}
         #: a plain feed-forward chain of linear / conv layers (what NFN-style weight-space models assume)
         self.feedforward = kinds <= {"linear", "conv", "flatten"}
 
-    def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
-        """For each parameter gathered by ``(src, dst)``, one graph position per element."""
+    def _maps(self) -> tuple:
+        if self._read_maps is None:
+            self._read_maps = self._read_map(self.edge_src, self.edge_dst) + self._read_map(self.node_src,
+                                                                                             self.node_dst)
+        return self._read_maps
+
+    @property
+    def edge_param(self) -> dict[str, Tensor]:
+        return self._maps()[0]
+
+    @property
+    def edge_copies(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self._maps()[1]
+
+    @property
+    def node_param(self) -> dict[str, Tensor]:
+        return self._maps()[2]
+
+    @property
+    def node_copies(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self._maps()[3]
+
+    def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
+        """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
+        the further copies of elements stored more than once (a module used twice: tied weights) as
+        ``(element, first position, copy position)``."""
         total = sum(_numel(s) for s in self.param_shapes.values())
+        order = torch.argsort(src, stable=True)
+        s, d = src[order], dst[order]
+        first = torch.ones_like(s, dtype=torch.bool)
+        first[1:] = s[1:] != s[:-1]
         pos = torch.full((total,), -1, dtype=torch.long)
-        pos[src] = dst
+        pos[s[first]] = d[first]
+        copies = (s[~first], pos[s[~first]], d[~first])
         out: dict[str, Tensor] = {}
         for name in self.param_names:
             start = self.offsets[name]
@@ -188,7 +223,7 @@ class ConversionPlan:
                 out[name] = sl
             elif hit.any():
                 raise AssertionError(f"conversion plan does not represent every element of {name}")
-        return out
+        return out, copies
 
     # ------------------------------------------------------------------------------------------ use
     @torch.no_grad()
@@ -211,8 +246,8 @@ class ConversionPlan:
         if device not in self._device_cache:
             self._device_cache[device] = {
                 k: v.to(device) for k, v in dict(
-                    self.categories, edge_index=self.edge_index, x0=self.x0, edge_attr0=self.edge_attr0,
-                    edge_src=self.edge_src, edge_dst=self.edge_dst, node_src=self.node_src,
+                    self.categories, edge_index=self.edge_index, x0=self.x0, const_pos=self.const_pos,
+                    const_val=self.const_val, edge_src=self.edge_src, edge_dst=self.edge_dst, node_src=self.node_src,
                     node_dst=self.node_dst).items()}
         return self._device_cache[device]
 
@@ -229,7 +264,8 @@ class ConversionPlan:
                              "meaningless (pass allow_nonfinite=True to convert it anyway)")
         t = self._on(vec.device)
         x = t["x0"].to(vec.dtype, copy=True)
-        ea = t["edge_attr0"].to(vec.dtype, copy=True)
+        ea = torch.zeros(self.num_edges, self.config.edge_dim, dtype=vec.dtype, device=vec.device)
+        ea.view(-1)[t["const_pos"]] = t["const_val"].to(vec.dtype)
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
         fields = {"x": x, "edge_index": t["edge_index"].clone(), "edge_attr": ea}
@@ -239,7 +275,8 @@ class ConversionPlan:
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
         """Parameter-shaped tensors read from per-edge ``[E, F_edge, ...]`` and per-node ``[N, F_node, ...]``
         values laid out like ``edge_attr`` / ``x`` (e.g. the graph itself, or an equivariant head's
-        output). Differentiable."""
+        output). Differentiable. A parameter stored more than once (tied weights) is read from its first copy
+        (in edge / node order); :meth:`state_dict` checks that the copies agree."""
         out: dict[str, Tensor] = {}
         for maps, values in ((self.edge_param, edge_values), (self.node_param, node_values)):
             flat = values.reshape(values.size(0) * values.size(1), *values.shape[2:])
@@ -248,8 +285,23 @@ class ConversionPlan:
         return {name: out[name] for name in self.param_names}
 
     def state_dict(self, graph: NeuralGraph) -> dict[str, Tensor]:
-        """The parameters stored in ``graph`` (exact copies of the converted values)."""
+        """The parameters stored in ``graph`` (exact copies of the converted values).
+
+        A parameter used more than once in the module (tied weights: a module called twice) is stored on every
+        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter."""
         self.check(graph)
+        for (elem, first, copy_), values in ((self.edge_copies, graph.edge_attr), (self.node_copies, graph.x)):
+            flat = values.reshape(-1)
+            bad = (flat[first.to(flat.device)] != flat[copy_.to(flat.device)]).nonzero().view(-1)
+            if bad.numel():
+                e = int(elem[int(bad[0])])
+                name = next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(
+                    self.param_shapes[n]))
+                raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
+                                 f"{1 + int((elem == e).sum())} times, and the copies differ (element "
+                                 f"{e - self.offsets[name]}: {float(flat[first[bad[0]]])} vs "
+                                 f"{float(flat[copy_[bad[0]]])}); set every copy to the same value before reading "
+                                 "the graph back")
         return self.read(graph.edge_attr, graph.x)
 
     def weight_space(self, params: nn.Module | Mapping[str, Tensor]) -> WeightSpace:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import operator
 from typing import Any
@@ -28,6 +29,37 @@ def _type_name(t: type) -> str:
 def supported_modules() -> list[str]:
     names = {t.__name__ for t in MODULE_RULES} | {t.__name__ for t in A.MODULE_ACTIVATIONS}
     return sorted(names)
+
+
+#: what the converter supports, in one line (the full list: :func:`supported_modules`)
+SUPPORTED_SUMMARY = ("Linear, Conv1d/2d/3d, BatchNorm/LayerNorm/GroupNorm/InstanceNorm, max/avg/adaptive pooling, "
+                     "Embedding, MultiheadAttention, TransformerEncoder(Layer), Dropout/Identity/Flatten, element-wise "
+                     "activations; custom modules are traced through")
+
+#: why a module type cannot be converted, and what to do instead
+_HINTS: dict[type, str] = {
+    nn.RNNBase: ": recurrent layers reuse their weights across time steps, which a feed-forward neural graph cannot "
+                "express; convert the cell unrolled by hand (nn.Linear layers) if the sequence length is fixed",
+    nn.TransformerDecoderLayer: ": decoders need masked cross-attention over a second sequence; only encoders "
+                                "convert (nn.TransformerEncoder)",
+    nn.TransformerDecoder: ": decoders need masked cross-attention over a second sequence; only encoders convert "
+                           "(nn.TransformerEncoder)",
+    nn.Transformer: ": it contains a decoder; only encoders convert (nn.TransformerEncoder)",
+}
+
+
+def _hint(mod: nn.Module) -> str:
+    """Why ``mod`` is not supported and the closest supported alternative, when known."""
+    for cls, hint in _HINTS.items():
+        if isinstance(mod, cls):
+            return hint
+    names = supported_modules()
+    close = difflib.get_close_matches(type(mod).__name__, names, n=2, cutoff=0.6)
+    if close:
+        return f" (no rule for it; the closest supported: {', '.join(close)})"
+    if type(mod).__module__.startswith("torch.nn"):
+        return " (no conversion rule for this layer; write one, see CONTRIBUTING.md)"
+    return ""
 
 
 class _Tracer(fx.Tracer):
@@ -328,10 +360,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
             return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod),
                               getattr(mod, "dim", None))
         if rule is None:
-            raise UnsupportedModuleError(
-                f"{node.target} ({_type_name(type(mod))}) is not supported; supported modules: "
-                f"{', '.join(supported_modules())}. Custom modules are traced through; element-wise "
-                f"activations can be registered with neuralgraph.convert.register_activation.")
+            raise UnsupportedModuleError(f"{node.target} ({_type_name(type(mod))}) is not supported{_hint(mod)}; "
+                                         f"supported modules: {SUPPORTED_SUMMARY} (all: "
+                                         "neuralgraph.convert.trace.supported_modules())")
         _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
     if node.op == "call_function":
@@ -361,7 +392,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     name = getattr(node.target, "__name__", str(node.target))
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
-                                "additions, channel slicing/concatenation, pooling and flattening.")
+                                "additions, constant scales, channel slicing/concatenation, pooling and flattening. "
+                                "If it is element-wise, register it: neuralgraph.convert.register_activation("
+                                f"{name}, {name!r})")
 
 
 _PARAM_USES = ("the weight / bias of F.linear / F.conv*d, a per-channel scale or shift (x * p, x + p with one "

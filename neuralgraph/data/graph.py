@@ -28,7 +28,7 @@ field            shape/dtype   meaning
                                count_include_pad, divisor_override (0: none); defaults otherwise
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
-``edge_conv``    [E, 4*D] long stride, padding, dilation and kernel size per spatial dim
+``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim (int16)
                                (1, 0, 1, 1 for non-conv edges)
 ===============  ============  ==============================================================
 """
@@ -108,9 +108,12 @@ EDGE_KIND_TABLE = (
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
 EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
+#: dtype of ``edge_conv`` (small integers: 16 bytes per edge in 2-d instead of 64)
+GEOMETRY_DTYPE = torch.int16
+
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")

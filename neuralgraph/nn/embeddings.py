@@ -245,7 +245,7 @@ class NeuralGraphEncoder(nn.Module):
         if self.kind_emb is not None:
             e = e + self.kind_emb(data.edge_kind)
         if self.conv_emb is not None and data.edge_conv.numel() > 0:
-            conv = data.edge_conv.clamp(0, _CONV_VALUES - 1)  # (E, 3D)
+            conv = data.edge_conv.long().clamp(0, _CONV_VALUES - 1)  # (E, 3D)
             if conv.size(-1) > _CONV_COLUMNS:
                 raise ValueError(f"edge_conv has {conv.size(-1)} columns; at most {_CONV_COLUMNS} "
                                  "(3 spatial dims) are supported; set conv_emb=False")

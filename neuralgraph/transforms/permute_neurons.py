@@ -52,7 +52,7 @@ class NeuronSymmetry:
                              + [(g.x[:, 1] > 0).long().cpu().view(n, 1)], 1)
         colors = torch.unique(node_lab, dim=0, return_inverse=True)[1]
         self.node_label = colors
-        edge_rows = torch.cat([g.edge_kind.cpu().view(-1, 1), g.edge_conv.cpu().view(src.numel(), -1)], 1)
+        edge_rows = torch.cat([g.edge_kind.cpu().view(-1, 1), g.edge_conv.cpu().view(src.numel(), -1).long()], 1)
         if src.numel():
             elabel = torch.unique(edge_rows, dim=0, return_inverse=True)[1]
         else:

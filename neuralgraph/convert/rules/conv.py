@@ -89,6 +89,7 @@ def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...
                                     "one side more than the other, which edge_conv (one padding per dim) cannot "
                                     "store; pad explicitly or use an odd kernel")
     src_nodes = ctx.as_map(node, x, in_channels, sdims)
+    b.check_size(out_channels * in_pg, out_channels * in_pg * math.prod(kernel_size))  # before allocating
     out = b.add_nodes(out_channels, b.next_layer(src_nodes))
     out_pg = out_channels // groups
     ksize = math.prod(kernel_size)

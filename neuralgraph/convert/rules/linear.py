@@ -36,6 +36,7 @@ def linear(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, .
     b = ctx.builder
     n_out, n_in = shape
     src_nodes = ctx.as_features(node, x, n_in)
+    b.check_size(n_out * n_in, n_out * n_in)  # before allocating the edges
     out = b.add_nodes(n_out, b.next_layer(src_nodes))
     # edge e = (o, i) in row-major order, so the weight element of edge e is e itself
     src = src_nodes.repeat(n_out)

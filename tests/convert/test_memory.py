@@ -1,0 +1,43 @@
+"""Large models fail fast, before the graph is allocated, with the estimated size and the options that shrink it;
+the compact format (int16 geometry, no dense template) keeps round trips exact."""
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from neuralgraph import from_neural_graph, to_neural_graph
+from neuralgraph.convert import GraphTooLargeError, builder, get_plan
+from neuralgraph.data.graph import GEOMETRY_DTYPE
+from tests.helpers.permute import assert_state_equal
+
+
+def test_max_edges_refuses_early():
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert to_neural_graph(m, max_edges=20).edge_index.size(1) == 20
+    with pytest.raises(GraphTooLargeError, match=r"max_edges=19 .*20"):
+        to_neural_graph(m, max_edges=19)
+
+
+def test_model_too_large_for_memory_fails_before_allocating(monkeypatch):
+    monkeypatch.setattr(builder, "available_memory", lambda: 2**30)  # 1 GB free
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 2000))  # 14.4M edges
+    start = time.perf_counter()
+    with pytest.raises(GraphTooLargeError,
+                       match=r"needs about 3\.9 GB \(14,407,224 edges.* 1\.0 GB available.*max_kernel=\(3, 3\)"):
+        to_neural_graph(m, torch.randn(1, 3, 32, 32))
+    assert time.perf_counter() - start < 5   # the 14.4M edges were never built
+
+
+def test_compact_geometry_and_constants_round_trip():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3, eps=1e-3), nn.ReLU(),
+                      nn.Conv2d(3, 3, 5, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+    g = to_neural_graph(m)
+    assert g.edge_conv.dtype == GEOMETRY_DTYPE
+    conv = g.edge_conv[g.edge_kind == 1]
+    assert {tuple(r) for r in conv.tolist()} == {(2, 2, 1, 1, 1, 1, 3, 3), (1, 1, 0, 0, 2, 2, 5, 5)}
+    plan = get_plan(m)
+    assert not hasattr(plan, "edge_attr0") and plan.const_pos.numel() == 3  # BatchNorm eps, one per channel
+    assert torch.allclose(g.edge_attr.view(-1)[plan.const_pos], torch.full((3,), 1e-3))
+    assert_state_equal(m, from_neural_graph(g, m))

@@ -139,22 +139,24 @@ class _Run:
     # ------------------------------------------------------------------------------------------ reads
     def read(self, i: int, how: str) -> Tensor:
         """Neuron ``i``'s value as an edge reads it, after the local pooling it records (which every reader sees):
-        ``"map"`` (convolution, flatten: the map itself), ``"linear"`` (linear, embedding: a feature; a map must be
-        globally pooled, or a flatten copy whose position is picked) or ``"value"`` (everything else, and outputs:
-        globally pooled if the neuron records a global pooling)."""
+        ``"map"`` (convolution, flatten: the map itself; a global pooling as a one-position map), ``"linear"``
+        (linear, embedding: a feature; a globally pooled map pooled, a flatten copy at its position, any other
+        map per position) or ``"value"`` (everything else, and outputs: globally pooled if the neuron records a
+        global pooling)."""
         key = (i, how)
         if key in self._read:
             return self._read[key]
         v = self.local(i)
-        if how != "map" and v.dim() > 1 and self.pool[i] in _GLOBAL:
-            v = v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
+        if v.dim() > 1 and self.pool[i] in _GLOBAL:
+            pooled = v.flatten(1).mean(1) if self.pool[i] == POOL["global_avg"] else v.flatten(1).amax(1)
+            # a convolution / flatten edge reads a global pooling as a one-position map
+            v = pooled.view(*pooled.shape, *([1] * (v.dim() - 1))) if how == "map" else pooled
         if how == "linear" and v.dim() > 1 and not self.tokens:
             if self.spatial[i] > 0:  # a flatten="repeat" copy of a channel: its value at the copy's position
                 v = v.flatten(1)[:, self.spatial[i] - 1]
             elif self.pool[i] == POOL["none"] and v[0].numel() == 1:  # a one-position map
                 v = v.flatten(1)[:, 0]
-            else:
-                raise ValueError(f"node {i}: a map feeds a linear edge without global pooling or flattening")
+            # else: an unpooled map read per position (a Linear on channel-last maps, like a 1x1 convolution)
         self._read[key] = v
         return v
 
@@ -218,6 +220,8 @@ class _Run:
                 self._norm(kind.op, e, add)
             elif kind.op == "attention":
                 self._attention(e, add)
+            elif kind.op == "product":
+                self._product(e, add)
             elif kind.op == "scalar":  # the centre tap times the source's value
                 self._scalar(e, kind.reads, add)
             elif kind.op != "none":
@@ -254,6 +258,20 @@ class _Run:
             else:
                 out = stack.new_zeros(len(udst), flat.size(1)).index_add_(0, dl, w.view(-1, 1) * flat[sl])
             add(udst, out.view(len(udst), *stack.shape[1:]))
+
+    def _product(self, e: Tensor, add) -> None:
+        """Product edges: the product over a target's product edges of ``w * v_i``, a pooled (``[B]`` or
+        ``[B, 1, ...]``) factor broadcast over the positions of a map (a per-channel gate)."""
+        w = self.g.edge_attr[e, self.centre]
+        factors: dict[int, list[Tensor]] = defaultdict(list)
+        for k, (i, j) in enumerate(zip(self.src_t[e].tolist(), self.dst_t[e].tolist())):
+            factors[j].append(w[k] * self.read(i, "value"))
+        for j, fs in factors.items():
+            rank = max(f.dim() for f in fs)
+            out = fs[0].view(*fs[0].shape, *([1] * (rank - fs[0].dim())))
+            for f in fs[1:]:
+                out = out * f.view(*f.shape, *([1] * (rank - f.dim())))
+            add([j], out.unsqueeze(0))
 
     def _flatten(self, e: Tensor, add) -> None:
         """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""

@@ -72,6 +72,22 @@ class Val:
 
 
 @dataclass
+class Param:
+    """A parameter or floating buffer of the module read directly in forward (an fx ``get_attr`` node, e.g. a
+    layer scale ``self.gamma * x`` or ``F.batch_norm(x, self.running_mean, ...)``).
+
+    Args:
+        name: its qualified name in the module.
+        shape: its shape as the reading operation sees it; ``reshape`` / ``view`` / ``unsqueeze`` / ``expand``
+            keep the element order, so element ``k`` of the flattened parameter is still element ``k`` (an
+            ``expand`` keeps the size-1 dims: it is a broadcast).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
 class EdgeBlock:
     src: Tensor  # [E] long
     dst: Tensor  # [E] long
@@ -188,10 +204,10 @@ class GraphBuilder:
         read it), or will be read by another pending operation."""
         return any(self.read[i] or self.pending[i] > 0 for i in nodes.tolist())
 
-    def pooled_before(self, nodes: Tensor) -> bool:
-        """Whether any of ``nodes`` already records a pooling, or is an input or read by any edge (so a local
-        pooling recorded on it would change what that edge reads)."""
-        return any(self.pool[i] or self.sourced[i] or self.role[i] == ROLE["input"] for i in nodes.tolist())
+    def read_anywhere(self, nodes: Tensor) -> Tensor:
+        """Per node of ``nodes``: whether an edge (convolutions included) or a pending operation reads it."""
+        return torch.tensor([self.sourced[i] or self.read[i] or self.pending[i] > 0 for i in nodes.tolist()],
+                            dtype=torch.bool)
 
     def set_pool(self, nodes: Tensor, pool: int, window: tuple[int, ...] | None = None) -> None:
         """Record pooling ``pool`` (with the local pooling geometry ``window``) on ``nodes``; their value is
@@ -202,7 +218,7 @@ class GraphBuilder:
         self.observe(nodes)
 
     def add_pending(self, nodes: Tensor, count: int) -> None:
-        for i in nodes.tolist():
+        for i in nodes.reshape(-1).tolist():
             self.pending[i] += count
 
     def mark_outputs(self, nodes: Tensor) -> None:
@@ -359,7 +375,7 @@ class GraphBuilder:
         Recorded for neurons changed since their last record (or all with ``force``), so every neuron
         ends with the tensor after its last change: its activation output, not a later pooled copy.
         """
-        if v.nodes is None or v.name is None:
+        if v.nodes is None or v.name is None or v.kind == "groups":  # groups: mid channel shuffle, no channel dim
             return
         entry = -1
         for k, i in enumerate(v.nodes.tolist()):

@@ -432,7 +432,7 @@ _PLAIN = (int, float, str, bool, type(None))
 def _describe(m: nn.Module, parts: list[Any]) -> None:
     parts.append(type(m))
     for k, v in m.__dict__.items():
-        if k[0] != "_" and k != "training":
+        if k[0] != "_":  # `training` included: a traced forward may branch on it (F.batch_norm's flag)
             if type(v) in _PLAIN or (type(v) is tuple and all(type(i) in _PLAIN for i in v)):
                 parts.append((k, v))
             else:

@@ -52,6 +52,13 @@ def method_rule(*names: str) -> Callable[[Callable], Callable]:
     return deco
 
 
+def takes_params(fn: Callable) -> Callable:
+    """Mark a rule as accepting :class:`~neuralgraph.convert.builder.Param` arguments (parameters read
+    directly in forward); every other rule is refused a parameter argument with one clear error."""
+    fn.takes_params = True
+    return fn
+
+
 #: Passes over the whole ``torch.fx`` graph, run before the walk as ``fn(ctx, graph)``: they validate and
 #: match patterns that span several operations (hand-written attention: q/k/v Linear, head reshapes,
 #: softmax(q kᵀ) v), and claim the nodes of a match by setting ``node.meta[CLAIM] = rule``; the tracer

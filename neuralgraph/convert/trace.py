@@ -350,6 +350,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         return claimed(ctx, node, *args, **kwargs)
     flat = _flatten_args((args, kwargs))
     has_val = any(isinstance(a, Val) for a in flat)
+    params = [a for a in flat if isinstance(a, Param)]
+    if params and not has_val:
+        return _param_view(ctx, node, args, kwargs, params[0])
     if node.op == "call_module":
         mod = ctx.module(node)
         rule = find_module_rule(mod)
@@ -360,6 +363,7 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
             raise UnsupportedModuleError(f"{node.target} ({_type_name(type(mod))}) is not supported{_hint(mod)}; "
                                          f"supported modules: {SUPPORTED_SUMMARY} (all: "
                                          "neuralgraph.convert.trace.supported_modules())")
+        _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
     if node.op == "call_function":
         rule = FUNCTION_RULES.get(node.target)
@@ -372,7 +376,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
             name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
             return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
     if rule is not None and has_val:
+        _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
+    _check_params(ctx, node, None, params)
     if not has_val:
         # pure Python / size arithmetic: evaluate when concrete, stay symbolic otherwise
         if all(_is_concrete(a) for a in flat):
@@ -384,14 +390,52 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                 return SYM
         return SYM
     name = getattr(node.target, "__name__", str(node.target))
-    params = [a.name for a in flat if isinstance(a, Param)]
-    if params:
-        raise ctx.unsupported(node, f"the operation {name!r} combines neuron values with the parameter "
-                                    f"{params[0]!r} read in forward, which a neural graph cannot represent (it stores "
-                                    "parameters of layers: use them through nn.Linear / nn.Conv*d or F.linear / "
-                                    "F.conv*d)")
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
                                 "additions, constant scales, channel slicing/concatenation, pooling and flattening. "
                                 "If it is element-wise, register it: neuralgraph.convert.register_activation("
                                 f"{name}, {name!r})")
+
+
+_PARAM_USES = ("the weight / bias of F.linear / F.conv*d, a per-channel scale or shift (x * p, x + p with one "
+               "value per channel / feature), and the statistics and affine terms of F.batch_norm / F.layer_norm / "
+               "F.group_norm")
+
+
+def _check_params(ctx: TraceContext, node: fx.Node, rule, params: list[Param]) -> None:
+    if params and not getattr(rule, "takes_params", False):
+        op = getattr(node.target, "__name__", str(node.target))
+        raise ctx.unsupported(node, f"the operation {op!r} reads parameter {params[0].name!r} (shape "
+                                    f"{params[0].shape}) in forward, which it cannot represent; parameters read in "
+                                    f"forward convert as {_PARAM_USES}")
+
+
+#: reshapes of a parameter read in forward that keep its element order (``expand`` is a broadcast)
+_PARAM_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", "float", "to", "contiguous", "type_as",
+                "detach", "clone", "expand", "expand_as"}
+_PARAM_VIEW_FUNCTIONS = {torch.reshape: "reshape", torch.unsqueeze: "unsqueeze", torch.squeeze: "squeeze",
+                         torch.flatten: "flatten"}
+
+
+def _param_view(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict, p: Param) -> Param:
+    """A reshape of a parameter alone (``self.gamma.reshape(1, -1, 1, 1)``): the same elements, a new shape."""
+    if node.target is getattr and args[1] in ("shape", "ndim"):
+        return torch.Size(p.shape) if args[1] == "shape" else len(p.shape)
+    op = node.target if node.op == "call_method" else _PARAM_VIEW_FUNCTIONS.get(node.target)
+    if op not in _PARAM_VIEWS or args[0] is not p:
+        what = getattr(node.target, "__name__", str(node.target))
+        raise ctx.unsupported(node, f"computes {what!r} on parameter {p.name!r} in forward (e.g. a weight "
+                                    f"standardisation); the graph stores parameters as they are, so only "
+                                    f"reshapes of them are supported, used as {_PARAM_USES}")
+    if op in ("expand", "expand_as"):
+        return p  # a broadcast: the size-1 dims stay size 1 for the operation that reads it
+    if op in ("float", "to", "contiguous", "type_as", "detach", "clone"):
+        return p
+    rest = args[1:]
+    if not all(_is_concrete(a) for a in _flatten_args((rest, kwargs))):
+        shape = ctx.shape(node)
+        if shape is None:
+            raise ctx.unsupported(node, f"reshapes parameter {p.name!r} to a size known only at run time; pass "
+                                        "example_input=... to to_neural_graph")
+        return Param(p.name, shape)
+    return Param(p.name, tuple(getattr(torch.empty(p.shape, device="meta"), op)(*rest, **kwargs).shape))

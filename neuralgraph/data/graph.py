@@ -58,8 +58,8 @@ class EdgeKind:
             permutation keeps the function (:class:`~neuralgraph.transforms.PermuteNeurons`); ``False`` for
             kinds that couple neurons beyond their edges (GroupNorm groups, attention heads).
         op (str): how :func:`neuralgraph.execute` runs it: ``"scalar"`` (centre tap times the source), ``"conv"``,
-            ``"flatten"``, ``"batchnorm"``, ``"instancenorm"``, ``"groupnorm"``, ``"layernorm"``, ``"attention"``
-            or ``"none"`` (structure only).
+            ``"flatten"``, ``"batchnorm"``, ``"instancenorm"``, ``"groupnorm"``, ``"layernorm"``, ``"attention"``,
+            ``"product"`` (a factor of the target's product term) or ``"none"`` (structure only).
         reads (str): how the executor reads the source: ``"linear"`` (a feature: a map must be globally pooled or
             a flatten copy), ``"value"`` (globally pooled if the source records it), ``"map"`` (the map itself).
         style (tuple[str, str]): colour and line style when drawn (:mod:`neuralgraph.viz`).
@@ -99,6 +99,10 @@ EDGE_KIND_TABLE = (
              "an Embedding entry E[t, d] from a one-hot input neuron"),
     EdgeKind("group", False, False, "none", "value", ("tab:pink", ":"),
              "membership of a GroupNorm group (virtual neuron -> its neurons)"),
+    EdgeKind("product", False, True, "product", "value", ("tab:olive", "--"),
+             "a factor: the target multiplies its product edges' w * v (x * gate: Squeeze-and-Excitation)"),
+    EdgeKind("scale", True, True, "scalar", "value", ("tab:purple", "-"),
+             "a per-channel scale parameter read in forward (a layer scale gamma * x) on the centre"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -109,7 +113,7 @@ GEOMETRY_DTYPE = torch.int16
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")

@@ -833,10 +833,10 @@ class Bad(nn.Module):
 
     def forward(self, x):
         k = self.kind
-        if k == "product":
-            return x * torch.sigmoid(x)  # a product of two neuron values (gating)
+        if k == "quotient":
+            return x / torch.sigmoid(x)  # a quotient of two neuron values
         if k == "param":
-            return x + self.p
+            return x + self.p.exp()  # a value computed from a parameter in forward
         if k == "branch":
             if x.sum() > 0:  # control flow on a tensor value
                 return torch.relu(x)
@@ -867,7 +867,7 @@ class Bad(nn.Module):
 
 def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
     d, bf = v.width, net.batch_first
-    common = ["product", "branch", "prelu", "act_variant"] + (["param"] if v.kind != "map" else [])
+    common = ["quotient", "branch", "prelu", "act_variant"] + (["param"] if v.kind != "map" else [])
     if v.kind == "vec":
         kinds = common + ["bilinear"]
     elif v.kind == "seq":

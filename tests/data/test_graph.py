@@ -56,7 +56,8 @@ def test_every_edge_kind_is_declared_once_and_documented():
     from neuralgraph.data.graph import EDGE_KIND_TABLE, EDGE_KINDS
 
     assert len(set(EDGE_KINDS)) == len(EDGE_KINDS) == len(EDGE_KIND_TABLE)
-    ops = {"scalar", "conv", "flatten", "batchnorm", "instancenorm", "groupnorm", "layernorm", "attention", "none"}
+    ops = {"scalar", "conv", "flatten", "batchnorm", "instancenorm", "groupnorm", "layernorm", "attention", "product",
+           "none"}
     docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
     for kind in EDGE_KIND_TABLE:
         assert kind.op in ops and kind.reads in ("linear", "value", "map"), kind

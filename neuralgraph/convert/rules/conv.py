@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph.convert.builder import Param, Val
-from neuralgraph.convert.registry import function_rule, module_rule
+from neuralgraph.convert.registry import function_rule, module_rule, takes_params
 
 
 def kernel_taps(kernel: tuple[int, ...], max_kernel: tuple[int, ...]) -> torch.Tensor:
@@ -56,6 +56,7 @@ def conv_module(ctx, node, x: Val) -> Val:
 
 
 @function_rule(F.conv1d, F.conv2d, F.conv3d)
+@takes_params
 def conv_function(ctx, node, x: Val, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Val:
     """``F.conv2d(x, self.weight, self.bias, ...)`` with parameters of the model (read in forward)."""
     for what, p in (("weight", weight), ("bias", bias)):

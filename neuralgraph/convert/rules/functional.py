@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph.convert.builder import SYM, Param, Val
-from neuralgraph.convert.registry import function_rule, method_rule, module_rule
-from neuralgraph.data.graph import POOL
+from neuralgraph.convert.registry import function_rule, method_rule, module_rule, takes_params
+from neuralgraph.convert.rules import layout
+from neuralgraph.data.graph import POOL, ROLE
 
 # ------------------------------------------------------------------------------------ pass-through
 
@@ -52,20 +53,53 @@ def _number(a) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
-def affine(ctx, node, v: Val, scale: float = 1.0, shift: float = 0.0) -> Val:
-    """``scale * v + shift`` with Python numbers: an element-wise layer of new neurons, one identity edge
-    each carrying ``scale``, the shift as their bias (a constant, not a parameter: the round trip leaves
-    it alone). A pure shift of neurons that are still open and have no bias is added to them instead."""
+def affine(ctx, node, v: Val, scale=1.0, shift=0.0) -> Val:
+    """``scale * v + shift``, each a Python number or a per-channel parameter ``(name, elem)`` (a layer scale
+    ``gamma * x``, a per-channel shift ``x + beta``): an element-wise layer of new neurons, one identity edge
+    each carrying the scale, the shift as their bias. Numbers are constants (the round trip leaves them
+    alone); parameters are gathered like any other. A pure shift of neurons that are still open and have no
+    bias is added to them instead."""
     bld = ctx.builder
     v = ctx.materialize(node, node.all_input_nodes[0], v)
-    if scale == 1.0 and bld.is_open(v.nodes) and not any(bld.has_bias[i] for i in v.nodes.tolist()):
-        bld.add_node_const(v.nodes, float(shift))
+    if isinstance(scale, float) and scale == 1.0 and bld.is_open(v.nodes) and not any(
+            bld.has_bias[i] for i in v.nodes.tolist()):
+        _shift(ctx, v.nodes, shift)
         return v
     new = bld.add_nodes(v.channels, bld.next_layer(v.nodes))
-    bld.add_edges(v.nodes, new, "identity", const=float(scale))
-    if shift != 0:
-        bld.add_node_const(new, float(shift))
+    if isinstance(scale, float):
+        bld.add_edges(v.nodes, new, "identity", const=scale)
+    else:
+        bld.add_edges(v.nodes, new, "scale",
+                      sources=[(scale[0], scale[1].view(-1, 1), torch.tensor([ctx.config.centre_tap]))])
+    _shift(ctx, new, shift)
     return Val(new, v.kind, v.sdims, v.positions)
+
+
+def _shift(ctx, nodes, shift) -> None:
+    if isinstance(shift, tuple):
+        ctx.builder.add_node_param(nodes, shift[0], shift[1])
+    elif shift != 0:
+        ctx.builder.add_node_const(nodes, float(shift))
+
+
+def per_channel(ctx, node, v: Val, p: Param, what: str) -> tuple[str, torch.Tensor]:
+    """``(name, elem)`` of a parameter that broadcasts against ``v`` with one value per channel (a ``[C, 1, 1]``
+    or ``[1, C, 1, 1]`` scale of a map, a ``[C]`` / ``[1, 1, C]`` one of features or tokens); refused otherwise."""
+    v = ctx.materialize(node, node.all_input_nodes[0], v)
+    shape = tuple(p.shape)
+    while shape and shape[0] == 1 and len(shape) > 1:
+        shape = shape[1:]
+    c = v.channels
+    if v.kind == "map":
+        ok = len(shape) <= 1 + v.sdims and shape[0] == c and all(s == 1 for s in shape[1:]) and (
+            len(shape) == 1 + v.sdims or c == 1)
+    else:
+        ok = len(shape) == 1 and shape[0] == c
+    if not ok:
+        raise ctx.unsupported(node, f"{what} of a {c}-channel {v.kind} value by parameter {p.name!r} of shape "
+                                    f"{p.shape}: only one value per channel (shape [C, 1, 1] for a map, [C] for "
+                                    "features) can be stored on the graph")
+    return p.name, torch.arange(c)
 
 
 def _constant_operand(ctx, node, a, b, what: str) -> tuple[Val, float]:
@@ -79,16 +113,44 @@ def _constant_operand(ctx, node, a, b, what: str) -> tuple[Val, float]:
         raise ctx.unsupported(node, f"{what} with the parameter {param!r} read in forward is not supported (a neural "
                                     "graph stores parameters of layers, not tensors combined with neuron values)")
     raise ctx.unsupported(node, f"{what} with an operand that is neither a neuron value nor a Python number "
-                                "(a tensor constant, a parameter read in forward, or two neuron values) is "
+                                "(a tensor constant, or a parameter that is not one value per channel) is "
                                 "not supported")
 
 
 @function_rule(operator.mul, operator.imul, torch.mul)
 @method_rule("mul", "mul_")
+@takes_params
 def _mul(ctx, node, a, b) -> Val:
-    """``x * c`` / ``c * x``: a constant scale."""
+    """``x * c`` / ``c * x``: a constant scale; ``x * p`` with a per-channel parameter: a parameter scale;
+    ``x * y`` of two neuron values: a product (:func:`product`)."""
+    if isinstance(a, Val) and isinstance(b, Val):
+        return product(ctx, node, a, b)
+    for v, p in ((a, b), (b, a)):
+        if isinstance(v, Val) and isinstance(p, Param):
+            return affine(ctx, node, v, scale=per_channel(ctx, node, v, p, "a product"))
     v, c = _constant_operand(ctx, node, a, b, "a product")
     return affine(ctx, node, v, scale=c)
+
+
+def product(ctx, node, a: Val, b: Val) -> Val:
+    """``a * b`` of two neuron values with the same channels, e.g. a Squeeze-and-Excitation gate
+    ``x * sigmoid(fc(pool(x)))``: one new neuron per channel with a ``product`` edge (1 on the centre tap)
+    from each operand's neuron; a neuron multiplies the values of its product edges (broadcasting a pooled
+    gate over the positions of a map) and adds its other inputs to that."""
+    bld = ctx.builder
+    a = ctx.materialize(node, node.all_input_nodes[0], a)
+    b = ctx.materialize(node, node.all_input_nodes[-1], b)
+    if a.channels != b.channels:
+        raise ctx.unsupported(node, f"multiplies values with {a.channels} and {b.channels} channels; only a "
+                                    "product of values with the same channels (an element-wise or per-channel "
+                                    "gate) is supported")
+    kinds = {a.kind, b.kind}
+    if len(kinds) > 1 and kinds != {"map", "vec"}:
+        raise ctx.unsupported(node, f"multiplies a {a.kind} value and a {b.kind} value")
+    out = bld.add_nodes(a.channels, bld.next_layer(a.nodes, b.nodes))
+    bld.add_identity_edges(torch.cat([a.nodes, b.nodes]), out.repeat(2), "product")
+    big = a if a.kind == "map" and (a.positions or 0) >= (b.positions or 0) else b
+    return Val(out, big.kind, big.sdims, big.positions)
 
 
 @function_rule(operator.truediv, operator.itruediv, torch.div)
@@ -118,6 +180,7 @@ def _neg(ctx, node, x: Val) -> Val:
 
 @function_rule(operator.add, operator.iadd, torch.add)
 @method_rule("add", "add_")
+@takes_params
 def add(ctx, node, a, b, **kwargs) -> Val:
     """``a + b``: identity (residual) edges from one operand's neurons into the other's; ``x + c`` with a
     Python number is a constant shift (:func:`affine`).
@@ -127,6 +190,9 @@ def add(ctx, node, a, b, **kwargs) -> Val:
     """
     if kwargs.get("alpha", 1) != 1:
         raise ctx.unsupported(node, "torch.add with alpha != 1 is not supported")
+    for v, p in ((a, b), (b, a)):
+        if isinstance(v, Val) and isinstance(p, Param):
+            return affine(ctx, node, v, shift=per_channel(ctx, node, v, p, "a sum"))
     if not (isinstance(a, Val) and isinstance(b, Val)):
         v, c = _constant_operand(ctx, node, a, b, "a sum")
         return affine(ctx, node, v, shift=c)
@@ -186,6 +252,8 @@ def cat(ctx, node, tensors, dim: int = 0) -> Val:
 @function_rule(operator.getitem)
 def getitem(ctx, node, x, index) -> Val:
     """Channel slicing ``x[:, a:b]`` (or ``x[..., a:b]`` on features)."""
+    if isinstance(x, tuple) and isinstance(index, int) and any(isinstance(v, Val) for v in x):
+        return x[index]  # one part of a channel split (x.chunk(2, 1))
     if not isinstance(x, Val):
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
@@ -233,6 +301,8 @@ def _flatten_module(ctx, node, x: Val) -> Val:
 @function_rule(torch.flatten)
 @method_rule("flatten")
 def _flatten(ctx, node, x: Val, start_dim: int = 0, end_dim: int = -1) -> Val:
+    if start_dim == 2 and end_dim == -1 and x.kind == "map":
+        return layout.merge_spatial(ctx, node, x)
     if start_dim != 1 or end_dim != -1:
         raise ctx.unsupported(node, "flatten must keep the batch dim and flatten the rest: flatten(x, 1)")
     return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
@@ -251,8 +321,13 @@ def _reshape(ctx, node, x: Val, *shape) -> Val:
     else:
         ok = len(shape) == 2 and (shape[1] == -1 or isinstance(shape[1], int))
     if not ok:
+        moved = layout.reshape(ctx, node, x, shape)
+        if moved is not None:
+            return moved
         raise ctx.unsupported(node, f"reshape to {shape} is not supported; only the batch-keeping flatten "
-                                    "x.view(x.size(0), -1) is")
+                                    "x.view(x.size(0), -1), merging the spatial dims of a map (x.reshape(B, C, -1)) "
+                                    "and a channel shuffle (x.view(B, g, C // g, H, W).transpose(1, 2)"
+                                    ".reshape(B, C, H, W)) are")
     return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
 
 
@@ -267,15 +342,24 @@ _AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad
 
 def _pooled(ctx, nodes, name: str, window: tuple[int, ...] | None = None):
     """Record pooling ``name`` on ``nodes``, on a copy (identity edges) when their unpooled value is read too
-    (as a value, by a pending operation, or, for a local pooling that every reader sees, by any edge) or they
-    are pooled already, so that every reader of a neuron reads what it read in the module. Returns the pooled
-    neurons (final: a later activation or edge goes to a new layer)."""
+    or they are pooled already, so that every reader of a neuron reads what it read in the module. Returns the
+    pooled neurons (final: a later activation or edge goes to a new layer).
+
+    Every reader of a pooled neuron reads it pooled (a convolution reads a global pooling as a 1x1 map: the 1x1
+    convolutions of a Squeeze-and-Excitation block), so the pooling goes on copies of the neurons read by any
+    edge or pending operation; a global pooling on copies of exactly those (DenseNet's reused maps stay copy-free
+    for the others), a local one on copies of all."""
     b = ctx.builder
     local = not name.startswith("global")
-    if b.shared(nodes) or (local and b.pooled_before(nodes)) or any(b.pool[i] for i in nodes.tolist()):
-        new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
-        b.add_identity_edges(nodes, new, "identity")
-        nodes = new
+    need = b.read_anywhere(nodes) | torch.tensor([b.pool[i] != 0 or (local and b.role[i] == ROLE["input"])
+                                                  for i in nodes.tolist()], dtype=torch.bool)
+    if local and need.any():
+        need[:] = True
+    if need.any():
+        new = b.add_nodes(int(need.sum()), b.next_layer(nodes[need]))
+        b.add_identity_edges(nodes[need], new, "identity")
+        nodes = nodes.clone()
+        nodes[need] = new
     b.set_pool(nodes, POOL[name], window)
     return nodes
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph.convert.builder import Param, Val
-from neuralgraph.convert.registry import function_rule, module_rule
+from neuralgraph.convert.registry import function_rule, module_rule, takes_params
 
 
 @module_rule(nn.Linear)
@@ -21,6 +21,7 @@ def linear_module(ctx, node, x: Val) -> Val:
 
 
 @function_rule(F.linear)
+@takes_params
 def linear_function(ctx, node, x: Val, weight, bias=None) -> Val:
     """``F.linear(x, self.weight, self.bias)`` with parameters of the model (read in forward)."""
     for what, p in (("weight", weight), ("bias", bias)):

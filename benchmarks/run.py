@@ -32,7 +32,7 @@ from benchmarks.options import OptionError, check_config
 from neuralgraph.models import create_model, list_models, model_arguments, model_class
 from neuralgraph.tasks import (TASK_SUPPLIED, IncompatibleModelError, create_task, list_tasks, task_config_class,
                                task_config_fields)
-from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
+from neuralgraph.io import DataFileError, StorageError, atomic_write, atomic_write_text, make_dirs
 from neuralgraph.training import TrainConfig, fit
 
 # the default configurations ship inside the package (package data), so installed copies find them
@@ -233,7 +233,7 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
     results = []
     for seed in seeds:
         seed_dir = os.path.join(run_dir, f"seed{seed}")
-        os.makedirs(seed_dir, exist_ok=True)
+        make_dirs(seed_dir)
         kwargs = _sized(task, model_name, cfg)  # may build the data: before seeding
         torch.manual_seed(seed)
         model = create_model(model_name, **kwargs)
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = resolve_config(args.task, args.model, args.config, args.quick, args.overrides)
     try:
         run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress)
-    except DataFileError as e:  # a bad input file (damaged, or refused as unsafe): its name, the problem, the fix
+    except (DataFileError, StorageError) as e:  # a bad input file, or one that cannot be written: named, with the fix
         raise SystemExit(f"error: {e}") from None
 
 

@@ -1,7 +1,9 @@
 """File helpers: atomic writes (readers never see half a file, an interrupted write leaves the old
-file) and content fingerprints of source files (caches keyed on what the files hold)."""
+file), errors naming what could not be written and where to write instead, and content fingerprints
+of source files (caches keyed on what the files hold)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -16,25 +18,88 @@ class DataFileError(ValueError):
     names the file, what is wrong and the fix."""
 
 
+class StorageError(OSError):
+    """A file or directory that cannot be written (read-only file system, no permission, disk full, a
+    file in the way); the message names the path, says that nothing was changed and where to write
+    instead. ``errno`` and ``filename`` are those of the failed write."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # the message alone (OSError would prefix "[Errno N]")
+
+
+def neuralgraph_home() -> Path:
+    """``$NEURALGRAPH_HOME``, else ``$XDG_CACHE_HOME/neuralgraph``, else ``~/.cache/neuralgraph``."""
+    env = os.environ.get("NEURALGRAPH_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "neuralgraph"
+
+
+_WHY = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "no space is left on the device",
+        errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied"}
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Raise an ``OSError`` of the block that writes ``path`` as a :class:`StorageError` naming ``path``.
+
+    The fix depends on where ``path`` is: under :func:`neuralgraph_home` (zoos and processed graphs
+    made on first use), set ``NEURALGRAPH_HOME`` to another directory; elsewhere (results, zoos and
+    conversions written to a directory the user gave), choose another ``--out``.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        why = _WHY.get(e.errno) or (e.strerror or str(e)).lower()
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        home = neuralgraph_home()
+        if Path(os.path.abspath(path)).is_relative_to(os.path.abspath(home)):
+            fix = (f"it is in the cache directory NEURALGRAPH_HOME={str(home)!r}: "
+                   f"{'free space there, or ' if full else ''}set NEURALGRAPH_HOME to a writable directory"
+                   f"{' with free space' if full else ''}")
+        else:
+            fix = f"{'free space there, or ' if full else ''}write to another directory (--out)"
+        err = StorageError(f"cannot write {str(path)!r}: {why}; nothing was changed (files are replaced only once "
+                           f"complete). {fix[0].upper()}{fix[1:]}.")
+        err.errno, err.filename = e.errno, str(path)
+        raise err from None
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``os.makedirs(path, exist_ok=True)``; a directory that cannot be made is a :class:`StorageError`."""
+    with writing(path):
+        os.makedirs(path, exist_ok=True)
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The file gets the mode any new file gets (``0o666`` less the umask), so a zoo or cache written
     under umask 022 is readable by others, as with ``open(path, "w")``.
+
+    Raises:
+        StorageError: the file cannot be written (read-only file system, disk full, ...); ``path`` and
+            any file it replaces are left as they were.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -61,7 +126,8 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     this process, wait; the kernel releases it when the block ends or the holder dies, even by SIGKILL,
     so a crashed writer never blocks the next one.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

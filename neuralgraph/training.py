@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from neuralgraph.data.formats.safe import safe_torch_load
-from neuralgraph.io import DataFileError, atomic_write, atomic_write_text
+from neuralgraph.io import DataFileError, atomic_write, atomic_write_text, make_dirs
 from neuralgraph.tasks.base import Task
 
 
@@ -92,7 +92,7 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
              "bad_epochs": 0, "train_seconds": 0.0}
     ckpt = os.path.join(out_dir, "checkpoint.pt") if out_dir else None
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
+        make_dirs(out_dir)
     # everything but the stopping budget: a run may be resumed with more epochs / steps
     train_opts = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "max_steps")}
     fingerprint = json.loads(json.dumps({"train": train_opts, **(run_config or {})}))

@@ -344,12 +344,45 @@ class ConversionPlan:
         return WeightSpace(tuple(weights), tuple(biases), self.feedforward)
 
     def check(self, graph: NeuralGraph) -> None:
-        if (graph.num_nodes != self.num_nodes or graph.edge_index.size(1) != self.num_edges
-                or graph.edge_attr.size(1) != self.config.edge_dim
-                or not torch.equal(graph.edge_index.cpu(), self.edge_index)):
-            raise ValueError(f"graph does not belong to this architecture/configuration: it has "
-                             f"{graph.num_nodes} nodes and {graph.edge_index.size(1)} edges, the plan "
-                             f"{self.num_nodes} nodes and {self.num_edges} edges")
+        """Raise a ``ValueError`` naming every field of ``graph`` that does not match this plan's graphs (a
+        graph of another architecture or converter configuration, or a field cut or edited by hand). Columns
+        of ``x`` beyond the converter's (features appended by a transform) are allowed."""
+        _require_graph(graph)
+        want = {"x": (self.num_nodes, self.config.node_dim), "edge_index": tuple(self.edge_index.shape),
+                "edge_attr": (self.num_edges, self.config.edge_dim)}
+        fields = {k: getattr(graph, k) for k in want}
+        wrong = [f"{k} has shape {tuple(v.shape)}, not {want[k]}" for k, v in fields.items()
+                 if v.size(0) != want[k][0] or not (v.size(1) >= want[k][1] if k == "x" else v.size(1) == want[k][1])]
+        if not wrong and not torch.equal(fields["edge_index"].cpu(), self.edge_index):
+            wrong.append("edge_index connects other nodes")
+        if graph.num_nodes != self.num_nodes:
+            wrong.append(f"num_nodes is {graph.num_nodes}, not {self.num_nodes}")
+        if wrong:
+            raise ValueError(f"the graph does not belong to this architecture/configuration (the template model's "
+                             f"graphs have {self.num_nodes} nodes x {self.config.node_dim}, {self.num_edges} edges x "
+                             f"{self.config.edge_dim}): "
+                             f"{'; '.join(dict.fromkeys(wrong))}. Read a graph back with a model of the architecture "
+                             "it was converted from and the same converter options / example_input, and keep its "
+                             "fields whole")
+
+    def nonfinite(self, params: Mapping[str, Tensor]) -> str | None:
+        """Where a graph of this plan stores the first NaN / Inf among ``params`` (read from it): parameter,
+        element and graph position; ``None`` if every value is finite."""
+        for name in self.param_names:
+            if math.isfinite(float(params[name].sum())):  # one reduction decides in the common case
+                continue
+            bad = (~torch.isfinite(params[name])).view(-1).nonzero()
+            if bad.numel():
+                i = int(bad[0])
+                element = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), self.param_shapes[name]))
+                if name in self.edge_param:
+                    e, f = divmod(int(self.edge_param[name].view(-1)[i]), self.config.edge_dim)
+                    where = f"edge_attr[{e}, {f}] (edge {int(self.edge_index[0, e])} -> {int(self.edge_index[1, e])})"
+                else:
+                    n, f = divmod(int(self.node_param[name].view(-1)[i]), self.config.node_dim)
+                    where = f"x[{n}, {f}] (node {n})"
+                return f"parameter {name!r}{list(element)} = {float(params[name].view(-1)[i])} at {where}"
+        return None
 
     def __repr__(self) -> str:
         return (f"ConversionPlan(nodes={self.num_nodes}, edges={self.num_edges}, "
@@ -458,6 +491,7 @@ _PLANS: "OrderedDict[tuple, ConversionPlan]" = OrderedDict()
 
 def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
+    _require_module(model)
     cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
     arch = architecture_key(model)
     key = (arch, _input_key(example_input), cfg, activations.VERSION)
@@ -477,6 +511,25 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     else:
         _PLANS.move_to_end(key)
     return plan
+
+
+def _require_module(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        fix = (" (a state dict: load it into a module of its architecture first, model.load_state_dict(sd))"
+               if isinstance(model, Mapping) else "")
+        raise TypeError(f"expected the network as a torch.nn.Module, got {type(model).__name__} "
+                        f"{str(model)[:60]!r}{fix}")
+
+
+def _require_graph(graph: Any) -> None:
+    missing = [k for k in ("x", "edge_index", "edge_attr") if not isinstance(getattr(graph, k, None), Tensor)]
+    if missing:
+        raise TypeError(f"expected a NeuralGraph (x, edge_index and edge_attr tensors), got {type(graph).__name__} "
+                        f"without {', '.join(missing)}")
+    flat = [f"{k} has shape {tuple(graph[k].shape)}" for k in ("x", "edge_index", "edge_attr") if graph[k].dim() != 2]
+    if flat:
+        raise ValueError(f"not a neural graph: {'; '.join(flat)}, where x is [nodes, features], edge_index [2, "
+                         "edges] and edge_attr [edges, features]")
 
 
 def _nothing_to_convert(model: nn.Module, why: str) -> str:
@@ -545,7 +598,8 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
     is used (so graphs converted with non-default options are found too); otherwise the plan of
     ``get_plan(model, example_input, **config)``.
     """
-    config.pop("allow_nonfinite", None)  # a conversion-time check, accepted for symmetry
+    _require_module(model)
+    _require_graph(graph)
     if example_input is None and not config:
         arch = architecture_key(model)
         for (a, _, _, version), cand in reversed(_PLANS.items()):
@@ -555,14 +609,35 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
     return get_plan(model, example_input, **config)
 
 
-def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any = None,
-                      **config) -> nn.Module:
+def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *,
+                      allow_nonfinite: bool = False, **config) -> nn.Module:
     """A copy of ``model`` carrying the parameters stored in ``graph`` (bit-exact inverse of
     :func:`to_neural_graph`). Pass the same ``example_input`` / options used for the conversion if they
     were needed; otherwise a plan of this architecture already in the cache is found by the graph's
-    shape."""
+    shape.
+
+    Args:
+        graph (NeuralGraph): a graph of ``model``'s architecture.
+        model (nn.Module): the template: any module of that architecture (its parameters are replaced).
+        example_input (Tensor or tuple, optional): as for :func:`to_neural_graph`. (default: ``None``)
+        allow_nonfinite (bool, optional): read NaN / Inf values back as they are (they round-trip
+            exactly) instead of raising, as :func:`to_neural_graph`'s option. (default: ``False``)
+
+    Raises:
+        TypeError: ``model`` is not a module, or ``graph`` lacks ``x`` / ``edge_index`` / ``edge_attr``.
+        ValueError: the graph's fields do not match the template's graphs (shapes, counts, edges), naming
+            each; or a NaN / Inf value (unless ``allow_nonfinite``), naming the parameter, its element and
+            the graph position.
+    """
     plan = find_plan(graph, model, example_input, **config)
+    if graph.x.dim() == 2 and graph.x.size(1) > plan.config.node_dim:  # features appended by a transform
+        graph = copy.copy(graph)
+        graph.x = graph.x[:, :plan.config.node_dim]
     params = plan.state_dict(graph)
+    where = None if allow_nonfinite else plan.nonfinite(params)
+    if where:
+        raise ValueError(f"the graph holds a NaN or Inf value: {where}; a module carrying it would compute NaN "
+                         "(pass allow_nonfinite=True to read it back anyway)")
     out = copy.deepcopy(model)
     with torch.no_grad():
         for name, value in params.items():

@@ -43,7 +43,7 @@ from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, 
 from neuralgraph.data.formats.safe import safe_torch_load
 from neuralgraph.data.graph import FORMAT_VERSION, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.io import atomic_write, file_lock, remove_temps
+from neuralgraph.io import atomic_write, file_lock, make_dirs, remove_temps
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -184,7 +184,7 @@ class ZooDataset(InMemoryDataset):
         # replaces PyG's version, which unpickles pre_transform.pt with weights_only=False
         if not self.force_reload and all(os.path.exists(p) for p in self.processed_paths):
             return
-        os.makedirs(self.processed_dir, exist_ok=True)
+        make_dirs(self.processed_dir)
         # one writer per cache directory: a concurrent run waits, then finds the files; temporary files
         # found under the lock are those of a killed writer
         with file_lock(os.path.join(self.processed_dir, ".lock")):

@@ -11,20 +11,12 @@ from pathlib import Path
 
 from neuralgraph.data.arch import ACTIVATION_NAMES, build_model, example_input
 from neuralgraph.data.formats.native import Zoo, ZooMember, load_zoo, split_by_run
+from neuralgraph.io import neuralgraph_home
 from neuralgraph.zoo.presets import PRESETS, Preset, get_preset, list_presets
 
 #: Runs of the embedded default zoo per preset: small enough for a few minutes on 2 cores.
 DEFAULT_RUNS = {"wildpark-digits": 128, "inr-digits": 1797, "inr-glyphs": 10000, "inr-shapes": 10000}
 _FALLBACK_RUNS = 160
-
-
-def neuralgraph_home() -> Path:
-    """``$NEURALGRAPH_HOME``, else ``$XDG_CACHE_HOME/neuralgraph``, else ``~/.cache/neuralgraph``."""
-    env = os.environ.get("NEURALGRAPH_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "neuralgraph"
 
 
 def default_zoo_dir(preset: str = "wildpark-digits", seed: int = 0) -> Path:

@@ -26,6 +26,7 @@ from typing import Sequence
 
 from neuralgraph.data.formats.native import (completed_runs, init_zoo_dir, remove_stale_temps,
                                              write_member)
+from neuralgraph.io import StorageError
 from neuralgraph.zoo.presets import get_preset, list_presets, run_id
 
 
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shard = parse_shard(args.shard)
         rep = generate(args.preset, args.runs, args.out, workers=args.workers, shard=shard, seed=args.seed,
                        progress=not args.no_progress, threads=args.threads, epochs=args.epochs)
-    except (ValueError, PermissionError) as e:
+    except (ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rate = f", {rep.runs_per_core_minute:.1f} runs per core-minute" if rep.trained else ""

@@ -19,6 +19,7 @@ directories can be merged or shared.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +32,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from neuralgraph.data.arch import build_model
-from neuralgraph.io import DataFileError, atomic_write, file_fingerprint, file_lock, remove_temps
+from neuralgraph.io import (DataFileError, atomic_write, file_fingerprint, file_lock, make_dirs, remove_temps,
+                            writing)
 
 FORMAT_NAME = "neuralgraph-zoo"
 FORMAT_VERSION = 1
@@ -77,15 +79,13 @@ def init_zoo_dir(root: str | os.PathLike, header: dict[str, Any]) -> Path:
 
     Raises:
         ZooFormatError: the directory already holds a zoo with a different preset / seed / config.
-        PermissionError: the directory cannot be created or written (with the path in the message).
+        StorageError: the directory cannot be created or written (naming it, and where to write instead).
     """
     root = Path(root)
-    try:
-        (root / MEMBER_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"cannot create zoo directory {str(root)!r}: {e.strerror or e}") from e
+    make_dirs(root / MEMBER_DIR)
     if not os.access(root / MEMBER_DIR, os.W_OK | os.X_OK):
-        raise PermissionError(f"zoo directory {str(root / MEMBER_DIR)!r} is not writable")
+        with writing(root / MEMBER_DIR):
+            raise PermissionError(errno.EACCES, "permission denied")
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **header}
     path = root / "zoo.json"
     with zoo_lock(root):

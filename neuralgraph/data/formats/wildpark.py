@@ -41,7 +41,7 @@ import numpy as np
 from neuralgraph.data.arch import validate_wildpark
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember
 from neuralgraph.data.formats.safe import UnsafeFileError, safe_torch_load
-from neuralgraph.io import DataFileError
+from neuralgraph.io import DataFileError, StorageError
 
 CONVERT_HINT = ("Convert the zoo once, in an environment you trust, with: python -m "
                 "neuralgraph.data.formats.wildpark --src <wild park root> --out <new dir> --trust-pickles ; "
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         n = convert(args.src, args.out, trust_pickles=args.trust_pickles)
-    except (DataFileError, PermissionError) as e:  # a bad file (named), or an unwritable --out
+    except (DataFileError, StorageError) as e:  # a bad file, or an unwritable --out (both named)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.out}: {n} runs written")

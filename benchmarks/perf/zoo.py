@@ -118,7 +118,8 @@ def main(argv=None) -> None:
         r = rows[0]
         print(f"{args.preset}: {r['runs']} runs, {r['wall_s']:.1f}s wall, {r['cpu_s']:.1f}s cpu -> "
               f"{r['runs_per_core_minute']:.1f} runs/core-minute")
-        print("final test accuracy quantiles 0/25/50/75/100%: " + " ".join(f"{v:.2f}" for v in r["test_accuracy_quantiles"]))
+        q = " ".join(f"{v:.2f}" for v in r["test_accuracy_quantiles"])
+        print(f"final test accuracy quantiles 0/25/50/75/100%: {q}")
     if args.json:
         atomic_write_text(args.json, json.dumps({"preset": args.preset, "runs": args.runs, "seed": args.seed,
                                                  "threads": 1, "torch": torch.__version__, "rows": rows}, indent=2))

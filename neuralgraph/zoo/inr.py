@@ -34,6 +34,10 @@ SIREN_DESC: dict[str, Any] = {"family": "siren", "in_dim": 2, "hidden": [32, 32]
                               "w0": 30.0, "output_offset": 0.5}
 
 
+#: The pixel-grid convention of :func:`pixel_coords` (recorded in INR zoos' ``zoo.json``).
+COORDINATES = "x=column,y=row in [-1,1] (DWSNets make_coordinates)"
+
+
 def param_shapes(desc: dict[str, Any] = SIREN_DESC) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of a SIREN description (``seq.{i}.weight`` ``[out, in]``, ``seq.{i}.bias``)."""
     dims = [desc["in_dim"], *desc["hidden"], desc["out_dim"]]

@@ -286,13 +286,13 @@ class GraphBuilder:
             return
         need, free = self.estimated_bytes(), available_memory()
         if free is not None and need > free:
-            small = self.estimated_bytes(9)
+            fewer = (f"a smaller max_kernel if the model's kernels fit it (edges get only its taps: max_kernel=(3, 3) "
+                     f"needs about {self.estimated_bytes(9) / 2**30:.1f} GB), " if cfg.edge_dim > 9 else "")
             raise GraphTooLargeError(
                 f"converting this model needs about {need / 2**30:.1f} GB ({self.num_edges:,} edges so far x "
                 f"{cfg.edge_dim} edge features, plus indices), more than the {free / 2**30:.1f} GB available; "
-                f"nothing was allocated. Options: a smaller max_kernel if the model's kernels fit it (edges get "
-                f"only its taps: max_kernel=(3, 3) needs about {small / 2**30:.1f} GB), a machine with more memory, "
-                f"or max_edges=... to refuse such models early")
+                f"its edges were not allocated. Options: {fewer}a machine with more memory, or max_edges=... to "
+                "refuse such models early")
 
 
 

@@ -127,7 +127,13 @@ class ConversionPlan:
             kinds.append(torch.full((m,), blk.kind, dtype=torch.long))
             geoms.append(torch.tensor(blk.geometry, dtype=GEOMETRY_DTYPE).expand(m, -1))
             edge_rows = torch.arange(rows, rows + m)
-            for tap, value in ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts):
+            # every block has rows of its own: its taps (parameters and constants) must be distinct
+            const_taps = ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts)
+            used_taps = [t for _, _, taps in sources for t in taps.tolist()] + [t for t, _ in const_taps]
+            if len(set(used_taps)) != len(used_taps):
+                raise AssertionError("two parameter elements or constants were assigned the same edge tap; a "
+                                     "conversion rule is wrong (please report it with the module)")
+            for tap, value in const_taps:
                 c_pos.append(edge_rows * f_edge + tap)
                 c_val.append(torch.full((m,), float(value)))
             for name, elem, taps in sources:
@@ -156,12 +162,6 @@ class ConversionPlan:
         self.const_pos, self.const_val = cat(c_pos), cat(c_val, torch.float)
         self.edge_src, self.edge_dst = cat(e_src), cat(e_dst)
         del e_src, e_dst
-        if torch.unique(self.edge_dst).numel() != self.edge_dst.numel():
-            raise AssertionError("two parameter elements were assigned the same edge tap; a conversion rule "
-                                 "is wrong (please report it with the module)")
-        if torch.isin(self.const_pos, self.edge_dst).any():
-            raise AssertionError("a constant tap and a parameter share an edge tap; a conversion rule is wrong "
-                                 "(please report it with the module)")
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
         bias_slots = self.node_dst[self.node_dst % f_node == 0]
         if (x0.view(-1)[bias_slots] != 0).any():

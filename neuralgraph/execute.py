@@ -24,17 +24,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neuralgraph.convert.activations import ACTIVATIONS, parse_variant
+from neuralgraph.convert.activations import ACTIVATIONS, PARAM_COLUMNS
 from neuralgraph.data.graph import (DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, POOLS, ROLE, EdgeKind,
                                     NeuralGraph, norm_taps)
 
 #: activation family -> element-wise function (``softmax`` / ``log_softmax`` act over the neurons of a layer)
 ACTIVATION_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "none": lambda x: x, "relu": F.relu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid, "silu": F.silu, "elu": F.elu, "selu": F.selu, "celu": F.celu,
-    "softplus": F.softplus, "mish": F.mish, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
-    "hardtanh": F.hardtanh, "relu6": F.relu6, "softsign": F.softsign, "tanhshrink": F.tanhshrink,
+    "none": lambda x: x, "relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu, "selu": F.selu, "mish": F.mish,
+    "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "relu6": F.relu6, "softsign": F.softsign, "tanhshrink": F.tanhshrink,
     "logsigmoid": F.logsigmoid, "sin": torch.sin,
+}
+#: activations with parameters: ``fn(z, a, b)`` with the neurons' parameter columns ``a``, ``b`` (PARAMETERS order)
+PARAMETRIC_ACTIVATIONS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "leaky_relu": lambda z, a, b: torch.where(z >= 0, z, z * a),
+    "prelu": lambda z, a, b: torch.where(z >= 0, z, z * a),
+    "elu": lambda z, a, b: torch.where(z > 0, z, a * torch.expm1(z)),
+    "celu": lambda z, a, b: torch.where(z > 0, z, a * torch.expm1(z / a)),
+    "softplus": lambda z, a, b: torch.where(z * a > b, z, torch.log1p(torch.exp(z * a)) / a),
+    "hardtanh": lambda z, a, b: torch.minimum(torch.maximum(z, a), b),
 }
 #: activations normalising over the neurons of one layer that carry them (dim 0 of the stacked values)
 LAYER_ACTIVATIONS = {"softmax": torch.softmax, "log_softmax": torch.log_softmax}
@@ -235,11 +243,14 @@ class _Run:
             groups[(tuple(pre[j].shape), int(g.node_act[j]))].append(j)
         for (shape, act), members in groups.items():
             z = torch.stack([pre[j] for j in members]) + bias[torch.tensor(members)].view(-1, *([1] * len(shape)))
-            family, params = parse_variant(ACTIVATIONS[act])
+            family = ACTIVATIONS[act]
             if family in LAYER_ACTIVATIONS:
                 out = LAYER_ACTIVATIONS[family](z, 0)
+            elif family in PARAMETRIC_ACTIVATIONS:  # per-neuron parameters from the node feature columns
+                p = g.x[torch.tensor(members)][:, list(PARAM_COLUMNS)].to(z.dtype).view(-1, 2, *([1] * len(shape)))
+                out = PARAMETRIC_ACTIVATIONS[family](z, p[:, 0], p[:, 1])
             elif family in ACTIVATION_FUNCTIONS:
-                out = ACTIVATION_FUNCTIONS[family](z, **params)
+                out = ACTIVATION_FUNCTIONS[family](z)
             else:
                 raise ValueError(f"activation {ACTIVATIONS[act]!r} has no executor function; add it to "
                                  "ACTIVATION_FUNCTIONS in neuralgraph/execute.py")

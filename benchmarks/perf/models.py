@@ -86,7 +86,7 @@ def _build(name: str, edge_in: int, graphs, device):
     from neuralgraph.models import create_model
 
     registered, hp = MODELS[name]
-    model = create_model(registered, out_dim=1, node_in=2, edge_in=edge_in, **hp)
+    model = create_model(registered, out_dim=1, node_in=4, edge_in=edge_in, **hp)
     if hasattr(model, "fit_degree"):  # PNA degree statistics from the (training) graphs
         model.fit_degree(graphs)
     return model.to(device)

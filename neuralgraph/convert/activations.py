@@ -4,11 +4,13 @@ Id 0 (``"none"``) marks neurons without an activation (identity), id 1 (``"unkno
 element-wise function that is known to be element-wise but has no name of its own. New names are
 appended by :func:`register_activation`, so existing ids never change.
 
-Activations with parameters (``nn.LeakyReLU(0.2)``, ``nn.ELU(alpha=2)``, ``F.gelu(x, approximate="tanh")``,
-...) are named by their family when every parameter has its default (``"leaky_relu"``) and by family and
-non-default parameters otherwise (``"leaky_relu(negative_slope=0.2)"``, :func:`variant_name`). A variant must
-be in the vocabulary (``register_activation(None, name)``) before a network using it converts: giving it
-the family's id would make two different functions indistinguishable in the graph.
+Activations with parameters are a fixed family name plus numbers: ``nn.LeakyReLU(0.2)`` is ``leaky_relu``
+with the slope 0.2 in the neurons' first activation-parameter column (``x[:, 2]``, :data:`PARAMETERS`), so any
+slope converts without registration and ``nn.ELU(2)`` / ``nn.ELU(2.0)`` give the same graph. Defaults are
+stored too (``nn.LeakyReLU()`` carries 0.01). ``nn.PReLU``'s per-channel slope is a parameter of the module,
+gathered into the same column. ``F.gelu(x, approximate="tanh")`` is the family ``gelu_tanh``.
+:func:`register_activation` is for functions the vocabulary does not know; the ZooDataset cache key records
+the registered names.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import nn
 ACTIVATIONS: list[str] = [
     "none", "unknown", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "silu", "elu", "selu", "celu",
     "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "relu6", "softsign", "tanhshrink",
-    "logsigmoid", "sin", "softmax", "log_softmax",
+    "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh",
 ]
 
 #: changes with every registration (part of the conversion plan cache key)
@@ -58,52 +60,42 @@ METHOD_ACTIVATIONS: dict[str, str] = {
 }
 
 
-#: activation family -> the parameters that change its function, in call order after the input, with defaults
-PARAMETERS: dict[str, tuple[tuple[str, Any], ...]] = {
+#: activation family -> its parameters (after the input in a call, with defaults), stored in order in the node
+#: feature columns ``PARAM_COLUMNS`` of the neurons it is applied to
+PARAMETERS: dict[str, tuple[tuple[str, float], ...]] = {
     "leaky_relu": (("negative_slope", 0.01),),
     "elu": (("alpha", 1.0),),
     "celu": (("alpha", 1.0),),
     "softplus": (("beta", 1.0), ("threshold", 20.0)),
     "hardtanh": (("min_val", -1.0), ("max_val", 1.0)),
-    "gelu": (("approximate", "none"),),
+    "prelu": (("weight", 0.25),),  # a parameter of nn.PReLU (gathered like a bias), not a constant
 }
+#: node feature columns of the activation parameters
+PARAM_COLUMNS = (2, 3)
 
 
-def variant_name(family: str, values: dict[str, Any]) -> str:
-    """The vocabulary name of ``family`` with parameter ``values`` (missing ones take their defaults).
-
-    >>> variant_name("leaky_relu", {"negative_slope": 0.2})
-    'leaky_relu(negative_slope=0.2)'
-    >>> variant_name("leaky_relu", {"negative_slope": 0.01})
-    'leaky_relu'
-    """
-    extra = [(k, values[k]) for k, d in PARAMETERS.get(family, ()) if k in values and values[k] != d]
-    if not extra:
-        return family
-    return f"{family}(" + ", ".join(f"{k}={v!r}" for k, v in extra) + ")"
+def _resolve(family: str, values: dict[str, Any]) -> tuple[str, tuple[float, ...]]:
+    if family == "gelu":
+        approximate = values.get("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"unknown GELU approximation {approximate!r}")
+        return ("gelu_tanh" if approximate == "tanh" else "gelu"), ()
+    return family, tuple(float(values.get(k, d)) for k, d in PARAMETERS.get(family, ()))
 
 
-def parse_variant(name: str) -> tuple[str, dict[str, Any]]:
-    """Inverse of :func:`variant_name`: ``"leaky_relu(negative_slope=0.2)"`` -> ``("leaky_relu", {...})``."""
-    import ast
-
-    if "(" not in name:
-        return name, {}
-    family, rest = name.split("(", 1)
-    call = ast.parse(f"f({rest}", mode="eval").body
-    return family, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+def module_activation(family: str, module: nn.Module) -> tuple[str, tuple[float, ...]]:
+    """The vocabulary name and parameter values of an activation module (parameters read from its attributes)."""
+    keys = [k for k, _ in PARAMETERS.get(family, ())] + (["approximate"] if family == "gelu" else [])
+    return _resolve(family, {k: getattr(module, k) for k in keys if hasattr(module, k)})
 
 
-def module_variant(family: str, module: nn.Module) -> str:
-    """:func:`variant_name` of an activation module, its parameters read from its attributes."""
-    return variant_name(family, {k: getattr(module, k) for k, _ in PARAMETERS.get(family, ()) if hasattr(module, k)})
-
-
-def call_variant(family: str, args: tuple, kwargs: dict) -> str:
-    """:func:`variant_name` of a call ``fn(input, *args, **kwargs)`` (``args`` after the input)."""
-    values = dict(zip((k for k, _ in PARAMETERS.get(family, ())), args))
+def call_activation(family: str, args: tuple, kwargs: dict) -> tuple[str, tuple[float, ...]]:
+    """The vocabulary name and parameter values of a call ``fn(input, *args, **kwargs)`` (``args`` after the
+    input)."""
+    keys = [k for k, _ in PARAMETERS.get(family, ())] + (["approximate"] if family == "gelu" else [])
+    values = dict(zip(keys, args))
     values.update({k: v for k, v in kwargs.items() if k != "inplace"})
-    return variant_name(family, values)
+    return _resolve(family, values)
 
 
 def activation_id(name: str) -> int:
@@ -115,19 +107,22 @@ def activation_id(name: str) -> int:
 
 
 def register_activation(fn_or_module: Callable | type | None, name: str) -> int:
-    """Teach the converter a new activation: a module class (kept as a leaf of the trace) or a function,
-    or (``None``) just a name, e.g. a parameter variant of a known family.
+    """Teach the converter a new element-wise activation: a module class (kept as a leaf of the trace) or a
+    function, or (``None``) just a name. Activations with parameters need no registration (:data:`PARAMETERS`).
 
     The name is appended to :data:`ACTIVATIONS` if new; returns its id. Ids follow registration order,
-    so register in the same order in every process whose graphs are compared. Examples::
+    so register in the same order in every process whose graphs are compared (``ZooDataset`` records the
+    registered names in its cache key). Examples::
 
         class Sine(nn.Module):                      # SIREN's sin(w0 * x)
             def forward(self, x): return torch.sin(30.0 * x)
         register_activation(Sine, "sine")
-        register_activation(None, "leaky_relu(negative_slope=0.2)")   # nn.LeakyReLU(0.2)
     """
     global VERSION
     VERSION += 1  # plans traced before may have traced through it: they are keyed by the version
+    if "(" in name:
+        raise ValueError(f"{name!r}: activation parameters are numbers on the neurons, not names; a parametric "
+                         f"family converts without registration (families: {sorted(PARAMETERS)})")
     if name not in ACTIVATIONS:
         ACTIVATIONS.append(name)
     if isinstance(fn_or_module, type) and issubclass(fn_or_module, nn.Module):

@@ -117,6 +117,7 @@ class GraphBuilder:
         self.layer: list[int] = []
         self.role: list[int] = []
         self.act: list[int] = []
+        self.act_param: list[tuple[float, ...]] = []  # the activation's parameters (node feature columns 2, 3)
         self.pool: list[int] = []
         self.window: list[tuple[int, ...]] = []  # local pooling geometry (node_window)
         self.spatial: list[int] = []
@@ -157,6 +158,7 @@ class GraphBuilder:
         self.layer += [layer] * count
         self.role += [ROLE[role]] * count
         self.act += [0] * count
+        self.act_param += [()] * count
         self.pool += [0] * count
         self.window += [self.default_window()] * count
         self.spatial += [spatial] * count
@@ -193,9 +195,11 @@ class GraphBuilder:
         for i in nodes.tolist():
             self.frozen[i] = True
 
-    def set_activation(self, nodes: Tensor, act: int) -> None:
+    def set_activation(self, nodes: Tensor, act: int, params: tuple[float, ...] = ()) -> None:
+        """Apply activation ``act`` with parameter values ``params`` (node feature columns 2, 3) to ``nodes``."""
         for i in nodes.tolist():
             self.act[i] = act
+            self.act_param[i] = params
             self.frozen[i] = True
             self.touched[i] += 1
 
@@ -326,6 +330,7 @@ class GraphBuilder:
             self.layer += [self.layer[i]] * copies
             self.role += [self.role[i]] * copies
             self.act += [self.act[i]] * copies
+            self.act_param += [self.act_param[i]] * copies
             self.pool += [self.pool[i]] * copies
             self.window += [self.window[i]] * copies
             self.spatial += list(range(1, copies + 1))

@@ -42,8 +42,9 @@ class ConvertConfig:
 
     @property
     def node_dim(self) -> int:
-        """F_node: additive term and has-additive-term flag."""
-        return 2
+        """F_node: additive term, has-additive-term flag, and two activation parameters (a LeakyReLU / PReLU
+        slope, an ELU alpha, Softplus beta and threshold, Hardtanh bounds; 0 for activations without)."""
+        return 4
 
     @property
     def centre_tap(self) -> int:

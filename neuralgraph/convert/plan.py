@@ -91,6 +91,8 @@ class ConversionPlan:
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
         x0[:, 0] = torch.tensor(builder.const, dtype=torch.float)[keep]   # constants (x + c); params overwrite
+        for col in range(max(map(len, builder.act_param), default=0)):  # activation parameters (a slope, ...)
+            x0[:, 2 + col] = torch.tensor([p[col] if col < len(p) else 0.0 for p in builder.act_param])[keep]
 
         # -- edges, constant taps and the parameter gather
         # gather order: the module's own parameter order (so a module converts with one .parameters() walk)

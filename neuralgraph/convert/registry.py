@@ -15,7 +15,7 @@ from typing import Callable
 from torch import nn
 
 MODULE_RULES: dict[type[nn.Module], Callable] = {}
-FUNCTION_RULES: dict[Callable, Callable] = {}
+FUNCTION_RULES: dict[Callable | str, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 
 
@@ -30,8 +30,10 @@ def module_rule(*types: type[nn.Module]) -> Callable[[Callable], Callable]:
     return deco
 
 
-def function_rule(*fns: Callable) -> Callable[[Callable], Callable]:
-    """Register a rule for ``call_function`` targets (``torch.cat``, ``operator.add``, ...)."""
+def function_rule(*fns: Callable | str) -> Callable[[Callable], Callable]:
+    """Register a rule for ``call_function`` targets (``torch.cat``, ``operator.add``, ...); a string is the
+    qualified name of a function of a library the converter does not import (``"torchvision.ops.
+    stochastic_depth.stochastic_depth"``, a leaf of the trace through ``torch.fx.wrap``)."""
 
     def deco(fn: Callable) -> Callable:
         for f in fns:
@@ -102,3 +104,11 @@ def find_module_rule(module: nn.Module) -> Callable | None:
     if ruled is None or overridden_rule(module) is not None:
         return None
     return MODULE_RULES[ruled]
+
+
+def find_function_rule(fn: Callable) -> Callable | None:
+    """The rule of a ``call_function`` target: registered for the function itself or its qualified name."""
+    rule = FUNCTION_RULES.get(fn)
+    if rule is None and hasattr(fn, "__qualname__"):
+        rule = FUNCTION_RULES.get(f"{getattr(fn, '__module__', '')}.{fn.__qualname__}")
+    return rule

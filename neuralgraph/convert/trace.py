@@ -17,7 +17,7 @@ from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.registry import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
-                                          find_module_rule, overridden_rule)
+                                          find_function_rule, find_module_rule, overridden_rule)
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice
 
@@ -357,8 +357,8 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         mod = ctx.module(node)
         rule = find_module_rule(mod)
         if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
-            return activation(ctx, node, args[0], A.module_variant(A.MODULE_ACTIVATIONS[type(mod)], mod),
-                              getattr(mod, "dim", None))
+            name, values = A.module_activation(A.MODULE_ACTIVATIONS[type(mod)], mod)
+            return activation(ctx, node, args[0], name, getattr(mod, "dim", None), values)
         if rule is None:
             raise UnsupportedModuleError(f"{node.target} ({_type_name(type(mod))}) is not supported{_hint(mod)}; "
                                          f"supported modules: {SUPPORTED_SUMMARY} (all: "
@@ -366,15 +366,15 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)
     if node.op == "call_function":
-        rule = FUNCTION_RULES.get(node.target)
+        rule = find_function_rule(node.target)
         if rule is None and node.target in A.FUNCTION_ACTIVATIONS and has_val:
-            name = A.call_variant(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
+            name, values = A.call_activation(A.FUNCTION_ACTIVATIONS[node.target], args[1:], kwargs)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs), values)
     else:  # call_method
         rule = METHOD_RULES.get(node.target)
         if rule is None and node.target in A.METHOD_ACTIVATIONS and has_val:
-            name = A.call_variant(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
-            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs))
+            name, values = A.call_activation(A.METHOD_ACTIVATIONS[node.target], args[1:], kwargs)
+            return activation(ctx, node, args[0], name, _dim_arg(args, kwargs), values)
     if rule is not None and has_val:
         _check_params(ctx, node, rule, params)
         return rule(ctx, node, *args, **kwargs)

@@ -11,8 +11,8 @@ Fields (N nodes, E edges, D = number of spatial dims of the converter's ``max_ke
 field            shape/dtype   meaning
 ===============  ============  ==============================================================
 ``x``            [N, F_node]   col 0: additive term (bias, BatchNorm shift); col 1: 1 if the
-                               neuron has a learnable additive term; further columns are
-                               converter options (see ``ConvertConfig.node_features``)
+                               neuron has a learnable additive term; cols 2, 3: the parameters
+                               of its activation (``convert.activations.PARAMETERS``), else 0
 ``edge_index``   [2, E] long   source -> target, forward dataflow
 ``edge_attr``    [E, F_edge]   the flattened, zero-padded, centred kernel (F_edge = prod of
                                ``max_kernel``); a linear weight or an identity edge sits on the
@@ -113,7 +113,7 @@ GEOMETRY_DTYPE = torch.int16
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")

@@ -40,6 +40,7 @@ from torch_geometric.data import InMemoryDataset
 from neuralgraph.convert import ConvertConfig, get_plan
 from neuralgraph.data.arch import arch_key, build_model, example_input
 from neuralgraph.data.formats.native import BaseZoo, ZooFormatError, ZooMember, load_zoo, member_splits
+from neuralgraph.convert.activations import ACTIVATIONS
 from neuralgraph.data.formats.safe import safe_torch_load
 from neuralgraph.data.graph import FORMAT_VERSION, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
@@ -155,7 +156,8 @@ class ZooDataset(InMemoryDataset):
                                   [[r, self.zoo.records[r]] for r in sorted(self.zoo.run_ids)],
                                   sort_keys=True, default=str).encode()).hexdigest(),
                               "sources": self.zoo.fingerprint(),  # content of every source file
-                              "format": FORMAT_VERSION}, sort_keys=True)
+                              "format": FORMAT_VERSION,  # and the activation ids (registration order)
+                              "activations": list(ACTIVATIONS)}, sort_keys=True)
         self.key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
         self._key_src = key_src
         root = Path(root) if root is not None else self.zoo.roots[0] / "pyg"

@@ -45,7 +45,7 @@ class NGGNN(nn.Module):
 
     Args:
         out_dim (int): output size (per graph, or per node/edge for ``head="equivariant"``).
-        node_in (int): :math:`F_{node}` of the neural graphs. (default: :obj:`2`)
+        node_in (int): :math:`F_{node}` of the neural graphs. (default: :obj:`4`)
         edge_in (int): :math:`F_{edge}` of the neural graphs. (default: :obj:`49`)
         hidden (int, optional): node width. (default: :obj:`64`, CNN Wild Park in the paper)
         edge_hidden (int, optional): edge width. (default: ``hidden``)
@@ -97,7 +97,7 @@ class NGGNN(nn.Module):
     def __init__(
         self,
         out_dim: int = 1,
-        node_in: int = 2,
+        node_in: int = 4,
         edge_in: int = 49,
         *,
         hidden: int = 64,

@@ -52,7 +52,7 @@ class NGT(nn.Module):
 
     Args:
         out_dim (int): output size (per graph, or per node/edge for ``head="equivariant"``).
-        node_in (int): :math:`F_{node}` of the neural graphs. (default: :obj:`2`)
+        node_in (int): :math:`F_{node}` of the neural graphs. (default: :obj:`4`)
         edge_in (int): :math:`F_{edge}` of the neural graphs. (default: :obj:`49`)
         node_dim (int, optional): node width. (default: :obj:`16`, CNN Wild Park in the paper)
         edge_dim (int, optional): edge width. (default: :obj:`8`)
@@ -96,7 +96,7 @@ class NGT(nn.Module):
     def __init__(
         self,
         out_dim: int = 1,
-        node_in: int = 2,
+        node_in: int = 4,
         edge_in: int = 49,
         *,
         node_dim: int = 16,

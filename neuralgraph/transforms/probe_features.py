@@ -166,7 +166,7 @@ class ProbeFeatures(BaseTransform):
 
     Example::
 
-        g = ProbeFeatures(model, torch.randn(8, 2))(to_neural_graph(model))   # g.x: [N, 2 + 8]
+        g = ProbeFeatures(model, torch.randn(8, 2))(to_neural_graph(model))   # g.x: [N, 4 + 8]
     """
 
     def __init__(self, model: ModelLike, probes: Tensor | tuple, example_input: Any = None, **config):

@@ -1,27 +1,17 @@
-"""Activations with parameters: a non-default parameter is a different function, so it gets its own
-vocabulary name (registered explicitly) instead of silently sharing its family's id."""
+"""Activations with parameters: a fixed family name plus its parameters as numbers on the neurons (node feature
+columns 2, 3), so any slope / alpha converts without registration and the graph runs the exact function."""
 from __future__ import annotations
-
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, execute, to_neural_graph
+from neuralgraph import execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import activations as A
 from neuralgraph.convert import register_activation
-from neuralgraph.convert.plan import clear_plan_cache
-
-
-@pytest.fixture
-def vocabulary():
-    """Restore the global activation vocabulary after a test registers variants."""
-    saved = list(A.ACTIVATIONS)
-    yield
-    A.ACTIVATIONS[:] = saved
-    clear_plan_cache()
+from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, assert_state_equal,
+                                   permute_in, permute_out, permuted_copy)
 
 
 class Fn(nn.Module):
@@ -35,77 +25,113 @@ class Fn(nn.Module):
         return self.b(self.fn(self.a(x)))
 
 
-MODULES = [  # (module, variant name)
-    (nn.LeakyReLU(0.3), "leaky_relu(negative_slope=0.3)"),
-    (nn.ELU(alpha=2.0), "elu(alpha=2.0)"),
-    (nn.CELU(alpha=0.5), "celu(alpha=0.5)"),
-    (nn.Softplus(beta=3.0), "softplus(beta=3.0)"),
-    (nn.Softplus(beta=2.0, threshold=5.0), "softplus(beta=2.0, threshold=5.0)"),
-    (nn.Hardtanh(-2.0, 2.0), "hardtanh(min_val=-2.0, max_val=2.0)"),
-    (nn.GELU(approximate="tanh"), "gelu(approximate='tanh')"),
+MODULES = [  # (module, family, parameter columns)
+    (nn.LeakyReLU(0.3), "leaky_relu", (0.3,)),
+    (nn.LeakyReLU(), "leaky_relu", (0.01,)),
+    (nn.ELU(alpha=2.0), "elu", (2.0,)),
+    (nn.CELU(alpha=0.5), "celu", (0.5,)),
+    (nn.Softplus(beta=3.0), "softplus", (3.0, 20.0)),
+    (nn.Softplus(beta=2.0, threshold=5.0), "softplus", (2.0, 5.0)),
+    (nn.Hardtanh(-2.0, 2.0), "hardtanh", (-2.0, 2.0)),
+    (nn.GELU(approximate="tanh"), "gelu_tanh", ()),
+    (nn.GELU(), "gelu", ()),
 ]
 FUNCTIONS = [
-    (lambda h: F.leaky_relu(h, 0.2), "leaky_relu(negative_slope=0.2)"),
-    (lambda h: F.leaky_relu(h, negative_slope=0.2), "leaky_relu(negative_slope=0.2)"),
-    (lambda h: F.gelu(h, approximate="tanh"), "gelu(approximate='tanh')"),
-    (lambda h: F.softplus(h, beta=2.0), "softplus(beta=2.0)"),
-    (lambda h: F.elu(h, 0.5), "elu(alpha=0.5)"),
+    (lambda h: F.leaky_relu(h, 0.2), "leaky_relu", (0.2,)),
+    (lambda h: F.leaky_relu(h, negative_slope=0.2), "leaky_relu", (0.2,)),
+    (lambda h: F.leaky_relu(h), "leaky_relu", (0.01,)),
+    (lambda h: F.gelu(h, approximate="tanh"), "gelu_tanh", ()),
+    (lambda h: F.softplus(h, beta=2.0), "softplus", (2.0, 20.0)),
+    (lambda h: F.elu(h, 0.5), "elu", (0.5,)),
+    (lambda h: F.hardtanh(h, max_val=0.5), "hardtanh", (-1.0, 0.5)),
 ]
 
 
-def _check(model, name):
-    with pytest.raises(UnsupportedModuleError, match=re.escape(f"register_activation(None, {name!r})")):
-        to_neural_graph(model)
-    act = register_activation(None, name)
-    g = to_neural_graph(model)
-    hidden = g.node_act[3:8]
-    assert hidden.eq(act).all() and A.ACTIVATIONS[act] == name
+def _check(model, family, values):
+    g = to_neural_graph(model)  # no registration
+    hidden = slice(3, 8)
+    assert g.node_act[hidden].eq(A.activation_id(family)).all()
+    expect = torch.zeros(5, 2)
+    expect[:, :len(values)] = torch.tensor(values)
+    assert torch.equal(g.x[hidden, 2:4], expect)
+    assert g.x[:3, 2:].eq(0).all() and g.x[8:, 2:].eq(0).all()  # neurons without a parametric activation
     x = torch.randn(16, 3) * 3
     torch.testing.assert_close(execute(g, x), model(x), atol=1e-5, rtol=1e-5)   # the graph is the function
 
 
-@pytest.mark.parametrize("module,name", MODULES, ids=[n for _, n in MODULES])
-def test_module_variant_needs_its_own_name(vocabulary, module, name):
-    _check(nn.Sequential(nn.Linear(3, 5), module, nn.Linear(5, 2)), name)
+@pytest.mark.parametrize("module,family,values", MODULES, ids=[f"{f}{v}" for _, f, v in MODULES])
+def test_module_parameters_are_node_features(module, family, values):
+    _check(nn.Sequential(nn.Linear(3, 5), module, nn.Linear(5, 2)), family, values)
 
 
-@pytest.mark.parametrize("fn,name", FUNCTIONS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(FUNCTIONS)])
-def test_function_variant_needs_its_own_name(vocabulary, fn, name):
-    _check(Fn(fn), name)
+@pytest.mark.parametrize("fn,family,values", FUNCTIONS, ids=[f"{f}{v}-{i}" for i, (_, f, v) in enumerate(FUNCTIONS)])
+def test_function_parameters_are_node_features(fn, family, values):
+    _check(Fn(fn), family, values)
 
 
-@pytest.mark.parametrize("module,family", [(nn.LeakyReLU(0.01), "leaky_relu"), (nn.ELU(1.0), "elu"),
-                                           (nn.GELU(), "gelu"), (nn.Softplus(1.0, 20.0), "softplus")])
-def test_default_parameters_keep_the_family_name(module, family):
-    g = to_neural_graph(nn.Sequential(nn.Linear(3, 5), module, nn.Linear(5, 2)))
-    assert g.node_act[3:8].eq(A.activation_id(family)).all()
-
-
-def test_variants_tell_functions_apart(vocabulary):
-    register_activation(None, "leaky_relu(negative_slope=0.2)")
+def test_parameters_tell_functions_apart_and_spellings_agree():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(3, 5), nn.LeakyReLU(), nn.Linear(5, 2))
     g_default = to_neural_graph(m)
     m[1] = nn.LeakyReLU(0.2)
     g_variant = to_neural_graph(m)
-    assert torch.equal(g_default.edge_attr, g_variant.edge_attr)
-    assert not torch.equal(g_default.node_act, g_variant.node_act)
+    assert torch.equal(g_default.edge_attr, g_variant.edge_attr) and torch.equal(g_default.node_act, g_variant.node_act)
+    assert not torch.equal(g_default.x, g_variant.x)  # the slope differs
+    m[1] = nn.ELU(2)
+    g_int = to_neural_graph(m)
+    m[1] = nn.ELU(2.0)
+    assert torch.equal(g_int.x, to_neural_graph(m).x)  # nn.ELU(2) and nn.ELU(2.0): one graph
+    assert g_int.x.size(1) == 4
 
 
-def test_variant_names_round_trip():
-    for family, values in [("leaky_relu", {"negative_slope": 0.2}), ("softplus", {"beta": 2.0, "threshold": 5.0}),
-                           ("gelu", {"approximate": "tanh"}), ("hardtanh", {"min_val": -3.0, "max_val": 1.0})]:
-        name = A.variant_name(family, values)
-        assert A.parse_variant(name) == (family, {k: v for k, v in values.items()
-                                                   if v != dict(A.PARAMETERS[family])[k]})
-    assert A.parse_variant("relu") == ("relu", {})
-    assert A.variant_name("hardtanh", {"min_val": -1.0, "max_val": 2.0}) == "hardtanh(max_val=2.0)"
+def test_registering_a_parameter_variant_name_is_an_error():
+    with pytest.raises(ValueError, match="activation parameters are numbers on the neurons"):
+        register_activation(None, "leaky_relu(negative_slope=0.2)")
 
 
-def test_encoder_layer_activation_module_variant(vocabulary):
+def test_encoder_layer_activation_module_parameters():
     layer = nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0,
                                                      activation=nn.LeakyReLU(0.3), batch_first=True)).eval()
-    with pytest.raises(UnsupportedModuleError, match="leaky_relu\\(negative_slope=0.3\\)"):
-        to_neural_graph(layer)
-    act = register_activation(None, "leaky_relu(negative_slope=0.3)")
-    assert to_neural_graph(layer).node_act.eq(act).sum() == 16
+    g = to_neural_graph(layer)
+    leaky = g.node_act.eq(A.activation_id("leaky_relu"))
+    assert leaky.sum() == 16 and g.x[leaky, 2].eq(0.3).all()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), layer(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_prelu_slope_is_a_per_neuron_parameter(per_channel):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.PReLU(4 if per_channel else 1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.act.weight.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 3, 5, 5)
+    g = to_neural_graph(m)
+    prelu = g.node_act.eq(A.activation_id("prelu"))
+    assert prelu.sum() == 4
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
+    blank = Net()
+    assert_state_equal(from_neural_graph(g, blank), m)
+    if per_channel:  # the slopes move with their channels
+        p = torch.tensor([2, 0, 3, 1])
+
+        def apply(s):
+            permute_out(s.conv, p), permute_in(s.fc, p)
+            with torch.no_grad():
+                s.act.weight.copy_(s.act.weight[p])
+
+        other = permuted_copy(m, apply)
+        assert_params_moved(m, other)
+        assert_same_function(m, other, x)
+        assert_isomorphic(g, to_neural_graph(other))

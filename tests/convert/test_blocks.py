@@ -356,3 +356,32 @@ def test_split_with_sizes_and_unsupported_splits():
 
     with pytest.raises(UnsupportedModuleError, match=r"splits dim 2 of a map value"):
         to_neural_graph(Split(2))
+
+
+# ------------------------------------------------------------------------ stochastic depth (torchvision.ops)
+def stochastic_depth(input, p: float, mode: str, training: bool = True):
+    """torchvision.ops.stochastic_depth's signature and eval-mode behaviour (the real one is an fx leaf too)."""
+    if not training or p == 0.0:
+        return input
+    keep = torch.empty([input.shape[0]] + [1] * (input.ndim - 1)).bernoulli_(1 - p)
+    return input * keep / (1 - p)
+
+
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"  # the rule is registered by qualified name
+torch.fx.wrap("stochastic_depth")
+
+
+class DropPathBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc((stochastic_depth(self.conv(x), 0.2, "row", self.training) + x).mean((2, 3)))
+
+
+def test_stochastic_depth_is_the_identity_in_eval_mode():
+    m = randomize(DropPathBlock())
+    check(m, torch.randn(2, 3, 4, 4))
+    with pytest.raises(UnsupportedModuleError, match=r"stochastic depth in training mode.*model.eval\(\)"):
+        to_neural_graph(m.train())

@@ -47,7 +47,6 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
-from neuralgraph.convert import register_activation
 from neuralgraph.data.graph import ROLE
 from tests.helpers.permute import (assert_isomorphic, assert_state_equal, head_permutation, permute_encoder_layer,
                                    permute_features, permute_heads, permute_in, permute_out)
@@ -166,9 +165,7 @@ def permute_conv(conv: nn.Module, pin: Tensor, pout: Tensor) -> None:
 
 
 # ===================================================================================== activations
-# a parameter variant, registered here for the whole session (an unregistered one is an unsupported block);
-# tests/convert/test_activations.py checks registration with other values
-register_activation(None, "leaky_relu(negative_slope=0.15)")
+# a non-default parameter (stored on the neurons; tests/convert/test_activations.py checks every family)
 ACTS = ("none", "relu", "tanh", "gelu", "sigmoid", "leaky_relu", "silu", "leaky_relu_0.15")
 _ACT_MODULE = {"none": nn.Identity, "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "leaky_relu_0.15": lambda: nn.LeakyReLU(0.15)}
@@ -867,7 +864,7 @@ class Bad(nn.Module):
 
 def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
     d, bf = v.width, net.batch_first
-    common = ["quotient", "branch", "prelu", "act_variant"] + (["param"] if v.kind != "map" else [])
+    common = ["quotient", "branch"] + (["param"] if v.kind != "map" else [])
     if v.kind == "vec":
         kinds = common + ["bilinear"]
     elif v.kind == "seq":
@@ -882,11 +879,7 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
     spatial = v.spatial
     out_kind = v.kind
     mod = None
-    if kind == "prelu":
-        mod = nn.PReLU()
-    elif kind == "act_variant":  # a parameter variant that is not registered
-        mod = nn.ELU(alpha=1.7)
-    elif kind == "bilinear":
+    if kind == "bilinear":
         mod = nn.Bilinear(d, d, d)
     elif kind in ("lstm", "gru", "rnn"):
         mod = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind](d, d, batch_first=bf)

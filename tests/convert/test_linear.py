@@ -17,7 +17,7 @@ def test_mlp_structure():
     m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2, bias=False))
     g = to_neural_graph(m)
     assert g.num_nodes == 3 + 4 + 2 and g.edge_index.size(1) == 3 * 4 + 4 * 2
-    assert g.x.shape == (9, 2) and g.edge_attr.shape == (20, 49)
+    assert g.x.shape == (9, 4) and g.edge_attr.shape == (20, 49)
     assert g.node_role.tolist() == [ROLE["input"]] * 3 + [ROLE["hidden"]] * 4 + [ROLE["output"]] * 2
     assert g.node_pos.tolist() == [0, 1, 2, 1, 1, 1, 1, 0, 1]
     assert g.node_layer.tolist() == [0] * 3 + [1] * 4 + [2] * 2

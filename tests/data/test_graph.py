@@ -18,7 +18,7 @@ def test_heterogeneous_batching_roundtrips_every_field():
     loader = DataLoader(graphs, batch_size=4)
     batch = next(iter(loader))
     assert isinstance(batch, Batch) and batch.num_graphs == 4
-    assert batch.x.size(1) == 2 and batch.edge_attr.size(1) == 49
+    assert batch.x.size(1) == 4 and batch.edge_attr.size(1) == 49
     assert batch.y.shape == (4,)
     offset = 0
     for i, g in enumerate(graphs):

@@ -44,7 +44,7 @@ def inputs(kind: str, nets: list[nn.Module]):
 def build(name: str, nets: list[nn.Module], **extra) -> nn.Module:
     kind = model_class(name).input_kind
     ws = get_plan(nets[0]).weight_space(nets[0])
-    sizes = {"out_dim": 1, "node_in": 2, "edge_in": 49, "weight_shapes": ws.signature, **extra}
+    sizes = {"out_dim": 1, "node_in": 4, "edge_in": 49, "weight_shapes": ws.signature, **extra}
     accepted = model_arguments(name)
     torch.manual_seed(0)
     model = create_model(name, **{k: v for k, v in sizes.items() if k in accepted})

@@ -6,7 +6,7 @@ import torch
 from neuralgraph.data.graph import EDGE_KIND, ROLE, NeuralGraph
 
 
-def random_graph(layers=(3, 5, 4, 2), edge_in: int = 49, node_in: int = 2, seed: int = 0,
+def random_graph(layers=(3, 5, 4, 2), edge_in: int = 49, node_in: int = 4, seed: int = 0,
                  residual: bool = True, num_acts: int = 4) -> NeuralGraph:
     """An MLP-shaped neural graph with random features (+ a residual edge set if deep enough)."""
     g = torch.Generator().manual_seed(seed)

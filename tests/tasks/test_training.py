@@ -39,7 +39,7 @@ class TinyTask(Task):
 def make_model(kind):
     torch.manual_seed(0)
     if kind == "graph":
-        return create_model("ng-gnn", node_in=2, edge_in=49, out_dim=1, hidden=16, num_layers=2)
+        return create_model("ng-gnn", node_in=4, edge_in=49, out_dim=1, hidden=16, num_layers=2)
     return create_model("statnn", out_dim=1)
 
 

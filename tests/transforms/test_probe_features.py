@@ -55,8 +55,8 @@ def test_inr_probe_values_are_the_forward_hook_activations():
     g = to_neural_graph(m)
     probes = torch.rand(8, 2) * 2 - 1
     out = ProbeFeatures(m, probes)(g)
-    assert out.x.shape == (g.num_nodes, 2 + 8) and torch.equal(out.x[:, :2], g.x)
-    feats = out.x[:, 2:]
+    assert out.x.shape == (g.num_nodes, 4 + 8) and torch.equal(out.x[:, :4], g.x)
+    feats = out.x[:, 4:]
     expected = torch.cat([probes.t()] + record(m, [m[1], m[3], m[4]], probes))
     assert torch.allclose(feats, expected, atol=1e-6, rtol=0)
     assert g.num_nodes == 2 + 16 + 16 + 1 and (g.node_role == ROLE["input"]).sum() == 2
@@ -129,13 +129,13 @@ def test_probe_features_follow_hidden_neuron_permutations(net):
     g, gp = to_neural_graph(m), to_neural_graph(p)
     node_map, _ = node_edge_mapping(g, gp)  # exact isomorphism of the two graphs (VF2)
     fg, fp = ProbeFeatures(m, probes)(g), ProbeFeatures(m, probes)(gp)
-    assert torch.allclose(fg.x[:, 2:], fp.x[node_map, 2:], atol=1e-5, rtol=0)
+    assert torch.allclose(fg.x[:, 4:], fp.x[node_map, 4:], atol=1e-5, rtol=0)
     hidden = g.node_role == ROLE["hidden"]
     assert not torch.equal(node_map[hidden], torch.arange(g.num_nodes)[hidden])  # really permuted
     # and the same through the PermuteNeurons augmentation (the transform applied to the graph)
     t = PermuteNeurons(seed=3)
     perm = t.sample(g)
-    assert torch.allclose(ProbeFeatures(m, probes)(t.apply(g, perm)).x[perm, 2:], fg.x[:, 2:], atol=1e-5, rtol=0)
+    assert torch.allclose(ProbeFeatures(m, probes)(t.apply(g, perm)).x[perm, 4:], fg.x[:, 4:], atol=1e-5, rtol=0)
 
 
 def test_learned_probes_get_gradients():
@@ -150,7 +150,7 @@ def test_learned_probes_get_gradients():
     assert feats.shape == (batch.num_nodes, 6)
     # equal to the fixed-probe transform with the same probes, graph by graph
     with torch.no_grad():
-        fixed = torch.cat([ProbeFeatures(nets[0], probe.probes.detach())(g).x[:, 2:] for g in graphs])
+        fixed = torch.cat([ProbeFeatures(nets[0], probe.probes.detach())(g).x[:, 4:] for g in graphs])
     assert torch.allclose(feats.detach(), fixed, atol=1e-6, rtol=0)
     feats.square().mean().backward()
     grad = probe.probes.grad
@@ -164,7 +164,7 @@ def test_cnn_learned_probes_and_dataloader_batching():
     graphs = [to_neural_graph(WildParkCNN()) for _ in range(3)]
     t = ProbeFeatures(m, torch.randn(4, 1, 8, 8))
     batch = next(iter(DataLoader([t(g) for g in graphs], batch_size=3)))
-    assert batch.x.shape == (sum(g.num_nodes for g in graphs), 2 + 4)
+    assert batch.x.shape == (sum(g.num_nodes for g in graphs), 4 + 4)
     assert batch.num_graphs == 3 and batch.edge_index.max() < batch.num_nodes
     probe = LearnedProbeFeatures(m, num_probes=2, input_shape=(1, 8, 8))
     probe(next(iter(DataLoader(graphs, batch_size=3)))).sum().backward()
@@ -180,7 +180,7 @@ def test_mixed_architectures_with_a_model_function():
     t = ProbeFeatures(lambda g: templates[g.num_nodes], probes)
     for g, m in ((ga, a), (gb, b)):
         with torch.no_grad():
-            assert torch.allclose(t(g).x[g.output_nodes(), 2:], m(probes).t(), atol=1e-6, rtol=0)
+            assert torch.allclose(t(g).x[g.output_nodes(), 4:], m(probes).t(), atol=1e-6, rtol=0)
 
 
 def test_embedding_inputs_are_one_hot_frequencies():

@@ -5,25 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import fx
+import torch
+from torch import fx, nn
 
 from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import Val
+from neuralgraph.convert.registry import module_rule
 
 
 #: activations that normalise over the neurons of a layer (the feature / channel dim), not element-wise
 LAYER_FAMILIES = ("softmax", "log_softmax")
 
 
-def activation(ctx, node: fx.Node, v: Val, name: str, dim: Any = None) -> Val:
-    """Apply an activation: a property of the neurons it is applied to. ``dim``: the dim a softmax /
-    log_softmax normalises over, which must be the feature (channel) dim."""
-    if name not in A.ACTIVATIONS:
-        family = name.split("(", 1)[0]
-        raise ctx.unsupported(node, f"it computes {name}, a variant of {family!r} that is not in the activation "
-                                    f"vocabulary; converting it as {family!r} would describe another function. "
-                                    f"Register the variant first (ids follow registration order): "
-                                    f"neuralgraph.convert.register_activation(None, {name!r})")
+def activation(ctx, node: fx.Node, v: Val, name: str, dim: Any = None, params: tuple[float, ...] = ()) -> Val:
+    """Apply an activation: a property of the neurons it is applied to, with its parameter values ``params``
+    (:data:`~neuralgraph.convert.activations.PARAMETERS`). ``dim``: the dim a softmax / log_softmax normalises
+    over, which must be the feature (channel) dim."""
     b = ctx.builder
     v = ctx.materialize(node, node.all_input_nodes[0], v)
     family = name.split("(", 1)[0]
@@ -37,7 +34,7 @@ def activation(ctx, node: fx.Node, v: Val, name: str, dim: Any = None) -> Val:
         new = b.add_nodes(nodes.numel(), b.next_layer(nodes))
         b.add_identity_edges(nodes, new, "identity")
         nodes = new
-    b.set_activation(nodes, act)
+    b.set_activation(nodes, act, params)
     if family in LAYER_FAMILIES:  # the neurons normalised together; the plan checks no other shares their layer
         b.layer_groups.append((nodes, f"{ctx.where(node)}: {family}"))
     return Val(nodes, v.kind, v.sdims, v.positions)
@@ -62,3 +59,21 @@ def _check_feature_dim(ctx, node: fx.Node, v: Val, family: str, dim: Any) -> Non
                                     f"only a {family} over the {what} (across the neurons of a layer) can be "
                                     "represented")
 
+
+
+@module_rule(nn.PReLU)
+def prelu(ctx, node, x: Val) -> Val:
+    """``nn.PReLU``: the activation ``prelu`` with its slope (a parameter, one per channel or one shared) in the
+    neurons' first activation-parameter column."""
+    mod: nn.PReLU = ctx.module(node)
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    shape = ctx.shape(node.all_input_nodes[0])
+    if mod.num_parameters > 1 and x.kind != "map" and shape is not None and len(shape) > 2:
+        raise ctx.unsupported(node, "PReLU with one slope per channel applies them along dim 1, the tokens of a "
+                                    "[B, T, C] sequence; use num_parameters=1 or channel-first maps")
+    if mod.num_parameters not in (1, x.channels):
+        raise ctx.unsupported(node, f"has {mod.num_parameters} slopes for {x.channels} channels")
+    out = activation(ctx, node, x, "prelu")
+    elem = torch.arange(x.channels) if mod.num_parameters > 1 else torch.zeros(x.channels, dtype=torch.long)
+    ctx.builder.add_node_param(out.nodes, ctx.param(node, "weight"), elem, column=A.PARAM_COLUMNS[0])
+    return out

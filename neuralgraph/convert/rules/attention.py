@@ -141,7 +141,8 @@ def _activation(ctx, node: fx.Node, x: Val) -> Val:
     if name is None or name in ("softmax", "log_softmax"):
         raise ctx.unsupported(node, f"activation {fn!r} is not a known element-wise function; use 'relu', "
                                     "'gelu' or register it with neuralgraph.convert.register_activation")
-    return activation(ctx, node, x, A.module_variant(name, fn) if isinstance(fn, nn.Module) else name)
+    name, values = A.module_activation(name, fn) if isinstance(fn, nn.Module) else A.call_activation(name, (), {})
+    return activation(ctx, node, x, name, None, values)
 
 
 # ======================================================================== nn.MultiheadAttention

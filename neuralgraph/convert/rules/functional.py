@@ -29,6 +29,15 @@ def _identity_function(ctx, node, x: Val, *args, **kwargs) -> Val:
     return Val(x.nodes, x.kind, x.sdims, x.positions)
 
 
+@function_rule("torchvision.ops.stochastic_depth.stochastic_depth")
+def _stochastic_depth(ctx, node, x: Val, p: float = 0.0, mode: str = "row", training: bool = True) -> Val:
+    """torchvision's stochastic depth (a dropout of whole residual branches): the identity in eval mode."""
+    if training is not False and p > 0:
+        raise ctx.unsupported(node, "stochastic depth in training mode drops residual branches at random; the graph "
+                                    "stores the eval-mode function: call model.eval() first")
+    return Val(x.nodes, x.kind, x.sdims, x.positions)
+
+
 @method_rule("contiguous", "clone", "float", "double", "half", "to", "type_as", "detach")
 def _identity_method(ctx, node, x: Val, *args, **kwargs) -> Val:
     return Val(x.nodes, x.kind, x.sdims, x.positions)

@@ -21,6 +21,10 @@ shapes     1x16x16     procedurally rendered geometric shapes (2,000 train / 500
                        category under rotation and scale, not handwriting) and from mnist1d
                        (2-D geometry, not 1-D templates).
 =========  ==========  =======================================================================
+
+:data:`IMAGE_SETS` / :func:`load_images` serve the same sources (plus the font glyphs of
+:mod:`neuralgraph.zoo.glyphs`) as raw images in [0, 1] addressed by index, image ``i`` a pure function
+of ``(seed, i)``: what the INR zoos fit, one INR per image.
 """
 from __future__ import annotations
 
@@ -231,6 +235,6 @@ def load_images(name: str, indices, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or (s.count is not None and idx.max() >= s.count)):
         bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
-        raise ValueError(f"image set {name!r} has images 0..{(s.count or 0) - 1 if s.count else 'inf'}; "
-                         f"got index {bad}")
+        raise ValueError(f"image set {name!r} has images 0..{s.count - 1}; got index {bad}" if s.count is not None
+                         else f"image indices must be non-negative, got {bad}")
     return s.render(idx, int(seed))

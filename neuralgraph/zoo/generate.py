@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard", default=None, help="I/N: train only shard I of N (default 0/1)")
     ap.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
-    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (quick zoos; INR presets: Adam steps)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="override the preset's epochs (quick zoos; INR presets: Adam steps)")
     ap.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     args = ap.parse_args(argv)
     try:

@@ -5,17 +5,19 @@ A member is the DWSNets SIREN (Navon et al., ICML 2023; Sitzmann et al., NeurIPS
     f(c) = W2 sin(w0 (W1 sin(w0 (W0 c + b0)) + b1)) + b2 + 0.5,    w0 = 30
 
 with parameters named ``seq.{0,1,2}.weight/bias`` as in the published INR files (so our members and
-theirs give graphs of the same structure), coordinates ``c = (row, col)`` of the pixel grid in
-[-1, 1] (:func:`pixel_coords`, DWSNets' / SIREN's ``get_mgrid``), pixel values in [0, 1].
+theirs give graphs of the same structure), coordinates ``c = (x, y) = (column, row)`` of the pixel
+grid in [-1, 1] as DWSNets renders its INRs (:func:`pixel_coords`; their ``make_coordinates``), pixel
+values in [0, 1]. So ``render_sirens`` shows published DWSNets INRs upright, and ours render upright in
+their code.
 
 Fitting (:func:`fit_sirens`) is full-batch Adam on each image's pixel MSE, ``M`` INRs at a time,
-with a hand-written forward and backward in one ``[M, features, pixels]`` layout (every layer a
-batched matmul over members). Two exact savings over autograd: the first layer's pre-activation on a
-grid is separable, ``w_r r + w_c c + b``, so ``sin`` / ``cos`` of it come from ``H + W`` values per
-neuron instead of ``H * W`` (angle-sum formulas); and nothing is stored or recomputed that the
-backward does not need. Each member's loss reaches only its own parameters, so a batch is exactly
-``M`` independent fits (checked against autograd on a single :class:`~neuralgraph.zoo.arch.SirenINR`
-in the tests).
+with a hand-written forward and backward in one ``[M, features, pixels]`` layout: every layer is one
+batched matmul over members, the sine's pre-activation is reused in place for its cosine in the
+backward, and the ``w0`` factors are applied to the small parameter and gradient tensors, never to
+the ``[M, F, P]`` activations. Each member's loss reaches only its own parameters and every kernel
+treats members independently, so a batch is exactly ``M`` independent fits, bit for bit whatever the
+batch composition (tested, with the gradients checked against autograd on
+:class:`~neuralgraph.zoo.arch.SirenINR`). Measured speed and PSNR: ``benchmarks/perf/zoo.py``.
 """
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ SIREN_DESC: dict[str, Any] = {"family": "siren", "in_dim": 2, "hidden": [32, 32]
                               "w0": 30.0, "output_offset": 0.5}
 
 
+#: The pixel-grid convention of :func:`pixel_coords` (recorded in INR zoos' ``zoo.json``).
+COORDINATES = "x=column,y=row in [-1,1] (DWSNets make_coordinates)"
+
+
 def param_shapes(desc: dict[str, Any] = SIREN_DESC) -> dict[str, tuple[int, ...]]:
     """Parameter names and shapes of a SIREN description (``seq.{i}.weight`` ``[out, in]``, ``seq.{i}.bias``)."""
     dims = [desc["in_dim"], *desc["hidden"], desc["out_dim"]]
@@ -43,9 +49,11 @@ def param_shapes(desc: dict[str, Any] = SIREN_DESC) -> dict[str, tuple[int, ...]
 
 
 def pixel_coords(height: int, width: int) -> Tensor:
-    """Pixel coordinates ``[height * width, 2]``: ``(row, col)`` in [-1, 1], pixels row-major."""
-    r, c = torch.linspace(-1, 1, height), torch.linspace(-1, 1, width)
-    return torch.stack(torch.meshgrid(r, c, indexing="ij"), -1).reshape(-1, 2)
+    """Pixel coordinates ``[height * width, 2]``, pixels row-major: pixel ``(i, j)`` (row ``i``, column ``j``)
+    gets ``(x, y) = (linspace(-1, 1, width)[j], linspace(-1, 1, height)[i])``, as DWSNets' ``make_coordinates``
+    (x first; note SIREN's ``get_mgrid`` puts the row first)."""
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    return torch.stack([cols, rows], -1).reshape(-1, 2)
 
 
 def psnr(mse: Tensor | np.ndarray | float) -> Tensor:
@@ -101,31 +109,23 @@ def render_sirens(params: dict[str, Tensor], height: int, width: int, w0: float 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """How each INR is fitted (full-batch Adam on the pixel MSE).
+    """How each INR is fitted: full-batch Adam at a constant learning rate on the pixel MSE.
 
     Args:
         steps: Adam steps (one step = one pass over all pixels).
-        lr: peak learning rate.
-        lr_final: learning rate at the last step, as a fraction of ``lr`` (cosine decay; 1.0: constant).
-        warmup: linear warm-up steps.
+        lr: learning rate (constant: cosine decay and warm-up were measured slower to a given PSNR at
+            these step counts, see docs/formats.md).
         betas: Adam betas.
         eps: Adam epsilon.
-        batch: members fitted together (one batched matmul per layer; tuned for CPU caches).
+        batch: members fitted together (one batched matmul per layer; 8 measured fastest on one core:
+            the ``[batch, 32, 784]`` activations stay in cache).
     """
 
-    steps: int = 200
-    lr: float = 1e-3
-    lr_final: float = 1.0
-    warmup: int = 0
+    steps: int = 80
+    lr: float = 4e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    batch: int = 16
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        t = (step - self.warmup) / max(1, self.steps - self.warmup - 1)
-        return self.lr * (self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    batch: int = 8
 
 
 @dataclass
@@ -135,48 +135,43 @@ class FitResult:
     psnr: Tensor                # [M] dB
 
 
-def _loss_and_grads(p: dict[str, Tensor], y: Tensor, r: Tensor, c: Tensor, w0: float,
+def _loss_and_grads(p: dict[str, Tensor], y: Tensor, coords: Tensor, w0: float,
                     want_grads: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-    """Pixel MSE per member ``[M]`` and its gradients, for the 2 -> h -> ... -> 1 SIREN on a grid.
+    """Pixel MSE per member ``[M]`` and its gradients, for a ``2 -> hidden -> 1`` SIREN.
 
-    ``y`` ``[M, H * W]`` targets minus the output offset, ``r`` ``[H]`` / ``c`` ``[W]`` the grid axes.
+    ``y`` ``[M, P]`` targets minus the output offset, ``coords`` ``[2, P]`` (:func:`pixel_coords`
+    transposed). Hidden pre-activations are kept scaled by ``w0`` (``z = w0 (W h + b)``, computed as
+    ``(w0 W) h + w0 b`` on the small parameters), so no pass over ``[M, F, P]`` spends time on ``w0``;
+    the gradients of the unscaled parameters get the factor back, again on the small tensors.
     """
     n = len(p) // 2
-    W0, b0 = p["seq.0.weight"], p["seq.0.bias"]                              # [M, F, 2], [M, F]
-    M, F = b0.shape
-    H, Wd = len(r), len(c)
-    # separable first layer: w0 * (w_r r + b) and w0 * w_c c
-    a = w0 * (W0[:, :, 0:1] * r + b0.unsqueeze(-1))                          # [M, F, H]
-    bb = w0 * W0[:, :, 1:2] * c                                              # [M, F, W]
-    sa, ca, sb, cb = torch.sin(a), torch.cos(a), torch.sin(bb), torch.cos(bb)
-    h = (sa.unsqueeze(-1) * cb.unsqueeze(-2) + ca.unsqueeze(-1) * sb.unsqueeze(-2)).view(M, F, H * Wd)  # [M, F, P]
-    hs = [h]
-    zs: list[Tensor] = []
-    for i in range(1, n - 1):
-        z = torch.baddbmm(p[f"seq.{i}.bias"].unsqueeze(-1), p[f"seq.{i}.weight"], h).mul_(w0)  # [M, F', P]
-        zs.append(z)
+    M = y.shape[0]
+    h = coords.expand(M, -1, -1)                                              # [M, 2, P]
+    hs, zs = [h], []
+    for i in range(n - 1):
+        z = torch.baddbmm((w0 * p[f"seq.{i}.bias"]).unsqueeze(-1), w0 * p[f"seq.{i}.weight"], h)  # [M, F, P]
         h = torch.sin(z)
+        zs.append(z)
         hs.append(h)
     out = torch.baddbmm(p[f"seq.{n - 1}.bias"].unsqueeze(-1), p[f"seq.{n - 1}.weight"], h)[:, 0]  # [M, P]
-    err = out - y                                                            # [M, P]
-    mse = err.square().mean(1)                                               # [M]
+    err = out - y                                                             # [M, P]
+    mse = err.square().mean(1)                                                # [M]
     if not want_grads:
         return mse, {}
     g: dict[str, Tensor] = {}
-    d = (2.0 / err.shape[1]) * err.unsqueeze(1)                              # [M, 1, P] dL/d out
-    for i in range(n - 1, 0, -1):
-        h = hs[i - 1]
-        g[f"seq.{i}.weight"] = torch.bmm(d, h.transpose(1, 2))               # [M, out, in]
-        g[f"seq.{i}.bias"] = d.sum(-1)                                       # [M, out]
-        dh = torch.bmm(p[f"seq.{i}.weight"].transpose(1, 2), d)              # [M, in, P]
-        if i > 1:
-            d = dh.mul_(torch.cos(zs[i - 2]).mul_(w0))                       # [M, in, P] dL/d (pre-activation)
-    # first layer: cos(w0 z0) = cos a cos b - sin a sin b
-    d4 = dh.view(M, F, H, Wd) * (ca.unsqueeze(-1) * cb.unsqueeze(-2) - sa.unsqueeze(-1) * sb.unsqueeze(-2))
-    d4 = d4.mul_(w0)                                                         # [M, F, H, W]
-    dr, dc = d4.sum(-1), d4.sum(-2)                                          # [M, F, H], [M, F, W]
-    g["seq.0.weight"] = torch.stack([dr @ r, dc @ c], -1)                   # [M, F, 2]
-    g["seq.0.bias"] = dr.sum(-1)                                             # [M, F]
+    d = (2.0 / err.shape[1]) * err.unsqueeze(1)                               # [M, 1, P]  dL/d out
+    g[f"seq.{n - 1}.weight"] = torch.bmm(d, hs[-1].transpose(1, 2))           # [M, 1, F]
+    g[f"seq.{n - 1}.bias"] = d.sum(-1)                                        # [M, 1]
+    W = p[f"seq.{n - 1}.weight"]
+    for i in range(n - 2, -1, -1):
+        # dL/dz_i, z_i = w0 (W_i h_i + b_i):  (W_{i+1}^T d) * cos(z_i)
+        if W.shape[1] == 1:                                                   # the output layer: an outer product
+            d = torch.cos_(zs[i]).mul_(W.transpose(1, 2)).mul_(d)             # [M, F, P]
+        else:
+            d = torch.bmm(W.transpose(1, 2), d).mul_(torch.cos_(zs[i]))       # [M, F, P]
+        g[f"seq.{i}.weight"] = torch.bmm(d, hs[i].transpose(1, 2)).mul_(w0)    # [M, F, F_in]
+        g[f"seq.{i}.bias"] = d.sum(-1).mul_(w0)                               # [M, F]
+        W = w0 * p[f"seq.{i}.weight"]
     return mse, g
 
 
@@ -217,19 +212,19 @@ def _fit_batch(images: Tensor, seeds: list[int], cfg: FitConfig, desc: dict[str,
     views = {k: v.view(init[k].shape) for k, v in zip(names, flat.split(sizes, 1))}
     m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     y = images.reshape(M, H * W) - float(desc["output_offset"])             # [M, P]
-    r, c = torch.linspace(-1, 1, H), torch.linspace(-1, 1, W)
+    coords = pixel_coords(H, W).T.contiguous()                               # [2, P]
     b1, b2 = cfg.betas
     for step in range(cfg.steps):
         p = {k: t.contiguous() for k, t in views.items()}
-        _, g = _loss_and_grads(p, y, r, c, w0)
+        _, g = _loss_and_grads(p, y, coords, w0)
         grad = torch.cat([g[k].reshape(M, -1) for k in names], 1)          # [M, n_params]
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         t = step + 1
-        lr = cfg.lr_at(step) * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        lr = cfg.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
         flat.addcdiv_(m, v.sqrt().add_(cfg.eps * math.sqrt(1 - b2 ** t)), value=-lr)
     p = {k: t.contiguous() for k, t in views.items()}
-    mse, _ = _loss_and_grads(p, y, r, c, w0, want_grads=False)
+    mse, _ = _loss_and_grads(p, y, coords, w0, want_grads=False)
     return {k: t.clone() for k, t in p.items()}, mse
 
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from neuralgraph.zoo.datasets import IMAGE_SETS, load_image_data, load_images
-from neuralgraph.zoo.inr import SIREN_DESC, FitConfig, fit_sirens
+from neuralgraph.zoo.inr import COORDINATES, SIREN_DESC, FitConfig, fit_sirens
 from neuralgraph.zoo.train import INIT_SCHEMES, OPTIMIZERS, TrainConfig
 
 TRAIN_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
@@ -262,7 +262,7 @@ class INRPreset:
         name: preset name (``inr-digits`` ...).
         image_set: a :data:`neuralgraph.zoo.datasets.IMAGE_SETS` name.
         description: one line for ``zoo.json``.
-        fit: steps, learning-rate schedule and member batch of the fit.
+        fit: steps, learning rate and member batch of the fit.
         group_size: runs per generator job (written together; members are independent).
     """
 
@@ -311,12 +311,12 @@ class INRPreset:
         """JSON-serialisable summary stored in ``zoo.json``."""
         s = IMAGE_SETS[self.image_set]
         cfg = {"image_set": self.image_set, "image_size": s.size, "group_size": self.group_size,
-               "architecture": SIREN_DESC, "fit": dataclasses.asdict(self.fit)}
+               "architecture": SIREN_DESC, "coordinates": COORDINATES, "fit": dataclasses.asdict(self.fit)}
         return json.loads(json.dumps(cfg))       # as read back from zoo.json (tuples become lists)
 
 
 #: The INR fit used by every INR preset (measured in ``benchmarks/perf/zoo.py``, see docs/formats.md).
-INR_FIT = FitConfig(steps=100, lr=3e-3, batch=4)
+INR_FIT = FitConfig(steps=80, lr=4e-3, batch=8)
 for _set in ("digits", "glyphs", "shapes"):
     PRESETS[f"inr-{_set}"] = INRPreset(
         f"inr-{_set}", _set, f"SIREN 2-32-32-1 INRs (DWSNets) of {IMAGE_SETS[_set].description}", INR_FIT)

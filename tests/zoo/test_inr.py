@@ -1,6 +1,12 @@
 """INR zoos: the batched SIREN fit, the image sets, generation, the stored format and conversion."""
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +35,7 @@ def test_manual_gradients_match_autograd():
     M, H, W = 3, 7, 5                                   # non-square: rows and columns must not be swapped
     p = init_sirens([1, 2, 3])
     img = torch.rand(M, H, W, generator=torch.Generator().manual_seed(0))
-    mse, g = _loss_and_grads(p, img.reshape(M, -1) - 0.5, torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), 30.0)
+    mse, g = _loss_and_grads(p, img.reshape(M, -1) - 0.5, pixel_coords(H, W).T, 30.0)
     assert set(g) == set(p) and all(g[k].shape == p[k].shape for k in p)
     for i in range(M):
         m = _module(p, i).double()
@@ -38,6 +44,17 @@ def test_manual_gradients_match_autograd():
         assert torch.allclose(mse[i].double(), loss.detach(), rtol=1e-5)
         for k, prm in m.named_parameters():
             assert torch.allclose(g[k][i].double(), prm.grad, rtol=1e-4, atol=1e-6 * float(prm.grad.abs().max())), k
+
+
+def test_pixel_coords_follow_dwsnets():
+    # DWSNets' make_coordinates: x = column varies fastest, then y = row; both linspace(-1, 1, n)
+    expected = torch.tensor([[-1.0, -1.0], [0.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    assert torch.equal(pixel_coords(2, 3), expected)
+    # an INR that reads only x renders an image that is constant down each column
+    p = init_sirens([0])
+    p["seq.0.weight"][..., 1] = 0
+    img = render_sirens(p, 5, 4)[0]
+    assert torch.allclose(img, img[:1].expand(5, 4)) and not torch.allclose(img, img[:, :1].expand(5, 4))
 
 
 def test_render_matches_module():
@@ -168,3 +185,47 @@ def test_member_converts_like_a_dwsnets_member(tmp_path):
     assert torch.isin(w.reshape(-1), ga.edge_attr.reshape(-1)).all()
     with pytest.raises(ValueError, match="no original image"):
         member_image(theirs)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_uninterrupted_zoo(tmp_path):
+    out, ref = tmp_path / "zoo", tmp_path / "ref"
+    args = ["--preset", "inr-glyphs", "--runs", "150", "--epochs", "20", "--no-progress", "--seed", "3"]
+    cmd = [sys.executable, "-m", "neuralgraph.zoo.generate", *args, "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("members/*.json")):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)   # while the first group is being written or the second is fitting
+    proc.wait()
+    done_before = {p.stem for p in (out / "members").glob("*.json")}
+    assert 0 < len(done_before) < 150
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert main([*args, "--out", str(ref)]) == 0
+    assert sorted(load_zoo(out).run_ids) == sorted(load_zoo(ref).run_ids) == [run_id(i) for i in range(150)]
+    for i in range(150):
+        a, b = _read(out, run_id(i)), _read(ref, run_id(i))
+        assert a[0] == b[0] and all(np.array_equal(a[1][k], b[1][k]) for k in a[1])
+    assert not list((out / "members").glob(".*"))
+
+
+def test_extra_arrays_in_the_native_format(tmp_path):
+    from neuralgraph.data.formats.native import init_zoo_dir, write_member
+
+    init_zoo_dir(tmp_path, {"preset": "x", "seed": 0})
+    p = {k: v.numpy() for k, v in init_sirens([0]).items()}              # [1, *shape]: one checkpoint
+    ck = [{"epoch": 0, "step": 0}]
+    write_member(tmp_path, "run000000", p, {"architecture": SIREN_DESC, "checkpoints": ck},
+                 extras={"image": np.full((3, 4), 0.25)})
+    write_member(tmp_path, "run000001", p, {"architecture": SIREN_DESC, "checkpoints": ck})
+    with pytest.raises(ValueError, match="names of parameters"):
+        write_member(tmp_path, "run000002", p, {"architecture": SIREN_DESC, "checkpoints": ck},
+                     extras={"seq.0.bias": np.zeros(3)})
+    a, b = load_zoo(tmp_path)
+    assert set(a.params()) == set(p)                                     # extras are not parameters
+    assert member_image(a).shape == (3, 4) and (member_image(a) == 0.25).all()
+    with pytest.raises(KeyError, match="no extra array 'image'"):
+        b.extra("image")
+    with pytest.raises(ValueError, match="no original image for member 'run000001'"):
+        member_image(b)

@@ -46,8 +46,8 @@ EDITS = {  # name -> (edit, the error it must give)
     "edge_attr features cut": (lambda g: _cut(g, "edge_attr", cols=9),
                                r"edge_attr has shape \(\d+, 9\), not \(\d+, 49\)"),
     "edge_attr flattened": (lambda g: _cut(g, "edge_attr").edge_attr[:, 0], None),
-    "x one node short": (lambda g: _cut(g, "x", rows=-1), r"x has shape \(\d+, 2\), not"),
-    "x features cut": (lambda g: _cut(g, "x", cols=1), r"x has shape \(\d+, 1\), not \(\d+, 2\)"),
+    "x one node short": (lambda g: _cut(g, "x", rows=-1), r"x has shape \(\d+, 4\), not"),  # F_node = 4
+    "x features cut": (lambda g: _cut(g, "x", cols=1), r"x has shape \(\d+, 1\), not \(\d+, 4\)"),
     "edges rewired": (lambda g: g.clone().update({"edge_index": g.edge_index.flip(1)}),
                       r"edge_index connects other nodes"),
 }
@@ -75,8 +75,8 @@ def test_a_graph_that_does_not_match_the_template_is_named(make, edit):
 def test_a_graph_of_another_architecture_is_named():
     g = to_neural_graph(mlp())
     other = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
-    with pytest.raises(ValueError, match=r"graphs have 10 nodes x 2, 25 edges x 49\): x has shape \(9, 2\), not "
-                                         r"\(10, 2\); edge_index has shape \(2, 20\), not \(2, 25\)"):
+    with pytest.raises(ValueError, match=r"graphs have 10 nodes x 4, 25 edges x 49\): x has shape \(9, 4\), not "
+                                         r"\(10, 4\); edge_index has shape \(2, 20\), not \(2, 25\)"):
         from_neural_graph(g, other)
 
 

@@ -50,6 +50,18 @@ LAYER_ACTIVATIONS = {"softmax": torch.softmax, "log_softmax": torch.log_softmax}
 _GLOBAL = (POOL["global_avg"], POOL["global_max"])
 
 
+def _join(a: Tensor, b: Tensor) -> Tensor:
+    """``a + b`` for two contributions to one neuron: a per-sample feature (``[B]``, e.g. a Linear read of a
+    one-position map) and a map (``[B, *S]``, e.g. a residual read of that same map) are aligned on the batch
+    dimension (the feature is constant over the positions) rather than broadcast from the right, which would mix
+    the samples of a batch (``[B] + [B, 1, 1]`` is ``[B, 1, B]``)."""
+    if a.dim() < b.dim():
+        a = a.reshape(*a.shape, *([1] * (b.dim() - a.dim())))
+    elif b.dim() < a.dim():
+        b = b.reshape(*b.shape, *([1] * (a.dim() - b.dim())))
+    return a + b
+
+
 def _infer_max_kernel(g: NeuralGraph) -> tuple[int, ...]:
     dims, taps = g.edge_conv.size(1) // 4, g.edge_attr.size(1)
     k = round(taps ** (1 / dims)) if dims else 0
@@ -217,7 +229,7 @@ class _Run:
 
         def add(dst: list[int], terms: Tensor) -> None:  # terms: [len(dst), B, ...]
             for j, t in zip(dst, terms):
-                pre[j] = t if j not in pre else pre[j] + t
+                pre[j] = t if j not in pre else _join(pre[j], t)
 
         for kind, e in self.edges.get(layer, []):
             if kind.op == "conv":

@@ -257,6 +257,45 @@ def test_convnext_channel_layernorm_and_layer_scale():
     assert_isomorphic(g, to_neural_graph(other))
 
 
+class ChannelLinearResidual(nn.Module):
+    """``x + Linear(x channel-last)`` on the map of ``conv``: the residual reads the map as a map, the Linear
+    reads it as a feature when the map has one position (the last stage of a ConvNeXt at a small input)."""
+
+    def __init__(self, conv: nn.Module, dim: int = 4):
+        super().__init__()
+        self.conv, self.fc = conv, nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return F.adaptive_avg_pool2d(h + self.fc(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), 1).flatten(1)
+
+
+class OnePositionConvNeXt(ConvNeXt):
+    """The ConvNeXt replica with a stem that leaves one position: the block's depthwise 7x7 conv, channel-last
+    LayerNorm, MLP, layer scale and residual, and the head's pool, LayerNorm2d and Linear on a 1x1 map."""
+
+    def __init__(self, dim: int = 4):
+        super().__init__(dim)
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+
+
+@pytest.mark.parametrize("make", [lambda: ChannelLinearResidual(nn.Conv2d(3, 4, 4, stride=4)),
+                                  lambda: ChannelLinearResidual(nn.Conv2d(3, 4, 1)), OnePositionConvNeXt],
+                         ids=["residual-1x1", "residual-4x4", "convnext-1x1"])
+def test_a_feature_and_a_map_term_of_one_neuron_are_summed_per_sample(make):
+    """Regression: a Linear term (``[B]``) and a residual term (``[B, 1, 1]``) into one neuron were broadcast
+    from the right (``[B, 1, B]``), mixing the samples of a batch: torchvision ConvNeXt with four stages at
+    32x32 ran with relative error 4e-3. A batch of more than one sample (a batch of
+    one hides it), in float64, to round-off."""
+    m = randomize(make()).double()
+    x = torch.randn(3, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for example in (False, True):
+        g = to_neural_graph(m, example_input=x if example else None)
+        with torch.no_grad():
+            torch.testing.assert_close(execute(g, x), m(x), atol=1e-9, rtol=1e-9)
+    check(m, x)
+
+
 def test_a_channel_linear_is_a_1x1_convolution():
     """A Linear on a channel-last map computes a 1x1 convolution, per position."""
     class ChannelsLast(nn.Module):

@@ -69,6 +69,10 @@ def test_shapes_finite_gradients(name):
     out = model(batch)
     assert out.shape == (4, 1) and torch.isfinite(out).all()
     out.square().sum().backward()
+    assert_every_parameter_has_a_gradient(model)
+
+
+def assert_every_parameter_has_a_gradient(model: nn.Module) -> None:
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"
 
@@ -116,8 +120,7 @@ def test_per_parameter_outputs_have_the_parameters_shapes(name):
     for k, v in values.items():
         assert v.shape == (3, *plan.param_shapes[k]) and torch.isfinite(v).all()
     sum(v.square().sum() for v in values.values()).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"parameters without gradient: {missing}"
+    assert_every_parameter_has_a_gradient(model)
 
 
 @pytest.mark.parametrize("name", [n for n in PER_PARAMETER if model_class(n).permutation_invariant])

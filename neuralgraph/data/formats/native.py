@@ -153,16 +153,21 @@ def _check_run_id(run_id: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
+def _read_json(path: Path, fix: str) -> Any:
+    """The JSON in ``path``; invalid JSON is a :class:`ZooFormatError` naming the file and ``fix``."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ZooFormatError(f"{str(path)!r} is not valid JSON ({e}); {fix}") from None
+
+
 def read_header(root: str | os.PathLike) -> dict[str, Any]:
     path = Path(root) / "zoo.json"
     if not path.exists():
         raise ZooFormatError(f"{str(root)!r} is not a neuralgraph zoo (no zoo.json)")
     fix = "restore it from a copy, or generate the zoo again into a new directory"
-    try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ZooFormatError(f"{str(path)!r} is not valid JSON ({e}); it is the zoo's header; {fix}") from None
+    meta = _read_json(path, f"it is the zoo's header; {fix}")
     if not isinstance(meta, dict):
         raise ZooFormatError(f"{str(path)!r} holds a JSON {type(meta).__name__}, but the zoo header is an object "
                              f"{{\"format\": {FORMAT_NAME!r}, \"version\", \"preset\", \"seed\", ...}}; {fix}")
@@ -200,11 +205,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
 def read_record(path: Path) -> dict[str, Any]:
     """A member's JSON record, checked for the fields readers rely on."""
     fix = MEMBER_FIX.format(run=path.stem)
-    try:
-        with open(path, "rb") as f:
-            rec = json.loads(f.read())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ZooFormatError(f"{str(path)!r} is not valid JSON ({e}); {fix}") from None
+    rec = _read_json(path, fix)
     if not isinstance(rec, dict):
         raise ZooFormatError(f"{str(path)!r} holds a JSON {type(rec).__name__}, not a member record; {fix}")
     problems = []

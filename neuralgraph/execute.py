@@ -55,11 +55,13 @@ def _join(a: Tensor, b: Tensor) -> Tensor:
     one-position map) and a map (``[B, *S]``, e.g. a residual read of that same map) are aligned on the batch
     dimension (the feature is constant over the positions) rather than broadcast from the right, which would mix
     the samples of a batch (``[B] + [B, 1, 1]`` is ``[B, 1, B]``)."""
-    if a.dim() < b.dim():
-        a = a.reshape(*a.shape, *([1] * (b.dim() - a.dim())))
-    elif b.dim() < a.dim():
-        b = b.reshape(*b.shape, *([1] * (a.dim() - b.dim())))
-    return a + b
+    rank = max(a.dim(), b.dim())
+    return _lift(a, rank) + _lift(b, rank)
+
+
+def _lift(t: Tensor, rank: int) -> Tensor:
+    """``t`` with trailing singleton dims up to ``rank``: a per-sample value broadcast over a map's positions."""
+    return t.reshape(*t.shape, *([1] * (rank - t.dim())))
 
 
 def _infer_max_kernel(g: NeuralGraph) -> tuple[int, ...]:
@@ -291,9 +293,9 @@ class _Run:
             factors[j].append(w[k] * self.read(i, "value"))
         for j, fs in factors.items():
             rank = max(f.dim() for f in fs)
-            out = fs[0].view(*fs[0].shape, *([1] * (rank - fs[0].dim())))
+            out = _lift(fs[0], rank)
             for f in fs[1:]:
-                out = out * f.view(*f.shape, *([1] * (rank - f.dim())))
+                out = out * _lift(f, rank)
             add([j], out.unsqueeze(0))
 
     def _flatten(self, e: Tensor, add) -> None:

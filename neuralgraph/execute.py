@@ -116,8 +116,10 @@ class _Run:
         self.centre = 0
         for k in max_kernel:
             self.centre = self.centre * k + k // 2
-        if tokens is None:  # a network with attention reads token sequences [B, T, d]
-            tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any())
+        if tokens is None:  # a network with attention reads token sequences [B, T, d], unless it embeds an image
+            inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())]
+            tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any()) and not bool(
+                (inputs_read == EDGE_KIND["conv"]).any())
         self.tokens = tokens
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
         self.batch = self.xs[0].size(0)
@@ -244,6 +246,8 @@ class _Run:
                 self._attention(e, add)
             elif kind.op == "product":
                 self._product(e, add)
+            elif kind.op == "tokens":
+                self._tokens(e, add)
             elif kind.op == "scalar":  # the centre tap times the source's value
                 self._scalar(e, kind.reads, add)
             elif kind.op != "none":
@@ -297,6 +301,25 @@ class _Run:
             for f in fs[1:]:
                 out = out * _lift(f, rank)
             add([j], out.unsqueeze(0))
+
+    def _tokens(self, e: Tensor, add) -> None:
+        """Token edges (``tokens``, ``position``): ``w`` times the source read as a token sequence (a map's positions
+        flattened, a ``[B]`` value one token), target token ``t < length`` reading source token ``start + t`` (zero
+        outside it); ``drop``: the one token as a feature ``[B]`` (geometry ``data.graph.token_geometry``)."""
+        w_all = self.g.edge_attr[e, self.centre]
+        uniq, inverse = torch.unique(self.g.edge_conv[e, :3].long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            start, length, drop = uniq[u].tolist()
+            eg = (inverse == u).nonzero().view(-1)
+            for sel, udst, sl, dl, stack in self._split(e[eg], "value"):
+                seq = stack.reshape(stack.size(0), stack.size(1), -1)                  # [Cs, B, P]
+                left, right = max(0, -start), max(0, start + length - seq.size(2))
+                seq = F.pad(seq, (left, right))[:, :, start + left:start + left + length]  # [Cs, B, length]
+                if drop:
+                    seq = seq[:, :, 0]                                                # [Cs, B]
+                w = w_all[eg[sel]].to(seq.dtype).view(-1, *([1] * (seq.dim() - 1)))
+                out = seq.new_zeros(len(udst), *seq.shape[1:]).index_add_(0, dl, w * seq[sl])
+                add(udst, out)
 
     def _flatten(self, e: Tensor, add) -> None:
         """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""

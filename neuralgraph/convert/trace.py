@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import operator
 from typing import Any
@@ -125,8 +126,9 @@ def fx_trace(model: nn.Module) -> fx.Graph:
         raise UnsupportedModuleError(
             f"<root> ({_type_name(type(model))}) is a single layer: convert a module that calls it, e.g. "
             f"to_neural_graph(nn.Sequential(layer)) for a one-input layer")
+    constants = _constant_defaults(model)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=constants)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
         path, mod = tracer.failed_at or ("<root>", model)
         raise UnsupportedModuleError(
@@ -134,7 +136,30 @@ def fx_trace(model: nn.Module) -> fx.Graph:
             f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
             f"or register a leaf rule for it (see CONTRIBUTING.md)."
         ) from err
+    if constants:  # fx keeps a placeholder per constant argument: put the constant into its users instead
+        holders = [n for n in graph.nodes if n.op == "placeholder"]
+        names = list(inspect.signature(model.forward).parameters)
+        for name, ph in zip(names, holders):
+            if name in constants:
+                for user in list(ph.users):
+                    user.args = fx.node.map_arg(user.args, lambda n, ph=ph, v=constants[name]: v if n is ph else n)
+                    user.kwargs = fx.node.map_arg(user.kwargs,
+                                                  lambda n, ph=ph, v=constants[name]: v if n is ph else n)
+                graph.erase_node(ph)
     return graph
+
+
+def _constant_defaults(model: nn.Module) -> dict[str, Any] | None:
+    """Arguments of ``model.forward`` after the first that default to a constant (``attn_mask=None``,
+    ``is_causal=False``): traced as those constants, so that ``if attn_mask is not None`` takes the branch the
+    default call takes, as converting the model with its input alone means."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    out = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+           and p.default is not p.empty and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+    return out or None
 
 
 class TraceContext:

@@ -29,7 +29,8 @@ field            shape/dtype   meaning
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
 ``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim (int16)
-                               (1, 0, 1, 1 for non-conv edges)
+                               (1, 0, 1, 1 for non-conv edges); ``tokens`` / ``position`` edges:
+                               start, length, drop, then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations
@@ -103,6 +104,12 @@ EDGE_KIND_TABLE = (
              "a factor: the target multiplies its product edges' w * v (x * gate: Squeeze-and-Excitation)"),
     EdgeKind("scale", True, True, "scalar", "value", ("tab:purple", "-"),
              "a per-channel scale parameter read in forward (a layer scale gamma * x) on the centre"),
+    EdgeKind("tokens", False, True, "tokens", "value", ("tab:brown", "--"),
+             "a token-sequence layout: the source's tokens (a map's positions, flattened) shifted by start, the "
+             "target's length; token selection x[:, i] (geometry in the first three edge_conv columns)"),
+    EdgeKind("position", True, True, "tokens", "value", ("tab:olive", ":"),
+             "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
+             "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -113,7 +120,7 @@ GEOMETRY_DTYPE = torch.int16
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -121,6 +128,13 @@ POOL = {name: i for i, name in enumerate(POOLS)}
 
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
 DEFAULT_EPS = 1e-5
+
+
+def token_geometry(start: int, length: int, drop: bool, dims: int) -> tuple[int, ...]:
+    """``edge_conv`` row of a ``tokens`` / ``position`` edge: target token ``t`` (``0 <= t < length``) reads
+    source token ``start + t`` (zero outside the source); ``drop``: the target is that one token as a feature
+    (``x[:, i]``, ``length`` 1). Zeros fill the remaining ``4 * dims - 3`` columns."""
+    return (start, length, int(drop)) + (0,) * (4 * dims - 3)
 
 
 def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:

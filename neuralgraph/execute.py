@@ -89,7 +89,7 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         max_kernel (tuple[int, ...], optional): the converter's ``max_kernel``; inferred when the edge
             features are a cube of the spatial dims (``(7, 7)`` from 49 taps). (default: ``None``)
         tokens (bool, optional): read ``x`` as token sequences; by default when the graph has attention
-            edges. (default: ``None``)
+            edges and its inputs are not read as maps (a ViT embeds an image). (default: ``None``)
 
     Returns:
         Tensor: the outputs, ``[B, n_out]`` (``[B, n_out, *S]`` for unpooled maps, ``[B, T, n_out]`` for token
@@ -117,9 +117,10 @@ class _Run:
         for k in max_kernel:
             self.centre = self.centre * k + k // 2
         if tokens is None:  # a network with attention reads token sequences [B, T, d], unless it embeds an image
-            inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())]
+            maps = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "map"])
+            inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())].cpu()
             tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any()) and not bool(
-                (inputs_read == EDGE_KIND["conv"]).any())
+                torch.isin(inputs_read, maps).any())
         self.tokens = tokens
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
         self.batch = self.xs[0].size(0)
@@ -248,6 +249,8 @@ class _Run:
                 self._product(e, add)
             elif kind.op == "tokens":
                 self._tokens(e, add)
+            elif kind.op == "subsample":
+                self._subsample(e, add)
             elif kind.op == "scalar":  # the centre tap times the source's value
                 self._scalar(e, kind.reads, add)
             elif kind.op != "none":
@@ -257,7 +260,7 @@ class _Run:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for j in nodes:
             if j not in pre:
-                pre[j] = bias[j].expand(self.batch)
+                pre[j] = bias.new_zeros(self.batch)  # no inputs: the bias alone (a constant neuron)
             groups[(tuple(pre[j].shape), int(g.node_act[j]))].append(j)
         for (shape, act), members in groups.items():
             z = torch.stack([pre[j] for j in members]) + bias[torch.tensor(members)].view(-1, *([1] * len(shape)))
@@ -320,6 +323,25 @@ class _Run:
                 w = w_all[eg[sel]].to(seq.dtype).view(-1, *([1] * (seq.dim() - 1)))
                 out = seq.new_zeros(len(udst), *seq.shape[1:]).index_add_(0, dl, w * seq[sl])
                 add(udst, out)
+
+    def _subsample(self, e: Tensor, add) -> None:
+        """Subsample edges: output position ``o`` reads source position ``o * stride + offset`` per spatial dim, for
+        ``o < (n - block) // stride + 1`` (stride, offset and block size in the stride, padding and kernel columns of
+        ``edge_conv``), times the centre tap."""
+        dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
+        uniq, inverse = torch.unique(self.g.edge_conv[e].long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            stride, offset, _, block = uniq[u].view(4, dims).tolist()
+            eg = (inverse == u).nonzero().view(-1)
+            for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
+                sd = stack.dim() - 2
+                index = [slice(None), slice(None)]
+                for d in range(dims - sd, dims):
+                    n_out = (stack.size(2 + d - dims + sd) - block[d]) // stride[d] + 1
+                    index.append(slice(offset[d], offset[d] + stride[d] * (n_out - 1) + 1, stride[d]))
+                sub = stack[tuple(index)]                                             # [Cs, B, *S']
+                w = w_all[eg[sel]].to(sub.dtype).view(-1, *([1] * (sub.dim() - 1)))
+                add(udst, sub.new_zeros(len(udst), *sub.shape[1:]).index_add_(0, dl, w * sub[sl]))
 
     def _flatten(self, e: Tensor, add) -> None:
         """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""

@@ -423,8 +423,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
 
 
 _PARAM_USES = ("the weight / bias of F.linear / F.conv*d, a per-channel scale or shift (x * p, x + p with one "
-               "value per channel / feature), and the statistics and affine terms of F.batch_norm / F.layer_norm / "
-               "F.group_norm")
+               "value per channel / feature), a token table added to a [B, T, C] sequence (x + pos_embed), a [1, R, C] "
+               "class / register token concatenated to one (torch.cat([cls.expand(B, -1, -1), x], 1)), and the "
+               "statistics and affine terms of F.batch_norm / F.layer_norm / F.group_norm")
 
 
 def _check_params(ctx: TraceContext, node: fx.Node, rule, params: list[Param]) -> None:

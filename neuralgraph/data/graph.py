@@ -110,6 +110,9 @@ EDGE_KIND_TABLE = (
     EdgeKind("position", True, True, "tokens", "value", ("tab:olive", ":"),
              "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
              "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
+    EdgeKind("subsample", False, True, "subsample", "map", ("tab:gray", ":"),
+             "every stride-th position of the source map from an offset (a patch embedding's pixel (i, j) of "
+             "each patch, PixelUnshuffle): stride, offset (padding columns) and block size (kernel columns)"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)

@@ -248,6 +248,7 @@ def _rank(ctx, arg) -> int | None:
 
 
 @function_rule(torch.cat, torch.concat)
+@takes_params
 def cat(ctx, node, tensors, dim: int = 0) -> Val:
     """``torch.cat`` along channels: the result's neurons are the operands' neurons, in order. Along the tokens of
     ``[B, T, C]`` sequences (a class token ``torch.cat([cls.expand(B, -1, -1), x], 1)``): :func:`tokens.cat_tokens`."""
@@ -509,10 +510,14 @@ def _lp_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
 @function_rule(torch.mean, torch.amax)
 @method_rule("mean", "amax")
 def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val:
-    """``x.mean((2, 3))``: global pooling when the reduced dims are exactly the spatial dims."""
+    """``x.mean((2, 3))``: global pooling when the reduced dims are exactly the spatial dims (or the tokens of a
+    ``[B, T, C]`` sequence, ``x.mean(1)``)."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     kind = "max" if getattr(node.target, "__name__", node.target) == "amax" else "avg"
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if x.kind == "vec" and _rank(ctx, node.all_input_nodes[0]) == 3 and len(dims) == 1 and dims[0] in (1, -2) \
+            and not keepdim:  # over the tokens of a [B, T, C] sequence (timm's global_pool="avg")
+        return Val(_pooled(ctx, x.nodes, f"global_{kind}"), "vec")
     if x.kind != "map" or dim is None:
         raise ctx.unsupported(node, "only reductions over all spatial dims of a feature map (global "
                                     "pooling) are supported")

@@ -450,9 +450,9 @@ def _param_view(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict, p: 
     op = node.target if node.op == "call_method" else _PARAM_VIEW_FUNCTIONS.get(node.target)
     if op not in _PARAM_VIEWS or args[0] is not p:
         what = getattr(node.target, "__name__", str(node.target))
-        raise ctx.unsupported(node, f"computes {what!r} on parameter {p.name!r} in forward (e.g. a weight "
-                                    f"standardisation); the graph stores parameters as they are, so only "
-                                    f"reshapes of them are supported, used as {_PARAM_USES}")
+        raise ctx.unsupported(node, f"computes {what!r} on parameter {p.name!r} in forward; the graph stores "
+                                    f"parameters as they are, so only reshapes of them are supported, used as "
+                                    f"{_PARAM_USES}")
     if op in ("expand", "expand_as"):
         return p  # a broadcast: the size-1 dims stay size 1 for the operation that reads it
     if op in ("float", "to", "contiguous", "type_as", "detach", "clone"):

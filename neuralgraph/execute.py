@@ -251,6 +251,10 @@ class _Run:
                 self._tokens(e, add)
             elif kind.op == "subsample":
                 self._subsample(e, add)
+            elif kind.op == "upsample":
+                self._upsample(e, add)
+            elif kind.op == "conv_transpose":
+                self._conv_transpose(e, add)
             elif kind.op == "scalar":  # the centre tap times the source's value
                 self._scalar(e, kind.reads, add)
             elif kind.op != "none":
@@ -342,6 +346,47 @@ class _Run:
                 sub = stack[tuple(index)]                                             # [Cs, B, *S']
                 w = w_all[eg[sel]].to(sub.dtype).view(-1, *([1] * (sub.dim() - 1)))
                 add(udst, sub.new_zeros(len(udst), *sub.shape[1:]).index_add_(0, dl, w * sub[sl]))
+
+    def _upsample(self, e: Tensor, add) -> None:
+        """Upsample edges: source position ``o`` fills target positions ``o * stride + offset`` to ``+ fill`` per
+        spatial dim (stride, offset, fill in the stride, padding and kernel columns of ``edge_conv``); the target
+        has ``stride`` times the source's positions."""
+        dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
+        uniq, inverse = torch.unique(self.g.edge_conv[e].long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            stride, offset, _, fill = uniq[u].view(4, dims).tolist()
+            eg = (inverse == u).nonzero().view(-1)
+            for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
+                sd = stack.dim() - 2
+                up = stack
+                for d in range(sd):  # each position to a block of `stride`, the value in [offset, offset + fill)
+                    k = dims - sd + d
+                    block = torch.zeros(stride[k], dtype=stack.dtype)
+                    block[offset[k]:offset[k] + fill[k]] = 1
+                    up = (up.unsqueeze(3 + d) * block.view(-1, *([1] * (sd - 1 - d)))).flatten(2 + d, 3 + d)
+                w = w_all[eg[sel]].to(up.dtype).view(-1, *([1] * (up.dim() - 1)))
+                add(udst, up.new_zeros(len(udst), *up.shape[1:]).index_add_(0, dl, w * up[sl]))
+
+    def _conv_transpose(self, e: Tensor, add) -> None:
+        """Transposed convolution edges: per geometry, one dense ``conv_transpose`` with a ``[Cs, Cd, *k]`` kernel
+        (each edge's kernel cropped from the centred padding), stride, padding and output_padding from
+        ``edge_conv``."""
+        g, mk, dims = self.g, self.mk, len(self.mk)
+        uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            eg = e[inverse == u]
+            stride, pad, out_pad, ksize = uniq[u].view(4, dims).tolist()
+            for sel, udst, sl, dl, stack in self._split(eg, "map"):
+                sd = stack.dim() - 2
+                crop = tuple(slice((K - k) // 2, (K - k) // 2 + k) for K, k in zip(mk[dims - sd:], ksize[dims - sd:]))
+                kern = g.edge_attr[eg[sel]].view(-1, *mk)[(slice(None),) + tuple(K // 2 for K in mk[:dims - sd])]
+                kern = kern[(slice(None),) + crop].to(stack.dtype)
+                weight = stack.new_zeros(stack.size(0), len(udst), *kern.shape[1:])
+                weight.index_put_((sl, dl), kern, accumulate=True)                     # [Cs, Cd, *k]
+                fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[sd]
+                out = fn(stack.movedim(0, 1), weight, stride=stride[dims - sd:], padding=pad[dims - sd:],
+                         output_padding=out_pad[dims - sd:])                          # [B, Cd, *S']
+                add(udst, out.movedim(1, 0))
 
     def _flatten(self, e: Tensor, add) -> None:
         """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""

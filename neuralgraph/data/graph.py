@@ -113,6 +113,12 @@ EDGE_KIND_TABLE = (
     EdgeKind("subsample", False, True, "subsample", "map", ("tab:gray", ":"),
              "every stride-th position of the source map from an offset (a patch embedding's pixel (i, j) of "
              "each patch, PixelUnshuffle): stride, offset (padding columns) and block size (kernel columns)"),
+    EdgeKind("conv_transpose", True, True, "conv_transpose", "map", ("tab:cyan", "-"),
+             "a transposed convolution kernel weight[c_in, c_out], zero-padded and centred; stride, padding, "
+             "output_padding (dilation columns) and kernel size in edge_conv"),
+    EdgeKind("upsample", False, True, "upsample", "map", ("tab:gray", "--"),
+             "source position o fills target positions o * stride + offset .. + fill (nearest upsampling: fill = "
+             "stride; PixelShuffle: fill 1): stride, offset (padding columns), fill (kernel columns)"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)

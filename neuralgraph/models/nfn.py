@@ -36,7 +36,7 @@ class NFN(nn.Module):
     network (convolutions: channels), with or without IO-encoding and standardisation.
 
     **Standardisation** (``standardize=True``): every weight and bias is shifted and scaled by
-    training-set statistics (:meth:`fit_normalization`; the runner calls it with the training split).
+    training-set statistics (:meth:`fit_statistics`; the runner calls it with the training split).
     The statistics are pooled over networks and over every dim a hidden-neuron permutation acts on
     (rows of hidden layers, columns after the first layer), and kept separate along the rest
     (kernel taps, input columns of the first layer, output rows of the last), so the map commutes
@@ -131,7 +131,7 @@ class NFN(nn.Module):
         return (0, *rows, *((2,) if i > 0 else ())), (0, *rows)
 
     def _init_statistics(self) -> None:
-        """Identity standardisation (mean 0, std 1) in the shapes :meth:`fit_normalization` fills."""
+        """Identity standardisation (mean 0, std 1) in the shapes :meth:`fit_statistics` fills."""
         for i, (wshape, bshape) in enumerate(self.weight_shapes):
             wdims, bdims = self._stat_dims(i)
             ws = [1 if d + 1 in wdims else n for d, n in enumerate(wshape)]
@@ -142,7 +142,7 @@ class NFN(nn.Module):
             self.register_buffer(f"b_std_{i}", torch.ones(bs))
 
     @torch.no_grad()
-    def fit_normalization(self, weight_spaces: Iterable[WeightSpace]) -> None:
+    def fit_statistics(self, weight_spaces: Iterable[WeightSpace]) -> None:
         """Fit the standardisation on the training networks (no-op if ``standardize`` is off)."""
         if not self.standardize:
             return

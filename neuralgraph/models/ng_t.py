@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import to_dense_batch
 
-from neuralgraph.models.heads import EquivariantOutput, apply_head, graph_index, make_head
+from neuralgraph.models.heads import PAPER_READOUT, EquivariantOutput, apply_head, graph_index, make_head
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.embeddings import NeuralGraphEncoder
 from neuralgraph.nn.relational_attention import RelationalTransformerLayer
@@ -112,7 +112,7 @@ class NGT(nn.Module):
         modulate_v: bool = True,
         edge_updates: bool = True,
         head: str = "graph",
-        readout: str = "mean",
+        readout: str = PAPER_READOUT,
         num_outputs: int | None = None,
         head_hidden: int | None = None,
         node_out_dim: int | None = None,

@@ -53,7 +53,7 @@ class EdgeKind:
     Args:
         name (str): the kind's name (``EDGE_KINDS[id]``).
         params (bool): its taps hold parameters (weights, norm scales; :class:`~neuralgraph.transforms.
-            NormalizeLayers` scales them); otherwise constants or structure only.
+            NormalizeLayers` standardises them); otherwise constants or structure only.
         permutable (bool): its meaning is given by the edge alone, so moving its endpoints with a neuron
             permutation keeps the function (:class:`~neuralgraph.transforms.PermuteNeurons`); ``False`` for
             kinds that couple neurons beyond their edges (GroupNorm groups, attention heads).

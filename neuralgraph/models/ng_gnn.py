@@ -81,6 +81,8 @@ class NGGNN(nn.Module):
         fourier_features (int, optional): random Fourier features of the raw weights/biases
             (0 = plain linear projection). (default: :obj:`128`, as the reference)
         fourier_sigma (float, optional): their frequency scale. (default: :obj:`3.0`)
+        separate_linear (bool, optional): linear layers get their own weight projection instead of being
+            treated as 1x1 convolutions (:class:`~neuralgraph.nn.NeuralGraphEncoder`). (default: :obj:`False`)
         probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
             eq. 2): each neuron's values on them are appended to its node features, computed per batch
             from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
@@ -134,6 +136,7 @@ class NGGNN(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 128,
         fourier_sigma: float = 3.0,
+        separate_linear: bool = False,
         probes: int = 0,
         member_network: MemberNetwork | None = None,
     ):
@@ -149,7 +152,7 @@ class NGGNN(nn.Module):
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+            fourier_features=fourier_features, fourier_sigma=fourier_sigma, separate_linear=separate_linear)
         # direction vector added to the state of each reversed edge
         self.rev_dir = nn.Parameter(torch.empty(edge_hidden)) if reverse_edges else None
         deg_t = None if deg is None else torch.as_tensor(deg)

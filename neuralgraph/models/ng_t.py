@@ -77,6 +77,8 @@ class NGT(nn.Module):
         fourier_features (int, optional): random Fourier features of the raw weights/biases.
             (default: :obj:`128`, as the reference)
         fourier_sigma (float, optional): their frequency scale. (default: :obj:`1.0`)
+        separate_linear (bool, optional): linear layers get their own weight projection instead of being
+            treated as 1x1 convolutions (:class:`~neuralgraph.nn.NeuralGraphEncoder`). (default: :obj:`False`)
         probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
             eq. 2): each neuron's values on them are appended to its node features, computed per batch
             from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
@@ -130,6 +132,7 @@ class NGT(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 128,
         fourier_sigma: float = 1.0,
+        separate_linear: bool = False,
         probes: int = 0,
         member_network: MemberNetwork | None = None,
     ):
@@ -144,7 +147,7 @@ class NGT(nn.Module):
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+            fourier_features=fourier_features, fourier_sigma=fourier_sigma, separate_linear=separate_linear)
         self.pair_emb = nn.Embedding(len(PAIR_TYPES), edge_dim)
         final_edge_update = edge_updates and head == "equivariant"
         self.layers = nn.ModuleList([

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from neuralgraph.data.graph import EDGE_KINDS, POOLS, ROLE, ROLES
+from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, POOLS, ROLE, ROLES
 
 from neuralgraph.convert.activations import ACTIVATIONS
 
@@ -135,6 +135,10 @@ class NeuralGraphEncoder(nn.Module):
         fourier_features (int, optional): if :math:`> 0`, feed random Fourier features with this
             many frequencies of ``x`` and ``edge_attr`` to the projections. (default: :obj:`0`)
         fourier_sigma (float, optional): frequency scale of the Fourier features. (default: :obj:`1.0`)
+        separate_linear (bool, optional): linear-layer weights (``edge_kind`` ``"linear"``: one value, on the
+            centre tap) get their own projection of that value instead of sharing the kernel projection,
+            i.e. linear layers are not treated as 1x1 convolutions (Neural Graphs appendix D.2, Small CNN Zoo).
+            (default: :obj:`False`)
 
     Shapes:
         - **input:** a (batched) :class:`~neuralgraph.NeuralGraph` with :math:`|V|` nodes and
@@ -163,6 +167,7 @@ class NeuralGraphEncoder(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 0,
         fourier_sigma: float = 1.0,
+        separate_linear: bool = False,
     ):
         super().__init__()
         self.node_in, self.edge_in = node_in, edge_in
@@ -181,6 +186,11 @@ class NeuralGraphEncoder(nn.Module):
             node_proj_in, edge_proj_in = node_in, edge_in
         self.node_proj = nn.Linear(node_proj_in, node_dim)
         self.edge_proj = nn.Linear(edge_proj_in, edge_dim)
+        self.separate_linear = separate_linear
+        if separate_linear:  # linear weights: phi(w) of the one centre-tap value, their own projection
+            self.linear_fourier: nn.Module = (FourierFeatures(1, fourier_features, fourier_sigma)
+                                              if fourier_features > 0 else nn.Identity())
+            self.linear_proj = nn.Linear(2 * fourier_features if fourier_features > 0 else 1, edge_dim)
 
         # One table for the three position families: [inputs | outputs | hidden layers].
         self.pos_emb = nn.Embedding(max_inputs + max_outputs + max_layers, node_dim) if pos_emb else None
@@ -204,7 +214,8 @@ class NeuralGraphEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj):
+        extra = (self.linear_fourier, self.linear_proj) if self.separate_linear else ()
+        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj, *extra):
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         for emb in (self.pos_emb, self.act_emb, self.role_emb, self.pool_emb, self.spatial_emb,
@@ -242,6 +253,10 @@ class NeuralGraphEncoder(nn.Module):
             e = self.edge_proj(self.edge_fourier(a))  # (E, Fe)
         else:  # inference on a huge graph: bound the Fourier-feature temporaries
             e = torch.cat([self.edge_proj(self.edge_fourier(c)) for c in a.split(_CHUNK)])
+        if self.separate_linear:
+            centre = a.size(-1) // 2  # a linear weight sits on the centre tap of the (odd) kernel
+            lin = (data.edge_kind == EDGE_KIND["linear"]).unsqueeze(-1)  # (E, 1)
+            e = torch.where(lin, self.linear_proj(self.linear_fourier(a[:, centre:centre + 1])).to(e.dtype), e)
         if self.kind_emb is not None:
             e = e + self.kind_emb(data.edge_kind)
         if self.conv_emb is not None and data.edge_conv.numel() > 0:

@@ -126,6 +126,16 @@ class Task:
             self._splits = self.build_splits()
         return self._splits
 
+    def describe_data(self) -> str:
+        """What the run was trained and tested on, for the runner's printout: members (and the runs they come
+        from, for zoo splits) per split. Zoo tasks add the zoo's name and size."""
+        parts = []
+        for name, s in self.splits.items():
+            ds = s.dataset
+            runs = f" of {len({ds.member(i).run_id for i in range(len(ds))})} runs" if ds is not None else ""
+            parts.append(f"{name} {len(s)} members{runs}")
+        return "data: " + ", ".join(parts)
+
     def eval_splits(self) -> list[str]:
         return [s for s in self.splits if s.startswith("test")]
 

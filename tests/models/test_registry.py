@@ -49,7 +49,8 @@ def build(name: str, nets: list[nn.Module], **extra) -> nn.Module:
     torch.manual_seed(0)
     model = create_model(name, **{k: v for k, v in sizes.items() if k in accepted})
     if hasattr(model, "fit_statistics"):  # data statistics, as the training loop fits them
-        model.fit_statistics([to_neural_graph(n) for n in nets])
+        model.fit_statistics([to_neural_graph(n) for n in nets] if kind == "graph"
+                             else [get_plan(n).weight_space(n) for n in nets])
     return model, kind
 
 

@@ -173,3 +173,7 @@ class NeuralGraph(Data):
         """Indices of the output neurons, ordered by output position."""
         idx = (self.node_role == ROLE["output"]).nonzero().view(-1)
         return idx[self.node_pos[idx].argsort()]
+
+
+# PyG's InMemoryDataset files hold collated NeuralGraphs: let torch.load(weights_only=True) read them
+torch.serialization.add_safe_globals([NeuralGraph])

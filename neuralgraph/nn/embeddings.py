@@ -28,7 +28,7 @@ from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, POOLS, ROLE, ROLES
 
 from neuralgraph.convert.activations import ACTIVATIONS
 
-__all__ = ["FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound"]
+__all__ = ["FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound", "check_edge_fields"]
 
 #: Number of distinct values per ``edge_conv`` column that get their own embedding row.
 _CONV_VALUES = 16
@@ -61,6 +61,19 @@ def check_index_bound(index: Tensor, limit: Tensor | int, what: str, arg: str) -
                              f"increase `{arg}` to at least {worst + 1}")
     else:  # pragma: no cover - no accelerator in CI
         torch._assert_async(~bad.any(), msg)
+
+
+def check_edge_fields(data) -> None:
+    """Refuse a graph whose per-edge fields disagree with ``edge_index`` (``[2, E]``): a transform that adds edges
+    to ``edge_index`` alone (stock ``torch_geometric.transforms.AddSelfLoops``) leaves ``edge_attr`` /
+    ``edge_kind`` / ``edge_conv`` with the old rows, a corrupt neural graph."""
+    E = data.edge_index.size(1)
+    for name in ("edge_attr", "edge_kind", "edge_conv"):
+        t = getattr(data, name, None)
+        if t is not None and t.size(0) != E:
+            raise ValueError(f"corrupt neural graph: edge_index has {E} edges but {name} has {t.size(0)} rows; a "
+                             "transform changed edge_index without the per-edge fields (stock AddSelfLoops does). "
+                             "Wrap stock transforms in neuralgraph.transforms.CheckedTransform(...) to catch this where it happens")
 
 
 class FourierFeatures(nn.Module):
@@ -269,6 +282,7 @@ class NeuralGraphEncoder(nn.Module):
         return e
 
     def forward(self, data) -> tuple[Tensor, Tensor]:
+        check_edge_fields(data)
         return self.encode_nodes(data), self.encode_edges(data)
 
     def extra_repr(self) -> str:

@@ -19,7 +19,7 @@ from torch_geometric.nn.aggr import AttentionalAggregation
 from torch_geometric.utils import scatter
 
 from neuralgraph.data.graph import ROLE
-from neuralgraph.models.mlp import mlp
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.nn.embeddings import check_index_bound
 
 __all__ = ["GraphReadout", "EquivariantHead", "EquivariantOutput", "READOUTS", "PAPER_READOUT", "graph_index",

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.models.mlp import mlp, normalize_signature, require_homogeneous
+from neuralgraph.data.weightspace import normalize_signature, require_homogeneous
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.nf_layers import (HNPLayer, IOEncoding, NFFeatures, NPLayer, PointwiseLayer, check_feedforward,
                                       hnp_pool, np_pool, pool_dim, to_features)

@@ -1,13 +1,14 @@
 """Train and evaluate a model on a task over seeds; write metrics, a Markdown table and the task's figure
 (a scatter plot for regression, a confusion matrix for classification, reconstructions for INR editing).
 
-    python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE]
+    python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE | NAME]
                              [--set key=value ...] [--device cpu|cuda] [--quick] [--out DIR] [--tag NAME]
                              [--threads N]
 
 Configuration, later sources overriding earlier ones: ``configs/tasks/<task>.yaml``,
 ``configs/models/<model>.yaml`` (package data under ``neuralgraph/configs/``; a missing file is an
-error), ``--config FILE``, the task file's ``quick:`` section (with ``--quick``), then ``--set``
+error), ``--config FILE`` (or a named paper configuration, ``--config ng-gnn-wildpark``: a file of
+``neuralgraph/configs/paper/``, whose ``for:`` section names the task and model it is for), the task file's ``quick:`` section (with ``--quick``), then ``--set``
 (``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``). Unknown keys, wrong types and values out
 of range are an error listing each key, its value and what is valid, before any work is done. The
 resolved configuration is saved beside a seed's results once the run is accepted (a rerun with a changed
@@ -38,6 +39,23 @@ from neuralgraph.training import TrainConfig, fit
 # the default configurations ship inside the package (package data), so installed copies find them
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(neuralgraph.__file__)), "configs")
 SECTIONS = ("task", "model", "train")
+#: the named paper configurations (``--config NAME``)
+PAPER_CONFIGS = os.path.join(CONFIGS, "paper")
+
+
+def paper_configs() -> list[str]:
+    """Names of the packaged paper configurations (``neuralgraph/configs/paper/<name>.yaml``)."""
+    return sorted(f[:-5] for f in os.listdir(PAPER_CONFIGS) if f.endswith(".yaml"))
+
+
+def _config_path(config: str) -> str:
+    """A ``--config`` file, or the packaged paper configuration of that name."""
+    if os.path.exists(config):
+        return config
+    named = os.path.join(PAPER_CONFIGS, f"{config}.yaml")
+    if os.path.isfile(named):
+        return named
+    raise SystemExit(f"--config {config}: no such file, nor a named paper configuration; named: {paper_configs()}")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -60,7 +78,7 @@ def _read_defaults(kind: str, name: str) -> dict[str, Any]:
 
 def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
     for section, values in extra.items():
-        if section == "quick":
+        if section in ("quick", "for"):
             continue
         if section not in SECTIONS:
             raise SystemExit(f"{source}: unknown section {section!r}; valid sections: {list(SECTIONS)}")
@@ -82,9 +100,13 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
     _merge(cfg, task_yaml, f"configs/tasks/{task}.yaml")
     _merge(cfg, _read_defaults("model", model), f"configs/models/{model}.yaml")
     if config_file:
-        if not os.path.exists(config_file):
-            raise SystemExit(f"--config {config_file}: no such file")
-        _merge(cfg, _read_yaml(config_file), config_file)
+        path = _config_path(config_file)
+        extra = _read_yaml(path)
+        meant = extra.get("for") or {}
+        if any(meant.get(k, v) != v for k, v in (("task", task), ("model", model))):
+            raise SystemExit(f"--config {config_file} is for --task {meant.get('task')} --model {meant.get('model')}, "
+                             f"not --task {task} --model {model}")
+        _merge(cfg, extra, path)
     if quick:
         quick_cfg = task_yaml.get("quick") or {}
         if not isinstance(quick_cfg, dict):
@@ -256,6 +278,7 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
         plot, filename = FIGURES[task.figure]
         plot(results, os.path.join(run_dir, filename), f"{task_name} / {label}")
     print(table)
+    print(task.describe_data())
     print(f"results in {run_dir}")
     return {"summary": summary, "results": results, "dir": run_dir}
 
@@ -275,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task", required=True, help=f"one of {list_tasks()}")
     ap.add_argument("--model", required=True, help=f"one of {list_models()}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--config", help="YAML file with task:/model:/train: sections")
+    ap.add_argument("--config", help="YAML file with task:/model:/train: sections, or a named paper configuration: "
+                    f"{', '.join(paper_configs())}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="a one-minute smoke run (tiny zoo, few steps)")

@@ -82,10 +82,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     torch.manual_seed(cfg.seed)  # dropout and any other randomness of training (data order: per epoch)
     model = task.wrap_model(model)
     model.to(device)
-    if hasattr(model, "fit_degree"):  # models with data-dependent statistics fit them on train only
-        model.fit_degree(task.splits["train"].graphs())
-    if hasattr(model, "fit_normalization"):
-        model.fit_normalization(task.splits["train"].weights())
+    if hasattr(model, "fit_statistics"):  # data-fitted statistics (degrees, standardisation): train split only
+        train = task.splits["train"]
+        model.fit_statistics(train.graphs() if input_kind == "graph" else train.weights())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     better = (lambda a, b: a > b) if task.select_mode == "max" else (lambda a, b: a < b)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": -1, "best_state": None, "history": [],

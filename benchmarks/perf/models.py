@@ -18,7 +18,7 @@ size just before the measured section.
         [--graphs 128] [--steps 10] [--scaling] [--scaling-only] [--amp] [--device cpu] [--threads N]
         [--json PATH]
 
-The models only use the public API (``create_model``, ``fit_degree``); ``--amp`` runs the forward pass
+The models only use the public API (``create_model``, ``fit_statistics``); ``--amp`` runs the forward pass
 under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA).
 """
 from __future__ import annotations
@@ -87,8 +87,8 @@ def _build(name: str, edge_in: int, graphs, device):
 
     registered, hp = MODELS[name]
     model = create_model(registered, out_dim=1, node_in=4, edge_in=edge_in, **hp)
-    if hasattr(model, "fit_degree"):  # PNA degree statistics from the (training) graphs
-        model.fit_degree(graphs)
+    if hasattr(model, "fit_statistics"):  # PNA degree statistics from the (training) graphs
+        model.fit_statistics(graphs)
     return model.to(device)
 
 

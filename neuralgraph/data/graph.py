@@ -54,7 +54,7 @@ class EdgeKind:
     Args:
         name (str): the kind's name (``EDGE_KINDS[id]``).
         params (bool): its taps hold parameters (weights, norm scales; :class:`~neuralgraph.transforms.
-            NormalizeLayers` scales them); otherwise constants or structure only.
+            NormalizeLayers` standardises them); otherwise constants or structure only.
         permutable (bool): its meaning is given by the edge alone, so moving its endpoints with a neuron
             permutation keeps the function (:class:`~neuralgraph.transforms.PermuteNeurons`); ``False`` for
             kinds that couple neurons beyond their edges (GroupNorm groups, attention heads).
@@ -196,3 +196,7 @@ class NeuralGraph(Data):
         """Indices of the output neurons, ordered by output position."""
         idx = (self.node_role == ROLE["output"]).nonzero().view(-1)
         return idx[self.node_pos[idx].argsort()]
+
+
+# PyG's InMemoryDataset files hold collated NeuralGraphs: let torch.load(weights_only=True) read them
+torch.serialization.add_safe_globals([NeuralGraph])

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import to_dense_batch
 
-from neuralgraph.models.heads import EquivariantOutput, apply_head, graph_index, make_head
+from neuralgraph.models.heads import PAPER_READOUT, EquivariantOutput, apply_head, graph_index, make_head
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.embeddings import NeuralGraphEncoder
 from neuralgraph.nn.relational_attention import RelationalTransformerLayer
@@ -77,6 +77,8 @@ class NGT(nn.Module):
         fourier_features (int, optional): random Fourier features of the raw weights/biases.
             (default: :obj:`128`, as the reference)
         fourier_sigma (float, optional): their frequency scale. (default: :obj:`1.0`)
+        separate_linear (bool, optional): linear layers get their own weight projection instead of being
+            treated as 1x1 convolutions (:class:`~neuralgraph.nn.NeuralGraphEncoder`). (default: :obj:`False`)
         probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
             eq. 2): each neuron's values on them are appended to its node features, computed per batch
             from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
@@ -112,7 +114,7 @@ class NGT(nn.Module):
         modulate_v: bool = True,
         edge_updates: bool = True,
         head: str = "graph",
-        readout: str = "mean",
+        readout: str = PAPER_READOUT,
         num_outputs: int | None = None,
         head_hidden: int | None = None,
         node_out_dim: int | None = None,
@@ -130,6 +132,7 @@ class NGT(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 128,
         fourier_sigma: float = 1.0,
+        separate_linear: bool = False,
         probes: int = 0,
         member_network: MemberNetwork | None = None,
     ):
@@ -144,7 +147,7 @@ class NGT(nn.Module):
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+            fourier_features=fourier_features, fourier_sigma=fourier_sigma, separate_linear=separate_linear)
         self.pair_emb = nn.Embedding(len(PAIR_TYPES), edge_dim)
         final_edge_update = edge_updates and head == "equivariant"
         self.layers = nn.ModuleList([

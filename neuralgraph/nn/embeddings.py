@@ -24,11 +24,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from neuralgraph.data.graph import EDGE_KINDS, POOLS, ROLE, ROLES
+from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, POOLS, ROLE, ROLES
 
 from neuralgraph.convert.activations import ACTIVATIONS
 
-__all__ = ["FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound"]
+__all__ = ["FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound", "check_edge_fields"]
 
 #: Number of distinct values per ``edge_conv`` column that get their own embedding row.
 _CONV_VALUES = 16
@@ -61,6 +61,19 @@ def check_index_bound(index: Tensor, limit: Tensor | int, what: str, arg: str) -
                              f"increase `{arg}` to at least {worst + 1}")
     else:  # pragma: no cover - no accelerator in CI
         torch._assert_async(~bad.any(), msg)
+
+
+def check_edge_fields(data) -> None:
+    """Refuse a graph whose per-edge fields disagree with ``edge_index`` (``[2, E]``): a transform that adds edges
+    to ``edge_index`` alone (stock ``torch_geometric.transforms.AddSelfLoops``) leaves ``edge_attr`` /
+    ``edge_kind`` / ``edge_conv`` with the old rows, a corrupt neural graph."""
+    E = data.edge_index.size(1)
+    for name in ("edge_attr", "edge_kind", "edge_conv"):
+        t = getattr(data, name, None)
+        if t is not None and t.size(0) != E:
+            raise ValueError(f"corrupt neural graph: edge_index has {E} edges but {name} has {t.size(0)} rows; a "
+                             "transform changed edge_index without the per-edge fields (stock AddSelfLoops does). "
+                             "Wrap stock transforms in neuralgraph.transforms.CheckedTransform(...) to catch this where it happens")
 
 
 class FourierFeatures(nn.Module):
@@ -135,6 +148,10 @@ class NeuralGraphEncoder(nn.Module):
         fourier_features (int, optional): if :math:`> 0`, feed random Fourier features with this
             many frequencies of ``x`` and ``edge_attr`` to the projections. (default: :obj:`0`)
         fourier_sigma (float, optional): frequency scale of the Fourier features. (default: :obj:`1.0`)
+        separate_linear (bool, optional): linear-layer weights (``edge_kind`` ``"linear"``: one value, on the
+            centre tap) get their own projection of that value instead of sharing the kernel projection,
+            i.e. linear layers are not treated as 1x1 convolutions (Neural Graphs appendix D.2, Small CNN Zoo).
+            (default: :obj:`False`)
 
     Shapes:
         - **input:** a (batched) :class:`~neuralgraph.NeuralGraph` with :math:`|V|` nodes and
@@ -163,6 +180,7 @@ class NeuralGraphEncoder(nn.Module):
         num_acts: int | None = None,
         fourier_features: int = 0,
         fourier_sigma: float = 1.0,
+        separate_linear: bool = False,
     ):
         super().__init__()
         self.node_in, self.edge_in = node_in, edge_in
@@ -181,6 +199,11 @@ class NeuralGraphEncoder(nn.Module):
             node_proj_in, edge_proj_in = node_in, edge_in
         self.node_proj = nn.Linear(node_proj_in, node_dim)
         self.edge_proj = nn.Linear(edge_proj_in, edge_dim)
+        self.separate_linear = separate_linear
+        if separate_linear:  # linear weights: phi(w) of the one centre-tap value, their own projection
+            self.linear_fourier: nn.Module = (FourierFeatures(1, fourier_features, fourier_sigma)
+                                              if fourier_features > 0 else nn.Identity())
+            self.linear_proj = nn.Linear(2 * fourier_features if fourier_features > 0 else 1, edge_dim)
 
         # One table for the three position families: [inputs | outputs | hidden layers].
         self.pos_emb = nn.Embedding(max_inputs + max_outputs + max_layers, node_dim) if pos_emb else None
@@ -204,7 +227,8 @@ class NeuralGraphEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj):
+        extra = (self.linear_fourier, self.linear_proj) if self.separate_linear else ()
+        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj, *extra):
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         for emb in (self.pos_emb, self.act_emb, self.role_emb, self.pool_emb, self.spatial_emb,
@@ -242,6 +266,10 @@ class NeuralGraphEncoder(nn.Module):
             e = self.edge_proj(self.edge_fourier(a))  # (E, Fe)
         else:  # inference on a huge graph: bound the Fourier-feature temporaries
             e = torch.cat([self.edge_proj(self.edge_fourier(c)) for c in a.split(_CHUNK)])
+        if self.separate_linear:
+            centre = a.size(-1) // 2  # a linear weight sits on the centre tap of the (odd) kernel
+            lin = (data.edge_kind == EDGE_KIND["linear"]).unsqueeze(-1)  # (E, 1)
+            e = torch.where(lin, self.linear_proj(self.linear_fourier(a[:, centre:centre + 1])).to(e.dtype), e)
         if self.kind_emb is not None:
             e = e + self.kind_emb(data.edge_kind)
         if self.conv_emb is not None and data.edge_conv.numel() > 0:
@@ -254,6 +282,7 @@ class NeuralGraphEncoder(nn.Module):
         return e
 
     def forward(self, data) -> tuple[Tensor, Tensor]:
+        check_edge_fields(data)
         return self.encode_nodes(data), self.encode_edges(data)
 
     def extra_repr(self) -> str:

@@ -165,7 +165,7 @@ class FiLMPNAConv(MessagePassing):
         n = float(deg.sum())
         if n <= 0:
             raise ValueError("the degree histogram is empty: fit it on the training graphs "
-                             "(model.fit_degree(train_graphs)) or pass deg=...")
+                             "(model.fit_statistics(train_graphs)) or pass deg=...")
         bins = torch.arange(deg.numel(), dtype=torch.float)
         aggr: DegreeScalerAggregation = self.aggr_module  # type: ignore[assignment]
         aggr.init_avg_deg_lin = float((bins * deg).sum()) / n

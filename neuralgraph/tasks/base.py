@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader as TorchLoader
 from torch_geometric.loader import DataLoader as GraphLoader
 
 from neuralgraph.convert import ConversionPlan, get_plan
-from neuralgraph.data.graph import NeuralGraph
+from neuralgraph.data.graph import ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.metrics import REGRESSION_METRICS
 from neuralgraph.transforms.probe_features import MemberNetwork
@@ -70,7 +70,7 @@ class IncompatibleModelError(ValueError):
 
 
 #: Model constructor arguments a task supplies (sizes and the members' architecture), never set by users.
-TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network")
+TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network", "num_outputs")
 
 #: What a task asks a model to output.
 OUTPUTS = ("scalar", "classes", "parameters")
@@ -126,6 +126,16 @@ class Task:
             self._splits = self.build_splits()
         return self._splits
 
+    def describe_data(self) -> str:
+        """What the run was trained and tested on, for the runner's printout: members (and the runs they come
+        from, for zoo splits) per split. Zoo tasks add the zoo's name and size."""
+        parts = []
+        for name, s in self.splits.items():
+            ds = s.dataset
+            runs = f" of {len({ds.member(i).run_id for i in range(len(ds))})} runs" if ds is not None else ""
+            parts.append(f"{name} {len(s)} members{runs}")
+        return "data: " + ", ".join(parts)
+
     def eval_splits(self) -> list[str]:
         return [s for s in self.splits if s.startswith("test")]
 
@@ -147,7 +157,8 @@ class Task:
         kw: dict[str, Any] = {}
         if cls.input_kind == "graph":
             g = self.splits["train"].graphs()[0]
-            kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1), member_network=self.member_network())
+            kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1), member_network=self.member_network(),
+                      num_outputs=self.num_outputs())
         else:
             kw["weight_shapes"] = self.weight_shapes()
             if accepted.get("weight_shapes") is inspect.Parameter.empty and kw["weight_shapes"] is None:
@@ -195,6 +206,12 @@ class Task:
         if net is None:
             raise ValueError(f"the {self.name} task mixes architectures; a per-parameter output needs one")
         return get_plan(net.module, net.example_input, **net.converter)
+
+    def num_outputs(self) -> int | None:
+        """The number of output neurons every member of every split has (the paper's readout concatenates
+        them), or ``None`` when it varies."""
+        counts = {int((g.node_role == ROLE["output"]).sum()) for s in self.splits.values() for g in s.graphs()}
+        return next(iter(counts)) if len(counts) == 1 else None
 
     def weight_shapes(self) -> tuple | None:
         """The one weight-space signature of every split's members, or ``None`` (with

@@ -160,6 +160,7 @@ class Preset:
         train: epochs, checkpoint epochs, batch size.
         group_size: members trained together (same architecture and train fraction).
         sample_hparams: ``rng -> hyperparameters`` of a run.
+        runs: the zoo's default size (:func:`neuralgraph.zoo.default_zoo` and the tasks' ``runs: null``).
     """
 
     name: str
@@ -169,6 +170,7 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     group_size: int = 8
     sample_hparams: Callable[[np.random.Generator], dict[str, Any]] = sample_hparams
+    runs: int = 160
 
     max_runs = None       # no limit on the number of runs
     worker_threads = None  # torch threads per generator worker: cores / workers
@@ -243,14 +245,24 @@ PRESETS: dict[str, Preset] = {
         "wildpark-digits", "digits",
         "CNN Wild Park recipe (Neural Graphs app. E.1) on sklearn digits 8x8, 10 epochs",
         _wildpark_sampler, TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)),
-        sample_hparams=sample_wildpark_hparams),
+        sample_hparams=sample_wildpark_hparams, runs=128),
 }
 for _kind in ("arch1", "arch2"):
     for _ds in ("digits", "mnist1d", "shapes"):
         PRESETS[f"{_kind}-{_ds}"] = Preset(
             f"{_kind}-{_ds}", _ds,
             f"SNE {_kind.capitalize()} (app. C) on {_ds}, Unterthiner et al. hyperparameters, 10 epochs",
-            _homogeneous(_kind), TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)), group_size=16)
+            _homogeneous(_kind), TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)), group_size=16, runs=96)
+
+#: Default sizes of the ``-large`` presets: the same recipes, large enough to rank models (a test split of
+#: >= 100 runs at the usual 80/10/10 split by run). Runs are a pure function of (seed, run index), so the
+#: first runs of a large zoo are the runs of its small preset.
+LARGE_RUNS = {"wildpark-digits": 1280, **{f"{a}-{d}": 1024 for a in ("arch1", "arch2")
+                                          for d in ("digits", "mnist1d", "shapes")}}
+for _name, _runs in LARGE_RUNS.items():
+    PRESETS[f"{_name}-large"] = dataclasses.replace(
+        PRESETS[_name], name=f"{_name}-large", description=PRESETS[_name].description + " (large: ranks models)",
+        runs=_runs)
 
 
 @dataclass(frozen=True)
@@ -271,6 +283,11 @@ class INRPreset:
     description: str
     fit: FitConfig = field(default_factory=FitConfig)
     group_size: int = 64
+
+    @property
+    def runs(self) -> int:
+        """The default size: one INR per image (10,000 for an unbounded procedural set)."""
+        return self.max_runs or 10000
 
     @property
     def max_runs(self) -> int | None:

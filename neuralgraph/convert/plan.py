@@ -117,8 +117,13 @@ class ConversionPlan:
         kept_of = [None if blk.src is None else keep[blk.src] & keep[blk.dst] for blk in builder.edges]
         sizes = [0 if k is None else int(k.sum()) for k in kept_of]
         n_edges = sum(sizes)
-        n_taps = sum(int(k.sum()) * elem.size(1) for k, blk in zip(kept_of, builder.edges) if k is not None
-                     for _, elem, _ in blk.sources)
+        # a parameter's elements on consecutive edges and taps (a Linear, a conv, a norm's gamma) are one *run*
+        # (first edge row, edges, taps, first element): the gather copies it as a block, with no index per element
+        runs: list[tuple[int, int, list[int], int]] = []
+        contiguous = [[k is not None and bool(k.all()) and _consecutive(elem) for _, elem, _ in blk.sources]
+                      for k, blk in zip(kept_of, builder.edges)]
+        n_taps = sum(int(k.sum()) * elem.size(1) for k, blk, cont in zip(kept_of, builder.edges, contiguous)
+                     if k is not None for (_, elem, _), c in zip(blk.sources, cont) if not c)
         edge_index = torch.empty(2, n_edges, dtype=torch.long)
         edge_kind = torch.empty(n_edges, dtype=torch.long)
         edge_conv = torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=GEOMETRY_DTYPE)
@@ -126,7 +131,7 @@ class ConversionPlan:
         c_pos, c_val = [], []
         rows = taps_done = 0
         centre = cfg.centre_tap
-        for blk, kept, m in zip(builder.edges, kept_of, sizes):
+        for blk, kept, m, cont in zip(builder.edges, kept_of, sizes, contiguous):
             src, dst, sources = blk.src, blk.dst, blk.sources
             blk.src = blk.dst = blk.sources = None  # the builder is discarded: free its edges as they are copied
             if m == 0:
@@ -147,7 +152,10 @@ class ConversionPlan:
             for tap, value in const_taps:
                 c_pos.append(edge_rows * f_edge + tap)
                 c_val.append(torch.full((m,), float(value)))
-            for name, elem, taps in sources:
+            for (name, elem, taps), run in zip(sources, cont):
+                if run:
+                    runs.append((rows, m, taps.tolist(), int(elem[0, 0]) + offset(name)))
+                    continue
                 k = m * taps.numel()
                 edge_dst[taps_done:taps_done + k] = (edge_rows.view(-1, 1) * f_edge + taps.view(1, -1)).view(-1)
                 edge_src[taps_done:taps_done + k] = ((elem if ok is None else elem[ok]) + offset(name)).view(-1)
@@ -170,7 +178,8 @@ class ConversionPlan:
 
         # constant taps (identity edges, a normalization's eps): sparse, no dense template of edge_attr
         self.const_pos, self.const_val = cat(c_pos), cat(c_val, torch.float)
-        self.edge_src, self.edge_dst = edge_src, edge_dst
+        self.edge_runs = runs
+        self._edge_src, self._edge_dst = edge_src, edge_dst  # the elements outside runs
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
         bias_slots = self.node_dst[self.node_dst % f_node == 0]
         if (x0.view(-1)[bias_slots] != 0).any():
@@ -209,7 +218,7 @@ class ConversionPlan:
 
     def _maps(self) -> tuple:
         if self._read_maps is None:
-            self._read_maps = self._read_map(self.edge_src, self.edge_dst) + self._read_map(self.node_src,
+            self._read_maps = self._read_map(*self.edge_gather()) + self._read_map(self.node_src,
                                                                                              self.node_dst)
         return self._read_maps
 
@@ -228,6 +237,16 @@ class ConversionPlan:
     @property
     def node_copies(self) -> tuple[Tensor, Tensor, Tensor]:
         return self._maps()[3]
+
+    def edge_gather(self) -> tuple[Tensor, Tensor]:
+        """``(src, dst)``: parameter element ``src[k]`` (in the gather vector) is stored at ``edge_attr.view(-1)
+        [dst[k]]``, every element (runs expanded: built on use, 16 bytes per element)."""
+        f_edge = self.config.edge_dim
+        src, dst = [self._edge_src], [self._edge_dst]
+        for row, m, taps, first in self.edge_runs:
+            src.append(torch.arange(first, first + m * len(taps)))
+            dst.append((torch.arange(row, row + m).view(-1, 1) * f_edge + torch.tensor(taps).view(1, -1)).view(-1))
+        return torch.cat(src), torch.cat(dst)
 
     def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
         """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
@@ -274,7 +293,7 @@ class ConversionPlan:
             self._device_cache[device] = {
                 k: v.to(device) for k, v in dict(
                     self.categories, edge_index=self.edge_index, x0=self.x0, const_pos=self.const_pos,
-                    const_val=self.const_val, edge_src=self.edge_src, edge_dst=self.edge_dst, node_src=self.node_src,
+                    const_val=self.const_val, edge_src=self._edge_src, edge_dst=self._edge_dst, node_src=self.node_src,
                     node_dst=self.node_dst).items()}
         return self._device_cache[device]
 
@@ -298,6 +317,12 @@ class ConversionPlan:
         ea.view(-1)[t["const_pos"]] = t["const_val"].to(vec.dtype)
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
+        for row, m, taps, first in self.edge_runs:
+            block = vec[first:first + m * len(taps)].view(m, len(taps))
+            if len(taps) == 1:
+                ea[row:row + m, taps[0]] = block[:, 0]
+            else:
+                ea[row:row + m, taps] = block
         copy = (lambda v: v) if share else (lambda v: v.clone())  # noqa: E731
         fields = {"x": x, "edge_index": copy(t["edge_index"]), "edge_attr": ea}
         fields.update((k, copy(t[k])) for k in self.categories)
@@ -526,6 +551,12 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     else:
         _PLANS.move_to_end(key)
     return plan
+
+
+def _consecutive(elem: Tensor) -> bool:
+    """Whether ``elem`` (``[edges, taps]`` element indices) counts up by one in row-major order."""
+    flat = elem.reshape(-1)
+    return flat.numel() > 0 and int(flat[-1] - flat[0]) == flat.numel() - 1 and bool((flat.diff() == 1).all())
 
 
 def _require_module(model: Any) -> None:

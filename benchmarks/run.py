@@ -9,7 +9,8 @@ Configuration, later sources overriding earlier ones: ``configs/tasks/<task>.yam
 ``configs/models/<model>.yaml`` (package data under ``neuralgraph/configs/``; a missing file is an
 error), ``--config FILE`` (or a named paper configuration, ``--config ng-gnn-wildpark``: a file of
 ``neuralgraph/configs/paper/``, whose ``for:`` section names the task and model it is for), the task file's ``quick:`` section (with ``--quick``), then ``--set``
-(``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``). Unknown keys, wrong types and values out
+(``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``; a nested group: ``model.encoder.act_emb=false``).
+Unknown keys, wrong types and values out
 of range are an error listing each key, its value and what is valid, before any work is done. The
 resolved configuration is saved beside a seed's results once the run is accepted (a rerun with a changed
 configuration is refused and leaves the old files alone). Interrupted runs resume from their per-seed
@@ -85,7 +86,16 @@ def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
         if values is not None and not isinstance(values, dict):
             raise SystemExit(f"{source}: section {section!r} must be a mapping of option: value, got "
                              f"{type(values).__name__} {values!r}")
-        base.setdefault(section, {}).update(values or {})
+        _update(base.setdefault(section, {}), values or {})
+
+
+def _update(base: dict[str, Any], values: dict[str, Any]) -> None:
+    """``base.update(values)``, merging nested option groups (``encoder: {act_emb: false}``) key by key."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _update(base[key], value)
+        else:
+            base[key] = value
 
 
 def _parse_value(text: str) -> Any:
@@ -117,7 +127,13 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in SECTIONS:
             raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)}")
-        cfg[section][name] = _parse_value(value)
+        *group, leaf = name.split(".")  # model.encoder.act_emb=false: a key of a nested options group
+        target = cfg[section]
+        for g in group:
+            target = target.setdefault(g, {})
+            if not isinstance(target, dict):
+                raise SystemExit(f"--set {item!r}: {section}.{g} is not a group of options")
+        target[leaf] = _parse_value(value)
     valid = {
         "task": set(task_config_fields(task)),
         "model": set(model_arguments(model)) - set(TASK_SUPPLIED),

@@ -397,9 +397,10 @@ class _Run:
             add(udst, stack.new_zeros(len(udst), stack.size(1)).index_add_(0, dl, terms))
 
     def _conv(self, e: Tensor, add) -> None:
-        """Convolution edges: per geometry and source shape, one dense convolution with a ``[Cd, Cs, *k]``
-        kernel. Tap ``u`` of a padded kernel (size ``K``) of an edge with kernel size ``k``, padding ``p`` and
-        dilation ``d`` reads input position ``o * stride - p + (u - (K - k) // 2) * d`` for output ``o``."""
+        """Convolution edges: per geometry and source shape, one dense convolution with a ``[Cd, Cs, *k]`` kernel.
+        Tap ``u`` of a padded kernel (size ``K``) of an edge with kernel size ``k``, padding ``p`` and dilation
+        ``d`` reads input position ``o * stride - p + (u - (K - k) // 2) * d`` for output ``o``: the ``k`` taps
+        from ``(K - k) // 2`` on are the kernel, read from ``edge_attr`` alone (not the whole padded rows)."""
         g, mk, dims = self.g, self.mk, len(self.mk)
         uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
         for u in range(uniq.size(0)):
@@ -408,28 +409,17 @@ class _Run:
             for sel, udst, sl, dl, stack in self._split(eg, "map"):
                 sd = stack.dim() - 2                                                  # spatial dims of the source
                 stride, pad, dil, ksize = (t[dims - sd:] for t in geometry)
-                # the padded kernels [E, *K]; lower-dim kernels sit in the centre of the leading dims
-                kern = g.edge_attr[eg[sel]].view(-1, *mk)[(slice(None),) + tuple(K // 2 for K in mk[:dims - sd])]
-                used = kern.ne(0).any(0)
-                crop, spatial_pad = [], []
-                for d in range(sd):  # crop to the taps any edge uses (the centre tap if none)
-                    K, k = kern.size(1 + d), ksize[d]
-                    off = (K - k) // 2
-                    hit = used.any(tuple(a for a in range(sd) if a != d)).nonzero().view(-1) if sd > 1 else \
-                        used.nonzero().view(-1)
-                    a, b = (int(hit[0]), int(hit[-1]) + 1) if hit.numel() else (K // 2, K // 2 + 1)
-                    n_in = stack.size(2 + d)
-                    n_out = (n_in + 2 * pad[d] - dil[d] * (k - 1) - 1) // stride[d] + 1
-                    left = pad[d] + (off - a) * dil[d]
-                    right = (n_out - 1) * stride[d] + dil[d] * (b - a - 1) + 1 - n_in - left
-                    crop.append(slice(a, b))
-                    spatial_pad.append((left, right))
-                kern = kern[(slice(None), *crop)].to(stack.dtype)
-                weight = stack.new_zeros(len(udst), stack.size(0), *kern.shape[1:])
+                # flat taps of the kernel inside the padded one; lower-dim kernels sit in the centre of the leading
+                # dims
+                full = (1,) * (dims - sd) + tuple(ksize)
+                grid = torch.stack(torch.meshgrid(*(torch.arange(k) + (K - k) // 2 for K, k in zip(mk, full)),
+                                                  indexing="ij")).view(dims, -1)
+                taps = sum(grid[d] * math.prod(mk[d + 1:]) for d in range(dims))       # [prod(k)]
+                kern = g.edge_attr[eg[sel].view(-1, 1), taps.view(1, -1)].view(-1, *ksize).to(stack.dtype)
+                weight = stack.new_zeros(len(udst), stack.size(0), *ksize)
                 weight.index_put_((dl, sl), kern, accumulate=True)                     # [Cd, Cs, *k]
-                inp = F.pad(stack.movedim(0, 1), [p for lr in reversed(spatial_pad) for p in lr])
                 conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[sd]
-                out = conv(inp, weight, stride=stride, dilation=dil)                  # [B, Cd, *S']
+                out = conv(stack.movedim(0, 1), weight, stride=stride, padding=pad, dilation=dil)  # [B, Cd, *S']
                 add(udst, out.movedim(1, 0))
 
     def _norm(self, kind: str, e: Tensor, add) -> None:

@@ -153,7 +153,7 @@ def run_one(case: Case) -> dict:
             if t.is_floating_point():
                 t.fill_(float("nan"))
     try:
-        back = dict(from_neural_graph(g, blank).state_dict())
+        back = dict(from_neural_graph(g, blank, example_input=x, **case.convert).state_dict())
         wrong = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, back[k])]
         row["round_trip"] = "exact" if not wrong else f"{len(wrong)} differ ({', '.join(wrong[:3])})"
     except Exception as err:  # noqa: BLE001

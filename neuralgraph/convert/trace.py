@@ -415,11 +415,13 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                 return SYM
         return SYM
     name = getattr(node.target, "__name__", str(node.target))
+    one_value = isinstance(args[0], Val) and sum(isinstance(a, Val) for a in flat) == 1 if args else False
+    fix = (f"If it is element-wise, register it: neuralgraph.convert.register_activation({name}, {name!r})"
+           if one_value else "It combines several values (or a value inside a container), which no rule represents")
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
-                                "additions, constant scales, channel slicing/concatenation, pooling and flattening. "
-                                "If it is element-wise, register it: neuralgraph.convert.register_activation("
-                                f"{name}, {name!r})")
+                                "additions, constant scales, channel slicing/concatenation, token operations, "
+                                f"pooling and flattening. {fix}")
 
 
 _PARAM_USES = ("the weight / bias of F.linear / F.conv*d, a per-channel scale or shift (x * p, x + p with one "

@@ -25,7 +25,7 @@ the latter. The statistics are buffers, so they are saved in and restored from t
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,11 +33,14 @@ from torch_geometric.nn.resolver import activation_resolver
 
 from neuralgraph.models.heads import PAPER_READOUT, EquivariantOutput, apply_head, make_head
 from neuralgraph.models.registry import register_model
-from neuralgraph.nn.embeddings import NeuralGraphEncoder
+from neuralgraph.nn.embeddings import EncoderConfig, NeuralGraphEncoder
 from neuralgraph.nn.film_pna import FiLMPNAConv, degree_histogram
 from neuralgraph.transforms.probe_features import MemberNetwork, make_probe_features, with_probe_features
 
-__all__ = ["NGGNN"]
+__all__ = ["NGGNN", "NG_GNN_ENCODER"]
+
+#: NG-GNN's input encoding: the reference's random Fourier features (128 frequencies, scale 3.0)
+NG_GNN_ENCODER = EncoderConfig(fourier_sigma=3.0)
 
 
 @register_model("ng-gnn")
@@ -74,15 +77,10 @@ class NGGNN(nn.Module):
         node_out_dim (int, optional): per-node output size of the equivariant head
             (default: ``out_dim``); with ``out_dim = F_edge`` and ``node_out_dim = F_node`` the
             outputs map onto parameters via :func:`~neuralgraph.models.heads.to_parameters`.
-        pos_emb, act_emb, role_emb, pool_emb, spatial_emb, kind_emb, conv_emb (bool, optional):
-            switch the input embeddings on/off (ablations). (default: all :obj:`True`)
-        max_inputs, max_outputs, max_layers, max_spatial, num_acts (int, optional): embedding table
-            sizes, see :class:`~neuralgraph.nn.NeuralGraphEncoder`.
-        fourier_features (int, optional): random Fourier features of the raw weights/biases
-            (0 = plain linear projection). (default: :obj:`128`, as the reference)
-        fourier_sigma (float, optional): their frequency scale. (default: :obj:`3.0`)
-        separate_linear (bool, optional): linear layers get their own weight projection instead of being
-            treated as 1x1 convolutions (:class:`~neuralgraph.nn.NeuralGraphEncoder`). (default: :obj:`False`)
+        encoder (EncoderConfig or dict, optional): the input encoding shared with the other neural-graph model
+            (:class:`~neuralgraph.nn.EncoderConfig`: embeddings on / off for ablations, table sizes, Fourier
+            features, ``separate_linear``); a dict is merged over this default.
+            (default: :data:`NG_GNN_ENCODER`: 128 random Fourier features at scale 3.0, as the reference)
         probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
             eq. 2): each neuron's values on them are appended to its node features, computed per batch
             from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
@@ -122,21 +120,7 @@ class NGGNN(nn.Module):
         num_outputs: int | None = None,
         head_hidden: int | None = None,
         node_out_dim: int | None = None,
-        pos_emb: bool = True,
-        act_emb: bool = True,
-        role_emb: bool = True,
-        pool_emb: bool = True,
-        spatial_emb: bool = True,
-        kind_emb: bool = True,
-        conv_emb: bool = True,
-        max_inputs: int = 1024,
-        max_outputs: int = 1024,
-        max_layers: int = 128,
-        max_spatial: int = 1024,
-        num_acts: int | None = None,
-        fourier_features: int = 128,
-        fourier_sigma: float = 3.0,
-        separate_linear: bool = False,
+        encoder: EncoderConfig | dict[str, Any] = NG_GNN_ENCODER,
         probes: int = 0,
         member_network: MemberNetwork | None = None,
     ):
@@ -147,12 +131,8 @@ class NGGNN(nn.Module):
         self.out_dim, self.hidden, self.edge_hidden = out_dim, hidden, edge_hidden
         self.num_layers, self.reverse_edges, self.residual = num_layers, reverse_edges, residual
         self.head_kind = head
-        self.encoder = NeuralGraphEncoder(
-            node_in + probes, edge_in, hidden, edge_hidden, pos_emb=pos_emb, act_emb=act_emb,
-            role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
-            conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
-            max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma, separate_linear=separate_linear)
+        self.encoder = NeuralGraphEncoder(node_in + probes, edge_in, hidden, edge_hidden,
+                                          NG_GNN_ENCODER.updated(encoder))
         # direction vector added to the state of each reversed edge
         self.rev_dir = nn.Parameter(torch.empty(edge_hidden)) if reverse_edges else None
         deg_t = None if deg is None else torch.as_tensor(deg)

@@ -81,8 +81,8 @@ def open_zoo(path: str | None, preset: str, runs: int | None) -> BaseZoo:
                             "cnn-zoo task")
 
 
-def zoo_note(presets: Sequence[str], large_option: str) -> str:
-    """Which embedded zoos a run used, and where to rank models (the large presets and docs/results.md)."""
+def zoo_note(presets: Sequence[tuple[str, int | None]], large_option: str) -> str:
+    """Which embedded zoos ``(preset, runs)`` a run used, and where to rank models (-large presets, results)."""
     used = ", ".join(f"{p} ({DEFAULT_RUNS[p] if r is None else r} runs)" for p, r in presets)
     if all(p.endswith("-large") for p, _ in presets):
         return f"zoo: {used}"

@@ -122,3 +122,12 @@ def test_pixel_shuffle_channel_order_matters():
 def test_unsupported_resampling_is_refused_by_name(layer, match):
     with pytest.raises(UnsupportedModuleError, match=r"^1 \(.*\): " + match):
         to_neural_graph(nn.Sequential(nn.Conv2d(3, 3, 1), layer), example_input=torch.randn(1, 3, 4, 4))
+
+
+def test_permute_neurons_on_a_resampling_graph_keeps_the_function():
+    from neuralgraph.transforms import PermuteNeurons
+
+    m, x = randomize(AutoEncoder()), torch.randn(2, 3, 8, 8)
+    mp = from_neural_graph(PermuteNeurons(seed=0)(to_neural_graph(m, example_input=x)), m)
+    assert_params_moved(m, mp)
+    assert_same_function(m, mp, x)

@@ -228,3 +228,17 @@ def test_a_mask_passed_in_forward_is_still_refused():
 
     with pytest.raises(UnsupportedModuleError, match="attention masks are not supported"):
         to_neural_graph(randomize(Masked()), example_input=torch.randn(2, 3, 8, 8))
+
+
+def test_permute_neurons_on_a_vit_graph_keeps_the_function():
+    """PermuteNeurons finds symmetries of a ViT graph (the MLP's hidden neurons at least) and the permuted graph
+    reads back to a module computing the same function."""
+    from neuralgraph.transforms import PermuteNeurons
+    from neuralgraph.transforms.permute_neurons import neuron_symmetry
+
+    m, x = randomize(TinyViT(depth=1)), torch.randn(2, 3, 8, 8)
+    g = to_neural_graph(m, example_input=x)
+    assert any(r.size(-1) == 16 for r in neuron_symmetry(g).groups)  # fc1's 16 hidden neurons
+    mp = from_neural_graph(PermuteNeurons(seed=0)(g), m)
+    assert_params_moved(m, mp)
+    assert_same_function(m, mp, x)

@@ -121,8 +121,8 @@ def test_warns_when_degree_not_fitted():
 
 
 def test_embedding_ablations_remove_the_tables():
-    m = make(pos_emb=False, act_emb=False, role_emb=False, pool_emb=False, spatial_emb=False, kind_emb=False,
-             conv_emb=False, fourier_features=0)
+    m = make(encoder=dict(pos_emb=False, act_emb=False, role_emb=False, pool_emb=False, spatial_emb=False,
+                          kind_emb=False, conv_emb=False, fourier_features=0))
     assert not any(n.endswith("_emb.weight") for n, _ in m.encoder.named_parameters())
     assert m(GRAPHS[0]).shape == (1, 3)
 

@@ -25,7 +25,7 @@ CONVERTER = {"max_kernel": (1,)}
 SMALL = {"ng-gnn": dict(hidden=8, num_layers=2), "ng-t": dict(node_dim=8, edge_dim=4, num_layers=2),
          "sne": dict(hidden=8), "nfn-np": dict(hidden_channels=(4,), head_hidden=(8,)),
          "nfn-hnp": dict(hidden_channels=(4,), head_hidden=(8,)), "nfn-pt": dict(hidden_channels=(4,), head_hidden=(8,)),
-         "statnn": dict(), "mlp": dict(hidden=(8,))}
+         "statnn": dict(), "mlp": dict(hidden=(8,)), "pyg-gine": dict(hidden=8, num_layers=2)}
 
 
 def example() -> torch.Tensor:

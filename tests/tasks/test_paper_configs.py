@@ -5,7 +5,7 @@ import torch
 
 from benchmarks.perf.paper_configs import PAPER_PARAMS, build
 from benchmarks.run import paper_configs, resolve_config
-from neuralgraph.nn import NeuralGraphEncoder
+from neuralgraph.nn import EncoderConfig, NeuralGraphEncoder
 from neuralgraph.data.graph import EDGE_KIND
 from tests.nn.graphs import random_graph
 
@@ -53,7 +53,7 @@ def test_linear_layers_get_their_own_projection():
     g.edge_kind[: g.edge_kind.numel() // 2] = EDGE_KIND["conv"]
     lin = g.edge_kind == EDGE_KIND["linear"]
     torch.manual_seed(0)
-    enc = NeuralGraphEncoder(4, 49, 8, 6, separate_linear=True, fourier_features=4)
+    enc = NeuralGraphEncoder(4, 49, 8, 6, EncoderConfig(separate_linear=True, fourier_features=4))
     with torch.no_grad():
         e0 = enc.encode_edges(g)
         enc.linear_proj.bias.add_(1.0)

@@ -240,6 +240,8 @@ def _walk(ctx, site: fx.Node, consumer: fx.Node, start: Any, role: str) -> tuple
             what = n.name if isinstance(n, fx.Node) else repr(n)
             if isinstance(n, fx.Node) and n.op == "call_module":
                 what += f", a {type(ctx.module(n)).__name__}: only nn.Identity may act on q / k"
+            elif isinstance(n, fx.Node) and n.target in (F.layer_norm, F.rms_norm, F.group_norm):
+                what += ", a normalisation of q / k (timm qk_norm=True), which is not supported"
             raise _fail(ctx, site, f"cannot prove that its {role} ({what}) is a head-split nn.Linear projection "
                                    "(expected linear(x).view(B, T, heads, head_dim).transpose(1, 2), or one third "
                                    "of a packed qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4))")
@@ -467,7 +469,10 @@ def match_attention(ctx, site: fx.Node) -> _Match:
     if is_sdpa(site):
         args = bound_args(site, _SDPA_ARGS)
         if args.get("attn_mask") is not None:
-            raise _fail(ctx, site, "attention masks are not supported")
+            mask = args["attn_mask"]
+            raise _fail(ctx, site, f"attention masks are not supported (attn_mask={getattr(mask, 'name', mask)}: a mask "
+                                   "or a bias added to the attention scores, e.g. the relative position bias of "
+                                   "BEiT / Swin, is a term a neural graph does not store)")
         if args.get("is_causal"):
             raise _fail(ctx, site, "causal (masked) attention is not supported")
         if args.get("enable_gqa"):

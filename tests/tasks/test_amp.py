@@ -49,10 +49,11 @@ def _train(name: str, amp: str, epochs: int, **kw) -> dict:
     return fit(model, task, TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, amp=amp), None, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kw", [
     ("ng-t", {}),
-    pytest.param("ng-t", {"mode": "sparse"}, marks=pytest.mark.slow),
-    pytest.param("nfn-np", {}, marks=pytest.mark.slow),
+    ("ng-t", {"mode": "sparse"}),
+    ("nfn-np", {}),
 ])
 def test_bf16_training_reaches_the_float32_validation_metric(name, kw):
     full = _train(name, "off", 15, **kw)

@@ -108,7 +108,8 @@ def evaluate(model: nn.Module, task: Task, split: str, input_kind: str, batch_si
             first = ref[key]
             full = np.empty((n, *first.shape[1:]), dtype=first.dtype)
             for r, shard in enumerate(shards):
-                full[r::W] = shard[key]
+                if shard:
+                    full[r::W] = shard[key]
             records[key] = full
     return task.metrics(records), records
 

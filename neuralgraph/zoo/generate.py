@@ -2,6 +2,7 @@
 
     python -m neuralgraph.zoo.generate --preset wildpark-digits --runs 200 --out zoos/wp \\
         [--workers K] [--shard I/N] [--seed S]
+    torchrun --nproc_per_node=N -m neuralgraph.zoo.generate ...      (rank r of W is shard r/W)
 
 Runs are trained in groups of one architecture (vectorised, see :mod:`neuralgraph.zoo.train`) and
 written as they finish. The command is idempotent and resumable: killing it at any moment (even
@@ -9,7 +10,11 @@ with SIGKILL) and re-running the same command trains exactly the runs that are m
 processes exit with the main process. Writers hold the zoo's lock while writing, so two commands on
 one directory never delete each other's files. Shards ``I/N`` take the groups ``g`` with
 ``g % N == I``, so shards write disjoint run ids and may share one output directory (or be merged
-later by copying ``members/``).
+later by copying ``members/``). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set, no ``--shard``) rank ``r``
+of ``W`` is shard ``r/W``, so one command spreads a zoo over the processes of many machines (the directory
+on a file system they share, or one directory per machine merged by copying ``members/``). The only file
+shards share, ``zoo.json``, is written once under the lock and checked by every other shard; each member
+has exactly one writer. A killed shard is resumed by rerunning it (or the whole command).
 """
 from __future__ import annotations
 
@@ -80,9 +85,15 @@ def _worker(args) -> tuple[int, int]:
     return group, train_and_write_group(preset_name, seed, runs, group, out, epochs)
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
+def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(I, N)`` from ``--shard I/N``; without it, torchrun's ``(RANK, WORLD_SIZE)``, else ``(0, 1)``."""
+    env = os.environ if env is None else env
+    launched = "RANK" in env and "WORLD_SIZE" in env
     if text is None:
-        return 0, 1
+        return (int(env["RANK"]), int(env["WORLD_SIZE"])) if launched else (0, 1)
+    if launched and int(env["WORLD_SIZE"]) > 1:
+        raise ValueError(f"--shard {text} under torchrun (WORLD_SIZE={env['WORLD_SIZE']}): torchrun already gives "
+                         "each rank its shard; drop --shard (or run without torchrun)")
     try:
         i, n = (int(t) for t in text.split("/"))
     except ValueError:
@@ -174,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, required=True, help="total number of runs in the zoo")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    ap.add_argument("--shard", default=None, help="I/N: train only shard I of N (default 0/1)")
+    ap.add_argument("--shard", default=None,
+                    help="I/N: train only shard I of N (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     ap.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     ap.add_argument("--epochs", type=int, default=None,
@@ -189,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rate = f", {rep.runs_per_core_minute:.1f} runs per core-minute" if rep.trained else ""
-    print(f"{rep.out}: {rep.skipped + rep.trained}/{rep.total} runs of this shard complete "
+    print(f"{rep.out}: {rep.skipped + rep.trained}/{rep.total} runs of shard {shard[0]}/{shard[1]} complete "
           f"({rep.trained} trained in {rep.seconds:.1f}s{rate})")
     return 0
 

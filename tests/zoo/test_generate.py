@@ -167,3 +167,11 @@ def test_torchrun_shards_write_one_zoo_and_a_killed_shard_resumes(tmp_path):
     subprocess.run([sys.executable, *_generate_cmd(shards, "--shard", "1/2")], env=env, check=True,
                    capture_output=True)
     _same_zoo(single, shards)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+def test_device_without_cuda_is_refused_by_name(tmp_path, capsys):
+    assert main(["--preset", "wildpark-digits", "--runs", "1", "--out", str(tmp_path / "z"), "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert main(["--preset", "wildpark-digits", "--runs", "1", "--out", str(tmp_path / "z"), "--device", "gpu0"]) == 2
+    assert "is not a device" in capsys.readouterr().err

@@ -195,7 +195,7 @@ class ConversionPlan:
         self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
         self._read_maps: tuple | None = None  # read-back maps, built on first use
-        self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
+        self._device_cache: dict = {}  # device (or ("read", device)) -> the plan's tensors on it
         #: a plain feed-forward chain of linear / conv layers with element-wise maps between them
         #: (activations, constant scales and shifts): what NFN-style weight-space models assume
         self.feedforward = self._is_feedforward()
@@ -297,6 +297,15 @@ class ConversionPlan:
                     node_dst=self.node_dst).items()}
         return self._device_cache[device]
 
+    def _read_positions(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """:attr:`edge_param` and :attr:`node_param` on ``device`` (moved once, then cached: a training step
+        reading per-parameter outputs copies no index to the device)."""
+        key = ("read", device)
+        if key not in self._device_cache:
+            self._device_cache[key] = ({k: v.to(device) for k, v in self.edge_param.items()},
+                                       {k: v.to(device) for k, v in self.node_param.items()})
+        return self._device_cache[key]
+
     def graph(self, params: nn.Module | Mapping[str, Tensor], allow_nonfinite: bool = False,
               share: bool = False) -> NeuralGraph:
         """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping).
@@ -334,10 +343,11 @@ class ConversionPlan:
         output). Differentiable. A parameter stored more than once (tied weights) is read from its first copy
         (in edge / node order); :meth:`state_dict` checks that the copies agree."""
         out: dict[str, Tensor] = {}
-        for maps, values in ((self.edge_param, edge_values), (self.node_param, node_values)):
+        edge_pos, node_pos = self._read_positions(edge_values.device)
+        for maps, values in ((edge_pos, edge_values), (node_pos, node_values)):
             flat = values.reshape(values.size(0) * values.size(1), *values.shape[2:])
             for name, pos in maps.items():
-                out[name] = flat[pos.to(flat.device)].reshape(*self.param_shapes[name], *values.shape[2:])
+                out[name] = flat[pos].reshape(*self.param_shapes[name], *values.shape[2:])
         return {name: out[name] for name in self.param_names}
 
     def read_batch(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:

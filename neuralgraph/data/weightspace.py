@@ -50,6 +50,11 @@ class WeightSpace:
         return WeightSpace(tuple(w.to(*args, **kwargs) for w in self.weights),
                            tuple(b.to(*args, **kwargs) for b in self.biases), self.feedforward)
 
+    def pin_memory(self) -> "WeightSpace":
+        """A copy in page-locked memory (a loader with ``pin_memory=True`` calls it, for faster copies to CUDA)."""
+        return WeightSpace(tuple(w.pin_memory() for w in self.weights), tuple(b.pin_memory() for b in self.biases),
+                           self.feedforward)
+
     def __getitem__(self, idx) -> "WeightSpace":
         return WeightSpace(tuple(w[idx] for w in self.weights), tuple(b[idx] for b in self.biases), self.feedforward)
 
@@ -98,6 +103,11 @@ class WeightSpaceBatch:
         return WeightSpaceBatch([g.to(*args, **kwargs) for g in self.groups],
                                 [p.to(*args, **kwargs) for p in self.positions],
                                 None if self.y is None else self.y.to(*args, **kwargs))
+
+    def pin_memory(self) -> "WeightSpaceBatch":
+        """A copy in page-locked memory (called by a loader with ``pin_memory=True``)."""
+        return WeightSpaceBatch([g.pin_memory() for g in self.groups], [p.pin_memory() for p in self.positions],
+                                None if self.y is None else self.y.pin_memory())
 
     def scatter(self, outputs: Sequence[Tensor]) -> Tensor:
         """Put per-group outputs ``[B_g, ...]`` back into batch order ``[B, ...]``."""

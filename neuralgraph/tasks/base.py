@@ -9,7 +9,7 @@ import dataclasses
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from neuralgraph.convert import ConversionPlan, get_plan
 from neuralgraph.data.graph import ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.metrics import REGRESSION_METRICS
+from neuralgraph.nn.precision import full_precision
 from neuralgraph.transforms.probe_features import MemberNetwork
 from neuralgraph.data.arch import arch_key, build_model, example_input
 
@@ -225,13 +226,23 @@ class Task:
             return next(iter(sigs))
         return None
 
-    def loader(self, split: str, input_kind: str, batch_size: int, shuffle: bool = False,
-               generator: torch.Generator | None = None):
+    def loader(self, split: str, input_kind: str, batch_size: int, sampler: Iterable[int] | None = None,
+               pin_memory: bool = False):
+        """Batches of one split for a model of ``input_kind``.
+
+        Args:
+            split: the split's name.
+            input_kind: ``"graph"`` (PyG batches of neural graphs) or ``"weights"`` (``WeightSpaceBatch``).
+            batch_size: members per batch.
+            sampler: the member indices in the order to batch them (e.g. a shuffled, per-rank
+                ``DistributedSampler``); default: every member, in order.
+            pin_memory: collate into page-locked memory (for asynchronous copies to a CUDA device).
+        """
         s = self.splits[split]
         if input_kind == "graph":
-            return GraphLoader(s.graphs(), batch_size=batch_size, shuffle=shuffle, generator=generator)
+            return GraphLoader(s.graphs(), batch_size=batch_size, sampler=sampler, pin_memory=pin_memory)
         if input_kind == "weights":
-            return TorchLoader(_WeightItems(s), batch_size=batch_size, shuffle=shuffle, generator=generator,
+            return TorchLoader(_WeightItems(s), batch_size=batch_size, sampler=sampler, pin_memory=pin_memory,
                                collate_fn=WeightSpaceBatch.from_items)
         raise ValueError(f"unknown input_kind {input_kind!r}; expected 'graph' or 'weights'")
 
@@ -251,7 +262,8 @@ class Task:
 
     def criterion(self, out: Tensor, batch) -> Tensor:
         """The loss of model outputs ``out`` against the batch's targets."""
-        out, y = out.view(-1), batch.y.view(-1).to(out.dtype)
+        out = full_precision(out.view(-1))  # float32 loss and targets, also under autocast
+        y = batch.y.view(-1).to(out.dtype)
         if self.loss_kind == "bce":
             return F.binary_cross_entropy_with_logits(out, y)
         return F.mse_loss(out, y)

@@ -180,15 +180,16 @@ class Preset:
         G = self.group_size
         return list(range(group * G, min((group + 1) * G, runs)))
 
-    def train_group(self, seed: int, runs: int, group: int, missing: list[int]) -> list["GeneratedRun"]:
-        """Train ``group`` (all its members together) and return the runs in ``missing``."""
+    def train_group(self, seed: int, runs: int, group: int, missing: list[int],
+                    device: str = "cpu") -> list["GeneratedRun"]:
+        """Train ``group`` (all its members together, on ``device``) and return the runs in ``missing``."""
         from neuralgraph.zoo.train import MemberSpec, train_group
 
         idx = self.group_runs(runs, group)
         desc, frac = self.group_plan(seed, group)
         data = load_image_data(self.dataset)
         specs = [MemberSpec(run_id(r), seed_for(seed, r, "member"), self.run_hparams(seed, r)) for r in idx]
-        results = train_group(desc, specs, data, self.train, frac, seed_for(seed, group, "group"))
+        results = train_group(desc, specs, data, self.train, frac, seed_for(seed, group, "group"), device)
         out = []
         for r, spec, res in zip(idx, specs, results):
             if r not in missing:
@@ -300,10 +301,12 @@ class INRPreset:
 
     group_runs = Preset.group_runs
 
-    def train_group(self, seed: int, runs: int, group: int, missing: list[int]) -> list[GeneratedRun]:
-        """Fit the INRs of the runs in ``missing`` (members are independent: only those are fitted)."""
+    def train_group(self, seed: int, runs: int, group: int, missing: list[int],
+                    device: str = "cpu") -> list[GeneratedRun]:
+        """Fit the INRs of the runs in ``missing`` on ``device`` (members are independent: only those are
+        fitted)."""
         images, labels = load_images(self.image_set, missing, seed)
-        res = fit_sirens(images, [seed_for(seed, r, "inr") for r in missing], self.fit, SIREN_DESC)
+        res = fit_sirens(images, [seed_for(seed, r, "inr") for r in missing], self.fit, SIREN_DESC, device)
         hp = {k: v for k, v in dataclasses.asdict(self.fit).items() if k != "batch"}
         out = []
         for i, r in enumerate(missing):

@@ -86,7 +86,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
         model.fit_degree(task.splits["train"].graphs())
     if hasattr(model, "fit_normalization"):
         model.fit_normalization(task.splits["train"].weights())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # a module without trainable parameters (a hand-written optimizer of l2o) is evaluated as it is
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) if trainable else None
     better = (lambda a, b: a > b) if task.select_mode == "max" else (lambda a, b: a < b)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": -1, "best_state": None, "history": [],
              "bad_epochs": 0, "train_seconds": 0.0}
@@ -110,8 +112,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
         opt.load_state_dict(saved["optimizer"])
         state = saved["state"]
         torch.set_rng_state(saved["rng"])
-    done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or (
+    done = opt is None or state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or bool(
         cfg.max_steps and state["step"] >= cfg.max_steps)
+    if opt is None:
+        state["best_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=f"{task.name}", disable=not progress,
                leave=False)
     while not done:

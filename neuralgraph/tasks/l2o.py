@@ -422,7 +422,7 @@ class L2OConfig:
     context: int = 4  # context values per parameter from a graph / NFN encoder
     ff_hidden: int = 32  # width of the FF update rule (every learned optimizer)
     ff_layers: int = 2  # hidden layers of the FF update rule
-    step_scale: float = 0.01  # lambda_1 of the update d * exp(lambda_2 * m)
+    step_scale: float = 0.1  # lambda_1 of the update d * exp(lambda_2 * m)
     mag_scale: float = 0.1  # lambda_2
     max_kernel: tuple[int, ...] = (3, 3)  # converter option: one edge feature column per kernel tap
 

@@ -4,6 +4,7 @@ Model selection and early stopping use the validation split only; test metrics a
 checkpoint with the best validation metric. Training is deterministic on CPU for a seed (the data order
 of epoch ``k`` depends only on ``(seed, k)``), and resumable: the state after every epoch is written
 atomically to ``<out>/checkpoint.pt`` (tensors and plain values only, loaded with ``weights_only=True``).
+A model without trainable parameters (a hand-written optimizer of ``l2o``) is not trained: it is evaluated.
 """
 from __future__ import annotations
 

@@ -4,18 +4,21 @@ every optimizer (each evaluated split).
 
     python -m benchmarks.l2o_compare [--results results/l2o] [--out results/l2o]
 
-Reads ``<results>/<optimizer>/summary.json`` and the per-seed ``predictions.json`` that
-``python -m benchmarks.run --task l2o --model M`` writes; writes ``comparison.json``, ``comparison.md``
-and ``curves_<split>.png`` into ``--out``.
+Reads the per-seed ``metrics.json`` / ``predictions.json`` / ``config.yaml`` that
+``python -m benchmarks.run --task l2o --model M --seeds ...`` writes under ``<results>/<optimizer>/seed<k>/``
+(finished seeds only); writes ``comparison.json``, ``comparison.md`` and ``curves_<split>.png`` into ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 from typing import Any
 
-from benchmarks.run import training_curves
+import yaml
+
+from benchmarks.run import summarize, training_curves
 from neuralgraph.io import atomic_write_text
 
 #: the table's order: hand-written, then learned optimizers without and with the optimizee's structure
@@ -24,19 +27,24 @@ METRICS = ("accuracy", "test_loss", "train_loss", "meta_loss")
 
 
 def collect(root: str) -> dict[str, dict[str, Any]]:
-    """Optimizer name -> its summary and per-seed predictions."""
+    """Optimizer name -> the mean / std over its finished seeds (every ``seed*/metrics.json``, so seeds run
+    one invocation at a time count too), its seeds, configuration and per-seed predictions."""
     out = {}
     for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name, "summary.json")
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            summary = json.load(f)
-        preds = []
-        for seed in summary["seeds"]:
-            with open(os.path.join(root, name, f"seed{seed}", "predictions.json")) as f:
+        seeds = sorted(glob.glob(os.path.join(root, name, "seed*", "metrics.json")),
+                       key=lambda p: int(os.path.basename(os.path.dirname(p))[4:]))
+        results, preds = [], []
+        for path in seeds:
+            with open(path) as f:
+                results.append(json.load(f))
+            with open(os.path.join(os.path.dirname(path), "predictions.json")) as f:
                 preds.append(json.load(f))
-        out[name] = {"summary": summary, "predictions": preds}
+        if not results:
+            continue
+        with open(os.path.join(os.path.dirname(seeds[0]), "config.yaml")) as f:
+            config = yaml.safe_load(f)
+        out[name] = {"summary": {"seeds": [r["seed"] for r in results], "config": config,
+                                 "summary": summarize(results)}, "predictions": preds}
     return dict(sorted(out.items(), key=lambda kv: (ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER), kv[0])))
 
 

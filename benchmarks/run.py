@@ -1,5 +1,6 @@
 """Train and evaluate a model on a task over seeds; write metrics, a Markdown table and the task's figure
-(a scatter plot for regression, a confusion matrix for classification, reconstructions for INR editing).
+(a scatter plot for regression, a confusion matrix for classification, reconstructions for INR editing,
+training curves of the optimizee for learned optimizers).
 
     python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE | NAME]
                              [--set key=value ...] [--device cpu|cuda] [--amp [bf16|fp16]] [--quick]
@@ -39,7 +40,7 @@ import yaml
 
 import neuralgraph
 from benchmarks.options import OptionError, check_config
-from neuralgraph.models import create_model, list_models, model_arguments, model_class
+from neuralgraph.models import create_model, list_models, model_arguments, model_class, model_task
 from neuralgraph.tasks import (TASK_SUPPLIED, IncompatibleModelError, create_task, list_tasks, task_config_class,
                                task_config_fields)
 from neuralgraph.io import DataFileError, StorageError, atomic_write, atomic_write_text, make_dirs
@@ -266,9 +267,38 @@ def reconstructions_plot(results: list[dict[str, Any]], path: str, title: str) -
     _save(fig, path)
 
 
+def training_curves(series: dict[str, list[dict[str, Any]]], path: str, title: str) -> None:
+    """Training loss and test accuracy of inner runs against the step (learned optimizers): one line per
+    label, the mean over its records (each with ``curve_train_loss [runs, K]``, ``curve_step [runs, n]``,
+    ``curve_test_accuracy [runs, n]``), a band of one standard deviation."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, recs in series.items():
+        loss = np.concatenate([np.asarray(r["curve_train_loss"], dtype=float) for r in recs])   # [runs, K]
+        acc = np.concatenate([np.asarray(r["curve_test_accuracy"], dtype=float) for r in recs])  # [runs, n]
+        steps = np.asarray(recs[0]["curve_step"], dtype=float)[0]
+        for ax, y, x in ((ax_loss, loss, np.arange(loss.shape[1])), (ax_acc, acc, steps)):
+            mean, std = y.mean(0), y.std(0)
+            line, = ax.plot(x, mean, lw=1.2, label=label)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="inner step", ylabel="optimizee training loss (minibatch)")
+    ax_acc.set(xlabel="inner step", ylabel="optimizee test accuracy")
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def curves_plot(results: list[dict[str, Any]], path: str, title: str) -> None:
+    """Inner-run curves of every evaluated split, all seeds (learned optimizers)."""
+    splits = sorted(results[0]["predictions"])
+    training_curves({s: [r["predictions"][s] for r in results] for s in splits}, path, title)
+
+
 #: the runner's figure of each kind a task names (``Task.figure``), and its file name
 FIGURES = {"scatter": (scatter_plot, "scatter.png"), "confusion": (confusion_plot, "confusion.png"),
-           "reconstructions": (reconstructions_plot, "reconstructions.png")}
+           "reconstructions": (reconstructions_plot, "reconstructions.png"), "curves": (curves_plot, "curves.png")}
 
 
 def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[str, Any]], device: str,
@@ -378,8 +408,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.task not in list_tasks():
         raise SystemExit(f"Could not resolve task {args.task!r} among choices {list_tasks()}")
-    if args.model not in list_models():
-        raise SystemExit(f"Could not resolve model {args.model!r} among choices {list_models()}")
+    if args.model not in list_models(task=args.task):
+        owner = model_task(args.model)
+        why = f"{args.model!r} is a model of the {owner} task only; " if owner else f"Could not resolve model {args.model!r} "
+        raise SystemExit(f"{why}among choices {list_models(task=args.task)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
     if args.amp == "fp16" and args.device != "cuda":

@@ -18,6 +18,8 @@ Scale (see ``docs/scale.md``):
   single-process order), evaluation splits are sharded and their records gathered, and rank 0 alone writes
   checkpoints and results. ``batch_size`` is the *global* batch, so a run on N processes follows the same
   optimisation trajectory as a one-process run (up to floating-point summation order).
+
+A model without trainable parameters (a hand-written optimizer of ``l2o``) is not trained: it is evaluated.
 """
 from __future__ import annotations
 
@@ -173,7 +175,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     if hasattr(net, "fit_statistics"):  # data-fitted statistics (degrees, standardisation): train split only
         train = task.splits["train"]
         net.fit_statistics(train.graphs() if input_kind == "graph" else train.weights())
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    # a module without trainable parameters (a hand-written optimizer of l2o) is evaluated as it is
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay) if trainable else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     better = (lambda a, b: a > b) if task.select_mode == "max" else (lambda a, b: a < b)
     state = {"epoch": 0, "step": 0, "best": None, "best_epoch": -1, "best_state": None, "history": [],
@@ -207,8 +211,10 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
     sampler = DistributedSampler(task.splits["train"], num_replicas=W, rank=rank, shuffle=True,
                                  seed=cfg.seed * 100_003)
     pin = device.type == "cuda"
-    done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or (
+    done = opt is None or state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or bool(
         cfg.max_steps and state["step"] >= cfg.max_steps)
+    if opt is None:
+        state["best_state"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=f"{task.name}", disable=not (progress and writer),
                leave=False)
     while not done:

@@ -59,13 +59,20 @@ class NFN(nn.Module):
         io_dim (int, optional): IO-encoding channels. (default: :obj:`8`)
         dropout (float, optional): dropout in the MLP head. (default: :obj:`0.0`)
         head (str, optional): ``"invariant"`` (pool, then the MLP: one ``out_dim`` vector per network) or
-            ``"equivariant"`` (a last NF-layer to one channel, no pool: one value per weight and bias,
+            ``"equivariant"`` (a last NF-layer to ``out_dim`` channels, no pool: values per weight and bias,
             permuted with the input's hidden neurons; paper §3.4, INR editing). (default: ``"invariant"``)
+        in_channels (int, optional): channels per weight and bias of an :class:`NFFeatures` input (e.g. a
+            learned optimizer's gradient and momentum features). (default: :obj:`1`, the weights alone)
 
     Shapes:
-        - **input:** :class:`WeightSpaceBatch` of ``B`` networks of the one architecture
+        - **input:** :class:`WeightSpaceBatch` of ``B`` networks of the one architecture, or
+          :class:`~neuralgraph.nn.nf_layers.NFFeatures` with ``in_channels`` channels (``[B, n, m,
+          in_channels * taps]`` per layer, channel-major): networks with the architecture's layer count,
+          kernel sizes, inputs and outputs but any hidden widths (NF-layers serve every width), used as they
+          are (no standardisation)
         - **output:** ``[B, out_dim]`` (raw; the task applies sigmoid / BCE), or for
-          ``head="equivariant"`` a :class:`WeightSpace` shaped like the input (batch order)
+          ``head="equivariant"`` a :class:`WeightSpace` shaped like the input (batch order; ``out_dim``
+          must be 1), or :class:`NFFeatures` with ``out_dim`` channels for an :class:`NFFeatures` input
     """
 
     input_kind: ClassVar[str] = "weights"
@@ -76,7 +83,8 @@ class NFN(nn.Module):
     def __init__(self, weight_shapes: Sequence, out_dim: int = 1, layer: str = "np",
                  hidden_channels: Sequence[int] = (16, 16, 5), head_hidden: Sequence[int] = (1000, 1000),
                  io_encoding: str = "sinusoidal", io_dim: int = 8, dropout: float = 0.0,
-                 pool: str = "hnp", standardize: bool = True, head: str = "invariant") -> None:
+                 pool: str = "hnp", standardize: bool = True, head: str = "invariant",
+                 in_channels: int = 1) -> None:
         super().__init__()
         self.weight_shapes = normalize_signature(weight_shapes)
         self.layer, self.io_kind, self.pool_kind, self.standardize = layer, io_encoding, pool, bool(standardize)
@@ -93,7 +101,7 @@ class NFN(nn.Module):
         if self.layer != "pt":
             check_feedforward(self.weight_shapes, self.name)
         self.out_dim = out_dim
-        channels = 1
+        channels = in_channels
         if self.io_kind == "none":
             self.io = None
         else:
@@ -105,8 +113,8 @@ class NFN(nn.Module):
             channels = c
         self.layers = nn.ModuleList(layers)
         self._init_statistics()
-        if head == "equivariant":  # one channel per weight / bias
-            self.head = _LAYERS[self.layer](self.weight_shapes, channels, 1)
+        if head == "equivariant":  # out_dim channels per weight / bias
+            self.head = _LAYERS[self.layer](self.weight_shapes, channels, out_dim)
         else:
             self.head = mlp(pool_dim(self.weight_shapes, channels, self.pool_kind), tuple(head_hidden), out_dim,
                             dropout)
@@ -158,10 +166,15 @@ class NFN(nn.Module):
             tuple((b - getattr(self, f"b_mean_{i}")) / getattr(self, f"b_std_{i}") for i, b in enumerate(ws.biases)),
             ws.feedforward)
 
-    def features(self, batch: WeightSpaceBatch) -> NFFeatures:
+    def features(self, batch: WeightSpaceBatch | NFFeatures) -> NFFeatures:
         """The equivariant features after the NF-layers (group order)."""
-        ws = self._standardized(require_homogeneous(batch, self.weight_shapes, self.name))
-        feats = to_features(ws)
+        if isinstance(batch, NFFeatures):
+            feats = batch
+            if len(feats.weights) != len(self.weight_shapes):
+                raise ValueError(f"{self.name} was built for {len(self.weight_shapes)} layers, got features of "
+                                 f"{len(feats.weights)}")
+        else:
+            feats = to_features(self._standardized(require_homogeneous(batch, self.weight_shapes, self.name)))
         if self.io is not None:
             feats = self.io(feats)
         for layer in self.layers:
@@ -173,9 +186,14 @@ class NFN(nn.Module):
         feats = self.features(batch)
         return hnp_pool(feats) if self.pool_kind == "hnp" else np_pool(feats)
 
-    def forward(self, batch: WeightSpaceBatch) -> Tensor | WeightSpace:
+    def forward(self, batch: WeightSpaceBatch | NFFeatures) -> Tensor | WeightSpace | NFFeatures:
         if self.head_kind == "equivariant":
-            out = self.head(self.features(batch))                           # one channel per weight / bias
+            out = self.head(self.features(batch))                           # out_dim channels per weight / bias
+            if isinstance(batch, NFFeatures):
+                return out
+            if self.out_dim != 1:
+                raise ValueError(f"{self.name}: a WeightSpace output holds one value per parameter; out_dim is "
+                                 f"{self.out_dim} (pass NFFeatures to get several channels)")
             order = batch.positions[0].argsort()                            # group order -> batch order
             return WeightSpace(tuple(w.reshape(w.shape[:3] + s[2:])[order] for w, (s, _) in
                                      zip(out.weights, self.weight_shapes)),  # [B, out, in, *kernel]
@@ -196,28 +214,31 @@ def _builds(cls: type):
 @_builds(NFN)
 def nfn_np(weight_shapes: Sequence, out_dim: int = 1, hidden_channels: Sequence[int] = (16, 16, 5),
            head_hidden: Sequence[int] = (1000, 1000), io_encoding: str = "sinusoidal", io_dim: int = 8,
-           dropout: float = 0.0, pool: str = "hnp", standardize: bool = True, head: str = "invariant") -> NFN:
+           dropout: float = 0.0, pool: str = "hnp", standardize: bool = True, head: str = "invariant",
+           in_channels: int = 1) -> NFN:
     """NFN\\ :sub:`NP`: NP NF-layers, sinusoidal IO-encoding, standardised inputs and the HNP pool, as the paper's
     reference experiments configure it (``pool="np"``: the paper's text). Arguments: :class:`NFN`."""
     return NFN(weight_shapes, out_dim, "np", hidden_channels, head_hidden, io_encoding, io_dim, dropout, pool,
-               standardize, head)
+               standardize, head, in_channels)
 
 
 @register_model("nfn-hnp")
 @_builds(NFN)
 def nfn_hnp(weight_shapes: Sequence, out_dim: int = 1, hidden_channels: Sequence[int] = (16, 16, 5),
             head_hidden: Sequence[int] = (1000, 1000), io_encoding: str = "none", io_dim: int = 8,
-            dropout: float = 0.0, pool: str = "hnp", standardize: bool = False, head: str = "invariant") -> NFN:
+            dropout: float = 0.0, pool: str = "hnp", standardize: bool = False, head: str = "invariant",
+           in_channels: int = 1) -> NFN:
     """NFN\\ :sub:`HNP`: HNP NF-layers and the HNP pool; no IO-encoding needed. Arguments: :class:`NFN`."""
     return NFN(weight_shapes, out_dim, "hnp", hidden_channels, head_hidden, io_encoding, io_dim, dropout, pool,
-               standardize, head)
+               standardize, head, in_channels)
 
 
 @register_model("nfn-pt")
 @_builds(NFN)
 def nfn_pt(weight_shapes: Sequence, out_dim: int = 1, hidden_channels: Sequence[int] = (16, 16, 5),
            head_hidden: Sequence[int] = (1000, 1000), io_encoding: str = "sinusoidal", io_dim: int = 8,
-           dropout: float = 0.0, pool: str = "np", standardize: bool = False, head: str = "invariant") -> NFN:
+           dropout: float = 0.0, pool: str = "np", standardize: bool = False, head: str = "invariant",
+           in_channels: int = 1) -> NFN:
     """NFN\\ :sub:`PT`: pointwise NF-layers and the NP pool, the paper's ablation. Arguments: :class:`NFN`."""
     return NFN(weight_shapes, out_dim, "pt", hidden_channels, head_hidden, io_encoding, io_dim, dropout, pool,
-               standardize, head)
+               standardize, head, in_channels)

@@ -8,23 +8,34 @@ from typing import Any, Callable
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: models that only make sense for one task (e.g. the hand-written optimizers of ``l2o``): name -> task
+_TASK_ONLY: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``fn`` (a class or factory returning an ``nn.Module``) under ``name``."""
+def register_model(name: str, task: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``fn`` (a class or factory returning an ``nn.Module``) under ``name``; with ``task``, a
+    model of that task only (listed by ``list_models(task=...)``, not among the general encoders)."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
+        if task is not None:
+            _TASK_ONLY[name] = task
         return fn
 
     return deco
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style wildcard, e.g. ``list_models("ng-*")``."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered model names matching a shell-style wildcard, e.g. ``list_models("ng-*")``: the general
+    models, plus the models of ``task`` only when a task is given."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern) and _TASK_ONLY.get(n, task) == task)
+
+
+def model_task(name: str) -> str | None:
+    """The one task a model belongs to (``None``: a general model)."""
+    return _TASK_ONLY.get(name)
 
 
 def create_model(name: str, **hparams) -> nn.Module:

@@ -71,7 +71,8 @@ class IncompatibleModelError(ValueError):
 
 
 #: Model constructor arguments a task supplies (sizes and the members' architecture), never set by users.
-TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network", "num_outputs")
+TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network", "num_outputs",
+                 "in_channels")
 
 #: What a task asks a model to output.
 OUTPUTS = ("scalar", "classes", "parameters")
@@ -152,8 +153,12 @@ class Task:
         Raises:
             IncompatibleModelError: the model cannot serve this task (the message says why).
         """
-        from neuralgraph.models import list_models, model_arguments, model_class
+        from neuralgraph.models import list_models, model_arguments, model_class, model_task
 
+        owner = model_task(model_name)
+        if owner is not None and owner != self.name:
+            raise IncompatibleModelError(f"{model_name} is a model of the {owner} task only; the {self.name} task "
+                                         f"takes {list_models()}")
         cls, accepted = model_class(model_name), model_arguments(model_name)
         kw: dict[str, Any] = {}
         if cls.input_kind == "graph":

@@ -510,6 +510,13 @@ class L2OTask(Task):
         """Split name -> the optimizee it runs (``train`` / ``test``)."""
         return {"train": "train", "val": "train", "test": "test", "test_train_task": "train"}
 
+    def describe_data(self) -> str:
+        c = self.cfg
+        return (f"data: train / val: optimizee {c.train_data} CNN {'-'.join(map(str, c.train_widths))} "
+                f"({c.runs_per_epoch} x batch inner runs of {c.inner_steps} steps per epoch, {c.val_runs} validation "
+                f"runs); test: optimizee {c.test_data} CNN {'-'.join(map(str, c.test_widths))} ({c.test_runs} runs of "
+                f"{c.eval_steps} steps)")
+
     def _runs(self, split: str) -> int:
         return {"val": self.cfg.val_runs, "tune": self.cfg.tune_runs}.get(split, self.cfg.test_runs)
 

@@ -413,7 +413,7 @@ class L2OConfig:
     inner_batch: int = 64  # images per optimizee minibatch
     inner_steps: int = 200  # steps of one meta-training inner run (a fresh optimizee each run)
     unroll: int = 20  # truncated-BPTT length: inner steps per meta-gradient step (divides inner_steps)
-    runs_per_epoch: int = 4  # meta-training inner runs per epoch (x train.batch_size run in parallel)
+    runs_per_epoch: int = 4  # meta-training inner runs per epoch, in groups of train.batch_size per meta-step
     eval_steps: int = 200  # K: steps of every evaluation run (validation, tests, the lr grid)
     eval_every: int = 20  # test accuracy of evaluation runs recorded every this many steps
     val_runs: int = 2  # held-out inner runs of the meta-training task (model selection)

@@ -26,6 +26,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.lr": (lambda v: v > 0, "> 0"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "fourier_sigma": (lambda v: v > 0, "> 0"),
+    "fourier_features": (lambda v: v >= 0, ">= 0 (0: plain projections)"),
     "task.split": (lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) < 1e-6,
                    "summing to 1 (train, val, test fractions, each >= 0)"),
 }
@@ -49,6 +50,16 @@ def check_options(section: str, values: dict[str, Any], hints: dict[str, Any],
     for name, value in values.items():
         key = f"{section}.{name}"
         tp = hints.get(name, Any)
+        group = _dataclass_in(tp)
+        if group is not None and isinstance(value, dict):  # a nested options group (model.encoder.act_emb)
+            valid = {f.name for f in fields(group)}
+            bad = sorted(set(value) - valid)
+            if bad:
+                errors.append(f"{key}: unknown option(s) {bad}; valid options: {sorted(valid)}")
+                continue
+            out[name], errs = check_options(key, value, typing.get_type_hints(group), _dataclass_defaults(group))
+            errors += errs
+            continue
         try:
             v = _conform(value, tp)
         except TypeError:
@@ -92,6 +103,16 @@ def _dataclass_defaults(cls: type) -> dict[str, Any]:
     return {f.name: (f.default if f.default is not dataclasses.MISSING else
                      f.default_factory() if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty)
             for f in fields(cls)}
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass an option's type names (``EncoderConfig | dict``: ``EncoderConfig``), or ``None``."""
+    import dataclasses
+
+    for t in (typing.get_args(tp) if _is_union(tp) else (tp,)):
+        if isinstance(t, type) and dataclasses.is_dataclass(t):
+            return t
+    return None
 
 
 def _is_union(tp: Any) -> bool:

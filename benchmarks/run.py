@@ -2,22 +2,32 @@
 (a scatter plot for regression, a confusion matrix for classification, reconstructions for INR editing,
 training curves of the optimizee for learned optimizers).
 
-    python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE]
-                             [--set key=value ...] [--device cpu|cuda] [--quick] [--out DIR] [--tag NAME]
-                             [--threads N]
+    python -m benchmarks.run --task wildpark --model ng-t [--seeds 0 1 2] [--config FILE | NAME]
+                             [--set key=value ...] [--device cpu|cuda] [--amp [bf16|fp16]] [--quick]
+                             [--out DIR] [--tag NAME] [--threads N] [--dist-timeout S]
+    torchrun --nproc_per_node=N -m benchmarks.run ...   (data-parallel on N processes: DDP)
 
 Configuration, later sources overriding earlier ones: ``configs/tasks/<task>.yaml``,
 ``configs/models/<model>.yaml`` (package data under ``neuralgraph/configs/``; a missing file is an
-error), ``--config FILE``, the task file's ``quick:`` section (with ``--quick``), then ``--set``
-(``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``). Unknown keys, wrong types and values out
+error), ``--config FILE`` (or a named paper configuration, ``--config ng-gnn-wildpark``: a file of
+``neuralgraph/configs/paper/``, whose ``for:`` section names the task and model it is for), the task file's ``quick:`` section (with ``--quick``), then ``--set``
+(``task.runs=64``, ``model.hidden=32``, ``train.epochs=5``; a nested group: ``model.encoder.act_emb=false``).
+Unknown keys, wrong types and values out
 of range are an error listing each key, its value and what is valid, before any work is done. The
 resolved configuration is saved beside a seed's results once the run is accepted (a rerun with a changed
 configuration is refused and leaves the old files alone). Interrupted runs resume from their per-seed
 checkpoint when the same command is run again.
+
+Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set) the runner joins the process group (NCCL with
+``--device cuda``, one GPU per local rank; gloo on CPU) and trains with DistributedDataParallel:
+``train.batch_size`` is the global batch, split evenly over the ranks; rank 0 builds the data first and
+alone writes results, figures and checkpoints. A rank that dies or hangs makes every rank fail within
+``--dist-timeout`` seconds; rerunning the same command resumes. See ``docs/scale.md``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -34,11 +44,28 @@ from neuralgraph.models import create_model, list_models, model_arguments, model
 from neuralgraph.tasks import (TASK_SUPPLIED, IncompatibleModelError, create_task, list_tasks, task_config_class,
                                task_config_fields)
 from neuralgraph.io import DataFileError, StorageError, atomic_write, atomic_write_text, make_dirs
-from neuralgraph.training import TrainConfig, fit
+from neuralgraph.training import TrainConfig, fit, world
 
 # the default configurations ship inside the package (package data), so installed copies find them
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(neuralgraph.__file__)), "configs")
 SECTIONS = ("task", "model", "train")
+#: the named paper configurations (``--config NAME``)
+PAPER_CONFIGS = os.path.join(CONFIGS, "paper")
+
+
+def paper_configs() -> list[str]:
+    """Names of the packaged paper configurations (``neuralgraph/configs/paper/<name>.yaml``)."""
+    return sorted(f[:-5] for f in os.listdir(PAPER_CONFIGS) if f.endswith(".yaml"))
+
+
+def _config_path(config: str) -> str:
+    """A ``--config`` file, or the packaged paper configuration of that name."""
+    if os.path.exists(config):
+        return config
+    named = os.path.join(PAPER_CONFIGS, f"{config}.yaml")
+    if os.path.isfile(named):
+        return named
+    raise SystemExit(f"--config {config}: no such file, nor a named paper configuration; named: {paper_configs()}")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -61,14 +88,23 @@ def _read_defaults(kind: str, name: str) -> dict[str, Any]:
 
 def _merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> None:
     for section, values in extra.items():
-        if section == "quick":
+        if section in ("quick", "for"):
             continue
         if section not in SECTIONS:
             raise SystemExit(f"{source}: unknown section {section!r}; valid sections: {list(SECTIONS)}")
         if values is not None and not isinstance(values, dict):
             raise SystemExit(f"{source}: section {section!r} must be a mapping of option: value, got "
                              f"{type(values).__name__} {values!r}")
-        base.setdefault(section, {}).update(values or {})
+        _update(base.setdefault(section, {}), values or {})
+
+
+def _update(base: dict[str, Any], values: dict[str, Any]) -> None:
+    """``base.update(values)``, merging nested option groups (``encoder: {act_emb: false}``) key by key."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _update(base[key], value)
+        else:
+            base[key] = value
 
 
 def _parse_value(text: str) -> Any:
@@ -83,9 +119,13 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
     _merge(cfg, task_yaml, f"configs/tasks/{task}.yaml")
     _merge(cfg, _read_defaults("model", model), f"configs/models/{model}.yaml")
     if config_file:
-        if not os.path.exists(config_file):
-            raise SystemExit(f"--config {config_file}: no such file")
-        _merge(cfg, _read_yaml(config_file), config_file)
+        path = _config_path(config_file)
+        extra = _read_yaml(path)
+        meant = extra.get("for") or {}
+        if any(meant.get(k, v) != v for k, v in (("task", task), ("model", model))):
+            raise SystemExit(f"--config {config_file} is for --task {meant.get('task')} --model {meant.get('model')}, "
+                             f"not --task {task} --model {model}")
+        _merge(cfg, extra, path)
     if quick:
         quick_cfg = task_yaml.get("quick") or {}
         if not isinstance(quick_cfg, dict):
@@ -96,11 +136,17 @@ def resolve_config(task: str, model: str, config_file: str | None, quick: bool,
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in SECTIONS:
             raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION in {list(SECTIONS)}")
-        cfg[section][name] = _parse_value(value)
+        *group, leaf = name.split(".")  # model.encoder.act_emb=false: a key of a nested options group
+        target = cfg[section]
+        for g in group:
+            target = target.setdefault(g, {})
+            if not isinstance(target, dict):
+                raise SystemExit(f"--set {item!r}: {section}.{g} is not a group of options")
+        target[leaf] = _parse_value(value)
     valid = {
         "task": set(task_config_fields(task)),
         "model": set(model_arguments(model)) - set(TASK_SUPPLIED),
-        "train": {f.name for f in fields(TrainConfig)} - {"seed", "device"},
+        "train": {f.name for f in fields(TrainConfig)} - {"seed", "device", "amp"},  # command-line flags
     }
     for section, keys in valid.items():
         bad = sorted(set(cfg[section]) - keys)
@@ -256,38 +302,75 @@ FIGURES = {"scatter": (scatter_plot, "scatter.png"), "confusion": (confusion_plo
 
 
 def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[str, Any]], device: str,
-        out: str, tag: str | None = None, progress: bool = True) -> dict[str, Any]:
+        out: str, tag: str | None = None, progress: bool = True, amp: str = "off") -> dict[str, Any]:
+    W, rank = world()
+    writer = rank == 0
     task = create_task(task_name, **cfg["task"])
+    if W > 1:  # rank 0 builds (generates, converts, caches) the data; the others then read its caches
+        _data_barrier(rank, lambda: _sized(task, model_name, cfg))
     label = model_name + (f"+{tag}" if tag else "")
     run_dir = os.path.join(out, task.result_name if hasattr(task, "result_name") else task_name, label)
     results = []
     for seed in seeds:
         seed_dir = os.path.join(run_dir, f"seed{seed}")
-        make_dirs(seed_dir)
+        if writer:
+            make_dirs(seed_dir)
         kwargs = _sized(task, model_name, cfg)  # may build the data: before seeding
         torch.manual_seed(seed)
         model = create_model(model_name, **kwargs)
-        train_cfg = TrainConfig(**cfg["train"], seed=seed, device=device)
-        res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress,
+        train_cfg = TrainConfig(**cfg["train"], seed=seed, device=device, amp=amp)
+        res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress and writer,
                   run_config={"task_name": task_name, "model_name": model_name, "task": cfg["task"],
                               "model": cfg["model"]})
         # written once fit accepted the run (a changed configuration is refused above, old files untouched)
-        atomic_write_text(os.path.join(seed_dir, "config.yaml"),
-                          yaml.safe_dump({"task_name": task_name, "model_name": model_name, "seed": seed,
-                                          "device": device, **cfg}, sort_keys=False))
+        if writer:
+            # world_size and both batch sizes: a distributed run is never mistaken for N independent copies
+            parallel = {"world_size": W, "batch_size_per_rank": res["batch_size_per_rank"],
+                        "batch_size_global": res["batch_size_global"]}
+            atomic_write_text(os.path.join(seed_dir, "config.yaml"),
+                              yaml.safe_dump({"task_name": task_name, "model_name": model_name, "seed": seed,
+                                              "device": device, "amp": amp, "parallel": parallel, **cfg},
+                                             sort_keys=False))
         res["model"] = label
         results.append(res)
     summary = summarize(results)
     table = markdown_table(task_name, label, summary, seeds)
-    atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(
-        {"task": task_name, "model": label, "seeds": seeds, "config": cfg, "summary": summary}, indent=2))
-    atomic_write_text(os.path.join(run_dir, "summary.md"), table)
-    if task.figure is not None:
-        plot, filename = FIGURES[task.figure]
-        plot(results, os.path.join(run_dir, filename), f"{task_name} / {label}")
-    print(table)
-    print(f"results in {run_dir}")
+    if writer:
+        atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(
+            {"task": task_name, "model": label, "seeds": seeds, "config": cfg, "world_size": W, "summary": summary},
+            indent=2))
+        atomic_write_text(os.path.join(run_dir, "summary.md"), table)
+        if task.figure is not None:
+            plot, filename = FIGURES[task.figure]
+            plot(results, os.path.join(run_dir, filename), f"{task_name} / {label}")
+        print(table)
+        print(task.describe_data())
+        print(f"results in {run_dir}")
     return {"summary": summary, "results": results, "dir": run_dir}
+
+
+def _data_barrier(rank: int, build) -> None:
+    """Rank 0 runs ``build`` (which may generate a zoo for many minutes) while the others wait, then the
+    others run it on the caches rank 0 wrote. The wait has no practical time limit (a dead rank 0 ends the
+    job through torchrun); a failure on rank 0 is raised on every rank."""
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
+    error = None
+    if rank == 0:
+        try:
+            build()
+        except BaseException as e:  # tell the waiting ranks, then fail here too
+            error = e
+    flag = [repr(error) if error is not None else None]
+    dist.broadcast_object_list(flag, src=0, group=group)
+    if error is not None:
+        raise error
+    if flag[0] is not None:
+        raise SystemExit(f"rank 0 failed to build the data: {flag[0]}")
+    if rank != 0:
+        build()
+    dist.destroy_process_group(group)
 
 
 def _sized(task, model_name: str, cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -305,9 +388,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task", required=True, help=f"one of {list_tasks()}")
     ap.add_argument("--model", required=True, help=f"one of {list_models()}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--config", help="YAML file with task:/model:/train: sections")
+    ap.add_argument("--config", help="YAML file with task:/model:/train: sections, or a named paper configuration: "
+                    f"{', '.join(paper_configs())}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--amp", nargs="?", const="bf16", default="off", choices=["off", "bf16", "fp16"],
+                    help="mixed precision: bf16 autocast (CPU, CUDA; the default of a bare --amp) or fp16 with a "
+                         "gradient scaler (CUDA)")
+    ap.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                    help="under torchrun: seconds a collective may wait for the other ranks before the job fails "
+                         "(default 600)")
     ap.add_argument("--quick", action="store_true", help="a one-minute smoke run (tiny zoo, few steps)")
     ap.add_argument("--out", default="results", help="results directory (default: results/)")
     ap.add_argument("--tag", help="suffix for the result directory of this variant, e.g. no-act-emb")
@@ -324,12 +414,34 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{why}among choices {list_models(task=args.task)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.amp == "fp16" and args.device != "cuda":
+        raise SystemExit("--amp fp16 needs --device cuda (float16 with a gradient scaler); on CPU use --amp bf16")
     cfg = resolve_config(args.task, args.model, args.config, args.quick, args.overrides)
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun
+    if distributed:
+        _init_distributed(args.device, args.dist_timeout, cfg["train"].get("batch_size", TrainConfig.batch_size))
     try:
-        run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress)
+        run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress,
+            amp=args.amp)
     except (DataFileError, StorageError) as e:  # a bad input file, or one that cannot be written: named, with the fix
         raise SystemExit(f"error: {e}") from None
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
 
+
+def _init_distributed(device: str, timeout: float, batch_size: int) -> None:
+    """Join torchrun's process group: NCCL and the local rank's GPU with ``--device cuda``, else gloo."""
+    import torch.distributed as dist
+
+    world_size = int(os.environ["WORLD_SIZE"])
+    if batch_size % world_size:
+        raise SystemExit(f"train.batch_size={batch_size} is the global batch and must be divisible by the "
+                         f"number of processes ({world_size}); e.g. --set train.batch_size="
+                         f"{max(world_size, batch_size // world_size * world_size)}")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
 
 if __name__ == "__main__":
     main(sys.argv[1:])

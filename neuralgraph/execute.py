@@ -89,7 +89,7 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         max_kernel (tuple[int, ...], optional): the converter's ``max_kernel``; inferred when the edge
             features are a cube of the spatial dims (``(7, 7)`` from 49 taps). (default: ``None``)
         tokens (bool, optional): read ``x`` as token sequences; by default when the graph has attention
-            edges. (default: ``None``)
+            edges and its inputs are not read as maps (a ViT embeds an image). (default: ``None``)
 
     Returns:
         Tensor: the outputs, ``[B, n_out]`` (``[B, n_out, *S]`` for unpooled maps, ``[B, T, n_out]`` for token
@@ -116,8 +116,11 @@ class _Run:
         self.centre = 0
         for k in max_kernel:
             self.centre = self.centre * k + k // 2
-        if tokens is None:  # a network with attention reads token sequences [B, T, d]
-            tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any())
+        if tokens is None:  # a network with attention reads token sequences [B, T, d], unless it embeds an image
+            maps = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "map"])
+            inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())].cpu()
+            tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any()) and not bool(
+                torch.isin(inputs_read, maps).any())
         self.tokens = tokens
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
         self.batch = self.xs[0].size(0)
@@ -244,6 +247,14 @@ class _Run:
                 self._attention(e, add)
             elif kind.op == "product":
                 self._product(e, add)
+            elif kind.op == "tokens":
+                self._tokens(e, add)
+            elif kind.op == "subsample":
+                self._subsample(e, add)
+            elif kind.op == "upsample":
+                self._upsample(e, add)
+            elif kind.op == "conv_transpose":
+                self._conv_transpose(e, add)
             elif kind.op == "scalar":  # the centre tap times the source's value
                 self._scalar(e, kind.reads, add)
             elif kind.op != "none":
@@ -253,7 +264,7 @@ class _Run:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for j in nodes:
             if j not in pre:
-                pre[j] = bias[j].expand(self.batch)
+                pre[j] = bias.new_zeros(self.batch)  # no inputs: the bias alone (a constant neuron)
             groups[(tuple(pre[j].shape), int(g.node_act[j]))].append(j)
         for (shape, act), members in groups.items():
             z = torch.stack([pre[j] for j in members]) + bias[torch.tensor(members)].view(-1, *([1] * len(shape)))
@@ -298,6 +309,85 @@ class _Run:
                 out = out * _lift(f, rank)
             add([j], out.unsqueeze(0))
 
+    def _tokens(self, e: Tensor, add) -> None:
+        """Token edges (``tokens``, ``position``): ``w`` times the source read as a token sequence (a map's positions
+        flattened, a ``[B]`` value one token), target token ``t < length`` reading source token ``start + t`` (zero
+        outside it); ``drop``: the one token as a feature ``[B]`` (geometry ``data.graph.token_geometry``)."""
+        w_all = self.g.edge_attr[e, self.centre]
+        uniq, inverse = torch.unique(self.g.edge_conv[e, :3].long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            start, length, drop = uniq[u].tolist()
+            eg = (inverse == u).nonzero().view(-1)
+            for sel, udst, sl, dl, stack in self._split(e[eg], "value"):
+                seq = stack.reshape(stack.size(0), stack.size(1), -1)                  # [Cs, B, P]
+                left, right = max(0, -start), max(0, start + length - seq.size(2))
+                seq = F.pad(seq, (left, right))[:, :, start + left:start + left + length]  # [Cs, B, length]
+                if drop:
+                    seq = seq[:, :, 0]                                                # [Cs, B]
+                w = w_all[eg[sel]].to(seq.dtype).view(-1, *([1] * (seq.dim() - 1)))
+                out = seq.new_zeros(len(udst), *seq.shape[1:]).index_add_(0, dl, w * seq[sl])
+                add(udst, out)
+
+    def _subsample(self, e: Tensor, add) -> None:
+        """Subsample edges: output position ``o`` reads source position ``o * stride + offset`` per spatial dim, for
+        ``o < (n - block) // stride + 1`` (stride, offset and block size in the stride, padding and kernel columns of
+        ``edge_conv``), times the centre tap."""
+        dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
+        uniq, inverse = torch.unique(self.g.edge_conv[e].long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            stride, offset, _, block = uniq[u].view(4, dims).tolist()
+            eg = (inverse == u).nonzero().view(-1)
+            for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
+                sd = stack.dim() - 2
+                index = [slice(None), slice(None)]
+                for d in range(dims - sd, dims):
+                    n_out = (stack.size(2 + d - dims + sd) - block[d]) // stride[d] + 1
+                    index.append(slice(offset[d], offset[d] + stride[d] * (n_out - 1) + 1, stride[d]))
+                sub = stack[tuple(index)]                                             # [Cs, B, *S']
+                w = w_all[eg[sel]].to(sub.dtype).view(-1, *([1] * (sub.dim() - 1)))
+                add(udst, sub.new_zeros(len(udst), *sub.shape[1:]).index_add_(0, dl, w * sub[sl]))
+
+    def _upsample(self, e: Tensor, add) -> None:
+        """Upsample edges: source position ``o`` fills target positions ``o * stride + offset`` to ``+ fill`` per
+        spatial dim (stride, offset, fill in the stride, padding and kernel columns of ``edge_conv``); the target
+        has ``stride`` times the source's positions."""
+        dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
+        uniq, inverse = torch.unique(self.g.edge_conv[e].long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            stride, offset, _, fill = uniq[u].view(4, dims).tolist()
+            eg = (inverse == u).nonzero().view(-1)
+            for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
+                sd = stack.dim() - 2
+                up = stack
+                for d in range(sd):  # each position to a block of `stride`, the value in [offset, offset + fill)
+                    k = dims - sd + d
+                    block = torch.zeros(stride[k], dtype=stack.dtype)
+                    block[offset[k]:offset[k] + fill[k]] = 1
+                    up = (up.unsqueeze(3 + d) * block.view(-1, *([1] * (sd - 1 - d)))).flatten(2 + d, 3 + d)
+                w = w_all[eg[sel]].to(up.dtype).view(-1, *([1] * (up.dim() - 1)))
+                add(udst, up.new_zeros(len(udst), *up.shape[1:]).index_add_(0, dl, w * up[sl]))
+
+    def _conv_transpose(self, e: Tensor, add) -> None:
+        """Transposed convolution edges: per geometry, one dense ``conv_transpose`` with a ``[Cs, Cd, *k]`` kernel
+        (each edge's kernel cropped from the centred padding), stride, padding and output_padding from
+        ``edge_conv``."""
+        g, mk, dims = self.g, self.mk, len(self.mk)
+        uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            eg = e[inverse == u]
+            stride, pad, out_pad, ksize = uniq[u].view(4, dims).tolist()
+            for sel, udst, sl, dl, stack in self._split(eg, "map"):
+                sd = stack.dim() - 2
+                crop = tuple(slice((K - k) // 2, (K - k) // 2 + k) for K, k in zip(mk[dims - sd:], ksize[dims - sd:]))
+                kern = g.edge_attr[eg[sel]].view(-1, *mk)[(slice(None),) + tuple(K // 2 for K in mk[:dims - sd])]
+                kern = kern[(slice(None),) + crop].to(stack.dtype)
+                weight = stack.new_zeros(stack.size(0), len(udst), *kern.shape[1:])
+                weight.index_put_((sl, dl), kern, accumulate=True)                     # [Cs, Cd, *k]
+                fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[sd]
+                out = fn(stack.movedim(0, 1), weight, stride=stride[dims - sd:], padding=pad[dims - sd:],
+                         output_padding=out_pad[dims - sd:])                          # [B, Cd, *S']
+                add(udst, out.movedim(1, 0))
+
     def _flatten(self, e: Tensor, add) -> None:
         """Flatten edges: the source map at the target's position (``node_spatial - 1``)."""
         spatial = self.g.node_spatial.cpu()
@@ -307,9 +397,10 @@ class _Run:
             add(udst, stack.new_zeros(len(udst), stack.size(1)).index_add_(0, dl, terms))
 
     def _conv(self, e: Tensor, add) -> None:
-        """Convolution edges: per geometry and source shape, one dense convolution with a ``[Cd, Cs, *k]``
-        kernel. Tap ``u`` of a padded kernel (size ``K``) of an edge with kernel size ``k``, padding ``p`` and
-        dilation ``d`` reads input position ``o * stride - p + (u - (K - k) // 2) * d`` for output ``o``."""
+        """Convolution edges: per geometry and source shape, one dense convolution with a ``[Cd, Cs, *k]`` kernel.
+        Tap ``u`` of a padded kernel (size ``K``) of an edge with kernel size ``k``, padding ``p`` and dilation
+        ``d`` reads input position ``o * stride - p + (u - (K - k) // 2) * d`` for output ``o``: the ``k`` taps
+        from ``(K - k) // 2`` on are the kernel, read from ``edge_attr`` alone (not the whole padded rows)."""
         g, mk, dims = self.g, self.mk, len(self.mk)
         uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
         for u in range(uniq.size(0)):
@@ -318,28 +409,17 @@ class _Run:
             for sel, udst, sl, dl, stack in self._split(eg, "map"):
                 sd = stack.dim() - 2                                                  # spatial dims of the source
                 stride, pad, dil, ksize = (t[dims - sd:] for t in geometry)
-                # the padded kernels [E, *K]; lower-dim kernels sit in the centre of the leading dims
-                kern = g.edge_attr[eg[sel]].view(-1, *mk)[(slice(None),) + tuple(K // 2 for K in mk[:dims - sd])]
-                used = kern.ne(0).any(0)
-                crop, spatial_pad = [], []
-                for d in range(sd):  # crop to the taps any edge uses (the centre tap if none)
-                    K, k = kern.size(1 + d), ksize[d]
-                    off = (K - k) // 2
-                    hit = used.any(tuple(a for a in range(sd) if a != d)).nonzero().view(-1) if sd > 1 else \
-                        used.nonzero().view(-1)
-                    a, b = (int(hit[0]), int(hit[-1]) + 1) if hit.numel() else (K // 2, K // 2 + 1)
-                    n_in = stack.size(2 + d)
-                    n_out = (n_in + 2 * pad[d] - dil[d] * (k - 1) - 1) // stride[d] + 1
-                    left = pad[d] + (off - a) * dil[d]
-                    right = (n_out - 1) * stride[d] + dil[d] * (b - a - 1) + 1 - n_in - left
-                    crop.append(slice(a, b))
-                    spatial_pad.append((left, right))
-                kern = kern[(slice(None), *crop)].to(stack.dtype)
-                weight = stack.new_zeros(len(udst), stack.size(0), *kern.shape[1:])
+                # flat taps of the kernel inside the padded one; lower-dim kernels sit in the centre of the leading
+                # dims
+                full = (1,) * (dims - sd) + tuple(ksize)
+                grid = torch.stack(torch.meshgrid(*(torch.arange(k) + (K - k) // 2 for K, k in zip(mk, full)),
+                                                  indexing="ij")).view(dims, -1)
+                taps = sum(grid[d] * math.prod(mk[d + 1:]) for d in range(dims))       # [prod(k)]
+                kern = g.edge_attr[eg[sel].view(-1, 1), taps.view(1, -1)].view(-1, *ksize).to(stack.dtype)
+                weight = stack.new_zeros(len(udst), stack.size(0), *ksize)
                 weight.index_put_((dl, sl), kern, accumulate=True)                     # [Cd, Cs, *k]
-                inp = F.pad(stack.movedim(0, 1), [p for lr in reversed(spatial_pad) for p in lr])
                 conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[sd]
-                out = conv(inp, weight, stride=stride, dilation=dil)                  # [B, Cd, *S']
+                out = conv(stack.movedim(0, 1), weight, stride=stride, padding=pad, dilation=dil)  # [B, Cd, *S']
                 add(udst, out.movedim(1, 0))
 
     def _norm(self, kind: str, e: Tensor, add) -> None:

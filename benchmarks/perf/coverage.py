@@ -44,6 +44,7 @@ class Case:
     name: str  # "torchvision/resnet18" or "timm/efficientnet_b0": library / factory name
     size: int = 32  # input height = width (reduced; 224 only where an adaptive pool needs the full map)
     kwargs: dict = field(default_factory=dict)  # extra factory arguments (image size of a ViT, ...)
+    convert: dict = field(default_factory=dict)  # converter options (max_kernel=(3, 3): 9 taps per edge, not 49)
 
 
 CASES = [
@@ -63,7 +64,7 @@ CASES = [
     Case("torchvision/regnet_y_400mf"),
     Case("torchvision/shufflenet_v2_x0_5"),
     Case("torchvision/convnext_tiny"),
-    Case("torchvision/vit_b_16", kwargs={"image_size": 32}),
+    Case("torchvision/vit_b_16", kwargs={"image_size": 32}, convert={"max_kernel": (3, 3)}),
     Case("torchvision/alexnet", size=224),
     Case("torchvision/vgg11", size=224),
     Case("torchvision/swin_t"),
@@ -125,7 +126,7 @@ def run_one(case: Case) -> dict:
     from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
 
     torch.set_num_threads(1)
-    row: dict = {"model": case.name, "size": case.size}
+    row: dict = {"model": case.name, "size": case.size, "options": case.convert}
     built = build(case)
     if built is None:
         return row | {"converted": "skipped", "why": f"{case.name.split('/')[0]} is not installed"}
@@ -136,7 +137,7 @@ def run_one(case: Case) -> dict:
     row["rss_model_mb"] = _rss_mb()
     start = time.perf_counter()
     try:
-        g = to_neural_graph(model, example_input=x)
+        g = to_neural_graph(model, example_input=x, **case.convert)
     except UnsupportedModuleError as err:
         return row | {"converted": "refused", "why": str(err)}
     except MemoryError as err:
@@ -152,7 +153,7 @@ def run_one(case: Case) -> dict:
             if t.is_floating_point():
                 t.fill_(float("nan"))
     try:
-        back = dict(from_neural_graph(g, blank).state_dict())
+        back = dict(from_neural_graph(g, blank, example_input=x, **case.convert).state_dict())
         wrong = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, back[k])]
         row["round_trip"] = "exact" if not wrong else f"{len(wrong)} differ ({', '.join(wrong[:3])})"
     except Exception as err:  # noqa: BLE001
@@ -165,7 +166,7 @@ def run_one(case: Case) -> dict:
         return row
     try:
         with torch.no_grad():
-            out = execute(g, x)
+            out = execute(g, x, max_kernel=case.convert.get("max_kernel"))
         err = float((out.reshape(y.shape) - y).abs().max() / y.abs().max().clamp_min(1e-30))
         row["executor_error"] = err
         row["executor"] = f"{err:.1e}"
@@ -228,7 +229,9 @@ def main() -> None:
     if args.one:
         limit = args.max_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        print(json.dumps(run_one(Case(**json.loads(args.one)))), flush=True)
+        case = json.loads(args.one)
+        case["convert"] = {k: tuple(v) if isinstance(v, list) else v for k, v in case.get("convert", {}).items()}
+        print(json.dumps(run_one(Case(**case))), flush=True)
         return
     cases = CASES
     if args.models:

@@ -18,7 +18,7 @@ size just before the measured section.
         [--graphs 128] [--steps 10] [--scaling] [--scaling-only] [--amp] [--device cpu] [--threads N]
         [--json PATH]
 
-The models only use the public API (``create_model``, ``fit_degree``); ``--amp`` runs the forward pass
+The models only use the public API (``create_model``, ``fit_statistics``); ``--amp`` runs the forward pass
 under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA).
 """
 from __future__ import annotations
@@ -71,10 +71,15 @@ def _peak_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
-def _autocast(device: torch.device, amp: bool):
+def _autocast(device: torch.device, amp):
+    """``amp``: False (float32), True (bfloat16 on CPU, float16 on CUDA) or ``"bf16"`` / ``"fp16"``."""
     if not amp:
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16)
+    if amp is True:
+        dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _sync(device: torch.device) -> None:
@@ -87,20 +92,28 @@ def _build(name: str, edge_in: int, graphs, device):
 
     registered, hp = MODELS[name]
     model = create_model(registered, out_dim=1, node_in=4, edge_in=edge_in, **hp)
-    if hasattr(model, "fit_degree"):  # PNA degree statistics from the (training) graphs
-        model.fit_degree(graphs)
+    if hasattr(model, "fit_statistics"):  # PNA degree statistics from the (training) graphs
+        model.fit_statistics(graphs)
     return model.to(device)
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def worker_train(name: str, batch_size: int, n_graphs: int, steps: int, device: torch.device, amp: bool):
-    from torch_geometric.loader import DataLoader
-
+def worker_train(name: str, batch_size: int, n_graphs: int, steps: int, device: torch.device, amp):
     from neuralgraph import to_neural_graph
 
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     graphs = [to_neural_graph(random_wildpark(rng)) for _ in range(n_graphs)]
+    return measure_train(name, graphs, batch_size, steps, device, amp)
+
+
+def measure_train(name: str, graphs: list, batch_size: int, steps: int, device: torch.device, amp) -> dict:
+    """Median training step (forward, MSE loss, backward, Adam step) of benchmark model ``name`` on batches of
+    ``graphs``, and its peak memory. ``amp``: False, True (the device's default half type) or ``"bf16"`` /
+    ``"fp16"``."""
+    from torch_geometric.loader import DataLoader
+
+    torch.manual_seed(0)
     model = _build(name, graphs[0].edge_attr.size(1), graphs, device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = [b.to(device) for b in DataLoader(graphs, batch_size=batch_size, shuffle=False)]
@@ -132,13 +145,19 @@ def worker_train(name: str, batch_size: int, n_graphs: int, steps: int, device: 
     return out
 
 
-def worker_scaling(name: str, device: torch.device, amp: bool):
+def worker_scaling(name: str, device: torch.device, amp):
     from neuralgraph import to_neural_graph
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     graph = to_neural_graph(ResNet18(num_classes=10))
     convert_s = time.perf_counter() - t0
+    return dict(measure_forward(name, graph, device, amp), convert_s=convert_s)
+
+
+def measure_forward(name: str, graph, device: torch.device, amp) -> dict:
+    """Best of two forward passes (no grad) of benchmark model ``name`` on one large ``graph``, and the peak
+    memory (``amp`` as :func:`measure_train`)."""
     model = _build(name, graph.edge_attr.size(1), [graph], device).eval()
     graph = graph.to(device)
     if device.type == "cuda":
@@ -154,8 +173,7 @@ def worker_scaling(name: str, device: torch.device, amp: bool):
         times.append(time.perf_counter() - t0)
     assert torch.isfinite(out.float()).all()
     res = dict(kind="scaling", model=name, amp=amp, device=str(device), nodes=graph.num_nodes,
-               edges=graph.edge_index.size(1), convert_s=convert_s, forward_s=min(times),
-               params=sum(p.numel() for p in model.parameters()))
+               edges=graph.edge_index.size(1), forward_s=min(times), params=sum(p.numel() for p in model.parameters()))
     res.update(_memory(device, base))
     return res
 

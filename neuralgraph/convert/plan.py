@@ -25,6 +25,9 @@ from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, GEOMETRY_DTYPE, ROLE, 
 from neuralgraph.data.weightspace import WeightSpace
 
 _CACHE_SIZE = 256
+#: ``to_neural_graph`` does not cache the plans of architectures with more edges than this: a plan holds about
+#: 56 bytes per edge, and the one graph converted takes its index tensors instead of copies
+UNCACHED_EDGES = 2_000_000
 
 
 class ConversionPlan:
@@ -109,23 +112,36 @@ class ConversionPlan:
         def offset(name: str) -> int:
             return offsets[name]
 
-        srcs, dsts, kinds, geoms, c_pos, c_val = [], [], [], [], [], []
-        e_src, e_dst = [], []
-        rows = 0
+        # every per-edge tensor is allocated once at its final size and filled block by block (no lists of parts
+        # concatenated at the end, which held two copies at once)
+        kept_of = [None if blk.src is None else keep[blk.src] & keep[blk.dst] for blk in builder.edges]
+        sizes = [0 if k is None else int(k.sum()) for k in kept_of]
+        n_edges = sum(sizes)
+        # a parameter's elements on consecutive edges and taps (a Linear, a conv, a norm's gamma) are one *run*
+        # (first edge row, edges, taps, first element): the gather copies it as a block, with no index per element
+        runs: list[tuple[int, int, list[int], int]] = []
+        contiguous = [[k is not None and bool(k.all()) and _consecutive(elem) for _, elem, _ in blk.sources]
+                      for k, blk in zip(kept_of, builder.edges)]
+        n_taps = sum(int(k.sum()) * elem.size(1) for k, blk, cont in zip(kept_of, builder.edges, contiguous)
+                     if k is not None for (_, elem, _), c in zip(blk.sources, cont) if not c)
+        edge_index = torch.empty(2, n_edges, dtype=torch.long)
+        edge_kind = torch.empty(n_edges, dtype=torch.long)
+        edge_conv = torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=GEOMETRY_DTYPE)
+        edge_src, edge_dst = torch.empty(n_taps, dtype=torch.long), torch.empty(n_taps, dtype=torch.long)
+        c_pos, c_val = [], []
+        rows = taps_done = 0
         centre = cfg.centre_tap
-        for blk in builder.edges:
+        for blk, kept, m, cont in zip(builder.edges, kept_of, sizes, contiguous):
             src, dst, sources = blk.src, blk.dst, blk.sources
             blk.src = blk.dst = blk.sources = None  # the builder is discarded: free its edges as they are copied
-            kept = keep[src] & keep[dst]
-            ok = None if bool(kept.all()) else kept.nonzero().view(-1)
-            m = src.numel() if ok is None else ok.numel()
             if m == 0:
                 continue
-            srcs.append(remap[src if ok is None else src[ok]])
-            dsts.append(remap[dst if ok is None else dst[ok]])
+            ok = None if m == src.numel() else kept.nonzero().view(-1)
+            edge_index[0, rows:rows + m] = remap[src if ok is None else src[ok]]
+            edge_index[1, rows:rows + m] = remap[dst if ok is None else dst[ok]]
             del src, dst
-            kinds.append(torch.full((m,), blk.kind, dtype=torch.long))
-            geoms.append(torch.tensor(blk.geometry, dtype=GEOMETRY_DTYPE).expand(m, -1))
+            edge_kind[rows:rows + m] = blk.kind
+            edge_conv[rows:rows + m] = torch.tensor(blk.geometry, dtype=GEOMETRY_DTYPE)
             edge_rows = torch.arange(rows, rows + m)
             # every block has rows of its own: its taps (parameters and constants) must be distinct
             const_taps = ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts)
@@ -136,18 +152,20 @@ class ConversionPlan:
             for tap, value in const_taps:
                 c_pos.append(edge_rows * f_edge + tap)
                 c_val.append(torch.full((m,), float(value)))
-            for name, elem, taps in sources:
-                e_dst.append((edge_rows.view(-1, 1) * f_edge + taps.view(1, -1)).reshape(-1))
-                e_src.append(((elem if ok is None else elem[ok]) + offset(name)).reshape(-1))
+            for (name, elem, taps), run in zip(sources, cont):
+                if run:
+                    runs.append((rows, m, taps.tolist(), int(elem[0, 0]) + offset(name)))
+                    continue
+                k = m * taps.numel()
+                edge_dst[taps_done:taps_done + k] = (edge_rows.view(-1, 1) * f_edge + taps.view(1, -1)).view(-1)
+                edge_src[taps_done:taps_done + k] = ((elem if ok is None else elem[ok]) + offset(name)).view(-1)
+                taps_done += k
             rows += m
         self.num_edges = rows
-        self.edge_index = torch.stack([torch.cat(srcs), torch.cat(dsts)]) if rows else torch.empty(
-            2, 0, dtype=torch.long)
-        del srcs, dsts
-        self.categories["edge_kind"] = torch.cat(kinds) if rows else torch.empty(0, dtype=torch.long)
-        self.categories["edge_conv"] = (torch.cat(geoms) if rows else
-                                        torch.empty(0, 4 * len(cfg.max_kernel), dtype=GEOMETRY_DTYPE))
-        del kinds, geoms
+        self.edge_index = edge_index
+        self.categories["edge_kind"] = edge_kind
+        self.categories["edge_conv"] = edge_conv
+        del edge_index, edge_kind, edge_conv
 
         n_src, n_dst = [], []
         for np_ in builder.node_params:
@@ -160,8 +178,8 @@ class ConversionPlan:
 
         # constant taps (identity edges, a normalization's eps): sparse, no dense template of edge_attr
         self.const_pos, self.const_val = cat(c_pos), cat(c_val, torch.float)
-        self.edge_src, self.edge_dst = cat(e_src), cat(e_dst)
-        del e_src, e_dst
+        self.edge_runs = runs
+        self._edge_src, self._edge_dst = edge_src, edge_dst  # the elements outside runs
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
         bias_slots = self.node_dst[self.node_dst % f_node == 0]
         if (x0.view(-1)[bias_slots] != 0).any():
@@ -177,7 +195,7 @@ class ConversionPlan:
         self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
         self._read_maps: tuple | None = None  # read-back maps, built on first use
-        self._device_cache: dict[torch.device, dict[str, Tensor]] = {}
+        self._device_cache: dict = {}  # device (or ("read", device)) -> the plan's tensors on it
         #: a plain feed-forward chain of linear / conv layers with element-wise maps between them
         #: (activations, constant scales and shifts): what NFN-style weight-space models assume
         self.feedforward = self._is_feedforward()
@@ -200,7 +218,7 @@ class ConversionPlan:
 
     def _maps(self) -> tuple:
         if self._read_maps is None:
-            self._read_maps = self._read_map(self.edge_src, self.edge_dst) + self._read_map(self.node_src,
+            self._read_maps = self._read_map(*self.edge_gather()) + self._read_map(self.node_src,
                                                                                              self.node_dst)
         return self._read_maps
 
@@ -219,6 +237,16 @@ class ConversionPlan:
     @property
     def node_copies(self) -> tuple[Tensor, Tensor, Tensor]:
         return self._maps()[3]
+
+    def edge_gather(self) -> tuple[Tensor, Tensor]:
+        """``(src, dst)``: parameter element ``src[k]`` (in the gather vector) is stored at ``edge_attr.view(-1)
+        [dst[k]]``, every element (runs expanded: built on use, 16 bytes per element)."""
+        f_edge = self.config.edge_dim
+        src, dst = [self._edge_src], [self._edge_dst]
+        for row, m, taps, first in self.edge_runs:
+            src.append(torch.arange(first, first + m * len(taps)))
+            dst.append((torch.arange(row, row + m).view(-1, 1) * f_edge + torch.tensor(taps).view(1, -1)).view(-1))
+        return torch.cat(src), torch.cat(dst)
 
     def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
         """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
@@ -265,14 +293,26 @@ class ConversionPlan:
             self._device_cache[device] = {
                 k: v.to(device) for k, v in dict(
                     self.categories, edge_index=self.edge_index, x0=self.x0, const_pos=self.const_pos,
-                    const_val=self.const_val, edge_src=self.edge_src, edge_dst=self.edge_dst, node_src=self.node_src,
+                    const_val=self.const_val, edge_src=self._edge_src, edge_dst=self._edge_dst, node_src=self.node_src,
                     node_dst=self.node_dst).items()}
         return self._device_cache[device]
 
-    def graph(self, params: nn.Module | Mapping[str, Tensor], allow_nonfinite: bool = False) -> NeuralGraph:
+    def _read_positions(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """:attr:`edge_param` and :attr:`node_param` on ``device`` (moved once, then cached: a training step
+        reading per-parameter outputs copies no index to the device)."""
+        key = ("read", device)
+        if key not in self._device_cache:
+            self._device_cache[key] = ({k: v.to(device) for k, v in self.edge_param.items()},
+                                       {k: v.to(device) for k, v in self.node_param.items()})
+        return self._device_cache[key]
+
+    def graph(self, params: nn.Module | Mapping[str, Tensor], allow_nonfinite: bool = False,
+              share: bool = False) -> NeuralGraph:
         """The neural graph of a model of this architecture (a module or a ``name -> tensor`` mapping).
 
-        NaN / Inf parameters raise a ``ValueError`` naming the parameter unless ``allow_nonfinite``.
+        NaN / Inf parameters raise a ``ValueError`` naming the parameter unless ``allow_nonfinite``. With ``share``
+        the graph's structure fields are this plan's own tensors, not copies (for a plan used once and dropped:
+        :func:`to_neural_graph` of a large architecture).
         """
         vec = self._param_vector(params)
         # one reduction decides in the common case; the full check only runs if the sum is not finite
@@ -286,8 +326,15 @@ class ConversionPlan:
         ea.view(-1)[t["const_pos"]] = t["const_val"].to(vec.dtype)
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
-        fields = {"x": x, "edge_index": t["edge_index"].clone(), "edge_attr": ea}
-        fields.update((k, t[k].clone()) for k in self.categories)
+        for row, m, taps, first in self.edge_runs:
+            block = vec[first:first + m * len(taps)].view(m, len(taps))
+            if len(taps) == 1:
+                ea[row:row + m, taps[0]] = block[:, 0]
+            else:
+                ea[row:row + m, taps] = block
+        copy = (lambda v: v) if share else (lambda v: v.clone())  # noqa: E731
+        fields = {"x": x, "edge_index": copy(t["edge_index"]), "edge_attr": ea}
+        fields.update((k, copy(t[k])) for k in self.categories)
         return NeuralGraph.from_fields(fields)
 
     def read(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
@@ -296,10 +343,11 @@ class ConversionPlan:
         output). Differentiable. A parameter stored more than once (tied weights) is read from its first copy
         (in edge / node order); :meth:`state_dict` checks that the copies agree."""
         out: dict[str, Tensor] = {}
-        for maps, values in ((self.edge_param, edge_values), (self.node_param, node_values)):
+        edge_pos, node_pos = self._read_positions(edge_values.device)
+        for maps, values in ((edge_pos, edge_values), (node_pos, node_values)):
             flat = values.reshape(values.size(0) * values.size(1), *values.shape[2:])
             for name, pos in maps.items():
-                out[name] = flat[pos.to(flat.device)].reshape(*self.param_shapes[name], *values.shape[2:])
+                out[name] = flat[pos].reshape(*self.param_shapes[name], *values.shape[2:])
         return {name: out[name] for name in self.param_names}
 
     def read_batch(self, edge_values: Tensor, node_values: Tensor) -> dict[str, Tensor]:
@@ -515,6 +563,12 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     return plan
 
 
+def _consecutive(elem: Tensor) -> bool:
+    """Whether ``elem`` (``[edges, taps]`` element indices) counts up by one in row-major order."""
+    flat = elem.reshape(-1)
+    return flat.numel() > 0 and int(flat[-1] - flat[0]) == flat.numel() - 1 and bool((flat.diff() == 1).all())
+
+
 def _require_module(model: Any) -> None:
     if not isinstance(model, nn.Module):
         fix = (" (a state dict: load it into a module of its architecture first, model.load_state_dict(sd))"
@@ -568,7 +622,12 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
         UserWarning: the model is in training mode and has modules whose function depends on it (BatchNorm,
             dropout): the graph is the eval-mode function.
     """
-    graph = get_plan(model, example_input, **config).graph(model, allow_nonfinite=allow_nonfinite)
+    plan = get_plan(model, example_input, **config)
+    large = plan.num_edges > UNCACHED_EDGES
+    if large:  # not kept: its index tensors become the graph's own (half the memory of a cached plan plus a copy)
+        for key in [k for k, v in _PLANS.items() if v is plan]:
+            del _PLANS[key]
+    graph = plan.graph(model, allow_nonfinite=allow_nonfinite, share=large)
     _warn_training(model)
     return graph
 

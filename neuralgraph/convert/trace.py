@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import operator
 from typing import Any
@@ -125,8 +126,9 @@ def fx_trace(model: nn.Module) -> fx.Graph:
         raise UnsupportedModuleError(
             f"<root> ({_type_name(type(model))}) is a single layer: convert a module that calls it, e.g. "
             f"to_neural_graph(nn.Sequential(layer)) for a one-input layer")
+    constants = _constant_defaults(model)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=constants)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
         path, mod = tracer.failed_at or ("<root>", model)
         raise UnsupportedModuleError(
@@ -134,7 +136,30 @@ def fx_trace(model: nn.Module) -> fx.Graph:
             f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
             f"or register a leaf rule for it (see CONTRIBUTING.md)."
         ) from err
+    if constants:  # fx keeps a placeholder per constant argument: put the constant into its users instead
+        holders = [n for n in graph.nodes if n.op == "placeholder"]
+        names = list(inspect.signature(model.forward).parameters)
+        for name, ph in zip(names, holders):
+            if name in constants:
+                for user in list(ph.users):
+                    user.args = fx.node.map_arg(user.args, lambda n, ph=ph, v=constants[name]: v if n is ph else n)
+                    user.kwargs = fx.node.map_arg(user.kwargs,
+                                                  lambda n, ph=ph, v=constants[name]: v if n is ph else n)
+                graph.erase_node(ph)
     return graph
+
+
+def _constant_defaults(model: nn.Module) -> dict[str, Any] | None:
+    """Arguments of ``model.forward`` after the first that default to a constant (``attn_mask=None``,
+    ``is_causal=False``): traced as those constants, so that ``if attn_mask is not None`` takes the branch the
+    default call takes, as converting the model with its input alone means."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    out = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+           and p.default is not p.empty and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+    return out or None
 
 
 class TraceContext:
@@ -390,16 +415,19 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                 return SYM
         return SYM
     name = getattr(node.target, "__name__", str(node.target))
+    one_value = isinstance(args[0], Val) and sum(isinstance(a, Val) for a in flat) == 1 if args else False
+    fix = (f"If it is element-wise, register it: neuralgraph.convert.register_activation({name}, {name!r})"
+           if one_value else "It combines several values (or a value inside a container), which no rule represents")
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
-                                "additions, constant scales, channel slicing/concatenation, pooling and flattening. "
-                                "If it is element-wise, register it: neuralgraph.convert.register_activation("
-                                f"{name}, {name!r})")
+                                "additions, constant scales, channel slicing/concatenation, token operations, "
+                                f"pooling and flattening. {fix}")
 
 
 _PARAM_USES = ("the weight / bias of F.linear / F.conv*d, a per-channel scale or shift (x * p, x + p with one "
-               "value per channel / feature), and the statistics and affine terms of F.batch_norm / F.layer_norm / "
-               "F.group_norm")
+               "value per channel / feature), a token table added to a [B, T, C] sequence (x + pos_embed), a [1, R, C] "
+               "class / register token concatenated to one (torch.cat([cls.expand(B, -1, -1), x], 1)), and the "
+               "statistics and affine terms of F.batch_norm / F.layer_norm / F.group_norm")
 
 
 def _check_params(ctx: TraceContext, node: fx.Node, rule, params: list[Param]) -> None:
@@ -424,9 +452,9 @@ def _param_view(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict, p: 
     op = node.target if node.op == "call_method" else _PARAM_VIEW_FUNCTIONS.get(node.target)
     if op not in _PARAM_VIEWS or args[0] is not p:
         what = getattr(node.target, "__name__", str(node.target))
-        raise ctx.unsupported(node, f"computes {what!r} on parameter {p.name!r} in forward (e.g. a weight "
-                                    f"standardisation); the graph stores parameters as they are, so only "
-                                    f"reshapes of them are supported, used as {_PARAM_USES}")
+        raise ctx.unsupported(node, f"computes {what!r} on parameter {p.name!r} in forward; the graph stores "
+                                    f"parameters as they are, so only reshapes of them are supported, used as "
+                                    f"{_PARAM_USES}")
     if op in ("expand", "expand_as"):
         return p  # a broadcast: the size-1 dims stay size 1 for the operation that reads it
     if op in ("float", "to", "contiguous", "type_as", "detach", "clone"):

@@ -29,7 +29,8 @@ field            shape/dtype   meaning
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
 ``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim (int16)
-                               (1, 0, 1, 1 for non-conv edges)
+                               (1, 0, 1, 1 for non-conv edges); ``tokens`` / ``position`` edges:
+                               start, length, drop, then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ class EdgeKind:
     Args:
         name (str): the kind's name (``EDGE_KINDS[id]``).
         params (bool): its taps hold parameters (weights, norm scales; :class:`~neuralgraph.transforms.
-            NormalizeLayers` scales them); otherwise constants or structure only.
+            NormalizeLayers` standardises them); otherwise constants or structure only.
         permutable (bool): its meaning is given by the edge alone, so moving its endpoints with a neuron
             permutation keeps the function (:class:`~neuralgraph.transforms.PermuteNeurons`); ``False`` for
             kinds that couple neurons beyond their edges (GroupNorm groups, attention heads).
@@ -103,6 +104,21 @@ EDGE_KIND_TABLE = (
              "a factor: the target multiplies its product edges' w * v (x * gate: Squeeze-and-Excitation)"),
     EdgeKind("scale", True, True, "scalar", "value", ("tab:purple", "-"),
              "a per-channel scale parameter read in forward (a layer scale gamma * x) on the centre"),
+    EdgeKind("tokens", False, True, "tokens", "value", ("tab:brown", "--"),
+             "a token-sequence layout: the source's tokens (a map's positions, flattened) shifted by start, the "
+             "target's length; token selection x[:, i] (geometry in the first three edge_conv columns)"),
+    EdgeKind("position", True, True, "tokens", "value", ("tab:olive", ":"),
+             "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
+             "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
+    EdgeKind("subsample", False, True, "subsample", "map", ("tab:gray", ":"),
+             "every stride-th position of the source map from an offset (a patch embedding's pixel (i, j) of "
+             "each patch, PixelUnshuffle): stride, offset (padding columns) and block size (kernel columns)"),
+    EdgeKind("conv_transpose", True, True, "conv_transpose", "map", ("tab:cyan", "-"),
+             "a transposed convolution kernel weight[c_in, c_out], zero-padded and centred; stride, padding, "
+             "output_padding (dilation columns) and kernel size in edge_conv"),
+    EdgeKind("upsample", False, True, "upsample", "map", ("tab:gray", "--"),
+             "source position o fills target positions o * stride + offset .. + fill (nearest upsampling: fill = "
+             "stride; PixelShuffle: fill 1): stride, offset (padding columns), fill (kernel columns)"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -113,7 +129,7 @@ GEOMETRY_DTYPE = torch.int16
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -121,6 +137,13 @@ POOL = {name: i for i, name in enumerate(POOLS)}
 
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
 DEFAULT_EPS = 1e-5
+
+
+def token_geometry(start: int, length: int, drop: bool, dims: int) -> tuple[int, ...]:
+    """``edge_conv`` row of a ``tokens`` / ``position`` edge: target token ``t`` (``0 <= t < length``) reads
+    source token ``start + t`` (zero outside the source); ``drop``: the target is that one token as a feature
+    (``x[:, i]``, ``length`` 1). Zeros fill the remaining ``4 * dims - 3`` columns."""
+    return (start, length, int(drop)) + (0,) * (4 * dims - 3)
 
 
 def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:
@@ -173,3 +196,7 @@ class NeuralGraph(Data):
         """Indices of the output neurons, ordered by output position."""
         idx = (self.node_role == ROLE["output"]).nonzero().view(-1)
         return idx[self.node_pos[idx].argsort()]
+
+
+# PyG's InMemoryDataset files hold collated NeuralGraphs: let torch.load(weights_only=True) read them
+torch.serialization.add_safe_globals([NeuralGraph])

@@ -50,6 +50,11 @@ class WeightSpace:
         return WeightSpace(tuple(w.to(*args, **kwargs) for w in self.weights),
                            tuple(b.to(*args, **kwargs) for b in self.biases), self.feedforward)
 
+    def pin_memory(self) -> "WeightSpace":
+        """A copy in page-locked memory (a loader with ``pin_memory=True`` calls it, for faster copies to CUDA)."""
+        return WeightSpace(tuple(w.pin_memory() for w in self.weights), tuple(b.pin_memory() for b in self.biases),
+                           self.feedforward)
+
     def __getitem__(self, idx) -> "WeightSpace":
         return WeightSpace(tuple(w[idx] for w in self.weights), tuple(b[idx] for b in self.biases), self.feedforward)
 
@@ -99,6 +104,11 @@ class WeightSpaceBatch:
                                 [p.to(*args, **kwargs) for p in self.positions],
                                 None if self.y is None else self.y.to(*args, **kwargs))
 
+    def pin_memory(self) -> "WeightSpaceBatch":
+        """A copy in page-locked memory (called by a loader with ``pin_memory=True``)."""
+        return WeightSpaceBatch([g.pin_memory() for g in self.groups], [p.pin_memory() for p in self.positions],
+                                None if self.y is None else self.y.pin_memory())
+
     def scatter(self, outputs: Sequence[Tensor]) -> Tensor:
         """Put per-group outputs ``[B_g, ...]`` back into batch order ``[B, ...]``."""
         first = outputs[0]
@@ -128,3 +138,30 @@ class WeightSpaceBatch:
         batch = WeightSpaceBatch.collate([ws for ws, _ in items])
         batch.y = torch.stack([torch.as_tensor(y) for _, y in items])
         return batch
+
+
+def normalize_signature(weight_shapes: Sequence) -> tuple:
+    """A :attr:`WeightSpace.signature` as nested tuples (accepts lists from YAML/JSON, or plain weight
+    shapes ``(out, in, *k)`` per layer, whose bias shape is then ``(out,)``)."""
+    sig = []
+    for item in weight_shapes:
+        if isinstance(item[0], (tuple, list)):
+            sig.append((tuple(int(s) for s in item[0]), tuple(int(s) for s in item[1])))
+        else:
+            sig.append((tuple(int(s) for s in item), (int(item[0]),)))
+    return tuple(sig)
+
+
+def require_homogeneous(batch: WeightSpaceBatch, signature: tuple, model: str) -> WeightSpace:
+    """The single group of ``batch``, after checking it is homogeneous and of the model's architecture."""
+    if not batch.homogeneous:
+        raise ValueError(
+            f"{model} needs a homogeneous zoo, but this batch holds {len(batch.groups)} architectures: its "
+            "parameters are tied to one weight-space signature (fixed layer count and sizes). Use ng-gnn, "
+            "ng-t or sne for mixed architectures.")
+    group = batch.groups[0]
+    if group.signature != signature:
+        raise ValueError(
+            f"{model} was built for weight space {signature} but got {group.signature}; build it with "
+            "weight_shapes=<WeightSpace.signature of this zoo>, or use ng-gnn, ng-t or sne.")
+    return group

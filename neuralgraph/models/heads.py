@@ -10,6 +10,7 @@ r"""Readouts and heads on top of neural-graph encoders (NG-GNN, NG-T).
 """
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -18,14 +19,16 @@ from torch_geometric.nn.aggr import AttentionalAggregation
 from torch_geometric.utils import scatter
 
 from neuralgraph.data.graph import ROLE
-from neuralgraph.models.mlp import mlp
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.nn.embeddings import check_index_bound
 
-__all__ = ["GraphReadout", "EquivariantHead", "EquivariantOutput", "READOUTS", "graph_index",
+__all__ = ["GraphReadout", "EquivariantHead", "EquivariantOutput", "READOUTS", "PAPER_READOUT", "graph_index",
            "make_head", "apply_head", "split_outputs", "to_parameters"]
 
 #: Pooling choices of :class:`GraphReadout`.
 READOUTS = ("mean", "attention", "output_mean", "output_cat")
+#: The paper's readout (Neural Graphs appendix D: the final layer's nodes concatenated), the default.
+PAPER_READOUT = "output_cat"
 
 
 def graph_index(data) -> tuple[Tensor, int]:
@@ -50,10 +53,11 @@ class GraphReadout(nn.Module):
         in_dim (int): node width.
         out_dim (int): output size.
         hidden (int, optional): MLP width. (default: ``in_dim``)
-        readout (str, optional): ``"mean"`` (all nodes), ``"attention"`` (gated attention pooling
-            over all nodes), ``"output_mean"`` (mean over output neurons) or ``"output_cat"``
-            (output neurons concatenated in output order, as the paper does on CNN Wild Park;
-            needs ``num_outputs``). (default: :obj:`"mean"`)
+        readout (str, optional): ``"output_cat"`` (the output neurons' states concatenated in output
+            order, the paper's readout, Neural Graphs appendix D; needs ``num_outputs``: every graph must
+            have exactly that many output neurons, else the forward pass raises ``ValueError``),
+            ``"mean"`` (all nodes), ``"attention"`` (gated attention pooling over all nodes) or
+            ``"output_mean"`` (mean over output neurons; any output size). (default: :obj:`"output_cat"`)
         num_outputs (int, optional): number of output neurons for ``"output_cat"``.
         num_layers (int, optional): MLP depth. (default: :obj:`2`)
 
@@ -63,7 +67,7 @@ class GraphReadout(nn.Module):
         - **output:** :math:`(B, out)`
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, readout: str = "mean",
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None, readout: str = PAPER_READOUT,
                  num_outputs: int | None = None, num_layers: int = 2):
         super().__init__()
         if readout not in READOUTS:
@@ -100,6 +104,7 @@ class GraphReadout(nn.Module):
                 h = num / den  # (B, F)
             else:  # output_cat: slot b * num_outputs + pos; other nodes go to a dropped extra slot
                 K = self.num_outputs
+                check_output_count(is_out, batch, num_graphs, K)
                 pos = torch.where(is_out, node_pos, torch.zeros_like(node_pos))
                 check_index_bound(pos, K, "output neuron index", "num_outputs")
                 slot = torch.where(is_out, batch * K + pos, torch.full_like(batch, num_graphs * K))
@@ -109,6 +114,22 @@ class GraphReadout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"readout={self.readout!r}, num_outputs={self.num_outputs}"
+
+
+def check_output_count(is_out: Tensor, batch: Tensor, num_graphs: int, expected: int) -> None:
+    """Raise a readable error if a graph of the batch does not have exactly ``expected`` output neurons
+    (``readout="output_cat"`` would otherwise leave slots empty). An asynchronous assertion on accelerators."""
+    counts = torch.bincount(batch[is_out], minlength=num_graphs)  # (B,)
+    if counts.device.type != "cpu":  # pragma: no cover - no accelerator in CI
+        torch._assert_async((counts == expected).all(), "readout='output_cat': a graph's output size differs "
+                            "from num_outputs; use readout='mean' or 'attention' for zoos of varying output size")
+        return
+    bad = (counts != expected).nonzero().view(-1)
+    if bad.numel():
+        g = int(bad[0])
+        raise ValueError(f"readout='output_cat' concatenates num_outputs={expected} output neurons per graph, but "
+                         f"graph {g} of the batch has {int(counts[g])}: the zoo's output size varies. Use "
+                         "readout='mean' or 'attention' (any output size), or a zoo of one output size")
 
 
 class EquivariantHead(nn.Module):
@@ -184,10 +205,20 @@ def to_parameters(out: EquivariantOutput, plan) -> dict[str, Tensor]:
     return {k: v.squeeze(-1) for k, v in params.items()} if c == 1 else params
 
 
-def make_head(head: str, node_dim: int, edge_dim: int, out_dim: int, readout: str = "mean",
+def make_head(head: str, node_dim: int, edge_dim: int, out_dim: int, readout: str = PAPER_READOUT,
               num_outputs: int | None = None, hidden: int | None = None,
               node_out_dim: int | None = None) -> nn.Module:
-    """The head a neural-graph model ends with: ``"graph"`` (invariant) or ``"equivariant"``."""
+    """The head a neural-graph model ends with: ``"graph"`` (invariant) or ``"equivariant"``.
+
+    The fallback rule of the paper's readout: ``readout="output_cat"`` without ``num_outputs`` (the
+    members' output size is not one fixed number: tasks pass it when every member has the same output size)
+    pools the mean over all nodes instead, with a warning.
+    """
+    if head == "graph" and readout == "output_cat" and not num_outputs:
+        warnings.warn("readout='output_cat' (the paper's readout) needs num_outputs, the members' fixed number "
+                      "of output neurons (tasks supply it when every member has the same output size); falling "
+                      "back to readout='mean'. Pass num_outputs=..., or readout='mean' to choose it", stacklevel=3)
+        readout = "mean"
     if head == "graph":
         return GraphReadout(node_dim, out_dim, hidden, readout, num_outputs)
     if head == "equivariant":

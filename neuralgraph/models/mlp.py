@@ -9,64 +9,11 @@ from __future__ import annotations
 from typing import ClassVar, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import MLP as _PygMLP
 
-from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
+from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch, normalize_signature, require_homogeneous
 from neuralgraph.models.registry import register_model
-
-
-def normalize_signature(weight_shapes: Sequence) -> tuple:
-    """A :attr:`WeightSpace.signature` as nested tuples (accepts lists from YAML/JSON, or plain weight
-    shapes ``(out, in, *k)`` per layer, whose bias shape is then ``(out,)``)."""
-    sig = []
-    for item in weight_shapes:
-        if isinstance(item[0], (tuple, list)):
-            sig.append((tuple(int(s) for s in item[0]), tuple(int(s) for s in item[1])))
-        else:
-            sig.append((tuple(int(s) for s in item), (int(item[0]),)))
-    return tuple(sig)
-
-
-def require_homogeneous(batch: WeightSpaceBatch, signature: tuple, model: str) -> WeightSpace:
-    """The single group of ``batch``, after checking it is homogeneous and of the model's architecture."""
-    if not batch.homogeneous:
-        raise ValueError(
-            f"{model} needs a homogeneous zoo, but this batch holds {len(batch.groups)} architectures: its "
-            "parameters are tied to one weight-space signature (fixed layer count and sizes). Use ng-gnn, "
-            "ng-t or sne for mixed architectures.")
-    group = batch.groups[0]
-    if group.signature != signature:
-        raise ValueError(
-            f"{model} was built for weight space {signature} but got {group.signature}; build it with "
-            "weight_shapes=<WeightSpace.signature of this zoo>, or use ng-gnn, ng-t or sne.")
-    return group
-
-
-class FeatureNorm(nn.Module):
-    """Per-feature standardisation with running statistics (``BatchNorm1d`` without affine parameters)
-    that falls back to the running statistics for a training batch of one network."""
-
-    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def reset_parameters(self) -> None:
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-
-    def forward(self, x: Tensor) -> Tensor:
-        use_batch = self.training and x.size(0) > 1
-        return F.batch_norm(x, self.running_mean, self.running_var, training=use_batch,
-                            momentum=self.momentum, eps=self.eps)
-
-
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0, act: str = "relu") -> nn.Module:
-    """``Linear -> act`` for each hidden size, then a plain ``Linear`` (PyG's :class:`~torch_geometric.nn.MLP`)."""
-    return _PygMLP([in_dim, *hidden, out_dim], act=act, norm=None, dropout=dropout, plain_last=True)
+from neuralgraph.nn.feedforward import FeatureNorm, mlp
 
 
 @register_model("mlp")

@@ -11,13 +11,14 @@ NF-layers have coefficients per layer of one architecture, so these models are b
 """
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Optional, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.models.mlp import mlp, normalize_signature, require_homogeneous
+from neuralgraph.data.weightspace import normalize_signature, require_homogeneous
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.nf_layers import (HNPLayer, IOEncoding, NFFeatures, NPLayer, PointwiseLayer, check_feedforward,
                                       hnp_pool, np_pool, pool_dim, to_features)
@@ -36,7 +37,7 @@ class NFN(nn.Module):
     network (convolutions: channels), with or without IO-encoding and standardisation.
 
     **Standardisation** (``standardize=True``): every weight and bias is shifted and scaled by
-    training-set statistics (:meth:`fit_normalization`; the runner calls it with the training split).
+    training-set statistics (:meth:`fit_statistics`; the runner calls it with the training split).
     The statistics are pooled over networks and over every dim a hidden-neuron permutation acts on
     (rows of hidden layers, columns after the first layer), and kept separate along the rest
     (kernel taps, input columns of the first layer, output rows of the last), so the map commutes
@@ -48,12 +49,12 @@ class NFN(nn.Module):
     Args:
         weight_shapes (sequence): the zoo's :attr:`WeightSpace.signature`.
         out_dim (int, optional): output size. (default: :obj:`1`)
-        layer (str, optional): ``"np"``, ``"hnp"`` or ``"pt"`` (set by the registered names). (default: ``"np"``)
+        layer (str, optional): ``"np"``, ``"hnp"`` or ``"pt"`` (the registered factories ``nfn-np``,
+            ``nfn-hnp``, ``nfn-pt`` set it, with the variant's defaults for the options below). (default: ``"np"``)
         hidden_channels (sequence of int, optional): channels of the NF-layers (paper D.1: 16, 16, 5).
         head_hidden (sequence of int, optional): hidden sizes of the MLP after the pool (paper: 1000, 1000).
-        pool (str, optional): ``"np"`` or ``"hnp"``; the default depends on the variant (see the registered
-            classes). HNP layers need the HNP pool.
-        standardize (bool, optional): standardise the inputs (see above); default by variant.
+        pool (str, optional): ``"np"`` or ``"hnp"``; HNP layers need the HNP pool. (default: ``"hnp"``)
+        standardize (bool, optional): standardise the inputs (see above). (default: :obj:`True`)
         io_encoding (str, optional): ``"sinusoidal"``, ``"learned"`` or ``"none"``. (default: ``"sinusoidal"``)
         io_dim (int, optional): IO-encoding channels. (default: :obj:`8`)
         dropout (float, optional): dropout in the MLP head. (default: :obj:`0.0`)
@@ -78,22 +79,15 @@ class NFN(nn.Module):
     permutation_invariant: ClassVar[bool] = True
     #: the ``head`` giving one output per parameter (what per-parameter tasks build)
     parameter_head: ClassVar[str] = "equivariant"
-    default_layer: ClassVar[str] = "np"
-    default_io_encoding: ClassVar[str] = "sinusoidal"
-    default_pool: ClassVar[str] = "hnp"
-    default_standardize: ClassVar[bool] = True
 
-    def __init__(self, weight_shapes: Sequence, out_dim: int = 1, layer: Optional[str] = None,
+    def __init__(self, weight_shapes: Sequence, out_dim: int = 1, layer: str = "np",
                  hidden_channels: Sequence[int] = (16, 16, 5), head_hidden: Sequence[int] = (1000, 1000),
-                 io_encoding: Optional[str] = None, io_dim: int = 8, dropout: float = 0.0,
-                 pool: Optional[str] = None, standardize: Optional[bool] = None, head: str = "invariant",
+                 io_encoding: str = "sinusoidal", io_dim: int = 8, dropout: float = 0.0,
+                 pool: str = "hnp", standardize: bool = True, head: str = "invariant",
                  in_channels: int = 1) -> None:
         super().__init__()
         self.weight_shapes = normalize_signature(weight_shapes)
-        self.layer = layer or self.default_layer
-        self.io_kind = io_encoding or self.default_io_encoding
-        self.pool_kind = pool or self.default_pool
-        self.standardize = self.default_standardize if standardize is None else bool(standardize)
+        self.layer, self.io_kind, self.pool_kind, self.standardize = layer, io_encoding, pool, bool(standardize)
         if self.layer not in _LAYERS:
             raise ValueError(f"unknown NF-layer {self.layer!r}; choose from {sorted(_LAYERS)}")
         if self.pool_kind not in ("np", "hnp"):
@@ -139,7 +133,7 @@ class NFN(nn.Module):
         return (0, *rows, *((2,) if i > 0 else ())), (0, *rows)
 
     def _init_statistics(self) -> None:
-        """Identity standardisation (mean 0, std 1) in the shapes :meth:`fit_normalization` fills."""
+        """Identity standardisation (mean 0, std 1) in the shapes :meth:`fit_statistics` fills."""
         for i, (wshape, bshape) in enumerate(self.weight_shapes):
             wdims, bdims = self._stat_dims(i)
             ws = [1 if d + 1 in wdims else n for d, n in enumerate(wshape)]
@@ -150,7 +144,7 @@ class NFN(nn.Module):
             self.register_buffer(f"b_std_{i}", torch.ones(bs))
 
     @torch.no_grad()
-    def fit_normalization(self, weight_spaces: Iterable[WeightSpace]) -> None:
+    def fit_statistics(self, weight_spaces: Iterable[WeightSpace]) -> None:
         """Fit the standardisation on the training networks (no-op if ``standardize`` is off)."""
         if not self.standardize:
             return
@@ -207,29 +201,44 @@ class NFN(nn.Module):
         return batch.scatter([self.head(self.encode(batch))])               # [B, out_dim]
 
 
-@register_model("nfn-np")
-class NFNNP(NFN):
-    """:class:`NFN` with NP NF-layers, sinusoidal IO-encoding, standardised inputs and the HNP pool (the
-    paper's NFN\\ :sub:`NP` as its reference experiments configure it)."""
+def _builds(cls: type):
+    """Give a factory the class attributes tasks read before building a model (``input_kind`` ...)."""
+    def deco(fn):
+        for name in ("input_kind", "permutation_invariant", "parameter_head"):
+            setattr(fn, name, getattr(cls, name))
+        return fn
+    return deco
 
-    default_layer: ClassVar[str] = "np"
-    default_io_encoding: ClassVar[str] = "sinusoidal"
+
+@register_model("nfn-np")
+@_builds(NFN)
+def nfn_np(weight_shapes: Sequence, out_dim: int = 1, hidden_channels: Sequence[int] = (16, 16, 5),
+           head_hidden: Sequence[int] = (1000, 1000), io_encoding: str = "sinusoidal", io_dim: int = 8,
+           dropout: float = 0.0, pool: str = "hnp", standardize: bool = True, head: str = "invariant",
+           in_channels: int = 1) -> NFN:
+    """NFN\\ :sub:`NP`: NP NF-layers, sinusoidal IO-encoding, standardised inputs and the HNP pool, as the paper's
+    reference experiments configure it (``pool="np"``: the paper's text). Arguments: :class:`NFN`."""
+    return NFN(weight_shapes, out_dim, "np", hidden_channels, head_hidden, io_encoding, io_dim, dropout, pool,
+               standardize, head, in_channels)
 
 
 @register_model("nfn-hnp")
-class NFNHNP(NFN):
-    """:class:`NFN` with HNP NF-layers and the HNP pool; no IO-encoding needed (NFN\\ :sub:`HNP`)."""
-
-    default_layer: ClassVar[str] = "hnp"
-    default_io_encoding: ClassVar[str] = "none"
-    default_standardize: ClassVar[bool] = False
+@_builds(NFN)
+def nfn_hnp(weight_shapes: Sequence, out_dim: int = 1, hidden_channels: Sequence[int] = (16, 16, 5),
+            head_hidden: Sequence[int] = (1000, 1000), io_encoding: str = "none", io_dim: int = 8,
+            dropout: float = 0.0, pool: str = "hnp", standardize: bool = False, head: str = "invariant",
+           in_channels: int = 1) -> NFN:
+    """NFN\\ :sub:`HNP`: HNP NF-layers and the HNP pool; no IO-encoding needed. Arguments: :class:`NFN`."""
+    return NFN(weight_shapes, out_dim, "hnp", hidden_channels, head_hidden, io_encoding, io_dim, dropout, pool,
+               standardize, head, in_channels)
 
 
 @register_model("nfn-pt")
-class NFNPT(NFN):
-    """:class:`NFN` with pointwise NF-layers, the paper's NFN\\ :sub:`PT` ablation."""
-
-    default_layer: ClassVar[str] = "pt"
-    default_io_encoding: ClassVar[str] = "sinusoidal"
-    default_pool: ClassVar[str] = "np"
-    default_standardize: ClassVar[bool] = False
+@_builds(NFN)
+def nfn_pt(weight_shapes: Sequence, out_dim: int = 1, hidden_channels: Sequence[int] = (16, 16, 5),
+           head_hidden: Sequence[int] = (1000, 1000), io_encoding: str = "sinusoidal", io_dim: int = 8,
+           dropout: float = 0.0, pool: str = "np", standardize: bool = False, head: str = "invariant",
+           in_channels: int = 1) -> NFN:
+    """NFN\\ :sub:`PT`: pointwise NF-layers and the NP pool, the paper's ablation. Arguments: :class:`NFN`."""
+    return NFN(weight_shapes, out_dim, "pt", hidden_channels, head_hidden, io_encoding, io_dim, dropout, pool,
+               standardize, head, in_channels)

@@ -13,30 +13,34 @@ Per layer :math:`k`:
     \mathbf{e}_{ij} &\leftarrow \phi_e([\mathbf{v}_i, \mathbf{e}_{ij}, \mathbf{v}_j])
 
 with PNA's :math:`\bigoplus` (mean/min/max/std x identity/amplification/attenuation). The edge
-update reads the freshly updated node states (as the reference implementation does). The last
-layer's edge update is only built when per-edge outputs are requested (``head="equivariant"``).
+update reads the layer's input node states :math:`\mathbf{v}^{(k)}`, as eq. 3 of the paper writes it
+(the reference implementation reads the freshly updated ones). The last layer's edge update is only
+built when per-edge outputs are requested (``head="equivariant"``).
 
 **Degree statistics.** PNA's scalers are normalised by the in-degree histogram of the training set.
 Either pass ``deg`` (a histogram, :func:`neuralgraph.nn.degree_histogram`) or call
-:meth:`NGGNN.fit_degree` with the training graphs / loader before training; tasks and runners do
+:meth:`NGGNN.fit_statistics` with the training graphs / loader before training; tasks and runners do
 the latter. The statistics are buffers, so they are saved in and restored from the state dict.
 """
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.resolver import activation_resolver
 
-from neuralgraph.models.heads import EquivariantOutput, apply_head, make_head
+from neuralgraph.models.heads import PAPER_READOUT, EquivariantOutput, apply_head, make_head
 from neuralgraph.models.registry import register_model
-from neuralgraph.nn.embeddings import NeuralGraphEncoder
+from neuralgraph.nn.embeddings import EncoderConfig, NeuralGraphEncoder
 from neuralgraph.nn.film_pna import FiLMPNAConv, degree_histogram
 from neuralgraph.transforms.probe_features import MemberNetwork, make_probe_features, with_probe_features
 
-__all__ = ["NGGNN"]
+__all__ = ["NGGNN", "NG_GNN_ENCODER"]
+
+#: NG-GNN's input encoding: the reference's random Fourier features (128 frequencies, scale 3.0)
+NG_GNN_ENCODER = EncoderConfig(fourier_sigma=3.0)
 
 
 @register_model("ng-gnn")
@@ -50,7 +54,7 @@ class NGGNN(nn.Module):
         hidden (int, optional): node width. (default: :obj:`64`, CNN Wild Park in the paper)
         edge_hidden (int, optional): edge width. (default: ``hidden``)
         num_layers (int, optional): message-passing layers. (default: :obj:`4`)
-        deg (Tensor or list, optional): training-set in-degree histogram; see :meth:`fit_degree`.
+        deg (Tensor or list, optional): training-set in-degree histogram; see :meth:`fit_statistics`.
         aggregators (list of str, optional): PNA aggregators. (default: mean, min, max, std)
         scalers (list of str, optional): PNA scalers. (default: identity, amplification, attenuation)
         reverse_edges (bool, optional): also pass messages along reversed edges (each reversed edge
@@ -64,19 +68,19 @@ class NGGNN(nn.Module):
             ``"equivariant"`` (output :class:`~neuralgraph.models.heads.EquivariantOutput`).
             (default: :obj:`"graph"`)
         readout (str, optional): pooling of the graph head, see
-            :class:`~neuralgraph.models.heads.GraphReadout`. (default: :obj:`"mean"`)
-        num_outputs (int, optional): output neurons, for ``readout="output_cat"``.
+            :class:`~neuralgraph.models.heads.GraphReadout`. (default: :obj:`"output_cat"`, the paper's:
+            the output neurons' states concatenated; without ``num_outputs`` it falls back to ``"mean"``
+            with a warning)
+        num_outputs (int, optional): output neurons of every input network, for ``readout="output_cat"``
+            (tasks supply it when the members' output size is fixed).
         head_hidden (int, optional): head MLP width. (default: ``hidden``)
         node_out_dim (int, optional): per-node output size of the equivariant head
             (default: ``out_dim``); with ``out_dim = F_edge`` and ``node_out_dim = F_node`` the
             outputs map onto parameters via :func:`~neuralgraph.models.heads.to_parameters`.
-        pos_emb, act_emb, role_emb, pool_emb, spatial_emb, kind_emb, conv_emb (bool, optional):
-            switch the input embeddings on/off (ablations). (default: all :obj:`True`)
-        max_inputs, max_outputs, max_layers, max_spatial, num_acts (int, optional): embedding table
-            sizes, see :class:`~neuralgraph.nn.NeuralGraphEncoder`.
-        fourier_features (int, optional): random Fourier features of the raw weights/biases
-            (0 = plain linear projection). (default: :obj:`128`, as the reference)
-        fourier_sigma (float, optional): their frequency scale. (default: :obj:`3.0`)
+        encoder (EncoderConfig or dict, optional): the input encoding shared with the other neural-graph model
+            (:class:`~neuralgraph.nn.EncoderConfig`: embeddings on / off for ablations, table sizes, Fourier
+            features, ``separate_linear``); a dict is merged over this default.
+            (default: :data:`NG_GNN_ENCODER`: 128 random Fourier features at scale 3.0, as the reference)
         probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
             eq. 2): each neuron's values on them are appended to its node features, computed per batch
             from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
@@ -112,24 +116,11 @@ class NGGNN(nn.Module):
         act: str = "silu",
         dropout: float = 0.0,
         head: str = "graph",
-        readout: str = "mean",
+        readout: str = PAPER_READOUT,
         num_outputs: int | None = None,
         head_hidden: int | None = None,
         node_out_dim: int | None = None,
-        pos_emb: bool = True,
-        act_emb: bool = True,
-        role_emb: bool = True,
-        pool_emb: bool = True,
-        spatial_emb: bool = True,
-        kind_emb: bool = True,
-        conv_emb: bool = True,
-        max_inputs: int = 1024,
-        max_outputs: int = 1024,
-        max_layers: int = 128,
-        max_spatial: int = 1024,
-        num_acts: int | None = None,
-        fourier_features: int = 128,
-        fourier_sigma: float = 3.0,
+        encoder: EncoderConfig | dict[str, Any] = NG_GNN_ENCODER,
         probes: int = 0,
         member_network: MemberNetwork | None = None,
     ):
@@ -140,12 +131,8 @@ class NGGNN(nn.Module):
         self.out_dim, self.hidden, self.edge_hidden = out_dim, hidden, edge_hidden
         self.num_layers, self.reverse_edges, self.residual = num_layers, reverse_edges, residual
         self.head_kind = head
-        self.encoder = NeuralGraphEncoder(
-            node_in + probes, edge_in, hidden, edge_hidden, pos_emb=pos_emb, act_emb=act_emb,
-            role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
-            conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
-            max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+        self.encoder = NeuralGraphEncoder(node_in + probes, edge_in, hidden, edge_hidden,
+                                          NG_GNN_ENCODER.updated(encoder))
         # direction vector added to the state of each reversed edge
         self.rev_dir = nn.Parameter(torch.empty(edge_hidden)) if reverse_edges else None
         deg_t = None if deg is None else torch.as_tensor(deg)
@@ -188,8 +175,9 @@ class NGGNN(nn.Module):
         module.deg_fitted = True  # degree statistics come with the state dict
 
     @torch.no_grad()
-    def fit_degree(self, graphs: Iterable) -> Tensor:
-        """Set the PNA degree statistics from the training graphs (a list or a DataLoader).
+    def fit_statistics(self, graphs: Iterable) -> Tensor:
+        """Set the PNA degree statistics from the training graphs (a list or a DataLoader): the model's
+        data-fitted statistics (the training loop calls this hook with the training split).
 
         Counts reversed edges too when ``reverse_edges=True``. Returns the histogram.
         """
@@ -202,7 +190,7 @@ class NGGNN(nn.Module):
     def encode(self, data) -> tuple[Tensor, Tensor]:
         """Node states ``[N, hidden]`` and forward-edge states ``[E, edge_hidden]`` after the stack."""
         if not self.deg_fitted:
-            warnings.warn("NG-GNN degree statistics are not fitted; call model.fit_degree(train_loader) "
+            warnings.warn("NG-GNN degree statistics are not fitted; call model.fit_statistics(train_loader) "
                           "or pass deg=... (using a placeholder histogram)", stacklevel=5)
             self.deg_fitted = True  # warn once
         if self.probe is not None:
@@ -215,9 +203,9 @@ class NGGNN(nn.Module):
             e = torch.cat([e, e + self.rev_dir], dim=0)  # (2E, Fe)
         for conv, norm in zip(self.convs, self.norms):
             h = self.dropout(self.act(norm(conv(x, edge_index, e))))  # (N, F)
-            x = x + h if self.residual else h
-            if conv.has_edge_update:
+            if conv.has_edge_update:  # eq. 3: e^(k+1) = phi_e([v_i^(k), e_ij^(k), v_j^(k)]), the layer's inputs
                 e = conv.update_edges(x, edge_index, e)  # (E or 2E, Fe)
+            x = x + h if self.residual else h
         return x, e[:E]
 
     def forward(self, data) -> Tensor | EquivariantOutput:

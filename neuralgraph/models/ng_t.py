@@ -27,19 +27,22 @@ Two modes with the same parameters:
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import to_dense_batch
 
-from neuralgraph.models.heads import EquivariantOutput, apply_head, graph_index, make_head
+from neuralgraph.models.heads import PAPER_READOUT, EquivariantOutput, apply_head, graph_index, make_head
 from neuralgraph.models.registry import register_model
-from neuralgraph.nn.embeddings import NeuralGraphEncoder
+from neuralgraph.nn.embeddings import EncoderConfig, NeuralGraphEncoder
 from neuralgraph.nn.relational_attention import RelationalTransformerLayer
 from neuralgraph.transforms.probe_features import MemberNetwork, make_probe_features, with_probe_features
 
-__all__ = ["NGT", "PAIR_TYPES"]
+__all__ = ["NGT", "PAIR_TYPES", "NG_T_ENCODER"]
+
+#: NG-T's input encoding: random Fourier features (128 frequencies, scale 1.0)
+NG_T_ENCODER = EncoderConfig()
 
 #: Pair categories whose learned vectors are added to pair states.
 PAIR_TYPES = ("absent", "forward", "reverse", "self")
@@ -70,13 +73,10 @@ class NGT(nn.Module):
         edge_updates (bool, optional): update edge states between layers. (default: :obj:`True`)
         head, readout, num_outputs, head_hidden, node_out_dim: as
             :class:`~neuralgraph.models.NGGNN` (``head_hidden`` defaults to ``2 * node_dim``).
-        pos_emb, act_emb, role_emb, pool_emb, spatial_emb, kind_emb, conv_emb (bool, optional):
-            switch the input embeddings on/off (ablations). (default: all :obj:`True`)
-        max_inputs, max_outputs, max_layers, max_spatial, num_acts (int, optional): embedding table
-            sizes, see :class:`~neuralgraph.nn.NeuralGraphEncoder`.
-        fourier_features (int, optional): random Fourier features of the raw weights/biases.
-            (default: :obj:`128`, as the reference)
-        fourier_sigma (float, optional): their frequency scale. (default: :obj:`1.0`)
+        encoder (EncoderConfig or dict, optional): the input encoding shared with the other neural-graph model
+            (:class:`~neuralgraph.nn.EncoderConfig`: embeddings on / off for ablations, table sizes, Fourier
+            features, ``separate_linear``); a dict is merged over this default.
+            (default: :data:`NG_T_ENCODER`: 128 random Fourier features at scale 1.0)
         probes (int, optional): learned probe inputs run through every input network (Neural Graphs §2.4,
             eq. 2): each neuron's values on them are appended to its node features, computed per batch
             from the graphs' own parameters and learned end to end. One of 0, 4, 16, 64; needs
@@ -112,24 +112,11 @@ class NGT(nn.Module):
         modulate_v: bool = True,
         edge_updates: bool = True,
         head: str = "graph",
-        readout: str = "mean",
+        readout: str = PAPER_READOUT,
         num_outputs: int | None = None,
         head_hidden: int | None = None,
         node_out_dim: int | None = None,
-        pos_emb: bool = True,
-        act_emb: bool = True,
-        role_emb: bool = True,
-        pool_emb: bool = True,
-        spatial_emb: bool = True,
-        kind_emb: bool = True,
-        conv_emb: bool = True,
-        max_inputs: int = 1024,
-        max_outputs: int = 1024,
-        max_layers: int = 128,
-        max_spatial: int = 1024,
-        num_acts: int | None = None,
-        fourier_features: int = 128,
-        fourier_sigma: float = 1.0,
+        encoder: EncoderConfig | dict[str, Any] = NG_T_ENCODER,
         probes: int = 0,
         member_network: MemberNetwork | None = None,
     ):
@@ -139,12 +126,7 @@ class NGT(nn.Module):
         self.out_dim, self.node_dim, self.edge_dim = out_dim, node_dim, edge_dim
         self.num_layers, self.mode, self.norm_first = num_layers, mode, norm_first
         self.head_kind = head
-        self.encoder = NeuralGraphEncoder(
-            node_in + probes, edge_in, node_dim, edge_dim, pos_emb=pos_emb, act_emb=act_emb,
-            role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
-            conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
-            max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+        self.encoder = NeuralGraphEncoder(node_in + probes, edge_in, node_dim, edge_dim, NG_T_ENCODER.updated(encoder))
         self.pair_emb = nn.Embedding(len(PAIR_TYPES), edge_dim)
         final_edge_update = edge_updates and head == "equivariant"
         self.layers = nn.ModuleList([

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.models.mlp import mlp
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.models.registry import register_model
 from neuralgraph.nn.set_layers import PMA, SAB, sinusoidal_encoding
 

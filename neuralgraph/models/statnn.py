@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
-from neuralgraph.models.mlp import FeatureNorm, mlp
+from neuralgraph.nn.feedforward import FeatureNorm, mlp
 from neuralgraph.models.registry import register_model
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -1,4 +1,5 @@
-from neuralgraph.nn.embeddings import FourierFeatures, NeuralGraphEncoder  # noqa: F401
+from neuralgraph.nn.embeddings import EncoderConfig, FourierFeatures, NeuralGraphEncoder  # noqa: F401
+from neuralgraph.nn.feedforward import FeatureNorm, mlp  # noqa: F401
 from neuralgraph.nn.film_pna import FiLMPNAConv, degree_histogram  # noqa: F401
 from neuralgraph.nn.relational_attention import (  # noqa: F401
     RelationalAttention, RelationalEdgeUpdate, RelationalTransformerLayer)

@@ -20,15 +20,17 @@ never part of the converter.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from neuralgraph.data.graph import EDGE_KINDS, POOLS, ROLE, ROLES
+from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, POOLS, ROLE, ROLES
 
 from neuralgraph.convert.activations import ACTIVATIONS
 
-__all__ = ["FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound"]
+__all__ = ["EncoderConfig", "FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound", "check_edge_fields"]
 
 #: Number of distinct values per ``edge_conv`` column that get their own embedding row.
 _CONV_VALUES = 16
@@ -61,6 +63,19 @@ def check_index_bound(index: Tensor, limit: Tensor | int, what: str, arg: str) -
                              f"increase `{arg}` to at least {worst + 1}")
     else:  # pragma: no cover - no accelerator in CI
         torch._assert_async(~bad.any(), msg)
+
+
+def check_edge_fields(data) -> None:
+    """Refuse a graph whose per-edge fields disagree with ``edge_index`` (``[2, E]``): a transform that adds edges
+    to ``edge_index`` alone (stock ``torch_geometric.transforms.AddSelfLoops``) leaves ``edge_attr`` /
+    ``edge_kind`` / ``edge_conv`` with the old rows, a corrupt neural graph."""
+    E = data.edge_index.size(1)
+    for name in ("edge_attr", "edge_kind", "edge_conv"):
+        t = getattr(data, name, None)
+        if t is not None and t.size(0) != E:
+            raise ValueError(f"corrupt neural graph: edge_index has {E} edges but {name} has {t.size(0)} rows; a "
+                             "transform changed edge_index without the per-edge fields (stock AddSelfLoops does). "
+                             "Wrap stock transforms in neuralgraph.transforms.CheckedTransform(...) to catch this where it happens")
 
 
 class FourierFeatures(nn.Module):
@@ -105,6 +120,40 @@ class FourierFeatures(nn.Module):
         return f"{self.__class__.__name__}({self.in_dim}, {self.num_features}, sigma={self.sigma})"
 
 
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The input encoding of neural graphs, one config shared by NG-GNN and NG-T (their ``encoder`` option; from
+    YAML or ``--set model.encoder.act_emb=false`` a mapping of these fields, merged over the model's default).
+    Every embedding can be switched off for ablations (the paper's NG-T without activation embedding:
+    ``act_emb=False``)."""
+
+    pos_emb: bool = True  # positional embeddings: one row per input / output neuron, one per hidden layer
+    act_emb: bool = True  # activation embeddings (node_act)
+    role_emb: bool = True  # role embeddings (node_role: input / hidden / output / virtual)
+    pool_emb: bool = True  # pooling embeddings (node_pool)
+    spatial_emb: bool = True  # flatten-position embeddings (node_spatial)
+    kind_emb: bool = True  # edge-kind embeddings (edge_kind)
+    conv_emb: bool = True  # stride / padding / dilation / kernel size of conv edges (edge_conv; values >= 15 share a row)
+    max_inputs: int = 1024  # input-position table size
+    max_outputs: int = 1024  # output-position table size
+    max_layers: int = 128  # hidden-layer table size (hidden and virtual neurons are looked up by layer number)
+    max_spatial: int = 1024  # flatten-position table size
+    num_acts: int | None = None  # activation table size; None: max(32, len(ACTIVATIONS)) (the vocabulary is open)
+    fourier_features: int = 128  # random Fourier features of x and edge_attr (frequencies; 0: plain projections)
+    fourier_sigma: float = 1.0  # their frequency scale
+    separate_linear: bool = False  # linear weights get their own projection (not treated as 1x1 convolutions)
+
+    def updated(self, changes: "EncoderConfig | dict[str, Any]") -> "EncoderConfig":
+        """This config with ``changes`` (a mapping of field: value, or a whole config) applied."""
+        if isinstance(changes, EncoderConfig):
+            return changes
+        valid = {f.name for f in fields(self)}
+        bad = sorted(set(changes) - valid)
+        if bad:
+            raise ValueError(f"unknown encoder option(s) {bad}; valid options: {sorted(valid)}")
+        return replace(self, **changes)
+
+
 class NeuralGraphEncoder(nn.Module):
     r"""Project a batch of :class:`~neuralgraph.NeuralGraph` to node and edge states.
 
@@ -116,25 +165,8 @@ class NeuralGraphEncoder(nn.Module):
         edge_in (int): number of edge features :math:`F_{edge}` (``edge_attr.size(-1)``).
         node_dim (int): width of the node states.
         edge_dim (int): width of the edge states.
-        pos_emb (bool, optional): add positional embeddings. (default: :obj:`True`)
-        act_emb (bool, optional): add activation embeddings (``node_act``). (default: :obj:`True`)
-        role_emb (bool, optional): add role embeddings (``node_role``). (default: :obj:`True`)
-        pool_emb (bool, optional): add pooling embeddings (``node_pool``). (default: :obj:`True`)
-        spatial_emb (bool, optional): add embeddings of the spatial position of flatten nodes
-            (``node_spatial``). (default: :obj:`True`)
-        kind_emb (bool, optional): add edge-kind embeddings (``edge_kind``). (default: :obj:`True`)
-        conv_emb (bool, optional): add embeddings of the stride/padding/dilation/kernel size of
-            conv edges (``edge_conv``, summed over its columns); values :math:`\ge 15` share a row.
-            (default: :obj:`True`)
-        max_inputs (int, optional): size of the input-position table. (default: :obj:`1024`)
-        max_outputs (int, optional): size of the output-position table. (default: :obj:`1024`)
-        max_layers (int, optional): size of the hidden-layer table (hidden and virtual neurons are
-            looked up by layer number). (default: :obj:`128`)
-        max_spatial (int, optional): size of the flatten-position table. (default: :obj:`1024`)
-        num_acts (int, optional): activation table size. (default: ``max(32, len(ACTIVATIONS))``)
-        fourier_features (int, optional): if :math:`> 0`, feed random Fourier features with this
-            many frequencies of ``x`` and ``edge_attr`` to the projections. (default: :obj:`0`)
-        fourier_sigma (float, optional): frequency scale of the Fourier features. (default: :obj:`1.0`)
+        config (EncoderConfig, optional): which embeddings, table sizes, Fourier features (one config
+            shared by NG-GNN and NG-T: their ``encoder`` option). (default: ``EncoderConfig()``)
 
     Shapes:
         - **input:** a (batched) :class:`~neuralgraph.NeuralGraph` with :math:`|V|` nodes and
@@ -148,23 +180,15 @@ class NeuralGraphEncoder(nn.Module):
         edge_in: int,
         node_dim: int,
         edge_dim: int,
-        *,
-        pos_emb: bool = True,
-        act_emb: bool = True,
-        role_emb: bool = True,
-        pool_emb: bool = True,
-        spatial_emb: bool = True,
-        kind_emb: bool = True,
-        conv_emb: bool = True,
-        max_inputs: int = 1024,
-        max_outputs: int = 1024,
-        max_layers: int = 128,
-        max_spatial: int = 1024,
-        num_acts: int | None = None,
-        fourier_features: int = 0,
-        fourier_sigma: float = 1.0,
+        config: EncoderConfig = EncoderConfig(),
     ):
         super().__init__()
+        c = self.config = config
+        pos_emb, act_emb, role_emb, pool_emb = c.pos_emb, c.act_emb, c.role_emb, c.pool_emb
+        spatial_emb, kind_emb, conv_emb = c.spatial_emb, c.kind_emb, c.conv_emb
+        max_inputs, max_outputs, max_layers, max_spatial = c.max_inputs, c.max_outputs, c.max_layers, c.max_spatial
+        num_acts, fourier_features, fourier_sigma = c.num_acts, c.fourier_features, c.fourier_sigma
+        separate_linear = c.separate_linear
         self.node_in, self.edge_in = node_in, edge_in
         self.node_dim, self.edge_dim = node_dim, edge_dim
         self.max_inputs, self.max_outputs = max_inputs, max_outputs
@@ -181,6 +205,11 @@ class NeuralGraphEncoder(nn.Module):
             node_proj_in, edge_proj_in = node_in, edge_in
         self.node_proj = nn.Linear(node_proj_in, node_dim)
         self.edge_proj = nn.Linear(edge_proj_in, edge_dim)
+        self.separate_linear = separate_linear
+        if separate_linear:  # linear weights: phi(w) of the one centre-tap value, their own projection
+            self.linear_fourier: nn.Module = (FourierFeatures(1, fourier_features, fourier_sigma)
+                                              if fourier_features > 0 else nn.Identity())
+            self.linear_proj = nn.Linear(2 * fourier_features if fourier_features > 0 else 1, edge_dim)
 
         # One table for the three position families: [inputs | outputs | hidden layers].
         self.pos_emb = nn.Embedding(max_inputs + max_outputs + max_layers, node_dim) if pos_emb else None
@@ -204,7 +233,8 @@ class NeuralGraphEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj):
+        extra = (self.linear_fourier, self.linear_proj) if self.separate_linear else ()
+        for m in (self.node_fourier, self.edge_fourier, self.node_proj, self.edge_proj, *extra):
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         for emb in (self.pos_emb, self.act_emb, self.role_emb, self.pool_emb, self.spatial_emb,
@@ -242,6 +272,10 @@ class NeuralGraphEncoder(nn.Module):
             e = self.edge_proj(self.edge_fourier(a))  # (E, Fe)
         else:  # inference on a huge graph: bound the Fourier-feature temporaries
             e = torch.cat([self.edge_proj(self.edge_fourier(c)) for c in a.split(_CHUNK)])
+        if self.separate_linear:
+            centre = a.size(-1) // 2  # a linear weight sits on the centre tap of the (odd) kernel
+            lin = (data.edge_kind == EDGE_KIND["linear"]).unsqueeze(-1)  # (E, 1)
+            e = torch.where(lin, self.linear_proj(self.linear_fourier(a[:, centre:centre + 1])).to(e.dtype), e)
         if self.kind_emb is not None:
             e = e + self.kind_emb(data.edge_kind)
         if self.conv_emb is not None and data.edge_conv.numel() > 0:
@@ -254,6 +288,7 @@ class NeuralGraphEncoder(nn.Module):
         return e
 
     def forward(self, data) -> tuple[Tensor, Tensor]:
+        check_edge_fields(data)
         return self.encode_nodes(data), self.encode_edges(data)
 
     def extra_repr(self) -> str:

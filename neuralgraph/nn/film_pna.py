@@ -19,6 +19,8 @@ from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.typing import Adj
 from torch_geometric.utils import degree
 
+from neuralgraph.nn.precision import full_precision
+
 __all__ = ["FiLMPNAConv", "StableStdAggregation", "degree_histogram"]
 
 #: Placeholder histogram used until real statistics are set (every node has in-degree 1).
@@ -61,12 +63,14 @@ class StableStdAggregation(Aggregation):
     :math:`\sqrt{10^{-5}}`, so the result depends on the summation order (i.e. on the node
     numbering) and breaks exact permutation equivariance. Two passes give exactly 0 for a single
     message and an order-independent value up to float rounding. Same zero threshold as PyG
-    (an undefined gradient at :math:`\sqrt{0}` is avoided the same way).
+    (an undefined gradient at :math:`\sqrt{0}` is avoided the same way). Computed in float32 under
+    mixed precision.
     """
 
     def forward(self, x: Tensor, index: Tensor | None = None, ptr: Tensor | None = None,
                 dim_size: int | None = None, dim: int = -2) -> Tensor:
         self.assert_index_present(index)
+        x = full_precision(x)  # under autocast: bfloat16 cannot resolve a variance near the 1e-5 threshold
         mean = self.reduce(x, index, ptr, dim_size, dim, reduce="mean")  # (N, F)
         diff = x - mean.index_select(dim, index)  # (E, F)
         var = self.reduce(diff * diff, index, ptr, dim_size, dim, reduce="mean")  # (N, F)
@@ -165,7 +169,7 @@ class FiLMPNAConv(MessagePassing):
         n = float(deg.sum())
         if n <= 0:
             raise ValueError("the degree histogram is empty: fit it on the training graphs "
-                             "(model.fit_degree(train_graphs)) or pass deg=...")
+                             "(model.fit_statistics(train_graphs)) or pass deg=...")
         bins = torch.arange(deg.numel(), dtype=torch.float)
         aggr: DegreeScalerAggregation = self.aggr_module  # type: ignore[assignment]
         aggr.init_avg_deg_lin = float((bins * deg).sum()) / n

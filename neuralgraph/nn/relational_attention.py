@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, softmax
 
+from neuralgraph.nn.precision import full_precision
+
 __all__ = ["RelationalAttention", "RelationalEdgeUpdate", "RelationalTransformerLayer"]
 
 
@@ -105,7 +107,8 @@ class RelationalAttention(nn.Module):
         k = k_n[src] + self._edge_proj(e, 1)  # (M, H, D)
         logits = torch.einsum("mhd,mhd->mh", q, k) / math.sqrt(D)  # (M, H)
         del q, k
-        alpha = softmax(logits, dst, num_nodes=N)  # (M, H), sums to 1 over each target's edges
+        # float32 even under autocast: a bfloat16 normaliser over many edges loses the small weights
+        alpha = softmax(full_precision(logits), dst, num_nodes=N)  # (M, H), sums to 1 over each target's edges
         u = self._values(v_n[src], e)  # (M, H, D)
         u = u.mul_(alpha.unsqueeze(-1))  # in place: u is not saved for backward
         out = scatter(u, dst, dim=0, dim_size=N, reduce="sum")  # (N, H, D)
@@ -138,7 +141,7 @@ class RelationalAttention(nn.Module):
                   + torch.einsum("bijhg,bijg->bijh", torch.einsum("bijf,hfg->bijhg", e, M), e))
         logits = logits / math.sqrt(D)
         logits = logits.masked_fill(~mask[:, None, :, None], float("-inf"))  # padding is no key
-        alpha = logits.softmax(dim=2)  # (B, i, j, H)
+        alpha = full_precision(logits).softmax(dim=2)  # (B, i, j, H), float32 even under autocast
         ae = torch.einsum("bijh,bijf->bihf", alpha, e)  # sum_j alpha_ij e_ij: (B, i, H, Fe)
         out = torch.einsum("bihf,hdf->bihd", ae, W[2])  # shift (or additive edge value) term
         if self.modulate_v:

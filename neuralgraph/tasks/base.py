@@ -9,7 +9,7 @@ import dataclasses
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 import torch
@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader as TorchLoader
 from torch_geometric.loader import DataLoader as GraphLoader
 
 from neuralgraph.convert import ConversionPlan, get_plan
-from neuralgraph.data.graph import NeuralGraph
+from neuralgraph.data.graph import ROLE, NeuralGraph
 from neuralgraph.data.weightspace import WeightSpace, WeightSpaceBatch
 from neuralgraph.metrics import REGRESSION_METRICS
+from neuralgraph.nn.precision import full_precision
 from neuralgraph.transforms.probe_features import MemberNetwork
 from neuralgraph.data.arch import arch_key, build_model, example_input
 
@@ -70,7 +71,8 @@ class IncompatibleModelError(ValueError):
 
 
 #: Model constructor arguments a task supplies (sizes and the members' architecture), never set by users.
-TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network", "in_channels")
+TASK_SUPPLIED = ("out_dim", "node_in", "edge_in", "weight_shapes", "node_out_dim", "member_network", "num_outputs",
+                 "in_channels")
 
 #: What a task asks a model to output.
 OUTPUTS = ("scalar", "classes", "parameters")
@@ -126,6 +128,16 @@ class Task:
             self._splits = self.build_splits()
         return self._splits
 
+    def describe_data(self) -> str:
+        """What the run was trained and tested on, for the runner's printout: members (and the runs they come
+        from, for zoo splits) per split. Zoo tasks add the zoo's name and size."""
+        parts = []
+        for name, s in self.splits.items():
+            ds = s.dataset
+            runs = f" of {len({ds.member(i).run_id for i in range(len(ds))})} runs" if ds is not None else ""
+            parts.append(f"{name} {len(s)} members{runs}")
+        return "data: " + ", ".join(parts)
+
     def eval_splits(self) -> list[str]:
         return [s for s in self.splits if s.startswith("test")]
 
@@ -151,7 +163,8 @@ class Task:
         kw: dict[str, Any] = {}
         if cls.input_kind == "graph":
             g = self.splits["train"].graphs()[0]
-            kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1), member_network=self.member_network())
+            kw.update(node_in=g.x.size(1), edge_in=g.edge_attr.size(1), member_network=self.member_network(),
+                      num_outputs=self.num_outputs())
         else:
             kw["weight_shapes"] = self.weight_shapes()
             if accepted.get("weight_shapes") is inspect.Parameter.empty and kw["weight_shapes"] is None:
@@ -200,6 +213,12 @@ class Task:
             raise ValueError(f"the {self.name} task mixes architectures; a per-parameter output needs one")
         return get_plan(net.module, net.example_input, **net.converter)
 
+    def num_outputs(self) -> int | None:
+        """The number of output neurons every member of every split has (the paper's readout concatenates
+        them), or ``None`` when it varies."""
+        counts = {int((g.node_role == ROLE["output"]).sum()) for s in self.splits.values() for g in s.graphs()}
+        return next(iter(counts)) if len(counts) == 1 else None
+
     def weight_shapes(self) -> tuple | None:
         """The one weight-space signature of every split's members, or ``None`` (with
         :attr:`heterogeneity` saying why) when the zoo mixes architectures or is not feed-forward."""
@@ -212,13 +231,23 @@ class Task:
             return next(iter(sigs))
         return None
 
-    def loader(self, split: str, input_kind: str, batch_size: int, shuffle: bool = False,
-               generator: torch.Generator | None = None):
+    def loader(self, split: str, input_kind: str, batch_size: int, sampler: Iterable[int] | None = None,
+               pin_memory: bool = False):
+        """Batches of one split for a model of ``input_kind``.
+
+        Args:
+            split: the split's name.
+            input_kind: ``"graph"`` (PyG batches of neural graphs) or ``"weights"`` (``WeightSpaceBatch``).
+            batch_size: members per batch.
+            sampler: the member indices in the order to batch them (e.g. a shuffled, per-rank
+                ``DistributedSampler``); default: every member, in order.
+            pin_memory: collate into page-locked memory (for asynchronous copies to a CUDA device).
+        """
         s = self.splits[split]
         if input_kind == "graph":
-            return GraphLoader(s.graphs(), batch_size=batch_size, shuffle=shuffle, generator=generator)
+            return GraphLoader(s.graphs(), batch_size=batch_size, sampler=sampler, pin_memory=pin_memory)
         if input_kind == "weights":
-            return TorchLoader(_WeightItems(s), batch_size=batch_size, shuffle=shuffle, generator=generator,
+            return TorchLoader(_WeightItems(s), batch_size=batch_size, sampler=sampler, pin_memory=pin_memory,
                                collate_fn=WeightSpaceBatch.from_items)
         raise ValueError(f"unknown input_kind {input_kind!r}; expected 'graph' or 'weights'")
 
@@ -238,7 +267,8 @@ class Task:
 
     def criterion(self, out: Tensor, batch) -> Tensor:
         """The loss of model outputs ``out`` against the batch's targets."""
-        out, y = out.view(-1), batch.y.view(-1).to(out.dtype)
+        out = full_precision(out.view(-1))  # float32 loss and targets, also under autocast
+        y = batch.y.view(-1).to(out.dtype)
         if self.loss_kind == "bce":
             return F.binary_cross_entropy_with_logits(out, y)
         return F.mse_loss(out, y)

@@ -125,7 +125,7 @@ class EditedINR(nn.Module):
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
-        except AttributeError:  # input_kind, fit_degree, fit_normalization, ... of the wrapped model
+        except AttributeError:  # input_kind, fit_statistics, ... of the wrapped model
             return getattr(super().__getattr__("net"), name)
 
 

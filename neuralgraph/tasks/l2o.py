@@ -50,10 +50,11 @@ from torch.func import functional_call
 from neuralgraph.convert import ConversionPlan, get_plan
 from neuralgraph.data.arch import build_model, example_input
 from neuralgraph.data.graph import NeuralGraph
-from neuralgraph.models.mlp import mlp
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.models.registry import list_models, model_arguments, model_class, model_task, register_model
 from neuralgraph.nn.nf_layers import NFFeatures
 from neuralgraph.tasks.base import IncompatibleModelError, Task, register_task
+from neuralgraph.training import world
 from neuralgraph.zoo.datasets import DATASETS, load_image_data
 
 __all__ = ["L2OTask", "L2OConfig", "Optimizee", "LearnedOptimizer", "FFContext", "LSTMContext", "Adam", "SGD",
@@ -119,9 +120,10 @@ class Optimizee:
         device = torch.device(device)
         if device not in self._device:
             p, d = self.plan, self.data
+            edge_src, edge_dst = p.edge_gather()  # every parameter element's edge slot (runs expanded)
             self._device[device] = {k: v.to(device) for k, v in dict(
                 p.categories, edge_index=p.edge_index, x0=p.x0, const_pos=p.const_pos, const_val=p.const_val,
-                edge_src=p.edge_src, edge_dst=p.edge_dst, node_src=p.node_src, node_dst=p.node_dst,
+                edge_src=edge_src, edge_dst=edge_dst, node_src=p.node_src, node_dst=p.node_dst,
                 x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test).items()}
         return self._device[device]
 
@@ -436,7 +438,7 @@ class Unroll:
     steps: int
     device: torch.device = torch.device("cpu")
 
-    def to(self, device) -> "Unroll":
+    def to(self, device, non_blocking: bool = False) -> "Unroll":
         return dataclasses.replace(self, device=torch.device(device))
 
 
@@ -449,7 +451,7 @@ class Rollout:
     steps: int
     device: torch.device = torch.device("cpu")
 
-    def to(self, device) -> "Rollout":
+    def to(self, device, non_blocking: bool = False) -> "Rollout":
         return dataclasses.replace(self, device=torch.device(device))
 
 
@@ -511,14 +513,18 @@ class L2OTask(Task):
     def _runs(self, split: str) -> int:
         return {"val": self.cfg.val_runs, "tune": self.cfg.tune_runs}.get(split, self.cfg.test_runs)
 
-    def loader(self, split: str, input_kind: str, batch_size: int, shuffle: bool = False,
-               generator: torch.Generator | None = None):
+    def loader(self, split: str, input_kind: str, batch_size: int, sampler: Any = None, pin_memory: bool = False):
         """``train``: the epoch's :class:`Unroll` batches (``runs_per_epoch`` groups of ``batch_size`` inner
-        runs, each cut into ``inner_steps / unroll`` segments, seeds drawn from ``generator``); any other
-        split: one :class:`Rollout` per held-out inner run."""
+        runs, each cut into ``inner_steps / unroll`` segments, fresh seeds every epoch, drawn from the training
+        loop's ``sampler`` seed and epoch); any other split: one :class:`Rollout` per held-out inner run.
+        Meta-training runs in one process (its inner runs are stateful across batches)."""
+        if world()[0] > 1:
+            raise ValueError("the l2o task runs in one process: its meta-training batches continue stateful inner "
+                             "runs; start it with python -m benchmarks.run, not torchrun")
         c = self.cfg
         if split == "train":
-            gen = generator if generator is not None else torch.Generator().manual_seed(0)
+            key = 0 if sampler is None else sampler.seed + sampler.epoch  # (seed, epoch) of the training loop
+            gen = torch.Generator().manual_seed(key)
             seeds = torch.randint(_SEED_BASE["val"], (c.runs_per_epoch * batch_size,), generator=gen).tolist()
             return [Unroll(tuple(seeds[i:i + batch_size]), s, c.unroll) for i in range(0, len(seeds), batch_size)
                     for s in range(c.inner_steps // c.unroll)]

@@ -19,7 +19,7 @@ from neuralgraph.data.formats.wildpark import WildParkZoo
 from neuralgraph.data.zoo import ZooDataset
 from neuralgraph.tasks.base import Split, Task, register_task
 from neuralgraph.transforms import NormalizeLayers
-from neuralgraph.zoo import default_zoo, neuralgraph_home
+from neuralgraph.zoo import DEFAULT_RUNS, default_zoo, neuralgraph_home
 
 
 def dataset_split(ds: ZooDataset) -> Split:
@@ -66,9 +66,9 @@ def zoo_splits(zoo: BaseZoo, fractions: Sequence[float], seed: int, target: str,
     return out
 
 
-def open_zoo(path: str | None, preset: str, runs: int) -> BaseZoo:
+def open_zoo(path: str | None, preset: str, runs: int | None) -> BaseZoo:
     """A zoo directory given by the user (ours, or a published CNN Wild Park root), or the preset
-    generated on first use into ``$NEURALGRAPH_HOME``."""
+    generated on first use into ``$NEURALGRAPH_HOME`` (``runs=None``: the preset's size)."""
     if path is None:
         return default_zoo(preset=preset, runs=runs)
     root = Path(os.path.expanduser(path))
@@ -81,17 +81,27 @@ def open_zoo(path: str | None, preset: str, runs: int) -> BaseZoo:
                             "cnn-zoo task")
 
 
+def zoo_note(presets: Sequence[tuple[str, int | None]], large_option: str) -> str:
+    """Which embedded zoos ``(preset, runs)`` a run used, and where to rank models (-large presets, results)."""
+    used = ", ".join(f"{p} ({DEFAULT_RUNS[p] if r is None else r} runs)" for p, r in presets)
+    if all(p.endswith("-large") for p, _ in presets):
+        return f"zoo: {used}"
+    return (f"zoo: {used}, a small zoo for a quick run; its test split is too small to rank models. Rank them on "
+            f"the -large presets (>= 1,000 runs: {large_option}) and see docs/results.md")
+
+
 @dataclass
 class AccuracyZooConfig:
     zoo: str | None = None  # a zoo directory (ours); None: generate / reuse the preset in $NEURALGRAPH_HOME
-    preset: str = "wildpark-digits"  # preset of the embedded zoo
-    runs: int = 96  # runs of the embedded zoo (each with several checkpoints)
+    preset: str = "wildpark-digits"  # preset of the embedded zoo (wildpark-digits-large: 1,280 runs, ranks models)
+    runs: int | None = None  # runs of the embedded zoo (several checkpoints each); None: the preset's size
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test fractions of runs
     split_seed: int = 0  # seed of the split by run
     target: str = "test_accuracy"  # member metric to predict
     max_kernel: tuple[int, ...] = (7, 7)  # converter option: kernels are padded to this size
     normalize_layers: bool = False  # graph models: per-layer weight / bias normalisation fitted on train
     drop_nonfinite: bool = False  # drop members with a NaN / Inf target or parameter (else: an error naming them)
+    loss: str = "bce"  # "bce": BCE on logits (the target is a probability); "mse": raw regression
 
 
 @register_task("wildpark")
@@ -99,6 +109,19 @@ class WildParkTask(Task):
     """Heterogeneous CNN zoo (Wild Park recipe): predict test accuracy; Kendall tau selects models."""
 
     Config = AccuracyZooConfig
+
+    def __init__(self, cfg: AccuracyZooConfig):
+        super().__init__(cfg)
+        if cfg.loss not in ("bce", "mse"):
+            raise ValueError(f"task.loss={cfg.loss!r}: expected 'bce' (BCE on logits) or 'mse' (raw regression)")
+        self.loss_kind = cfg.loss
+
+    def describe_data(self) -> str:
+        c = self.cfg
+        if c.zoo is not None:
+            return f"zoo: {c.zoo}; " + super().describe_data()
+        return zoo_note([(c.preset, c.runs)], f"--set task.preset={c.preset.removesuffix('-large')}-large "
+                        "--set task.runs=null") + "\n" + super().describe_data()
 
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
@@ -143,7 +166,8 @@ class CrossDatasetConfig:
     arch: str = "arch1"  # zoo architecture: arch1 or arch2
     train_on: str = "digits"  # dataset whose zoo trains the predictor
     datasets: list[str] = field(default_factory=lambda: ["digits", "mnist1d", "shapes"])  # test zoos
-    runs: int = 64  # runs per zoo
+    runs: int | None = 64  # runs per zoo; None: the presets' size (1,024 with large)
+    large: bool = False  # the <arch>-<dataset>-large presets (same recipe; with runs: null, 1,024 runs per zoo)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
     target: str = "test_accuracy"
@@ -162,6 +186,11 @@ class CrossDatasetTask(Task):
     def result_name(self) -> str:
         return f"{self.name}/{self.cfg.arch}/train-{self.cfg.train_on}"
 
+    def describe_data(self) -> str:
+        c, suffix = self.cfg, "-large" if self.cfg.large else ""
+        return zoo_note([(f"{c.arch}-{ds}{suffix}", c.runs) for ds in c.datasets],
+                        "--set task.large=true --set task.runs=null") + "\n" + super().describe_data()
+
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
         if c.train_on not in c.datasets:
@@ -169,7 +198,7 @@ class CrossDatasetTask(Task):
         conv = {"max_kernel": tuple(c.max_kernel)}
         splits: dict[str, Split] = {}
         for ds in c.datasets:
-            zoo = open_zoo(None, preset=f"{c.arch}-{ds}", runs=c.runs)
+            zoo = open_zoo(None, preset=f"{c.arch}-{ds}" + ("-large" if c.large else ""), runs=c.runs)
             own = zoo_splits(zoo, c.split, c.split_seed, c.target, conv, drop_nonfinite=c.drop_nonfinite)
             if ds == c.train_on:
                 splits["train"], splits["val"] = own["train"], own["val"]
@@ -182,7 +211,8 @@ class CrossArchConfig:
     dataset: str = "digits"  # dataset of both zoos
     train_arch: str = "arch1"  # architecture of the training zoo
     test_arch: str = "arch2"  # architecture of the test zoo (every member is a test member)
-    runs: int = 64
+    runs: int | None = 64  # runs per zoo; None: the presets' size (1,024 with large)
+    large: bool = False  # the <arch>-<dataset>-large presets (same recipe; with runs: null, 1,024 runs per zoo)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int = 0
     target: str = "test_accuracy"
@@ -201,12 +231,18 @@ class CrossArchTask(Task):
     def result_name(self) -> str:
         return f"{self.name}/{self.cfg.train_arch}-to-{self.cfg.test_arch}/{self.cfg.dataset}"
 
+    def describe_data(self) -> str:
+        c, suffix = self.cfg, "-large" if self.cfg.large else ""
+        return zoo_note([(f"{a}-{c.dataset}{suffix}", c.runs) for a in (c.train_arch, c.test_arch)],
+                        "--set task.large=true --set task.runs=null") + "\n" + super().describe_data()
+
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
         conv = {"max_kernel": tuple(c.max_kernel)}
-        src = zoo_splits(open_zoo(None, preset=f"{c.train_arch}-{c.dataset}", runs=c.runs), c.split,
+        suffix = "-large" if c.large else ""
+        src = zoo_splits(open_zoo(None, preset=f"{c.train_arch}-{c.dataset}{suffix}", runs=c.runs), c.split,
                          c.split_seed, c.target, conv, drop_nonfinite=c.drop_nonfinite)
-        dst = zoo_splits(open_zoo(None, preset=f"{c.test_arch}-{c.dataset}", runs=c.runs), c.split,
+        dst = zoo_splits(open_zoo(None, preset=f"{c.test_arch}-{c.dataset}{suffix}", runs=c.runs), c.split,
                          c.split_seed, c.target, conv, splits=("all",), drop_nonfinite=c.drop_nonfinite)
         return {"train": src["train"], "val": src["val"], f"test/{c.train_arch}": src["test"],
                 f"test/{c.test_arch}": dst["all"]}

@@ -14,9 +14,9 @@ from neuralgraph.data.formats.native import Zoo, ZooMember, load_zoo, split_by_r
 from neuralgraph.io import neuralgraph_home
 from neuralgraph.zoo.presets import PRESETS, Preset, get_preset, list_presets
 
-#: Runs of the embedded default zoo per preset: small enough for a few minutes on 2 cores.
-DEFAULT_RUNS = {"wildpark-digits": 128, "inr-digits": 1797, "inr-glyphs": 10000, "inr-shapes": 10000}
-_FALLBACK_RUNS = 160
+#: Runs of each preset's default zoo (read from the preset table, the one place zoo sizes are set): the small
+#: presets take a few minutes on 2 cores, the ``-large`` ones (>= 1,000 runs) rank models.
+DEFAULT_RUNS = {name: preset.runs for name, preset in PRESETS.items()}
 
 
 def default_zoo_dir(preset: str = "wildpark-digits", seed: int = 0) -> Path:
@@ -35,8 +35,8 @@ def default_zoo(preset: str = "wildpark-digits", runs: int | None = None, seed: 
 
     Args:
         preset: a preset name (default ``"wildpark-digits"``, the ``wildpark`` task's zoo).
-        runs: number of runs (default :data:`DEFAULT_RUNS`; 128 for wildpark-digits, about 2-3
-            minutes on 2 cores). Asking for more later trains only the extra runs.
+        runs: number of runs (default: the preset's size, :data:`DEFAULT_RUNS`; 128 for wildpark-digits,
+            about 2-3 minutes on 2 cores). Asking for more later trains only the extra runs.
         seed: zoo seed.
         workers: generator processes (default: up to 2, one per available core).
         progress: show a progress bar while generating.
@@ -49,7 +49,7 @@ def default_zoo(preset: str = "wildpark-digits", runs: int | None = None, seed: 
 
     get_preset(preset)  # clear error for a bad name before touching the disk
     if runs is None:
-        runs = DEFAULT_RUNS.get(preset, _FALLBACK_RUNS)
+        runs = DEFAULT_RUNS[preset]
     if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     out = default_zoo_dir(preset, seed)

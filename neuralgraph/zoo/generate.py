@@ -1,7 +1,8 @@
 """Generate a model zoo offline.
 
     python -m neuralgraph.zoo.generate --preset wildpark-digits --runs 200 --out zoos/wp \\
-        [--workers K] [--shard I/N] [--seed S]
+        [--workers K] [--shard I/N] [--seed S] [--device cpu|cuda]
+    torchrun --nproc_per_node=N -m neuralgraph.zoo.generate ...      (rank r of W is shard r/W)
 
 Runs are trained in groups of one architecture (vectorised, see :mod:`neuralgraph.zoo.train`) and
 written as they finish. The command is idempotent and resumable: killing it at any moment (even
@@ -9,7 +10,11 @@ with SIGKILL) and re-running the same command trains exactly the runs that are m
 processes exit with the main process. Writers hold the zoo's lock while writing, so two commands on
 one directory never delete each other's files. Shards ``I/N`` take the groups ``g`` with
 ``g % N == I``, so shards write disjoint run ids and may share one output directory (or be merged
-later by copying ``members/``).
+later by copying ``members/``). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set, no ``--shard``) rank ``r``
+of ``W`` is shard ``r/W``, so one command spreads a zoo over the processes of many machines (the directory
+on a file system they share, or one directory per machine merged by copying ``members/``). The only file
+shards share, ``zoo.json``, is written once under the lock and checked by every other shard; each member
+has exactly one writer. A killed shard is resumed by rerunning it (or the whole command).
 """
 from __future__ import annotations
 
@@ -45,8 +50,8 @@ class GenerateReport:
 
 
 def train_and_write_group(preset_name: str, seed: int, runs: int, group: int, out: str,
-                          epochs: int | None = None) -> int:
-    """Train one group and write its missing members; returns how many members were written."""
+                          epochs: int | None = None, device: str = "cpu") -> int:
+    """Train one group on ``device`` and write its missing members; returns how many members were written."""
     preset = get_preset(preset_name).with_epochs(epochs)
     idx = preset.group_runs(runs, group)
     done = completed_runs(out)
@@ -55,7 +60,7 @@ def train_and_write_group(preset_name: str, seed: int, runs: int, group: int, ou
         return 0
     remove_stale_temps(out, [run_id(r) for r in missing])
     written = 0
-    for run in preset.train_group(seed, runs, group, missing):
+    for run in preset.train_group(seed, runs, group, missing, device):
         write_member(out, run_id(run.index), run.params, run.record, run.extras)
         written += 1
     return written
@@ -73,16 +78,22 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker(args) -> tuple[int, int]:
-    preset_name, seed, runs, group, out, threads, epochs = args
+    preset_name, seed, runs, group, out, threads, epochs, device = args
     import torch
 
     torch.set_num_threads(threads)
-    return group, train_and_write_group(preset_name, seed, runs, group, out, epochs)
+    return group, train_and_write_group(preset_name, seed, runs, group, out, epochs, device)
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
+def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(I, N)`` from ``--shard I/N``; without it, torchrun's ``(RANK, WORLD_SIZE)``, else ``(0, 1)``."""
+    env = os.environ if env is None else env
+    launched = "RANK" in env and "WORLD_SIZE" in env
     if text is None:
-        return 0, 1
+        return (int(env["RANK"]), int(env["WORLD_SIZE"])) if launched else (0, 1)
+    if launched and int(env["WORLD_SIZE"]) > 1:
+        raise ValueError(f"--shard {text} under torchrun (WORLD_SIZE={env['WORLD_SIZE']}): torchrun already gives "
+                         "each rank its shard; drop --shard (or run without torchrun)")
     try:
         i, n = (int(t) for t in text.split("/"))
     except ValueError:
@@ -94,7 +105,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
              shard: tuple[int, int] = (0, 1), seed: int = 0, progress: bool = True,
-             threads: int | None = None, epochs: int | None = None) -> GenerateReport:
+             threads: int | None = None, epochs: int | None = None, device: str = "cpu") -> GenerateReport:
     """Generate (or complete) a zoo; see the module docstring.
 
     Args:
@@ -107,6 +118,8 @@ def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
         progress: show a tqdm progress bar.
         threads: torch threads per worker (default: the preset's ``worker_threads``, else cores / workers).
         epochs: override the preset's number of epochs (recorded in ``zoo.json``; for quick zoos).
+        device: where groups are trained (``"cpu"``, ``"cuda"``, ``"cuda:K"``); the runs do not depend on
+            it beyond floating-point rounding.
     """
     p = get_preset(preset).with_epochs(epochs)
     if runs < 1:
@@ -131,7 +144,7 @@ def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
     t0, c0 = time.perf_counter(), time.process_time()
     child_cpu0 = _children_cpu()
     trained = 0
-    jobs = [(p.name, seed, runs, g, str(out), threads, epochs) for g in todo]
+    jobs = [(p.name, seed, runs, g, str(out), threads, epochs, device) for g in todo]
     try:
         if workers <= 1:
             import torch
@@ -157,6 +170,24 @@ def generate(preset: str, runs: int, out: str | os.PathLike, workers: int = 1,
     return GenerateReport(out, trained, skipped, len(mine), time.perf_counter() - t0, cpu)
 
 
+def _device(text: str | None) -> str:
+    """The training device of ``--device``: ``cuda`` under torchrun means the rank's ``LOCAL_RANK`` GPU."""
+    if text is None or text == "cpu":
+        return "cpu"
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device; use cpu, cuda or cuda:K") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: no CUDA device is available here; use --device cpu")
+        if device.index is None and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    return str(device)
+
+
 def _children_cpu() -> float:
     try:
         import resource
@@ -174,22 +205,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, required=True, help="total number of runs in the zoo")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
-    ap.add_argument("--shard", default=None, help="I/N: train only shard I of N (default 0/1)")
+    ap.add_argument("--shard", default=None,
+                    help="I/N: train only shard I of N (default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     ap.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     ap.add_argument("--epochs", type=int, default=None,
                     help="override the preset's epochs (quick zoos; INR presets: Adam steps)")
+    ap.add_argument("--device", default=None,
+                    help="train on this device, e.g. cuda or cuda:1 (default: cpu; under torchrun with cuda: the "
+                         "rank's local GPU)")
     ap.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     args = ap.parse_args(argv)
     try:
         shard = parse_shard(args.shard)
+        device = _device(args.device)
         rep = generate(args.preset, args.runs, args.out, workers=args.workers, shard=shard, seed=args.seed,
-                       progress=not args.no_progress, threads=args.threads, epochs=args.epochs)
+                       progress=not args.no_progress, threads=args.threads, epochs=args.epochs, device=device)
     except (ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rate = f", {rep.runs_per_core_minute:.1f} runs per core-minute" if rep.trained else ""
-    print(f"{rep.out}: {rep.skipped + rep.trained}/{rep.total} runs of this shard complete "
+    print(f"{rep.out}: {rep.skipped + rep.trained}/{rep.total} runs of shard {shard[0]}/{shard[1]} complete "
           f"({rep.trained} trained in {rep.seconds:.1f}s{rate})")
     return 0
 

@@ -176,7 +176,7 @@ def _loss_and_grads(p: dict[str, Tensor], y: Tensor, coords: Tensor, w0: float,
 
 
 def fit_sirens(images: Tensor | np.ndarray, seeds: list[int], cfg: FitConfig = FitConfig(),
-               desc: dict[str, Any] = SIREN_DESC) -> FitResult:
+               desc: dict[str, Any] = SIREN_DESC, device: str | torch.device = "cpu") -> FitResult:
     """Fit one SIREN per image, ``cfg.batch`` at a time (see the module docstring).
 
     Args:
@@ -184,6 +184,7 @@ def fit_sirens(images: Tensor | np.ndarray, seeds: list[int], cfg: FitConfig = F
         seeds (list of int): one init seed per image.
         cfg (FitConfig): steps, learning rate schedule, batch size.
         desc (dict): a 2 -> hidden -> 1 ``siren`` description (default :data:`SIREN_DESC`).
+        device (str or torch.device): where to fit (initialisations are drawn on the CPU). (default: ``"cpu"``)
 
     Returns:
         :class:`FitResult` with the final parameters (CPU, float32), MSE and PSNR per image.
@@ -195,24 +196,25 @@ def fit_sirens(images: Tensor | np.ndarray, seeds: list[int], cfg: FitConfig = F
         raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(images)} images")
     if desc["in_dim"] != 2 or desc["out_dim"] != 1:
         raise ValueError(f"fit_sirens fits 2 -> ... -> 1 SIRENs on images, got {desc}")
-    parts = [_fit_batch(images[i:i + cfg.batch], seeds[i:i + cfg.batch], cfg, desc)
+    parts = [_fit_batch(images[i:i + cfg.batch], seeds[i:i + cfg.batch], cfg, desc, torch.device(device))
              for i in range(0, len(images), cfg.batch)]
     params = {k: torch.cat([pt[0][k] for pt in parts]) for k in parts[0][0]}
     mse = torch.cat([pt[1] for pt in parts])
     return FitResult(params, mse, psnr(mse).float())
 
 
-def _fit_batch(images: Tensor, seeds: list[int], cfg: FitConfig, desc: dict[str, Any]):
+def _fit_batch(images: Tensor, seeds: list[int], cfg: FitConfig, desc: dict[str, Any], device: torch.device):
     M, H, W = images.shape
     w0 = float(desc["w0"])
-    init = init_sirens(seeds, desc)
+    images = images.to(device)
+    init = {k: v.to(device) for k, v in init_sirens(seeds, desc).items()}
     names = list(init)
     sizes = [init[k][0].numel() for k in names]
     flat = torch.cat([init[k].reshape(M, -1) for k in names], 1)            # [M, n_params]
     views = {k: v.view(init[k].shape) for k, v in zip(names, flat.split(sizes, 1))}
     m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     y = images.reshape(M, H * W) - float(desc["output_offset"])             # [M, P]
-    coords = pixel_coords(H, W).T.contiguous()                               # [2, P]
+    coords = pixel_coords(H, W).to(device).T.contiguous()                    # [2, P]
     b1, b2 = cfg.betas
     for step in range(cfg.steps):
         p = {k: t.contiguous() for k, t in views.items()}
@@ -225,7 +227,7 @@ def _fit_batch(images: Tensor, seeds: list[int], cfg: FitConfig, desc: dict[str,
         flat.addcdiv_(m, v.sqrt().add_(cfg.eps * math.sqrt(1 - b2 ** t)), value=-lr)
     p = {k: t.contiguous() for k, t in views.items()}
     mse, _ = _loss_and_grads(p, y, coords, w0, want_grads=False)
-    return {k: t.clone() for k, t in p.items()}, mse
+    return {k: t.cpu().clone() for k, t in p.items()}, mse.cpu()
 
 
 def member_image(member) -> np.ndarray:

@@ -160,6 +160,7 @@ class Preset:
         train: epochs, checkpoint epochs, batch size.
         group_size: members trained together (same architecture and train fraction).
         sample_hparams: ``rng -> hyperparameters`` of a run.
+        runs: the zoo's default size (:func:`neuralgraph.zoo.default_zoo` and the tasks' ``runs: null``).
     """
 
     name: str
@@ -169,6 +170,7 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     group_size: int = 8
     sample_hparams: Callable[[np.random.Generator], dict[str, Any]] = sample_hparams
+    runs: int = 160
 
     max_runs = None       # no limit on the number of runs
     worker_threads = None  # torch threads per generator worker: cores / workers
@@ -178,15 +180,16 @@ class Preset:
         G = self.group_size
         return list(range(group * G, min((group + 1) * G, runs)))
 
-    def train_group(self, seed: int, runs: int, group: int, missing: list[int]) -> list["GeneratedRun"]:
-        """Train ``group`` (all its members together) and return the runs in ``missing``."""
+    def train_group(self, seed: int, runs: int, group: int, missing: list[int],
+                    device: str = "cpu") -> list["GeneratedRun"]:
+        """Train ``group`` (all its members together, on ``device``) and return the runs in ``missing``."""
         from neuralgraph.zoo.train import MemberSpec, train_group
 
         idx = self.group_runs(runs, group)
         desc, frac = self.group_plan(seed, group)
         data = load_image_data(self.dataset)
         specs = [MemberSpec(run_id(r), seed_for(seed, r, "member"), self.run_hparams(seed, r)) for r in idx]
-        results = train_group(desc, specs, data, self.train, frac, seed_for(seed, group, "group"))
+        results = train_group(desc, specs, data, self.train, frac, seed_for(seed, group, "group"), device)
         out = []
         for r, spec, res in zip(idx, specs, results):
             if r not in missing:
@@ -243,14 +246,24 @@ PRESETS: dict[str, Preset] = {
         "wildpark-digits", "digits",
         "CNN Wild Park recipe (Neural Graphs app. E.1) on sklearn digits 8x8, 10 epochs",
         _wildpark_sampler, TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)),
-        sample_hparams=sample_wildpark_hparams),
+        sample_hparams=sample_wildpark_hparams, runs=128),
 }
 for _kind in ("arch1", "arch2"):
     for _ds in ("digits", "mnist1d", "shapes"):
         PRESETS[f"{_kind}-{_ds}"] = Preset(
             f"{_kind}-{_ds}", _ds,
             f"SNE {_kind.capitalize()} (app. C) on {_ds}, Unterthiner et al. hyperparameters, 10 epochs",
-            _homogeneous(_kind), TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)), group_size=16)
+            _homogeneous(_kind), TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)), group_size=16, runs=96)
+
+#: Default sizes of the ``-large`` presets: the same recipes, large enough to rank models (a test split of
+#: >= 100 runs at the usual 80/10/10 split by run). Runs are a pure function of (seed, run index), so the
+#: first runs of a large zoo are the runs of its small preset.
+LARGE_RUNS = {"wildpark-digits": 1280, **{f"{a}-{d}": 1024 for a in ("arch1", "arch2")
+                                          for d in ("digits", "mnist1d", "shapes")}}
+for _name, _runs in LARGE_RUNS.items():
+    PRESETS[f"{_name}-large"] = dataclasses.replace(
+        PRESETS[_name], name=f"{_name}-large", description=PRESETS[_name].description + " (large: ranks models)",
+        runs=_runs)
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,11 @@ class INRPreset:
     group_size: int = 64
 
     @property
+    def runs(self) -> int:
+        """The default size: one INR per image (10,000 for an unbounded procedural set)."""
+        return self.max_runs or 10000
+
+    @property
     def max_runs(self) -> int | None:
         """At most one run per image (``None`` for an unbounded procedural set)."""
         return IMAGE_SETS[self.image_set].count
@@ -283,10 +301,12 @@ class INRPreset:
 
     group_runs = Preset.group_runs
 
-    def train_group(self, seed: int, runs: int, group: int, missing: list[int]) -> list[GeneratedRun]:
-        """Fit the INRs of the runs in ``missing`` (members are independent: only those are fitted)."""
+    def train_group(self, seed: int, runs: int, group: int, missing: list[int],
+                    device: str = "cpu") -> list[GeneratedRun]:
+        """Fit the INRs of the runs in ``missing`` on ``device`` (members are independent: only those are
+        fitted)."""
         images, labels = load_images(self.image_set, missing, seed)
-        res = fit_sirens(images, [seed_for(seed, r, "inr") for r in missing], self.fit, SIREN_DESC)
+        res = fit_sirens(images, [seed_for(seed, r, "inr") for r in missing], self.fit, SIREN_DESC, device)
         hp = {k: v for k, v in dataclasses.asdict(self.fit).items() if k != "batch"}
         out = []
         for i, r in enumerate(missing):

@@ -154,21 +154,23 @@ class Dropout:
         """``h`` has its members along ``member_dim`` (3 for ``[B, H, W, M, C]``)."""
         n = h.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2 ** 63, None, generator=self.gen)
+        words = words.to(h.device, non_blocking=True)  # drawn on the CPU: the same masks on every device
         inner = int(np.prod(h.shape[member_dim:]))           # members and what follows them
-        thr, scale = self._rows(h.shape[member_dim + 1:])
+        thr, scale = self._rows(h.shape[member_dim + 1:], h.device)
         noise = words.view(torch.uint8)[:n].view(-1, inner)
         # comparing against a contiguous row and converting through uint8 keeps every op
         # vectorised (torch.where or a bool -> float cast here costs 5-10x more)
         mask = (noise <= thr).view(torch.uint8).float().mul_(scale)
         return h * mask.view(h.shape)
 
-    def _rows(self, tail: torch.Size) -> tuple[Tensor, Tensor]:
-        """Threshold and ``1 / keep`` repeated over the dims after the member dim, flattened."""
+    def _rows(self, tail: torch.Size, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Threshold and ``1 / keep`` repeated over the dims after the member dim, flattened, on ``device``."""
         k = int(np.prod(tail))
         cache = self.__dict__.setdefault("_row_cache", {})
-        if k not in cache:
-            cache[k] = (self.threshold.repeat_interleave(k), (1.0 / self.keep).repeat_interleave(k))
-        return cache[k]
+        if (k, device) not in cache:
+            cache[k, device] = (self.threshold.repeat_interleave(k).to(device),
+                                (1.0 / self.keep).repeat_interleave(k).to(device))
+        return cache[k, device]
 
 
 def _dropout(h: Tensor, drop: "Dropout | None", member_dim: int) -> Tensor:
@@ -263,8 +265,8 @@ def _evaluate(forward, desc, p, x: Tensor, y: Tensor, eval_batch: int) -> tuple[
     """Per-member accuracy and mean loss. ``x`` is ``[N, M, C, H, W]`` (or shared ``[N, C, H, W]``),
     ``y`` ``[N, M]`` or ``[N]``."""
     M = next(iter(p.values())).shape[0]
-    correct = torch.zeros(M, dtype=torch.float64)
-    loss = torch.zeros(M, dtype=torch.float64)
+    correct = torch.zeros(M, dtype=torch.float64, device=x.device)
+    loss = torch.zeros(M, dtype=torch.float64, device=x.device)
     n = x.shape[0]
     for s in range(0, n, eval_batch):
         xb, yb = x[s:s + eval_batch], y[s:s + eval_batch]
@@ -275,10 +277,10 @@ def _evaluate(forward, desc, p, x: Tensor, y: Tensor, eval_batch: int) -> tuple[
         ce = F.cross_entropy(logits.reshape(-1, K), yb.reshape(-1), reduction="none").view(-1, M)
         loss += ce.double().sum(0)
         correct += (logits.argmax(-1) == yb).double().sum(0)
-    return (correct / n).numpy(), (loss / n).numpy()
+    return (correct / n).cpu().numpy(), (loss / n).cpu().numpy()
 
 
-def stacked_parameters(inits: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+def stacked_parameters(inits: list[dict[str, Tensor]], device: torch.device | str = "cpu") -> dict[str, Tensor]:
     """Stack per-member parameters into leaves ``[M, *shape]`` that require grad.
 
     Conv weights ``[M, Co, C, k, k]`` are stored channels-last (memory order ``[M, Co, k, k, C]``),
@@ -286,7 +288,7 @@ def stacked_parameters(inits: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     and its weight gradient comes back in the same layout (no reorder copies either way)."""
     p = {}
     for k in inits[0]:
-        w = torch.stack([i[k] for i in inits])
+        w = torch.stack([i[k] for i in inits]).to(device)
         if w.dim() == 5:
             w = w.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         p[k] = w.requires_grad_(True)
@@ -323,16 +325,17 @@ class VectorOptimizer:
             if k not in OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {k!r}; choose from {OPTIMIZERS}")
         M = len(kinds)
+        dev = next(iter(params.values())).device  # the state lives with the parameters
         self.params = params
         self.M, self.t, self.eps = M, 0, 1e-7
-        self.is_adam = torch.tensor([k == "adam" for k in kinds])
-        adaptive = torch.tensor([k != "sgd" for k in kinds])
-        self.lr_adaptive = (torch.tensor(lr, dtype=torch.float64) * adaptive).view(M, 1)
-        self.sgd_lr = (torch.tensor(lr) * ~adaptive).view(M, 1)
-        self.any_sgd = bool((~adaptive).any())
+        self.is_adam = torch.tensor([k == "adam" for k in kinds], device=dev)
+        adaptive = torch.tensor([k != "sgd" for k in kinds], device=dev)
+        self.lr_adaptive = (torch.tensor(lr, dtype=torch.float64, device=dev) * adaptive).view(M, 1)
+        self.sgd_lr = (torch.tensor(lr, device=dev) * ~adaptive).view(M, 1)
+        self.any_sgd = any(k == "sgd" for k in kinds)
         self.d1 = torch.where(self.is_adam, 0.9, 0.0).view(M, 1)
         self.d2 = torch.where(self.is_adam, 0.999, 0.9).view(M, 1)
-        self.l2x2 = 2 * torch.tensor(l2)
+        self.l2x2 = 2 * torch.tensor(l2, device=dev)
         # each tensor's slot in a row, laid out like one member of the tensor (so that gathering
         # gradients and applying updates stream through memory in the same order)
         sizes = [w[0].numel() for w in params.values()]
@@ -343,9 +346,9 @@ class VectorOptimizer:
             self.slots.append((k, off, tuple(w.shape), (self.P,) + _dense_strides(w[0]),
                                None if k.endswith("bias") else self.l2x2.view(M, *([1] * (w.dim() - 1)))))
             off += n
-        self.m, self.v = torch.zeros(M, self.P), torch.zeros(M, self.P)
-        self._m, self._v = torch.empty(M, self.P), torch.empty(M, self.P)
-        self.g, self.u = torch.empty(M, self.P), torch.empty(M, self.P)
+        self.m, self.v = torch.zeros(M, self.P, device=dev), torch.zeros(M, self.P, device=dev)
+        self._m, self._v = torch.empty(M, self.P, device=dev), torch.empty(M, self.P, device=dev)
+        self.g, self.u = torch.empty(M, self.P, device=dev), torch.empty(M, self.P, device=dev)
 
     def _slot(self, buf: Tensor, slot) -> Tensor:
         _, off, shape, stride, _ = slot
@@ -375,11 +378,11 @@ class VectorOptimizer:
         if self.any_sgd:
             u.addcmul_(g, self.sgd_lr)
         finite = ok & torch.isfinite(u.sum(1))
-        if not bool(finite.all()):
-            keep = ~finite.view(M, 1)
-            u.masked_fill_(keep, 0.0)
-            m.copy_(torch.where(keep, self.m, m))
-            v.copy_(torch.where(keep, self.v, v))
+        # members with a non-finite update keep their state; always applied, so the step never waits on the device
+        keep = ~finite.view(M, 1)
+        u.masked_fill_(keep, 0.0)
+        torch.where(keep, self.m, m, out=m)
+        torch.where(keep, self.v, v, out=v)
         self.m, self._m, self.v, self._v = m, self.m, v, self.v   # swap buffers
         for slot in self.slots:
             self.params[slot[0]].sub_(self._slot(u, slot))
@@ -387,8 +390,10 @@ class VectorOptimizer:
 
 
 def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: TrainConfig,
-                train_fraction: float, group_seed: int) -> list[MemberResult]:
-    """Train ``members`` (all of architecture ``desc``) on ``data`` (:class:`ImageData`) together.
+                train_fraction: float, group_seed: int, device: str | torch.device = "cpu") -> list[MemberResult]:
+    """Train ``members`` (all of architecture ``desc``) on ``data`` (:class:`ImageData`) together, on
+    ``device`` (the same runs on every device up to floating-point rounding: initialisation, data order and
+    dropout masks are drawn on the CPU).
 
     Returns one :class:`MemberResult` per member, in order. Members whose loss or parameters
     become non-finite are frozen at their last finite parameters and flagged ``diverged``.
@@ -401,29 +406,31 @@ def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: Trai
     # --- per-member init, data subsets and hyperparameters ---------------------------------
     gens = [torch.Generator().manual_seed(m.seed) for m in members]
     inits = [init_member(shapes, m.hparams["init"], m.hparams["init_std"], g) for m, g in zip(members, gens)]
-    p = stacked_parameters(inits)
+    device = torch.device(device)
+    p = stacked_parameters(inits, device)
     n_pool = data.x_train.shape[0]
     n_sub = max(cfg.batch_size, int(round(train_fraction * n_pool)))
     rngs = [np.random.default_rng(m.seed) for m in members]
     subsets = np.stack([r.permutation(n_pool)[:n_sub] for r in rngs])          # [M, n_sub]
-    eval_idx = torch.from_numpy(subsets[:, :cfg.train_eval_size].T.copy())       # [n_eval, M]
-    x_nhwc = data.x_train.permute(0, 2, 3, 1).contiguous()                      # [N, H, W, C]
+    eval_idx = torch.from_numpy(subsets[:, :cfg.train_eval_size].T.copy()).to(device)  # [n_eval, M]
+    x_nhwc = data.x_train.to(device).permute(0, 2, 3, 1).contiguous()           # [N, H, W, C]
+    y_train, x_test, y_test = data.y_train.to(device), data.x_test.to(device), data.y_test.to(device)
     # gathered images in the NHWMC layout, passed on as [b, M, C, H, W] views
     take = lambda idx: x_nhwc[idx].permute(0, 2, 3, 1, 4).contiguous().permute(0, 3, 4, 1, 2)  # noqa: E731
-    x_eval, y_eval = take(eval_idx), data.y_train[eval_idx]                     # [n_eval, M, ...]
+    x_eval, y_eval = take(eval_idx), y_train[eval_idx]                          # [n_eval, M, ...]
 
     hp = [m.hparams for m in members]
     drop = Dropout.create([h["dropout"] for h in hp], torch.Generator().manual_seed(group_seed))
     opt = VectorOptimizer([h["optimizer"] for h in hp], [h["learning_rate"] for h in hp],
                           [h["l2"] for h in hp], p)
-    alive = torch.ones(M, dtype=torch.bool)
+    alive = torch.ones(M, dtype=torch.bool, device=device)
     saved: list[tuple] = []
 
     def checkpoint(epoch: int, step: int) -> None:
         pd = {k: v.detach() for k, v in p.items()}
-        te_acc, te_loss = _evaluate(forward, desc, pd, data.x_test, data.y_test, cfg.eval_batch)
+        te_acc, te_loss = _evaluate(forward, desc, pd, x_test, y_test, cfg.eval_batch)
         tr_acc, tr_loss = _evaluate(forward, desc, pd, x_eval, y_eval, cfg.eval_batch)
-        saved.append((epoch, step, {k: v.numpy().copy(order="C") for k, v in pd.items()},
+        saved.append((epoch, step, {k: v.cpu().numpy().copy(order="C") for k, v in pd.items()},
                       te_acc, te_loss, tr_acc, tr_loss))
 
     step = 0
@@ -434,8 +441,8 @@ def train_group(desc: dict[str, Any], members: list[MemberSpec], data, cfg: Trai
         order = np.stack([r.permutation(n_sub) for r in rngs])                   # [M, n_sub]
         batches = np.take_along_axis(subsets, order, axis=1)
         for s in range(0, n_sub, cfg.batch_size):
-            idx = torch.from_numpy(batches[:, s:s + cfg.batch_size].T.copy())   # [b, M]
-            xb, yb = take(idx), data.y_train[idx]                              # [b, M, C, H, W], [b, M]
+            idx = torch.from_numpy(batches[:, s:s + cfg.batch_size].T.copy()).to(device)  # [b, M]
+            xb, yb = take(idx), y_train[idx]                                   # [b, M, C, H, W], [b, M]
             logits = forward(desc, p, xb, drop)                                 # [b, M, K]
             K = logits.shape[-1]
             ce = F.cross_entropy(logits.reshape(-1, K), yb.reshape(-1), reduction="none").view(-1, M).mean(0)

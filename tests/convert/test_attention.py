@@ -469,7 +469,7 @@ def test_hand_written_attention_that_cannot_be_proven(variant, match):
         to_neural_graph(Custom(variant))
 
 
-def test_tokens_must_not_be_indexed_or_mixed():
+def test_token_selection_converts_and_layouts_must_agree():
     class ClassToken(nn.Module):
         def __init__(self):
             super().__init__()
@@ -478,8 +478,9 @@ def test_tokens_must_not_be_indexed_or_mixed():
         def forward(self, x):
             return self.fc(self.attn(x, x, x)[0][:, 0])
 
-    with pytest.raises(UnsupportedModuleError, match=r"indexes a token sequence with \(slice\(None, None, None\), 0\)"):
-        to_neural_graph(ClassToken())
+    m, x = randomize(ClassToken()), torch.randn(3, 5, 4)
+    with torch.no_grad():
+        assert torch.allclose(execute(to_neural_graph(m), x), m(x), atol=1e-5)
 
     class Mixed(nn.Module):
         def __init__(self):

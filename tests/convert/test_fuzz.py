@@ -1232,11 +1232,13 @@ class TokenRoll(nn.Module):
         return self.fc(torch.cat([h[:, 1:], h[:, :1]], 1))  # rolls the tokens of [B, T, d]
 
 
-def test_token_indexing_is_rejected_when_shapes_are_known():
-    """x[:, a:b] / cat(.., 1) on a [B, T, d] sequence act on tokens: an error when example_input shows it."""
-    x = torch.randn(2, 4, 3)
-    with pytest.raises(UnsupportedModuleError, match=r"slices dim 1 of a rank-3 feature value \(tokens\)"):
-        to_neural_graph(TokenRoll(), x)
+def test_token_indexing_moves_tokens_when_shapes_are_known():
+    """x[:, a:b] / cat(.., 1) on a [B, T, d] sequence act on tokens (tokens edges) when example_input shows it."""
+    torch.manual_seed(0)
+    m, x = TokenRoll(), torch.randn(2, 4, 3)
+    g = to_neural_graph(m, x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=True), m(x))
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: " + TOKEN_GAP)

@@ -62,7 +62,7 @@ def test_paper_setup_on_small_cnn_zoo_shapes():
 def test_standardization_fits_per_layer_and_keeps_exact_invariance(net):
     train = zoo(net, 12, seed=1)
     model = create_model("nfn-np", weight_shapes=train[0].signature, hidden_channels=(6, 4), head_hidden=(8,)).eval()
-    model.fit_normalization(train)
+    model.fit_statistics(train)
     stacked = model._standardized(type(train[0]).stack(train))
     L = len(stacked.weights)
     for i, (w, b) in enumerate(zip(stacked.weights, stacked.biases)):
@@ -85,7 +85,7 @@ def test_standardization_is_saved_with_the_model():
     train = zoo("cnn", 6)
     kw = dict(weight_shapes=train[0].signature, hidden_channels=(3,), head_hidden=(4,))
     model = create_model("nfn-np", **kw)
-    model.fit_normalization(train)
+    model.fit_statistics(train)
     fresh = create_model("nfn-np", **kw)
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh.get_buffer("w_std_1"), model.get_buffer("w_std_1"))

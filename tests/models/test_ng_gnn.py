@@ -22,8 +22,10 @@ GRAPHS = [random_graph(seed=0), random_graph((3, 7, 6, 5, 2), seed=1), random_gr
 
 def make(seed=0, **kw):
     torch.manual_seed(seed)
-    m = create_model("ng-gnn", **{"out_dim": 3, **kw})
-    m.fit_degree(GRAPHS)
+    # the test graphs mix output sizes: mean readout unless a test picks one (tests/models/test_paper_defaults.py
+    # pins the default, the output neurons concatenated)
+    m = create_model("ng-gnn", **{"out_dim": 3, "readout": "mean", **kw})
+    m.fit_statistics(GRAPHS)
     return m.eval()
 
 
@@ -95,7 +97,7 @@ def test_degree_statistics_from_training_set():
     for conv in m.convs:
         assert conv.aggr_module.avg_deg_log.item() == pytest.approx(ref.avg_deg_log.item())
         assert conv.aggr_module.avg_deg_lin.item() == pytest.approx(ref.avg_deg_lin.item())
-    # deg given to the constructor == fit_degree; stats survive state_dict round trips and resets
+    # deg given to the constructor == fit_statistics; stats survive state_dict round trips and resets
     torch.manual_seed(0)
     m2 = create_model("ng-gnn", out_dim=3, deg=deg).eval()
     with torch.no_grad():
@@ -105,13 +107,13 @@ def test_degree_statistics_from_training_set():
     m3.reset_parameters()
     assert m3.convs[0].aggr_module.avg_deg_log.item() == pytest.approx(ref.avg_deg_log.item())
     # reversed edges count in the model's histogram
-    rev = create_model("ng-gnn", reverse_edges=True).fit_degree(GRAPHS)
+    rev = create_model("ng-gnn", reverse_edges=True).fit_statistics(GRAPHS)
     assert torch.equal(rev, degree_histogram(GRAPHS, reverse_edges=True)) and int(rev[0]) == 0
 
 
 def test_warns_when_degree_not_fitted():
     m = create_model("ng-gnn", out_dim=1)
-    with pytest.warns(UserWarning, match="fit_degree"):
+    with pytest.warns(UserWarning, match="fit_statistics"):
         m(GRAPHS[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -119,8 +121,8 @@ def test_warns_when_degree_not_fitted():
 
 
 def test_embedding_ablations_remove_the_tables():
-    m = make(pos_emb=False, act_emb=False, role_emb=False, pool_emb=False, spatial_emb=False, kind_emb=False,
-             conv_emb=False, fourier_features=0)
+    m = make(encoder=dict(pos_emb=False, act_emb=False, role_emb=False, pool_emb=False, spatial_emb=False,
+                          kind_emb=False, conv_emb=False, fourier_features=0))
     assert not any(n.endswith("_emb.weight") for n, _ in m.encoder.named_parameters())
     assert m(GRAPHS[0]).shape == (1, 3)
 

@@ -48,8 +48,9 @@ def build(name: str, nets: list[nn.Module], **extra) -> nn.Module:
     accepted = model_arguments(name)
     torch.manual_seed(0)
     model = create_model(name, **{k: v for k, v in sizes.items() if k in accepted})
-    if hasattr(model, "fit_degree"):  # data statistics, as the training loop fits them
-        model.fit_degree([to_neural_graph(n) for n in nets])
+    if hasattr(model, "fit_statistics"):  # data statistics, as the training loop fits them
+        model.fit_statistics([to_neural_graph(n) for n in nets] if kind == "graph"
+                             else [get_plan(n).weight_space(n) for n in nets])
     return model, kind
 
 

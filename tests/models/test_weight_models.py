@@ -25,8 +25,8 @@ def test_shapes_finite_and_gradients(name, net):
     for seed in range(3):
         torch.manual_seed(seed)
         model = build(name, batch.groups[0].signature).train()
-        if hasattr(model, "fit_normalization"):       # as the runner does before training
-            model.fit_normalization(members)
+        if hasattr(model, "fit_statistics"):       # as the runner does before training
+            model.fit_statistics(members)
         out = model(batch)
         assert out.shape == (4, 2)
         assert torch.isfinite(out).all()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neuralgraph.data.graph import ROLE
-from neuralgraph.nn import FourierFeatures, NeuralGraphEncoder
+from neuralgraph.nn import EncoderConfig, FourierFeatures, NeuralGraphEncoder
 from tests.nn.graphs import random_graph
 
 
@@ -13,7 +13,7 @@ def test_shapes_and_fourier_features():
     g = random_graph(seed=0)
     for ff in (0, 16):
         torch.manual_seed(0)
-        enc = NeuralGraphEncoder(4, 49, 12, 6, fourier_features=ff)
+        enc = NeuralGraphEncoder(4, 49, 12, 6, EncoderConfig(fourier_features=ff))
         x, e = enc(g)
         assert x.shape == (g.num_nodes, 12) and e.shape == (g.edge_index.size(1), 6)
     rff = FourierFeatures(3, 5, sigma=2.0)
@@ -25,7 +25,7 @@ def test_shapes_and_fourier_features():
 
 def test_positions_unique_for_io_shared_within_hidden_layers():
     g = random_graph((3, 5, 4, 2), seed=0)
-    enc = NeuralGraphEncoder(4, 49, 8, 4, act_emb=False, role_emb=False, pool_emb=False, spatial_emb=False)
+    enc = NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(act_emb=False, role_emb=False, pool_emb=False, spatial_emb=False))
     ids = enc.position_ids(g.node_role, g.node_pos)
     inputs, outputs = ids[g.node_role == ROLE["input"]], ids[g.node_role == ROLE["output"]]
     hidden = g.node_role == ROLE["hidden"]
@@ -41,13 +41,13 @@ def test_switches_remove_dependence_on_the_field():
     for flag, field in (("act_emb", "node_act"), ("pool_emb", "node_pool"), ("spatial_emb", "node_spatial")):
         other = g.clone()
         other[field] = g[field] + 1
-        enc = NeuralGraphEncoder(4, 49, 8, 4, **{flag: False})
+        enc = NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(**{flag: False}))
         assert torch.equal(enc(g)[0], enc(other)[0])
         enc = NeuralGraphEncoder(4, 49, 8, 4)
         assert not torch.equal(enc(g)[0], enc(other)[0])
     other = g.clone()
     other.edge_kind = (g.edge_kind + 1) % 3
-    enc = NeuralGraphEncoder(4, 49, 8, 4, kind_emb=False)
+    enc = NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(kind_emb=False))
     assert torch.equal(enc(g)[1], enc(other)[1])
     enc = NeuralGraphEncoder(4, 49, 8, 4)
     assert not torch.equal(enc(g)[1], enc(other)[1])
@@ -56,11 +56,11 @@ def test_switches_remove_dependence_on_the_field():
 def test_table_size_errors_name_the_argument():
     g = random_graph((5, 4, 3), seed=0)
     with pytest.raises(ValueError, match=r"increase `max_inputs / max_outputs / max_layers` to at least 5"):
-        NeuralGraphEncoder(4, 49, 8, 4, max_inputs=4)(g)
+        NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(max_inputs=4))(g)
     with pytest.raises(ValueError, match="max_outputs"):
-        NeuralGraphEncoder(4, 49, 8, 4, max_outputs=2)(g)
+        NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(max_outputs=2))(g)
     with pytest.raises(ValueError, match="num_acts"):
-        NeuralGraphEncoder(4, 49, 8, 4, num_acts=1)(random_graph(seed=1))
+        NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(num_acts=1))(random_graph(seed=1))
     g.node_spatial[0] = 9
     with pytest.raises(ValueError, match="max_spatial"):
-        NeuralGraphEncoder(4, 49, 8, 4, max_spatial=8)(g)
+        NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(max_spatial=8))(g)

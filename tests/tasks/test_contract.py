@@ -25,7 +25,7 @@ CONVERTER = {"max_kernel": (1,)}
 SMALL = {"ng-gnn": dict(hidden=8, num_layers=2), "ng-t": dict(node_dim=8, edge_dim=4, num_layers=2),
          "sne": dict(hidden=8), "nfn-np": dict(hidden_channels=(4,), head_hidden=(8,)),
          "nfn-hnp": dict(hidden_channels=(4,), head_hidden=(8,)), "nfn-pt": dict(hidden_channels=(4,), head_hidden=(8,)),
-         "statnn": dict(), "mlp": dict(hidden=(8,))}
+         "statnn": dict(), "mlp": dict(hidden=(8,)), "pyg-gine": dict(hidden=8, num_layers=2)}
 
 
 def example() -> torch.Tensor:
@@ -194,10 +194,8 @@ def test_edited_inr_is_the_same_function_for_permuted_inputs(name, extra, float6
         assert_same_function(a, b, coords)
     task = TinyNegateTask(None)
     model = build(task, name, **extra).eval()
-    if hasattr(model, "fit_degree"):
-        model.fit_degree(graphs(nets))
-    if hasattr(model, "fit_normalization"):
-        model.fit_normalization(weights(nets))
+    if hasattr(model, "fit_statistics"):  # as the training loop does
+        model.fit_statistics(graphs(nets) if model.input_kind == "graph" else weights(nets))
     plan = task.plan()
     kind = model_class(name).input_kind
     edited = []
@@ -225,8 +223,8 @@ def test_probe_features_keep_invariance(name):
     perm = [permuted_siren(m, gen)[0] for m in nets]
     model = create_model(name, out_dim=3, node_in=graphs(nets)[0].x.size(1), edge_in=1, probes=16,
                          member_network=member_network(), **SMALL[name]).eval()
-    if hasattr(model, "fit_degree"):
-        model.fit_degree(graphs(nets))
+    if hasattr(model, "fit_statistics"):
+        model.fit_statistics(graphs(nets))
     with torch.no_grad():
         ya = model(Batch.from_data_list(graphs(nets)))
         yb = model(Batch.from_data_list(graphs(perm)))

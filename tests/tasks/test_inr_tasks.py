@@ -123,10 +123,8 @@ def test_edited_inr_is_the_same_for_permuted_hidden_neurons(zoo_dir, name, extra
         assert_same_function(a, b, coords)
     torch.manual_seed(0)
     model = EditedINR(create_model(name, **task.model_kwargs(name), **extra), gamma=0.05).eval()
-    if hasattr(model, "fit_degree"):
-        model.fit_degree(split.graphs())
-    if hasattr(model, "fit_normalization"):
-        model.fit_normalization(split.weights())
+    if hasattr(model, "fit_statistics"):  # as the training loop does
+        model.fit_statistics(split.graphs() if model.input_kind == "graph" else split.weights())
     renders = []
     for population in (nets, perm):
         if model.input_kind == "graph":

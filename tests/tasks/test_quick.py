@@ -38,6 +38,9 @@ def check_outputs(task_name: str, model: str, out, printed: str) -> None:
     if task.figure is not None:
         assert list(out.rglob(FIGURES[task.figure][1]))
     assert list(out.rglob("config.yaml")) and list(out.rglob("predictions.json"))
+    assert "data: train" in printed  # what the run used
+    if task_name in ("wildpark", "cnn-zoo", "cross-dataset", "cross-arch"):  # a small zoo: where to rank models
+        assert "zoo: " in printed and "-large" in printed and "docs/results.md" in printed
 
 
 def accepted_model(task_name: str, offset: int) -> str:

@@ -111,8 +111,8 @@ def test_weight_standardization_fits_on_train_only(monkeypatch):
     from neuralgraph.models.nfn import NFN
 
     seen = []
-    real_fit = NFN.fit_normalization
-    monkeypatch.setattr(NFN, "fit_normalization", lambda self, items: seen.append(list(items)) or
+    real_fit = NFN.fit_statistics
+    monkeypatch.setattr(NFN, "fit_statistics", lambda self, items: seen.append(list(items)) or
                         real_fit(self, seen[-1]))
     task = TinyTask(None)
     sig = task.splits["train"].weights()[0].signature

@@ -111,3 +111,67 @@ def test_sigkill_then_rerun_completes(tmp_path):
     for m in zoo:
         assert all(np.isfinite(v).all() for v in m.params().values())
     assert not list((out / "members").glob(".*"))
+
+
+def test_shard_from_torchrun_environment():
+    from neuralgraph.zoo.generate import parse_shard
+
+    assert parse_shard(None, {}) == (0, 1)
+    assert parse_shard(None, {"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
+    assert parse_shard("1/2", {}) == (1, 2)
+    with pytest.raises(ValueError, match="torchrun already gives each rank its shard; drop --shard"):
+        parse_shard("1/2", {"RANK": "0", "WORLD_SIZE": "2"})
+
+
+def _generate_cmd(out: Path, *extra: str) -> list[str]:
+    return ["-m", "neuralgraph.zoo.generate", "--preset", "wildpark-digits", "--runs", "40", "--out", str(out),
+            "--epochs", "1", "--no-progress", "--threads", "1", "--seed", str(SEED), *extra]
+
+
+def _same_zoo(a: Path, b: Path) -> None:
+    ids = sorted(p.stem for p in (a / "members").glob("*.json"))
+    assert ids == sorted(p.stem for p in (b / "members").glob("*.json")) == [run_id(i) for i in range(40)]
+    for rid in ids:
+        x, y = _member_bytes(a, rid), _member_bytes(b, rid)
+        assert x[0] == y[0]
+        for k in x[1]:
+            np.testing.assert_array_equal(x[1][k], y[1][k])
+    assert not [p for p in (b / "members").iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+@pytest.mark.slow
+def test_torchrun_shards_write_one_zoo_and_a_killed_shard_resumes(tmp_path):
+    """Two shard processes (torchrun ranks, or --shard I/N commands running at once) fill one directory with
+    the zoo one process writes; a shard killed mid-way finishes when rerun, other shards untouched."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    single, ranks, shards = tmp_path / "single", tmp_path / "ranks", tmp_path / "shards"
+    subprocess.run([sys.executable, *_generate_cmd(single)], env=env, check=True, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(29_900 + os.getpid() % 90)]
+    subprocess.run(torchrun + _generate_cmd(ranks), env=env, check=True, capture_output=True)
+    _same_zoo(single, ranks)
+    assert json.loads((ranks / "zoo.json").read_text()) == json.loads((single / "zoo.json").read_text())
+
+    procs = [subprocess.Popen([sys.executable, *_generate_cmd(shards, "--shard", f"{i}/2")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    shard1 = {run_id(r) for g in (1, 3) for r in range(8 * g, 8 * g + 8)}  # groups of 8: shard 1 has 1 and 3
+    deadline = time.time() + 120
+    while not {p.stem for p in (shards / "members").glob("*.json")} & shard1 if (shards / "members").exists() \
+            else True:
+        assert time.time() < deadline and procs[1].poll() is None
+        time.sleep(0.05)
+    os.kill(procs[1].pid, signal.SIGKILL)  # shard 1 mid-way (its first group written, the second training)
+    procs[1].wait()
+    assert {p.stem for p in (shards / "members").glob("*.json")} & shard1 != shard1  # it was mid-way
+    assert procs[0].wait() == 0
+    subprocess.run([sys.executable, *_generate_cmd(shards, "--shard", "1/2")], env=env, check=True,
+                   capture_output=True)
+    _same_zoo(single, shards)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+def test_device_without_cuda_is_refused_by_name(tmp_path, capsys):
+    assert main(["--preset", "wildpark-digits", "--runs", "1", "--out", str(tmp_path / "z"), "--device", "cuda"]) == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert main(["--preset", "wildpark-digits", "--runs", "1", "--out", str(tmp_path / "z"), "--device", "gpu0"]) == 2
+    assert "is not a device" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 ``nn.MultiheadAttention`` / ``nn.TransformerEncoder(Layer)`` calls: masks and causal attention are refused, only
 ``attn(q, k, v)[0]`` may be used. Hand-written attention is matched (:mod:`.attention_pattern`). Averages /
-maxima over the token dim of attention outputs are claimed as global poolings; other token-dim operations are
-refused. See :mod:`neuralgraph.convert.rules.attention`.
+maxima over the token dim of attention outputs are claimed as global poolings (token selection and
+concatenation are rules of :mod:`.tokens`). See :mod:`neuralgraph.convert.rules.attention`.
 """
 from __future__ import annotations
 
@@ -119,7 +119,6 @@ def _claim_token_pooling(ctx, graph: fx.Graph, layouts: list[tuple[fx.Node, int]
             carriers.add(node)
             continue
         kind = op_kind(ctx, node)
-        _check_token_op(ctx, node)
         if kind in ("mean", "amax") and node.args and node.args[0] in carriers:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = dims if isinstance(dims, (tuple, list)) else (dims,)
@@ -127,20 +126,6 @@ def _claim_token_pooling(ctx, graph: fx.Graph, layouts: list[tuple[fx.Node, int]
                 node.meta[CLAIM] = partial(_token_pool, "avg" if kind == "mean" else "max")
                 continue
         carriers.add(node)
-
-
-def _check_token_op(ctx, node: fx.Node) -> None:
-    """Indexing / concatenating a token sequence must act on the feature (last) dim."""
-    if node.op == "call_function" and node.target is operator.getitem:
-        idx = node.args[1]
-        if not (isinstance(idx, tuple) and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice)):
-            raise ctx.unsupported(node, f"indexes a token sequence with {idx!r}; only feature slices x[..., a:b] "
-                                        "are supported (token selection, e.g. a class token, is not)")
-    if node.op == "call_function" and node.target in (torch.cat, torch.concat):
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim not in (-1, 2):
-            raise ctx.unsupported(node, f"concatenates token sequences on dim {dim}; only the feature dim (-1) "
-                                        "is supported")
 
 
 def _token_pool(kind: str, ctx, node, x: Val, *args, **kwargs) -> Val:

@@ -1,6 +1,7 @@
 """Hand-written attention: a ``torch.fx`` pattern matcher that proves a block is multi-head attention.
 
-Three ``nn.Linear`` projections, the head split ``.view(B, T, H, d).transpose(1, 2)``,
+Three ``nn.Linear`` projections, the head split ``.view(B, T, H, d).transpose(1, 2)`` (or one packed projection
+``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)``, timm's ``Attention``),
 ``F.scaled_dot_product_attention(q, k, v)`` or ``softmax(q @ k.transpose(-2, -1) * scale, -1) @ v``, and the merge
 ``.transpose(1, 2).reshape(B, T, C)``. Tensor dims are tracked by labels (batch, tokens, heads, head dim,
 features) and scalar expressions of sizes (``q.size(-1) ** -0.5``) evaluated, so a block is accepted only if it
@@ -200,6 +201,7 @@ class _Branch:
     heads: int
     head_dim: int
     scalars: list[fx.Node]  # multiplications / divisions by numbers on the way
+    part: int = 0  # which third (q, k, v order) of a packed projection it is (qkv(x).reshape(B, T, 3, H, d))
 
 
 @dataclass
@@ -212,6 +214,7 @@ class _Match:
     v: _Branch
     inner: list[fx.Node]  # scores, scaling, softmax, dropout (the softmax(q kᵀ) v form)
     merge: list[fx.Node]  # from the attention output to the merged [B, T, C] value
+    packed: list[fx.Node] = field(default_factory=list)  # a packed projection's split, permute and unbind
     src: dict[str, Tensor] = field(default_factory=dict)
     heads: Tensor | None = None
 
@@ -231,11 +234,17 @@ def _walk(ctx, site: fx.Node, consumer: fx.Node, start: Any, role: str) -> tuple
     """Walk back from ``start`` (read by ``consumer`` as the ``role`` of the attention at ``site``) to its
     ``nn.Linear`` projection: ``(linear node, operations from there to start)``."""
     chain, n = [], start
-    while op_kind(ctx, n) != "linear":
-        if op_kind(ctx, n) not in ("view", "transpose", "permute", "id", "mul", "div") or _data_arg(ctx, n) is None:
+    while op_kind(ctx, n) != "linear" and _packed_select(ctx, n) is None:
+        if op_kind(ctx, n) not in ("view", "transpose", "permute", "id", "dropout", "mul", "div") or \
+                _data_arg(ctx, n) is None:
             what = n.name if isinstance(n, fx.Node) else repr(n)
+            if isinstance(n, fx.Node) and n.op == "call_module":
+                what += f", a {type(ctx.module(n)).__name__}: only nn.Identity may act on q / k"
+            elif isinstance(n, fx.Node) and n.target in (F.layer_norm, F.rms_norm, F.group_norm):
+                what += ", a normalisation of q / k (timm qk_norm=True), which is not supported"
             raise _fail(ctx, site, f"cannot prove that its {role} ({what}) is a head-split nn.Linear projection "
-                                   "(expected linear(x).view(B, T, heads, head_dim).transpose(1, 2))")
+                                   "(expected linear(x).view(B, T, heads, head_dim).transpose(1, 2), or one third "
+                                   "of a packed qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4))")
         chain.append(n)
         n = _data_arg(ctx, n)
     chain.reverse()
@@ -254,36 +263,144 @@ def _branch(ctx, site: fx.Node, linear: fx.Node, chain: list[fx.Node], role: str
     known = {x: ("B", None) for x in batch} | {x: ("B", tok) for x in _same_leading(ctx, linear.args[0])}
     cur = labels[linear] = ("B", tok, "F")
     heads = head_dim = None
+    split = 0
+    for k, n in enumerate(chain):
+        if op_kind(ctx, n) == "view":
+            if cur != ("B", tok, "F"):
+                raise _fail(ctx, site, f"{n.name} reshapes the {role} projection again after splitting heads")
+            heads, head_dim = _head_split(ctx, site, n, linear, width, tok, known | labels)
+            cur = labels[n] = ("B", tok, "H", "D")
+            split = k + 1
+            break
+        if op_kind(ctx, n) in ("transpose", "permute"):
+            raise _fail(ctx, site, f"{n.name} transposes the {role} projection before its heads are split")
+        labels[n] = cur
+    if heads is None:
+        raise _fail(ctx, site, f"the {role} projection {linear.name} is not split into heads "
+                               "(.view(B, T, heads, head_dim))")
+    scalars = _label_heads(ctx, site, chain[split:], cur, role, labels)
+    return _Branch(linear, chain, heads, head_dim, scalars)
+
+
+def _label_heads(ctx, site: fx.Node, chain: list[fx.Node], cur: tuple, role: str,
+                 labels: dict[fx.Node, tuple]) -> list[fx.Node]:
+    """Label ``chain`` (after the head split, whose labels are ``cur``); returns its scalings."""
     scalars = []
     for n in chain:
         kind = op_kind(ctx, n)
         if kind == "view":
-            if cur != ("B", tok, "F"):
-                raise _fail(ctx, site, f"{n.name} reshapes the {role} projection again after splitting heads")
-            heads, head_dim = _head_split(ctx, site, n, linear, width, tok, known | labels)
-            cur = ("B", tok, "H", "D")
-        elif kind in ("transpose", "permute"):
-            if len(cur) != 4:
-                raise _fail(ctx, site, f"{n.name} transposes the {role} projection before its heads are split")
+            raise _fail(ctx, site, f"{n.name} reshapes the {role} projection again after splitting heads")
+        if kind in ("transpose", "permute"):
             cur = _permuted(ctx, site, n, cur)
         elif kind in ("mul", "div"):
             if role == "value":
                 raise _fail(ctx, site, f"{n.name} scales the values; only queries and keys may be scaled")
             scalars.append(n)
         labels[n] = cur
-    if heads is None:
-        raise _fail(ctx, site, f"the {role} projection {linear.name} is not split into heads "
-                               "(.view(B, T, heads, head_dim))")
-    return _Branch(linear, chain, heads, head_dim, scalars)
+    return scalars
 
 
-def _branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], *reads: tuple[fx.Node, Any]) -> list[_Branch]:
-    """The query, key and value branches; ``reads``: (consumer, tensor) of each."""
+def _packed_select(ctx, n: Any) -> tuple[fx.Node, int, fx.Node | None] | None:
+    """``(packed tensor, index, unbind node)`` if ``n`` is one part of a packed q / k / v tensor:
+    ``t.unbind(0)[i]`` (timm: ``q, k, v = qkv.unbind(0)``) or ``t[i]``; else ``None``."""
+    if not (isinstance(n, fx.Node) and n.op == "call_function" and n.target is operator.getitem
+            and type(n.args[1]) is int and isinstance(n.args[0], fx.Node)):
+        return None
+    u = n.args[0]
+    if (u.op == "call_method" and u.target == "unbind") or (u.op == "call_function" and u.target is torch.unbind):
+        dim = u.args[1] if len(u.args) > 1 else u.kwargs.get("dim", 0)
+        return (u.args[0], n.args[1], u) if dim == 0 and isinstance(u.args[0], fx.Node) else None
+    if op_kind(ctx, u) in ("view", "transpose", "permute", "id"):
+        return u, n.args[1], None
+    return None
+
+
+def _packed_branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], walks: list, roles) -> tuple[list, list]:
+    """The three branches of one packed projection ``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)``
+    split by ``unbind(0)`` (or indexing), and the shared nodes (reshape, permute, unbind, the three parts)."""
+    selects = [_packed_select(ctx, head) for head, _ in walks]
+    t, unbind = selects[0][0], selects[0][2]
+    if any(sel is None or sel[0] is not t for sel in selects) or sorted(sel[1] for sel in selects) != [0, 1, 2]:
+        raise _fail(ctx, site, "query, key and value must be three separate nn.Linear projections or the three "
+                               "parts of one packed projection (qkv(x).reshape(B, T, 3, heads, head_dim)"
+                               ".permute(2, 0, 3, 1, 4).unbind(0))")
+    shared, n = [], t
+    while op_kind(ctx, n) != "linear":
+        if op_kind(ctx, n) not in ("view", "transpose", "permute", "id") or _data_arg(ctx, n) is None:
+            raise _fail(ctx, site, f"cannot prove that {n.name} is a packed q / k / v projection "
+                                   "(qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4))")
+        shared.append(n)
+        n = _data_arg(ctx, n)
+    shared.reverse()
+    linear, parts = n, [head for head, _ in walks]
+    for a, b in zip([linear] + shared[:-1], shared):
+        if _data_users(a) != [b]:
+            raise _fail(ctx, site, f"{a.name} (the packed projection) is also used elsewhere")
+    if set(_data_users(t)) != ({unbind} if unbind is not None else set(parts)) or (
+            unbind is not None and set(_data_users(unbind)) != set(parts)):
+        raise _fail(ctx, site, f"the packed projection {t.name} is also used elsewhere")
+    width = ctx.module(linear).out_features
+    batch = _same_leading(ctx, linear.args[0])
+    known = {x: ("B", "T") for x in batch}
+    cur = labels[linear] = ("B", "T", "F")
+    heads = head_dim = None
+    for n in shared:
+        if op_kind(ctx, n) == "view":
+            if cur != ("B", "T", "F"):
+                raise _fail(ctx, site, f"{n.name} reshapes the packed projection again after splitting it")
+            heads, head_dim = _packed_split(ctx, site, n, linear, width, known | labels)
+            cur = ("B", "T", "S", "H", "D")
+        elif op_kind(ctx, n) in ("transpose", "permute"):
+            if len(cur) != 5:
+                raise _fail(ctx, site, f"{n.name} transposes the packed projection before splitting it")
+            cur = _permuted(ctx, site, n, cur)
+        labels[n] = cur
+    if heads is None or cur[0] != "S":
+        raise _fail(ctx, site, f"the packed projection {linear.name} is not split into (3, batch, heads, tokens, "
+                               "head_dim): use .reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4)")
+    branches = []
+    for (head, chain), sel, (role, tok) in zip(walks, selects, roles):
+        lab = tuple(tok if x == "T" else x for x in cur[1:])
+        scalars = _label_heads(ctx, site, [head, *chain], lab, role, labels)
+        branches.append(_Branch(linear, [head, *chain], heads, head_dim, scalars, part=sel[1]))
+    return branches, shared + ([unbind] if unbind is not None else []) + parts
+
+
+def _packed_split(ctx, site, n: fx.Node, linear: fx.Node, width: int, labels: dict[fx.Node, tuple]) -> tuple[int, int]:
+    """``(heads, head_dim)`` of ``reshape(B, T, 3, heads, head_dim)``, proving it splits only the feature dim."""
+    shape = _shape_args(n)
+    if len(shape) != 5 or shape[2] != 3:
+        raise _fail(ctx, site, f"{n.name} reshapes the packed projection to {shape}; expected "
+                               ".reshape(B, T, 3, heads, head_dim)")
+    h, d = _posint(shape[3]), _posint(shape[4])
+    if h is None and d is not None and (width // 3) % d == 0:
+        h = width // 3 // d
+    if d is None and h is not None and (width // 3) % h == 0:
+        d = width // 3 // h
+    if h is None or d is None or 3 * h * d != width:
+        raise _fail(ctx, site, f"{n.name} does not split {width} features into 3 x heads x head_dim")
+    lead = (_dim_label(shape[0], labels), _dim_label(shape[1], labels))
+    ok = lead == ("B", "T") or lead in (("B", -1), (-1, "T"))
+    if not ok:
+        si, so = ctx.shape(linear), ctx.shape(n)
+        ok = si is not None and so is not None and len(si) == 3 and so == (si[0], si[1], 3, h, d)
+    if not ok:
+        raise _fail(ctx, site, f"cannot prove that {n.name} splits only the feature dim: read B and T from the "
+                               "input (B, T, C = x.shape) or pass example_input=... to to_neural_graph")
+    return h, d
+
+
+def _branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple],
+              *reads: tuple[fx.Node, Any]) -> tuple[list[_Branch], list[fx.Node]]:
+    """The query, key and value branches, and the nodes they share (a packed projection's split); ``reads``:
+    (consumer, tensor) of each."""
     roles = (("query", "Tq"), ("key", "Tk"), ("value", "Tk"))
     walks = [_walk(ctx, site, consumer, start, role) for (consumer, start), (role, _) in zip(reads, roles)]
+    if any(op_kind(ctx, head) != "linear" for head, _ in walks):
+        return _packed_branches(ctx, site, labels, walks, roles)
     batch = set().union(*(_same_leading(ctx, linear.args[0]) for linear, _ in walks))
     return [_branch(ctx, site, linear, chain, role, tok, labels, batch)
-            for (linear, chain), (role, tok) in zip(walks, roles)]
+            for (linear, chain), (role, tok) in zip(walks, roles)], []
 
 
 def _shape_args(n: fx.Node) -> tuple:
@@ -331,16 +448,17 @@ def _permuted(ctx, site, n: fx.Node, cur: tuple) -> tuple:
         dims = list(n.args[1:3]) or [n.kwargs.get("dim0"), n.kwargs.get("dim1")]
         if len(dims) != 2 or not all(type(d) is int for d in dims):
             raise _fail(ctx, site, f"{n.name}: transpose dims must be constant ints")
-        a, b = (d % 4 for d in dims)
+        a, b = (d % len(cur) for d in dims)
         out = list(cur)
         out[a], out[b] = cur[b], cur[a]
         return tuple(out)
     dims = n.args[1:] if n.op == "call_method" else n.args[1:2]
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
-    if sorted(d % 4 for d in dims if type(d) is int) != [0, 1, 2, 3] or len(dims) != 4:
-        raise _fail(ctx, site, f"{n.name}: permute dims must be 4 constant ints")
-    return tuple(cur[d % 4] for d in dims)
+    r = len(cur)
+    if sorted(d % r for d in dims if type(d) is int) != list(range(r)) or len(dims) != r:
+        raise _fail(ctx, site, f"{n.name}: permute dims must be {r} constant ints")
+    return tuple(cur[d % r] for d in dims)
 
 
 def match_attention(ctx, site: fx.Node) -> _Match:
@@ -351,13 +469,16 @@ def match_attention(ctx, site: fx.Node) -> _Match:
     if is_sdpa(site):
         args = bound_args(site, _SDPA_ARGS)
         if args.get("attn_mask") is not None:
-            raise _fail(ctx, site, "attention masks are not supported")
+            mask = args["attn_mask"]
+            raise _fail(ctx, site, f"attention masks are not supported (attn_mask={getattr(mask, 'name', mask)}: a mask "
+                                   "or a bias added to the attention scores, e.g. the relative position bias of "
+                                   "BEiT / Swin, is a term a neural graph does not store)")
         if args.get("is_causal"):
             raise _fail(ctx, site, "causal (masked) attention is not supported")
         if args.get("enable_gqa"):
             raise _fail(ctx, site, "grouped-query attention (enable_gqa) is not supported")
-        q, k, v = _branches(ctx, site, labels, (site, args.get("query")), (site, args.get("key")),
-                            (site, args.get("value")))
+        (q, k, v), packed = _branches(ctx, site, labels, (site, args.get("query")), (site, args.get("key")),
+                                      (site, args.get("value")))
         want = {"query": ("B", "H", "Tq", "D"), "key": ("B", "H", "Tk", "D"), "value": ("B", "H", "Tk", "D")}
         scale = args.get("scale")
         scalars = q.scalars + k.scalars
@@ -392,8 +513,8 @@ def match_attention(ctx, site: fx.Node) -> _Match:
                 raise _fail(ctx, site, f"{a.name} (attention scores) is also used elsewhere")
         if _data_users(inner[0]) != [site]:
             raise _fail(ctx, site, f"the attention probabilities {inner[0].name} are also used elsewhere")
-        q, k, v = _branches(ctx, site, labels, (scores, scores.args[0]), (scores, scores.args[1]),
-                            (site, v_arg))
+        (q, k, v), packed = _branches(ctx, site, labels, (scores, scores.args[0]), (scores, scores.args[1]),
+                                      (site, v_arg))
         want = {"query": ("B", "H", "Tq", "D"), "key": ("B", "H", "D", "Tk"), "value": ("B", "H", "Tk", "D")}
         scalars = q.scalars + k.scalars + scalars_inner
         factor = 1.0
@@ -403,8 +524,9 @@ def match_attention(ctx, site: fx.Node) -> _Match:
             raise _fail(ctx, site, f"its {role} has dims {_dims(got)}, expected {_dims(want[role])}")
     if len({(br.heads, br.head_dim) for br in (q, k, v)}) != 1:
         raise _fail(ctx, site, "query, key and value must have the same heads and head size")
-    if len({q.linear, k.linear, v.linear}) != 3:
-        raise _fail(ctx, site, "query, key and value must come from three separate nn.Linear calls")
+    if len({q.linear, k.linear, v.linear}) != 3 and not packed:
+        raise _fail(ctx, site, "query, key and value must come from three separate nn.Linear calls or one packed "
+                               "projection split into three")
     sizes = {"H": q.heads, "D": q.head_dim, "F": q.heads * q.head_dim}
     for n in scalars:
         other = [a for a in n.args[:2] if a is not _data_arg(ctx, n)]
@@ -418,7 +540,7 @@ def match_attention(ctx, site: fx.Node) -> _Match:
                                "only the standard scale is representable")
     labels[site] = ("B", "H", "Tq", "D")
     known = {x: ("B", "Tq") for x in _same_leading(ctx, q.linear.args[0])} | labels
-    match = _Match(site, q, k, v, inner, _merge(ctx, site, q.heads * q.head_dim, known))
+    match = _Match(site, q, k, v, inner, _merge(ctx, site, q.heads * q.head_dim, known), packed=packed)
     _claim(ctx, match)
     return match
 
@@ -472,15 +594,15 @@ def _merge(ctx, site: fx.Node, width: int, labels: dict[fx.Node, tuple]) -> list
 
 def _claim(ctx, match: _Match) -> None:
     nodes = [n for br in (match.q, match.k, match.v) for n in [br.linear, *br.chain]] + match.inner + [
-        match.site, *match.merge]
+        match.site, *match.merge] + match.packed
     for n in nodes:
         if CLAIM in n.meta:
             raise _fail(ctx, match.site, f"{n.name} belongs to two attention patterns")
     for role, br in (("q", match.q), ("k", match.k), ("v", match.v)):
-        br.linear.meta[CLAIM] = partial(_project, match, role)
+        br.linear.meta[CLAIM] = partial(_project, match, "qkv" if match.packed else role)
         for n in br.chain:
             n.meta[CLAIM] = _deferred
-    for n in match.inner + match.merge[:-1]:
+    for n in match.inner + match.merge[:-1] + match.packed:
         n.meta[CLAIM] = _deferred
     match.site.meta[CLAIM] = partial(_attend, match)
     match.merge[-1].meta[CLAIM] = partial(_merged, match)
@@ -496,7 +618,8 @@ def _project(match: _Match, role: str, ctx, node, x: Val, *args, **kwargs) -> Va
     """A q / k / v projection: remember the neurons it reads (their value now is what it reads)."""
     src = ctx.as_features(node, x, ctx.module(node).in_features)
     ctx.builder.observe(src)
-    match.src[role] = src
+    for r in (("q", "k", "v") if role == "qkv" else (role,)):
+        match.src[r] = src
     return Val(None, "attention")
 
 
@@ -504,8 +627,10 @@ def _attend(match: _Match, ctx, node, *args, **kwargs) -> Val:
     projs = []
     for role, br in (("q", match.q), ("k", match.k), ("v", match.v)):
         weight, bias = ctx.param(br.linear, "weight"), ctx.param(br.linear, "bias")
-        ctx.builder.layers.append((weight, bias))
-        projs.append(Projection(match.src[role], weight, 0, bias, 0))
+        if br.part == 0 or not match.packed:
+            ctx.builder.layers.append((weight, bias))
+        e = br.heads * br.head_dim  # a packed projection holds q, k, v as consecutive blocks of E rows
+        projs.append(Projection(match.src[role], weight, br.part * e * match.src[role].numel(), bias, br.part * e))
     match.heads = attention_heads(ctx, node, match.q.heads, match.q.head_dim, *projs)
     return Val(None, "attention")
 

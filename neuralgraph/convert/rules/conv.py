@@ -81,9 +81,13 @@ def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...
     want = (1,) * (dims - sdims) + kernel_size
     have = (1,) * (dims - len(cfg.max_kernel)) + cfg.max_kernel
     if sdims > len(cfg.max_kernel) or any(k > K for k, K in zip(want, have)):
+        if sdims <= len(cfg.max_kernel) and tuple(stride) == kernel_size and set(dilation) == {1} and groups == 1 \
+                and not any(_padding(padding, kernel_size, dilation)):
+            return _patches(ctx, node, x, weight, bias, shape)
         fix = tuple(max(k, K) for k, K in zip(want, have))
-        raise ctx.unsupported(node, f"kernel {kernel_size} does not fit max_kernel={cfg.max_kernel}; convert with a "
-                                    f"larger one, e.g. to_neural_graph(model, max_kernel={fix})")
+        raise ctx.unsupported(node, f"kernel {kernel_size} does not fit max_kernel={cfg.max_kernel} (a kernel that "
+                                    "equals its stride, a patch embedding, converts at any size); convert with a "
+                                    f"larger one: to_neural_graph(model, max_kernel={fix})")
     if padding == "same" and any(d * (k - 1) % 2 for d, k in zip(dilation, kernel_size)):
         raise ctx.unsupported(node, f"padding='same' with kernel {kernel_size} and dilation {tuple(dilation)} pads "
                                     "one side more than the other, which edge_conv (one padding per dim) cannot "
@@ -105,6 +109,34 @@ def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...
     b.register_param(weight, shape)
     b.add_edges(src, dst, "conv", geometry=geometry,
                 sources=[(weight, elem, kernel_taps(kernel_size, cfg.max_kernel))])
+    b.layers.append((weight, bias))
+    if bias is not None:
+        b.add_node_param(out, bias, torch.arange(out_channels))
+    return Val(out, "map", sdims=sdims, positions=None)
+
+
+def _patches(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...]) -> Val:
+    """A convolution whose kernel equals its stride (a ViT's patch embedding, ``kernel = stride = 16``) and exceeds
+    ``max_kernel``: its input cut into patches, one neuron per (input channel, pixel of a patch) fed by a
+    ``subsample`` edge (that pixel of every patch), then a 1x1 convolution carrying ``weight[o, c, i, j]`` on the
+    centre tap of edge ``(c, i, j) -> o``. The same function with one tap per weight instead of a 256-tap kernel."""
+    b, cfg = ctx.builder, ctx.config
+    out_channels, in_channels, kernel_size = shape[0], shape[1], tuple(shape[2:])
+    sdims, pad = len(kernel_size), len(cfg.max_kernel) - len(kernel_size)
+    src_nodes = ctx.as_map(node, x, in_channels, sdims)
+    k = math.prod(kernel_size)
+    b.check_size(in_channels * k * (out_channels + 1), out_channels * in_channels * k)  # before allocating
+    pieces = b.add_nodes(in_channels * k, b.next_layer(src_nodes)).view(in_channels, k)   # [C_in, k]
+    for t, offset in enumerate(itertools.product(*(range(s) for s in kernel_size))):
+        geometry = ((1,) * pad + kernel_size + (0,) * pad + offset + (1,) * (pad + sdims) + (1,) * pad
+                    + kernel_size)
+        b.add_edges(src_nodes, pieces[:, t], "subsample", geometry=geometry, const=1.0)
+    out = b.add_nodes(out_channels, b.next_layer(pieces.reshape(-1)))
+    b.register_param(weight, shape)
+    # edge (o, c, t) carries weight[o, c, *offset_t]: flat element (o * C_in + c) * k + t
+    b.add_edges(pieces.reshape(-1).repeat(out_channels), out.repeat_interleave(in_channels * k), "conv",
+                sources=[(weight, torch.arange(out_channels * in_channels * k).view(-1, 1),
+                          kernel_taps((1,) * sdims, cfg.max_kernel))])
     b.layers.append((weight, bias))
     if bias is not None:
         b.add_node_param(out, bias, torch.arange(out_channels))

@@ -12,7 +12,7 @@ from torch import nn
 
 from neuralgraph.convert.builder import SYM, Param, Val
 from neuralgraph.convert.registry import function_rule, method_rule, module_rule, takes_params
-from neuralgraph.convert.rules import layout
+from neuralgraph.convert.rules import layout, tokens
 from neuralgraph.data.graph import POOL, ROLE
 
 # ------------------------------------------------------------------------------------ pass-through
@@ -199,8 +199,11 @@ def add(ctx, node, a, b, **kwargs) -> Val:
     """
     if kwargs.get("alpha", 1) != 1:
         raise ctx.unsupported(node, "torch.add with alpha != 1 is not supported")
-    for v, p in ((a, b), (b, a)):
+    for k, (v, p) in enumerate(((a, b), (b, a))):
         if isinstance(v, Val) and isinstance(p, Param):
+            v = ctx.materialize(node, node.args[k], v)
+            if tokens.position_table(ctx, node.args[k], v, p):  # x + pos_embed: one value per token and channel
+                return tokens.add_positions(ctx, node, v, p)
             return affine(ctx, node, v, shift=per_channel(ctx, node, v, p, "a sum"))
     if not (isinstance(a, Val) and isinstance(b, Val)):
         v, c = _constant_operand(ctx, node, a, b, "a sum")
@@ -245,9 +248,20 @@ def _rank(ctx, arg) -> int | None:
 
 
 @function_rule(torch.cat, torch.concat)
+@takes_params
 def cat(ctx, node, tensors, dim: int = 0) -> Val:
-    """``torch.cat`` along channels: the result's neurons are the operands' neurons, in order."""
+    """``torch.cat`` along channels: the result's neurons are the operands' neurons, in order. Along the tokens of
+    ``[B, T, C]`` sequences (a class token ``torch.cat([cls.expand(B, -1, -1), x], 1)``): :func:`tokens.cat_tokens`."""
     args = node.args[0] if node.args else node.kwargs["tensors"]  # the operands' fx nodes (repeats included)
+    ranks = [_rank(ctx, n) if isinstance(v, Val) else len(v.shape) if isinstance(v, Param) else None
+             for n, v in zip(args, tensors)]
+    if any(isinstance(v, Param) for v in tensors) or (ranks[0] == 3 and dim % 3 == 1 and all(
+            isinstance(v, Val) and v.kind == "vec" for v in tensors)):
+        if not all(r == 3 for r in ranks if r is not None) or dim % 3 != 1:
+            raise ctx.unsupported(node, f"concatenates a parameter along dim {dim}; only token sequences "
+                                        "[B, T, C] along the tokens (dim 1) with [1, R, C] parameters are supported")
+        ops = [v if isinstance(v, Param) else ctx.materialize(node, n, v) for n, v in zip(args, tensors)]
+        return tokens.cat_tokens(ctx, node, list(args), ops)
     vals = [ctx.materialize(node, n, v) for n, v in zip(args, tensors)]
     for n, v in zip(args, vals):
         _channel_dim(ctx, node, v, dim, _rank(ctx, n))
@@ -268,6 +282,10 @@ def getitem(ctx, node, x, index) -> Val:
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     sel = channel_slice(index, x.kind)
     rank = _rank(ctx, node.all_input_nodes[0])
+    picked = _token_index(index)
+    if x.kind == "vec" and picked is not None and (rank == 3 or (rank is None and ctx.tokens and
+                                                                 isinstance(picked, int))):
+        return tokens.select_tokens(ctx, node, x, picked, tokens.token_count(ctx, node.all_input_nodes[0], x))
     if sel is not None and x.kind == "vec" and rank is not None and rank > 2 and (
             not isinstance(index, tuple) or index[0] is not Ellipsis):
         raise ctx.unsupported(node, f"indexing {index!r} slices dim 1 of a rank-{rank} feature value (tokens); "
@@ -276,6 +294,16 @@ def getitem(ctx, node, x, index) -> Val:
         raise ctx.unsupported(node, f"indexing {index!r} is not supported; only channel slices "
                                     "x[:, a:b] are")
     return Val(x.nodes[sel], x.kind, x.sdims, x.positions)
+
+
+def _token_index(index) -> int | slice | None:
+    """The dim-1 index of ``x[:, i]`` / ``x[:, a:b]`` (the tokens of a ``[B, T, C]`` sequence), else ``None``."""
+    idx = index if isinstance(index, tuple) else (index,)
+    full = slice(None)
+    if len(idx) >= 2 and idx[0] == full and isinstance(idx[1], (int, slice)) and not isinstance(idx[1], bool) and \
+            all(i == full or i is Ellipsis for i in idx[2:]):
+        return idx[1]
+    return None
 
 
 def channel_slice(index, kind: str) -> slice | None:
@@ -482,10 +510,14 @@ def _lp_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
 @function_rule(torch.mean, torch.amax)
 @method_rule("mean", "amax")
 def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val:
-    """``x.mean((2, 3))``: global pooling when the reduced dims are exactly the spatial dims."""
+    """``x.mean((2, 3))``: global pooling when the reduced dims are exactly the spatial dims (or the tokens of a
+    ``[B, T, C]`` sequence, ``x.mean(1)``)."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     kind = "max" if getattr(node.target, "__name__", node.target) == "amax" else "avg"
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if x.kind == "vec" and _rank(ctx, node.all_input_nodes[0]) == 3 and len(dims) == 1 and dims[0] in (1, -2) \
+            and not keepdim:  # over the tokens of a [B, T, C] sequence (timm's global_pool="avg")
+        return Val(_pooled(ctx, x.nodes, f"global_{kind}"), "vec")
     if x.kind != "map" or dim is None:
         raise ctx.unsupported(node, "only reductions over all spatial dims of a feature map (global "
                                     "pooling) are supported")

@@ -1,7 +1,8 @@
 """Layout operations that move no value across neurons: channel-last views, merged spatial dims, channel
 shuffles and channel splits. They add no neurons: a channel-last map is a map whose channel neurons are read
 per position (``x.permute(0, 2, 3, 1)`` before a ``Linear`` / ``LayerNorm`` in ConvNeXt), a token sequence is a
-1-d map read the same way (a ViT's ``conv(x).flatten(2).transpose(1, 2)``), and a channel shuffle
+1-d map read the same way (a ViT's ``conv(x).flatten(2).transpose(1, 2)``: merging the positions of a 2-d map
+into tokens is the one operation here that adds neurons, see :mod:`.tokens`), and a channel shuffle
 (``x.view(B, g, C // g, H, W).transpose(1, 2).reshape(B, C, H, W)``, ShuffleNet) is a fixed reordering of
 the channel neurons.
 
@@ -17,6 +18,7 @@ import torch
 
 from neuralgraph.convert.builder import Val
 from neuralgraph.convert.registry import function_rule, method_rule
+from neuralgraph.convert.rules.tokens import to_tokens
 
 
 def _ints(args) -> tuple | None:
@@ -90,12 +92,12 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
     if out is not None:
         inp = ctx.shape(node.all_input_nodes[0])
         if len(out) == 3 and out[1] == c and rank > 3:
-            return Val(x.nodes, "map", 1, x.positions)
+            return merge_spatial(ctx, node, x)
         if len(out) == rank + 1 and out[1] * out[2] == c and out[3:] == inp[2:]:
             return Val(x.nodes.view(out[1], out[2]), "groups", x.sdims, x.positions)
         return None
     if len(shape) == 3 and shape[1] == c and rank > 3:
-        return Val(x.nodes, "map", 1, x.positions)
+        return merge_spatial(ctx, node, x)
     if len(shape) == rank + 1:
         g, per = shape[1], shape[2]
         if isinstance(g, int) and g > 0 and c % g == 0 and (not isinstance(per, int) or g * per == c):
@@ -106,8 +108,9 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
 
 
 def merge_spatial(ctx, node, x: Val) -> Val:
-    """``x.flatten(2)`` of a map: one spatial dim (a ViT's patch grid becoming a token sequence)."""
-    return Val(x.nodes, "map", 1, x.positions)
+    """``x.flatten(2)`` of a map: one spatial dim (a ViT's patch grid becoming a token sequence: new neurons fed
+    by ``tokens`` edges, :func:`~neuralgraph.convert.rules.tokens.to_tokens`)."""
+    return to_tokens(ctx, node, x)
 
 
 def _sizes(ctx, node, x: Val, split, dim: int, chunks: bool) -> list[int]:

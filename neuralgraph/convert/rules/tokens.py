@@ -1,0 +1,150 @@
+"""Token sequences: a map's positions as tokens, tokens concatenated (a class token), a learned position
+embedding added, and tokens selected (``x[:, 0]``, ``x[:, 1:]``).
+
+A neuron's value in a token sequence is ``[B, T]``; these operations move values between tokens, so each adds
+new neurons fed by ``tokens`` edges whose geometry (``data.graph.token_geometry``: ``start``, ``length``,
+``drop``) says which source token each target token reads. A parameter used as tokens (a class token
+``[1, 1, C]``, register tokens ``[1, R, C]``, a position embedding ``[1, T, C]``) is stored on ``position``
+edges: one **token constant neuron** per token it fills (role virtual, constant 1 in ``x[:, 0]``, no inputs,
+``node_spatial`` = 1 + that token), with an edge to each channel's neuron carrying the parameter's entry on the
+centre tap and placing it at that token. Parameters stay on edges, so the round trip is exact, and permuting the
+channels of a transformer moves them with the channel neurons.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from neuralgraph.convert.builder import Param, Val
+from neuralgraph.data.graph import token_geometry
+
+_EXAMPLE = "pass example_input=... to to_neural_graph so that token counts are known"
+
+
+def token_count(ctx, arg, v: Val | Param) -> int | None:
+    """Tokens of a ``[B, T, C]`` value (``[1, T, C]`` / ``[T, C]`` parameter), ``None`` if unknown."""
+    if isinstance(v, Param):
+        return v.shape[-2] if len(v.shape) >= 2 else None
+    shape = ctx.shape(arg)
+    if shape is not None:
+        return shape[1] if len(shape) == 3 else None
+    return v.positions if v.kind == "vec" else None
+
+
+def _geometry(ctx, start: int, length: int, drop: bool = False) -> tuple[int, ...]:
+    return token_geometry(start, length, drop, len(ctx.config.max_kernel))
+
+
+def _layer(b, *sources: Tensor) -> int:
+    """Layer of neurons fed by ``sources`` and by token constant neurons (which sit one layer before, >= 1)."""
+    return max(b.next_layer(*sources), 2)
+
+
+def _place(ctx, p: Param, first: int, count: int, offset: int, length: int, targets: Tensor, layer: int) -> None:
+    """Rows ``first .. first + count`` of parameter ``p`` (``[..., R, C]``) as tokens ``offset ..`` of ``targets``'
+    sequences of ``length`` tokens: one token constant neuron per row, ``position`` edges to the channels."""
+    b, c = ctx.builder, targets.numel()
+    for r in range(count):
+        t = offset + r
+        k = b.add_nodes(1, layer - 1, role="virtual", spatial=t + 1)
+        b.add_node_const(k, 1.0)
+        elem = ((first + r) * c + torch.arange(c)).view(-1, 1)
+        b.add_edges(k.repeat(c), targets, "position", geometry=_geometry(ctx, -t, length),
+                    sources=[(p.name, elem, torch.tensor([ctx.config.centre_tap]))])
+
+
+def to_tokens(ctx, node, x: Val) -> Val:
+    """A map's positions as one token sequence (``x.flatten(2)``, ``x.reshape(B, C, H * W)`` of a 2-d or 3-d map;
+    a 1-d map already is one): new neurons, one ``tokens`` edge each, tokens in row-major position order."""
+    if x.sdims <= 1:
+        return Val(x.nodes, "map", 1, x.positions)
+    shape = ctx.shape(node.all_input_nodes[0])
+    p = x.positions if x.positions is not None else (None if shape is None else int(torch.Size(shape[2:]).numel()))
+    if p is None:
+        raise ctx.unsupported(node, f"merges the positions of a feature map into tokens; {_EXAMPLE}")
+    b = ctx.builder
+    new = b.add_nodes(x.channels, b.next_layer(x.nodes))
+    b.add_edges(x.nodes, new, "tokens", geometry=_geometry(ctx, 0, p), const=1.0)
+    return Val(new, "map", 1, p)
+
+
+def cat_tokens(ctx, node, args: list, operands: list) -> Val:
+    """``torch.cat([cls_token.expand(B, -1, -1), x], dim=1)``: the operands' tokens in order; neuron values get
+    ``tokens`` edges, parameters ``position`` edges from token constant neurons."""
+    counts, channels = [], set()
+    for a, v in zip(args, operands):
+        if isinstance(v, Param):
+            channels.add(v.shape[-1])
+            if len(v.shape) != 3 or v.shape[0] != 1:
+                raise ctx.unsupported(node, f"concatenates parameter {v.name!r} of shape {v.shape} as tokens; "
+                                            "only a [1, R, C] parameter (a class / register token) is supported")
+        elif isinstance(v, Val):
+            channels.add(v.channels)
+        else:
+            raise ctx.unsupported(node, "concatenates tokens that are neither neuron values nor parameters")
+        n = token_count(ctx, a, v)
+        if n is None:
+            raise ctx.unsupported(node, f"concatenates token sequences of unknown length; {_EXAMPLE}")
+        counts.append(n)
+    if len(channels) != 1:
+        raise ctx.unsupported(node, f"concatenates token sequences of {sorted(channels)} channels")
+    b, c, length = ctx.builder, channels.pop(), sum(counts)
+    vals = [v.nodes for v in operands if isinstance(v, Val)]
+    layer = _layer(b, *vals)
+    new = b.add_nodes(c, layer)
+    offset = 0
+    for v, n in zip(operands, counts):
+        if isinstance(v, Param):
+            _place(ctx, v, 0, n, offset, length, new, layer)
+        else:
+            b.add_edges(v.nodes, new, "tokens", geometry=_geometry(ctx, -offset, length), const=1.0)
+        offset += n
+    return Val(new, "vec", 0, length)
+
+
+def position_table(ctx, arg, v: Val, p: Param) -> bool:
+    """Whether parameter ``p`` added to ``v`` is a table of one value per token and channel (``[1, T, C]``)."""
+    shape = tuple(p.shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return (v.kind == "vec" and len(shape) == 2 and shape[1] == v.channels and shape[0] > 1
+            and token_count(ctx, arg, v) == shape[0])
+
+
+def add_positions(ctx, node, v: Val, p: Param) -> Val:
+    """``x + pos_embed`` with a ``[1, T, C]`` table: ``position`` edges into ``x``'s neurons if they are still
+    open, else into new neurons fed by identity edges."""
+    b = ctx.builder
+    length = p.shape[-2]
+    if b.is_open(v.nodes) and min(b.layer[i] for i in v.nodes.tolist()) >= 2:
+        target = v.nodes
+        layer = min(b.layer[i] for i in target.tolist())
+    else:
+        layer = _layer(b, v.nodes)
+        target = b.add_nodes(v.channels, layer)
+        b.add_identity_edges(v.nodes, target, "identity")
+    _place(ctx, p, 0, length, 0, length, target, layer)
+    return Val(target, "vec", 0, length)
+
+
+def select_tokens(ctx, node, x: Val, index, count: int | None) -> Val:
+    """``x[:, i]`` (one token: features) or ``x[:, a:b]`` (a token range) of a ``[B, T, C]`` sequence."""
+    b = ctx.builder
+    if isinstance(index, int):
+        if index < 0:
+            if count is None:
+                raise ctx.unsupported(node, f"selects token {index} from the end of a sequence of unknown length; "
+                                            f"{_EXAMPLE}")
+            index += count
+        start, length, drop = index, 1, True
+    else:
+        if count is None:
+            raise ctx.unsupported(node, f"slices tokens {index!r} of a sequence of unknown length; {_EXAMPLE}")
+        start, stop, step = index.indices(count)
+        if step != 1 or stop <= start:
+            raise ctx.unsupported(node, f"slices tokens {index!r}; only a non-empty range of consecutive tokens "
+                                        "(step 1) is supported")
+        length, drop = stop - start, False
+    new = b.add_nodes(x.channels, b.next_layer(x.nodes))
+    b.add_edges(x.nodes, new, "tokens", geometry=_geometry(ctx, start, length, drop), const=1.0)
+    return Val(new, "vec", 0, None if drop else length)

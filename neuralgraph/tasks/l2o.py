@@ -415,7 +415,7 @@ class L2OConfig:
     inner_batch: int = 64  # images per optimizee minibatch
     inner_steps: int = 200  # steps of one meta-training inner run (a fresh optimizee each run)
     unroll: int = 20  # truncated-BPTT length: inner steps per meta-gradient step (divides inner_steps)
-    runs_per_epoch: int = 4  # meta-training inner runs per epoch (x train.batch_size run in parallel)
+    runs_per_epoch: int = 4  # meta-training inner runs per epoch, in groups of train.batch_size per meta-step
     eval_steps: int = 200  # K: steps of every evaluation run (validation, tests, the lr grid)
     eval_every: int = 20  # test accuracy of evaluation runs recorded every this many steps
     val_runs: int = 2  # held-out inner runs of the meta-training task (model selection)
@@ -427,6 +427,18 @@ class L2OConfig:
     step_scale: float = 0.1  # lambda_1 of the update d * exp(lambda_2 * m)
     mag_scale: float = 0.1  # lambda_2
     max_kernel: tuple[int, ...] = (3, 3)  # converter option: one edge feature column per kernel tap
+
+
+@dataclass(frozen=True)
+class RunSplit:
+    """A split of inner runs: which optimizee (``"train"``: the meta-training one, ``"test"``: the meta-test
+    one) and how many runs (per epoch, for the train split)."""
+
+    optimizee: str
+    runs: int
+
+    def __len__(self) -> int:
+        return self.runs
 
 
 @dataclass(frozen=True)
@@ -506,19 +518,26 @@ class L2OTask(Task):
             self._problems[which] = Optimizee(data, widths, c.inner_batch, c.max_kernel)
         return self._problems[which]
 
-    def build_splits(self) -> dict[str, str]:
-        """Split name -> the optimizee it runs (``train`` / ``test``)."""
-        return {"train": "train", "val": "train", "test": "test", "test_train_task": "train"}
+    def build_splits(self) -> dict[str, RunSplit]:
+        """The splits' inner runs: meta-training, validation and both tests (``tune``, the hand-written
+        optimizers' grid, is not a split: it never reaches the results)."""
+        c = self.cfg
+        return {"train": RunSplit("train", c.runs_per_epoch), "val": RunSplit("train", c.val_runs),
+                "test": RunSplit("test", c.test_runs), "test_train_task": RunSplit("train", c.test_runs)}
 
     def describe_data(self) -> str:
-        c = self.cfg
-        return (f"data: train / val: optimizee {c.train_data} CNN {'-'.join(map(str, c.train_widths))} "
-                f"({c.runs_per_epoch} x batch inner runs of {c.inner_steps} steps per epoch, {c.val_runs} validation "
-                f"runs); test: optimizee {c.test_data} CNN {'-'.join(map(str, c.test_widths))} ({c.test_runs} runs of "
-                f"{c.eval_steps} steps)")
+        c, train, test = self.cfg, self.problem("train"), self.problem("test")
+        return (f"data: train (meta-training) {train.name} ({c.runs_per_epoch} inner runs x {c.inner_steps} steps per "
+                f"epoch), "
+                f"val {c.val_runs} runs, test {test.name} {c.test_runs} runs, test_train_task {c.test_runs} runs "
+                f"({c.eval_steps} steps each)")
 
-    def _runs(self, split: str) -> int:
-        return {"val": self.cfg.val_runs, "tune": self.cfg.tune_runs}.get(split, self.cfg.test_runs)
+    def _split(self, split: str) -> RunSplit:
+        if split == "tune":
+            return RunSplit("train", self.cfg.tune_runs)
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; choose from {sorted(self.splits)}")
+        return self.splits[split]
 
     def loader(self, split: str, input_kind: str, batch_size: int, sampler: Any = None, pin_memory: bool = False):
         """``train``: the epoch's :class:`Unroll` batches (``runs_per_epoch`` groups of ``batch_size`` inner
@@ -535,9 +554,7 @@ class L2OTask(Task):
             seeds = torch.randint(_SEED_BASE["val"], (c.runs_per_epoch * batch_size,), generator=gen).tolist()
             return [Unroll(tuple(seeds[i:i + batch_size]), s, c.unroll) for i in range(0, len(seeds), batch_size)
                     for s in range(c.inner_steps // c.unroll)]
-        if split not in self.splits and split != "tune":
-            raise KeyError(f"unknown split {split!r}; choose from {sorted(self.splits)}")
-        return [Rollout(split, _SEED_BASE[split] + i, c.eval_steps) for i in range(self._runs(split))]
+        return [Rollout(split, _SEED_BASE[split] + i, c.eval_steps) for i in range(len(self._split(split)))]
 
     # ------------------------------------------------------------------ models
     def model_kwargs(self, model_name: str) -> dict[str, Any]:
@@ -577,9 +594,9 @@ class L2OTask(Task):
             if not model.tuned:
                 self.tune_lr(model)
             return model
-        if hasattr(model, "fit_degree"):  # degree statistics of the meta-training optimizee's graph
+        if model.input_kind == "graph" and hasattr(model, "fit_statistics"):  # NG-GNN's degrees: the optimizee's graph
             problem = self.problem("train")
-            model.fit_degree([problem.graph({n: torch.zeros(*s, NUM_FEATURES) for n, s in problem.shapes.items()})])
+            model.fit_statistics([problem.graph({n: torch.zeros(*s, NUM_FEATURES) for n, s in problem.shapes.items()})])
         context = model.out_dim if model.input_kind == "parameters" else self.cfg.context
         c = self.cfg
         return LearnedOptimizer(model, context, c.ff_hidden, c.ff_layers, c.step_scale, c.mag_scale)
@@ -651,7 +668,7 @@ class L2OTask(Task):
     def rollout(self, opt: nn.Module, r: Rollout) -> dict[str, Any]:
         """Run ``opt`` for ``r.steps`` steps on a fresh optimizee; the records of :meth:`predict`."""
         c = self.cfg
-        problem = self.problem("test" if r.split == "test" else "train")
+        problem = self.problem(self._split(r.split).optimizee)
         run = self._start(opt, problem, r.seed, r.device)
         curve, eval_steps, acc_curve = [], [], []
         for t in range(r.steps + 1):

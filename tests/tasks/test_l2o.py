@@ -88,6 +88,7 @@ def test_graph_of_a_step_carries_that_steps_gradients(monkeypatch):
     task = tiny_task()
     problem = task.problem("train")
     opt = optimizer(task, "ng-gnn").eval()
+    assert opt.encoder.deg_fitted  # the task fitted NG-GNN's degree statistics on the optimizee's graph
     seen = []
     opt.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
 

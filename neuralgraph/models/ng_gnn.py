@@ -141,11 +141,11 @@ class NGGNN(nn.Module):
         self.num_layers, self.reverse_edges, self.residual = num_layers, reverse_edges, residual
         self.head_kind = head
         self.encoder = NeuralGraphEncoder(
-            node_in + probes, edge_in, hidden, edge_hidden, pos_emb=pos_emb, act_emb=act_emb,
+            node_in, edge_in, hidden, edge_hidden, pos_emb=pos_emb, act_emb=act_emb,
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+            fourier_features=fourier_features, fourier_sigma=fourier_sigma, probe_in=probes)
         # direction vector added to the state of each reversed edge
         self.rev_dir = nn.Parameter(torch.empty(edge_hidden)) if reverse_edges else None
         deg_t = None if deg is None else torch.as_tensor(deg)

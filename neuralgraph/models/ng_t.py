@@ -140,11 +140,11 @@ class NGT(nn.Module):
         self.num_layers, self.mode, self.norm_first = num_layers, mode, norm_first
         self.head_kind = head
         self.encoder = NeuralGraphEncoder(
-            node_in + probes, edge_in, node_dim, edge_dim, pos_emb=pos_emb, act_emb=act_emb,
+            node_in, edge_in, node_dim, edge_dim, pos_emb=pos_emb, act_emb=act_emb,
             role_emb=role_emb, pool_emb=pool_emb, spatial_emb=spatial_emb, kind_emb=kind_emb,
             conv_emb=conv_emb, max_inputs=max_inputs, max_outputs=max_outputs,
             max_layers=max_layers, max_spatial=max_spatial, num_acts=num_acts,
-            fourier_features=fourier_features, fourier_sigma=fourier_sigma)
+            fourier_features=fourier_features, fourier_sigma=fourier_sigma, probe_in=probes)
         self.pair_emb = nn.Embedding(len(PAIR_TYPES), edge_dim)
         final_edge_update = edge_updates and head == "equivariant"
         self.layers = nn.ModuleList([

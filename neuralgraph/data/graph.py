@@ -113,7 +113,7 @@ GEOMETRY_DTYPE = torch.int16
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")

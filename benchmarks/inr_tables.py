@@ -65,7 +65,10 @@ class Row:
 
 
 def _ng(task: str, model: str, probes: int) -> Row:
-    return Row(task, model, f"p{probes}", (*(NG_GNN if model == "ng-gnn" else NG_T), f"model.probes={probes}"))
+    sizes = NG_GNN if model == "ng-gnn" else NG_T
+    if task == "inr-edit":  # per-parameter head: no readout
+        sizes = tuple(s for s in sizes if not s.startswith("model.readout="))
+    return Row(task, model, f"p{probes}", (*sizes, f"model.probes={probes}"))
 
 
 #: every row, in the order they are run

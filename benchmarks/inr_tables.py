@@ -1,6 +1,7 @@
 """The issue-16 INR tables: every ``inr-cls`` / ``inr-edit`` run, in priority order, resumable.
 
-    python -m benchmarks.inr_tables run   [--seeds 0 1 2] [--only cls|edit] [--results DIR] [--dry-run]
+    python -m benchmarks.inr_tables run   [--seeds 0 1 2] [--only cls|edit] [--rows LABEL ...] [--results DIR]
+                                          [--dry-run]
     python -m benchmarks.inr_tables table [--results DIR] [--write docs/results.md]
 
 ``run`` works through :data:`RUNS` seed by seed (every ``inr-cls`` row at seed 0, then seeds 1 and 2, then
@@ -108,12 +109,12 @@ def command(row: Row, seed: int, results: str) -> list[str]:
     return cmd
 
 
-def run(results: str, seeds: list[int], only: str | None, dry_run: bool) -> None:
+def run(results: str, seeds: list[int], only: str | None, dry_run: bool, rows: list[str] | None = None) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     tasks = [t for t in ("inr-cls", "inr-edit") if only is None or t == f"inr-{only}"]
     for task in tasks:
         for seed in seeds:
-            for row in (r for r in RUNS if r.task == task):
+            for row in (r for r in RUNS if r.task == task and (rows is None or r.label in rows)):
                 if os.path.exists(os.path.join(seed_dir(results, row, seed), "metrics.json")):
                     continue
                 cmd = command(row, seed, results)
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run", help="run (or resume) the missing (row, seed) pairs in priority order")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--only", choices=["cls", "edit"], default=None)
+    r.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                   help="only these rows (result-directory labels, e.g. ng-gnn+p0 nfn-hnp), still in priority order")
     r.add_argument("--results", default="results")
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
     t = sub.add_parser("table", help="render the finished runs as markdown")
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--write", default=None, help=f"replace the {BEGIN} ... {END} block of this file")
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        run(args.results, args.seeds, args.only, args.dry_run)
+        run(args.results, args.seeds, args.only, args.dry_run, args.rows)
     else:
         text = table(args.results)
         if args.write:

@@ -41,3 +41,10 @@ def test_write_replaces_only_the_marked_block(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="inr-tables:begin"):
         T.write_between_markers(str(doc), "new\n")
+
+
+def test_rows_filter_keeps_priority_order(capsys):
+    T.run("unused", [0], "cls", dry_run=True, rows=["sne", "ng-gnn+p0"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and "--model ng-gnn" in printed[0] and "--tag p0" in printed[0]
+    assert "--model sne" in printed[1]

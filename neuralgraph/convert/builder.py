@@ -111,8 +111,9 @@ class NodeParam:
 class GraphBuilder:
     """Accumulates neurons and edges while the tracer walks the module's dataflow."""
 
-    def __init__(self, config: ConvertConfig):
+    def __init__(self, config: ConvertConfig, for_graph: bool = True):
         self.config = config
+        self.graph_taps = config.edge_dim if for_graph else 0  # edge features a graph built from it allocates
         self.dims = len(config.max_kernel)
         # per-node scalars (python lists: the graph is small at trace time)
         self.layer: list[int] = []
@@ -262,7 +263,7 @@ class GraphBuilder:
     def estimated_bytes(self, taps: int | None = None) -> int:
         """Memory to convert the graph built so far (the graph, the plan's index tensors and the gather), with
         ``taps`` edge features (default: the configuration's)."""
-        taps = self.config.edge_dim if taps is None else taps
+        taps = self.graph_taps if taps is None else taps
         # the graph's edge_attr and structure (edge_index, kind, int16 geometry), which a large plan shares with it,
         # plus the builder's edge lists while tracing; per parameter element its gather index and value
         per_edge = 4 * taps + (16 + 8 + 2 * 4 * self.dims) + 16

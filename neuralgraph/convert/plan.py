@@ -542,6 +542,7 @@ _PLANS: "OrderedDict[tuple, ConversionPlan]" = OrderedDict()
 def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
     _require_module(model)
+    read_only = config.pop("_read_only", False)  # a plan to read graphs back with: no graph is built from it
     cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
     arch = architecture_key(model)
     key = (arch, _input_key(example_input), cfg, activations.VERSION)
@@ -551,7 +552,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
                                                                if b.is_floating_point()]
         if not tensors:
             raise UnsupportedModuleError(_nothing_to_convert(model, "has no parameters"))
-        plan = ConversionPlan(trace_module(model, example_input, cfg), tensors)
+        plan = ConversionPlan(trace_module(model, example_input, cfg, for_graph=not read_only), tensors)
         if not plan.param_names:
             raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
                                                                     "converter represents"))
@@ -667,7 +668,7 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
             if a == arch and version == activations.VERSION and cand.num_nodes == graph.num_nodes \
                     and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1):
                 return cand
-    return get_plan(model, example_input, **config)
+    return get_plan(model, example_input, _read_only=True, **config)
 
 
 def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *,

@@ -303,8 +303,11 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, (Val, Sym, Param, fx.Node))
 
 
-def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) -> GraphBuilder:
-    """Trace ``model`` and run every rule; returns the filled :class:`GraphBuilder`."""
+def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
+                 for_graph: bool = True) -> GraphBuilder:
+    """Trace ``model`` and run every rule; returns the filled :class:`GraphBuilder`. ``for_graph``: a graph will be
+    built from it (its ``edge_attr`` counts in the memory check); ``False`` for a plan that only reads graphs
+    back."""
     graph = fx_trace(model)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
@@ -314,7 +317,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig) ->
         except Exception as err:  # noqa: BLE001 - the user's input does not fit the model
             raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
                              "pass an input of the shape the model expects") from err
-    builder = GraphBuilder(config)
+    builder = GraphBuilder(config, for_graph=for_graph)
     builder.fx_graph = graph
     ctx = TraceContext(model, builder)
     for graph_pass in GRAPH_PASSES:  # patterns spanning several operations claim their nodes

@@ -49,3 +49,19 @@ def test_compact_geometry_and_constants_round_trip():
     assert not hasattr(plan, "edge_attr0") and plan.const_pos.numel() == 3  # BatchNorm eps, one per channel
     assert torch.allclose(g.edge_attr.view(-1)[plan.const_pos], torch.full((3,), 1e-3))
     assert_state_equal(m, from_neural_graph(g, m))
+
+
+def test_large_graph_reads_back_with_memory_for_the_plan_only(monkeypatch):
+    """A large architecture's plan is not cached (its graph owns the index tensors), so reading the graph back
+    traces again; that trace needs memory for the plan, not for a second graph."""
+    from neuralgraph.convert import plan as plan_mod
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2000, 1100), nn.ReLU(), nn.Linear(1100, 3))  # 2.2M edges
+    g = to_neural_graph(m)
+    assert g.edge_index.size(1) > plan_mod.UNCACHED_EDGES
+    assert not any(p.num_edges == g.edge_index.size(1) for p in plan_mod._PLANS.values())
+    monkeypatch.setattr(builder, "available_memory", lambda: 300 * 2**20)  # below the graph's 0.55 GB
+    with pytest.raises(GraphTooLargeError, match=r"needs about 0\.5 GB"):
+        to_neural_graph(m)
+    assert_state_equal(m, from_neural_graph(g, m))

@@ -192,50 +192,45 @@ class NeuralGraphEncoder(nn.Module):
     ):
         super().__init__()
         c = self.config = config
-        pos_emb, act_emb, role_emb, pool_emb = c.pos_emb, c.act_emb, c.role_emb, c.pool_emb
-        spatial_emb, kind_emb, conv_emb = c.spatial_emb, c.kind_emb, c.conv_emb
-        max_inputs, max_outputs, max_layers, max_spatial = c.max_inputs, c.max_outputs, c.max_layers, c.max_spatial
-        num_acts, fourier_features, fourier_sigma = c.num_acts, c.fourier_features, c.fourier_sigma
-        separate_linear = c.separate_linear
         self.node_in, self.edge_in, self.probe_in = node_in, edge_in, probe_in
         self.node_dim, self.edge_dim = node_dim, edge_dim
-        self.max_inputs, self.max_outputs = max_inputs, max_outputs
-        self.max_layers, self.max_spatial = max_layers, max_spatial
-        self.num_acts = default_num_acts() if num_acts is None else num_acts
-        self.fourier_features = fourier_features
+        self.max_inputs, self.max_outputs = c.max_inputs, c.max_outputs
+        self.max_layers, self.max_spatial = c.max_layers, c.max_spatial
+        self.num_acts = default_num_acts() if c.num_acts is None else c.num_acts
+        self.fourier_features = F = c.fourier_features
 
-        if fourier_features > 0:
-            self.node_fourier: nn.Module = FourierFeatures(node_in, fourier_features, fourier_sigma)
-            self.edge_fourier: nn.Module = FourierFeatures(edge_in, fourier_features, fourier_sigma)
-            node_proj_in = edge_proj_in = 2 * fourier_features
+        if F > 0:
+            self.node_fourier: nn.Module = FourierFeatures(node_in, F, c.fourier_sigma)
+            self.edge_fourier: nn.Module = FourierFeatures(edge_in, F, c.fourier_sigma)
+            node_proj_in = edge_proj_in = 2 * F
         else:
             self.node_fourier = self.edge_fourier = nn.Identity()
             node_proj_in, edge_proj_in = node_in, edge_in
         self.node_proj = nn.Linear(node_proj_in, node_dim)
         self.edge_proj = nn.Linear(edge_proj_in, edge_dim)
-        self.separate_linear = separate_linear
-        if separate_linear:  # linear weights: phi(w) of the one centre-tap value, their own projection
-            self.linear_fourier: nn.Module = (FourierFeatures(1, fourier_features, fourier_sigma)
-                                              if fourier_features > 0 else nn.Identity())
-            self.linear_proj = nn.Linear(2 * fourier_features if fourier_features > 0 else 1, edge_dim)
+        self.separate_linear = c.separate_linear
+        if c.separate_linear:  # linear weights: phi(w) of the one centre-tap value, their own projection
+            self.linear_fourier: nn.Module = FourierFeatures(1, F, c.fourier_sigma) if F > 0 else nn.Identity()
+            self.linear_proj = nn.Linear(2 * F if F > 0 else 1, edge_dim)
 
         # One table for the three position families: [inputs | outputs | hidden layers].
-        self.pos_emb = nn.Embedding(max_inputs + max_outputs + max_layers, node_dim) if pos_emb else None
-        self.act_emb = nn.Embedding(self.num_acts, node_dim) if act_emb else None
-        self.role_emb = nn.Embedding(len(ROLES), node_dim) if role_emb else None
-        self.pool_emb = nn.Embedding(len(POOLS), node_dim) if pool_emb else None
-        self.spatial_emb = nn.Embedding(max_spatial + 1, node_dim) if spatial_emb else None
-        self.kind_emb = nn.Embedding(len(EDGE_KINDS), edge_dim) if kind_emb else None
+        self.pos_emb = (nn.Embedding(c.max_inputs + c.max_outputs + c.max_layers, node_dim) if c.pos_emb
+                        else None)
+        self.act_emb = nn.Embedding(self.num_acts, node_dim) if c.act_emb else None
+        self.role_emb = nn.Embedding(len(ROLES), node_dim) if c.role_emb else None
+        self.pool_emb = nn.Embedding(len(POOLS), node_dim) if c.pool_emb else None
+        self.spatial_emb = nn.Embedding(c.max_spatial + 1, node_dim) if c.spatial_emb else None
+        self.kind_emb = nn.Embedding(len(EDGE_KINDS), edge_dim) if c.kind_emb else None
         self.conv_emb = (nn.EmbeddingBag(_CONV_COLUMNS * _CONV_VALUES, edge_dim, mode="sum")
-                         if conv_emb else None)
+                         if c.conv_emb else None)
 
         # Per-role table offsets and sizes (input, hidden, output, virtual), as buffers so they
         # follow the module to its device.
         offset = torch.zeros(len(ROLES), dtype=torch.long)
-        size = torch.full((len(ROLES),), max_layers, dtype=torch.long)
-        offset[ROLE["output"]] = max_inputs
-        offset[ROLE["hidden"]] = offset[ROLE["virtual"]] = max_inputs + max_outputs
-        size[ROLE["input"]], size[ROLE["output"]] = max_inputs, max_outputs
+        size = torch.full((len(ROLES),), c.max_layers, dtype=torch.long)
+        offset[ROLE["output"]] = c.max_inputs
+        offset[ROLE["hidden"]] = offset[ROLE["virtual"]] = c.max_inputs + c.max_outputs
+        size[ROLE["input"]], size[ROLE["output"]] = c.max_inputs, c.max_outputs
         self.register_buffer("_pos_offset", offset, persistent=False)
         self.register_buffer("_pos_size", size, persistent=False)
         # last, and only with probes: models without probes keep their initialisation

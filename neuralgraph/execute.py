@@ -43,6 +43,7 @@ PARAMETRIC_ACTIVATIONS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = 
     "celu": lambda z, a, b: torch.where(z > 0, z, a * torch.expm1(z / a)),
     "softplus": lambda z, a, b: torch.where(z * a > b, z, torch.log1p(torch.exp(z * a)) / a),
     "hardtanh": lambda z, a, b: torch.minimum(torch.maximum(z, a), b),
+    "sine": lambda z, a, b: torch.sin(a * z),
 }
 #: activations normalising over the neurons of one layer that carry them (dim 0 of the stacked values)
 LAYER_ACTIVATIONS = {"softmax": torch.softmax, "log_softmax": torch.log_softmax}

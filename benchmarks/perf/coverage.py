@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--max-mb", type=int, default=DEFAULT_MAX_MB, help="address-space limit per model (MB)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
     ap.add_argument("--json", default="results/perf/coverage.json", help="write the rows here as JSON")
+    ap.add_argument("--markdown", default="results/perf/coverage.md", help="write the table here (Markdown)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case (JSON) in this process
     args = ap.parse_args()
     if args.one:
@@ -250,6 +251,10 @@ def main() -> None:
         print(f"  {r['model']}: {r['converted']} {r.get('round_trip', '')} {r.get('executor', '')}",
               file=sys.stderr, flush=True)
     print(table(rows))
+    if args.markdown:
+        from neuralgraph.io import atomic_write_text
+
+        atomic_write_text(args.markdown, table(rows) + "\n")
     if args.json:
         from neuralgraph.io import atomic_write_text
 

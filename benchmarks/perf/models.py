@@ -14,7 +14,7 @@ Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the process pea
 (``ru_maxrss``, includes the Python interpreter, torch and the data) and its increase over the resident
 size just before the measured section.
 
-    python -m benchmarks.perf.models [--batch-sizes 8 32 128] [--models ng-gnn ng-t ng-t-sparse]
+    python -m benchmarks.perf.models [--batch-sizes 8 32 128] [--models ng-gnn ng-t ng-t-sparse ng-t-wide ...]
         [--graphs 128] [--steps 10] [--scaling] [--scaling-only] [--amp] [--device cpu] [--threads N]
         [--json PATH]
 
@@ -48,6 +48,9 @@ MODELS = {
     "ng-gnn": ("ng-gnn", dict(hidden=64)),
     "ng-t": ("ng-t", dict(node_dim=16, edge_dim=8, mode="dense")),
     "ng-t-sparse": ("ng-t", dict(node_dim=16, edge_dim=8, mode="sparse")),
+    # the reference implementation's default width (issue 14, "dense NG-T at wider configurations")
+    "ng-t-wide": ("ng-t", dict(node_dim=64, edge_dim=32, heads=8, mode="dense")),
+    "ng-t-wide-sparse": ("ng-t", dict(node_dim=64, edge_dim=32, heads=8, mode="sparse")),
 }
 
 
@@ -208,7 +211,7 @@ def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["ng-gnn", "ng-t", "ng-t-sparse"], choices=list(MODELS))
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32, 128])
     p.add_argument("--graphs", type=int, default=128, help="Wild Park architectures to convert")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")

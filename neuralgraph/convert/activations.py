@@ -23,7 +23,7 @@ from torch import nn
 ACTIVATIONS: list[str] = [
     "none", "unknown", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "silu", "elu", "selu", "celu",
     "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "relu6", "softsign", "tanhshrink",
-    "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh",
+    "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh", "sine",
 ]
 
 #: changes with every registration (part of the conversion plan cache key)
@@ -69,6 +69,7 @@ PARAMETERS: dict[str, tuple[tuple[str, float], ...]] = {
     "softplus": (("beta", 1.0), ("threshold", 20.0)),
     "hardtanh": (("min_val", -1.0), ("max_val", 1.0)),
     "prelu": (("weight", 0.25),),  # a parameter of nn.PReLU (gathered like a bias), not a constant
+    "sine": (("w0", 1.0),),  # SIREN's sin(w0 * x) as one activation (neuralgraph.data.arch.Sine)
 }
 #: node feature columns of the activation parameters
 PARAM_COLUMNS = (2, 3)

@@ -12,6 +12,7 @@ module computes.
 """
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 
 import torch
@@ -262,8 +263,10 @@ class GraphBuilder:
         """Memory to convert the graph built so far (the graph, the plan's index tensors and the gather), with
         ``taps`` edge features (default: the configuration's)."""
         taps = self.config.edge_dim if taps is None else taps
-        per_edge = 4 * taps + 2 * (16 + 8 + 2 * 4 * self.dims)  # edge_attr; edge_index, kind, geometry twice
-        return self.num_edges * per_edge + 16 * self.num_taps
+        # the graph's edge_attr and structure (edge_index, kind, int16 geometry), which a large plan shares with it,
+        # plus the builder's edge lists while tracing; per parameter element its gather index and value
+        per_edge = 4 * taps + (16 + 8 + 2 * 4 * self.dims) + 16
+        return self.num_edges * per_edge + 12 * self.num_taps
 
     def check_size(self, edges: int = 0, taps: int = 0) -> None:
         """Raise :class:`GraphTooLargeError` if the graph, with ``edges`` more edges carrying ``taps`` parameter
@@ -403,12 +406,19 @@ class GraphBuilder:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux ``MemAvailable``), ``None`` if unknown."""
+    """Bytes of memory available to new allocations: Linux ``MemAvailable``, or less under an address-space limit
+    (``ulimit -v`` / ``RLIMIT_AS``: the limit minus the process's current virtual size); ``None`` if unknown."""
+    free = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+                    free = int(line.split()[1]) * 1024
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            free = limit - size if free is None else min(free, limit - size)
+    except (OSError, StopIteration, ValueError):
+        return free
+    return free

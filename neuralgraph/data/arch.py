@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from neuralgraph.convert.activations import register_activation
+
 #: Activation names used in architecture descriptions.
 ACTIVATION_NAMES = ("relu", "gelu", "tanh", "sigmoid", "leaky_relu", "identity")
 
@@ -175,7 +177,9 @@ class SequentialCNN(nn.Module):
 
 
 class Sine(nn.Module):
-    """``sin(w0 * x)``: the SIREN activation."""
+    """``sin(w0 * x)``: the SIREN activation. Registered as the converter's ``sine`` activation with ``w0`` in
+    the neurons' activation-parameter column, so a SIREN's graph has one neuron per hidden unit rather than a
+    scale layer (edges ``w0``) followed by ``sin``."""
 
     def __init__(self, w0: float = 1.0) -> None:
         super().__init__()
@@ -186,6 +190,9 @@ class Sine(nn.Module):
 
     def extra_repr(self) -> str:
         return f"w0={self.w0}"
+
+
+register_activation(Sine, "sine")
 
 
 class SirenINR(nn.Module):

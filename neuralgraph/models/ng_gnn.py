@@ -131,8 +131,8 @@ class NGGNN(nn.Module):
         self.out_dim, self.hidden, self.edge_hidden = out_dim, hidden, edge_hidden
         self.num_layers, self.reverse_edges, self.residual = num_layers, reverse_edges, residual
         self.head_kind = head
-        self.encoder = NeuralGraphEncoder(node_in + probes, edge_in, hidden, edge_hidden,
-                                          NG_GNN_ENCODER.updated(encoder))
+        self.encoder = NeuralGraphEncoder(node_in, edge_in, hidden, edge_hidden, NG_GNN_ENCODER.updated(encoder),
+                                          probe_in=probes)
         # direction vector added to the state of each reversed edge
         self.rev_dir = nn.Parameter(torch.empty(edge_hidden)) if reverse_edges else None
         deg_t = None if deg is None else torch.as_tensor(deg)

@@ -126,7 +126,8 @@ class NGT(nn.Module):
         self.out_dim, self.node_dim, self.edge_dim = out_dim, node_dim, edge_dim
         self.num_layers, self.mode, self.norm_first = num_layers, mode, norm_first
         self.head_kind = head
-        self.encoder = NeuralGraphEncoder(node_in + probes, edge_in, node_dim, edge_dim, NG_T_ENCODER.updated(encoder))
+        self.encoder = NeuralGraphEncoder(node_in, edge_in, node_dim, edge_dim, NG_T_ENCODER.updated(encoder),
+                                          probe_in=probes)
         self.pair_emb = nn.Embedding(len(PAIR_TYPES), edge_dim)
         final_edge_update = edge_updates and head == "equivariant"
         self.layers = nn.ModuleList([

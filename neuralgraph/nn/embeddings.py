@@ -6,11 +6,15 @@ edge features (weights, zero-padded kernels) are projected to the model width, a
 learned embeddings added to it:
 
 .. math::
-    \mathbf{v}_i = W_v\,\phi(\mathbf{x}_i) + P[\mathrm{pos}_i] + A[\mathrm{act}_i]
+    \mathbf{v}_i = W_v\,\phi(\mathbf{x}_i) + W_p\,\mathbf{p}_i + P[\mathrm{pos}_i] + A[\mathrm{act}_i]
                    + R[\mathrm{role}_i] + Q[\mathrm{pool}_i] + S[\mathrm{spatial}_i], \qquad
     \mathbf{e}_{ij} = W_e\,\phi(\mathbf{a}_{ij}) + K[\mathrm{kind}_{ij}] + C[\mathrm{conv}_{ij}]
 
-where :math:`\phi` is the identity or random Fourier features (:class:`FourierFeatures`).
+where :math:`\phi` is the identity or random Fourier features (:class:`FourierFeatures`) and
+:math:`\mathbf{p}_i` the neuron's probe features (Neural Graphs eq. 2; ``probe_in`` trailing columns of
+``x``), projected linearly on their own: Fourier features of the concatenated ``[x_i, p_i]`` would mix
+all ``M`` probe values into every phase (a phase spread growing as :math:`\sigma\sqrt{M}`), a hash of the
+function that no model can read.
 
 Positional embeddings respect the neuron symmetries: each input neuron and each output neuron has its
 own row (looked up by ``node_pos``, their index), whereas all neurons of one hidden layer share one
@@ -167,10 +171,13 @@ class NeuralGraphEncoder(nn.Module):
         edge_dim (int): width of the edge states.
         config (EncoderConfig, optional): which embeddings, table sizes, Fourier features (one config
             shared by NG-GNN and NG-T: their ``encoder`` option). (default: ``EncoderConfig()``)
+        probe_in (int, optional): number of probe-feature columns after the ``node_in`` columns of
+            ``x`` (:func:`~neuralgraph.transforms.probe_features.with_probe_features`), projected by
+            their own linear map, without Fourier features. (default: :obj:`0`)
 
     Shapes:
         - **input:** a (batched) :class:`~neuralgraph.NeuralGraph` with :math:`|V|` nodes and
-          :math:`|E|` edges
+          :math:`|E|` edges (``x``: :math:`(|V|, F_{node} + \text{probe\_in})`)
         - **output:** node states :math:`(|V|, F_v)`, edge states :math:`(|E|, F_e)`
     """
 
@@ -181,6 +188,7 @@ class NeuralGraphEncoder(nn.Module):
         node_dim: int,
         edge_dim: int,
         config: EncoderConfig = EncoderConfig(),
+        probe_in: int = 0,
     ):
         super().__init__()
         c = self.config = config
@@ -189,7 +197,7 @@ class NeuralGraphEncoder(nn.Module):
         max_inputs, max_outputs, max_layers, max_spatial = c.max_inputs, c.max_outputs, c.max_layers, c.max_spatial
         num_acts, fourier_features, fourier_sigma = c.num_acts, c.fourier_features, c.fourier_sigma
         separate_linear = c.separate_linear
-        self.node_in, self.edge_in = node_in, edge_in
+        self.node_in, self.edge_in, self.probe_in = node_in, edge_in, probe_in
         self.node_dim, self.edge_dim = node_dim, edge_dim
         self.max_inputs, self.max_outputs = max_inputs, max_outputs
         self.max_layers, self.max_spatial = max_layers, max_spatial
@@ -230,6 +238,8 @@ class NeuralGraphEncoder(nn.Module):
         size[ROLE["input"]], size[ROLE["output"]] = max_inputs, max_outputs
         self.register_buffer("_pos_offset", offset, persistent=False)
         self.register_buffer("_pos_size", size, persistent=False)
+        # last, and only with probes: models without probes keep their initialisation
+        self.probe_proj = nn.Linear(probe_in, node_dim) if probe_in > 0 else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -241,6 +251,8 @@ class NeuralGraphEncoder(nn.Module):
                     self.kind_emb, self.conv_emb):
             if emb is not None:
                 emb.reset_parameters()  # N(0, 1), like the reference's positional embeddings
+        if self.probe_proj is not None:
+            self.probe_proj.reset_parameters()
 
     def position_ids(self, node_role: Tensor, node_pos: Tensor) -> Tensor:
         """Row of the position table for every node (checks the table sizes)."""
@@ -250,7 +262,12 @@ class NeuralGraphEncoder(nn.Module):
         return self._pos_offset[node_role] + node_pos
 
     def encode_nodes(self, data) -> Tensor:
-        x = self.node_proj(self.node_fourier(data.x))  # (N, Fv)
+        if data.x.size(-1) != self.node_in + self.probe_in:
+            raise ValueError(f"node features have {data.x.size(-1)} columns; this encoder expects node_in="
+                             f"{self.node_in} plus probe_in={self.probe_in} probe columns")
+        x = self.node_proj(self.node_fourier(data.x[:, :self.node_in]))  # (N, Fv)
+        if self.probe_proj is not None:
+            x = x + self.probe_proj(data.x[:, self.node_in:])  # (N, Fv)
         if self.pos_emb is not None:
             x = x + self.pos_emb(self.position_ids(data.node_role, data.node_pos))
         if self.act_emb is not None:

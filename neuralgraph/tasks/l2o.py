@@ -527,7 +527,8 @@ class L2OTask(Task):
 
     def describe_data(self) -> str:
         c, train, test = self.cfg, self.problem("train"), self.problem("test")
-        return (f"data: train (meta-training) {train.name}, {c.runs_per_epoch} inner runs x {c.inner_steps} steps per epoch; "
+        return (f"data: train (meta-training) {train.name} ({c.runs_per_epoch} inner runs x {c.inner_steps} steps per "
+                f"epoch), "
                 f"val {c.val_runs} runs, test {test.name} {c.test_runs} runs, test_train_task {c.test_runs} runs "
                 f"({c.eval_steps} steps each)")
 

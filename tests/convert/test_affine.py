@@ -57,12 +57,31 @@ def test_shift_fuses_into_open_neurons_without_bias():
     assert g.x[-1, 0] == 0.5 and g.x[-1, 1] == 1
 
 
-def test_zoo_siren_converts():
-    siren = build_model({"family": "siren", "in_dim": 2, "hidden": [32, 32], "out_dim": 1, "w0": 30.0,
-                         "output_offset": 0.5})
+def test_zoo_siren_sine_is_one_activation_with_w0_on_its_neurons():
+    """``neuralgraph.data.arch.Sine`` is the ``sine`` activation (w0 in the activation-parameter column): one
+    neuron per hidden unit, no scale layer, and the graph still computes the SIREN and permutes with it."""
+    torch.manual_seed(0)
+    desc = {"family": "siren", "in_dim": 2, "hidden": [32, 32], "out_dim": 1, "w0": 30.0, "output_offset": 0.5}
+    siren = build_model(desc)
     x = torch.rand(64, 2) * 2 - 1
-    g = to_neural_graph(siren)
-    torch.testing.assert_close(execute(g, x), siren(x), atol=1e-5, rtol=1e-5)
+    g = _check(siren, build_model(desc), x)
+    assert g.num_nodes == 2 + 32 + 32 + 1 + 1                                  # + the output's shift layer
+    assert (g.edge_kind == EDGE_KIND["identity"]).sum() == 1                 # the + 0.5 shift only
+    sine = g.node_act == activation_id("sine")
+    assert sine.sum() == 64 and g.x[sine, 2].eq(30.0).all() and g.x[~sine, 2:].eq(0).all()
+    w0 = build_model({**desc, "w0": 10.0})                                     # w0 is data, not a new name
+    w0.load_state_dict(siren.state_dict())
+    g10 = _check(w0, build_model({**desc, "w0": 10.0}), x)
+    assert g10.x[sine, 2].eq(10.0).all() and torch.equal(g10.node_act, g.node_act)
+    p = torch.randperm(32)
+
+    def apply(s):
+        permute_out(s.seq[1], p), permute_in(s.seq[2], p)
+
+    other = permuted_copy(siren, apply)
+    assert_params_moved(siren, other)
+    assert_same_function(siren, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
 
 
 class Normalized(nn.Module):

@@ -329,6 +329,34 @@ def conv_block(draw, v: Value, net: Net) -> Value:
     return Value("map", out, size)
 
 
+def resample_block(draw, v: Value, net: Net) -> Value:
+    """A transposed convolution (stride 1 or 2, output_padding) or a nearest upsampling by 2."""
+    sd, cin, lin = len(v.spatial), v.width, v.layout
+    variant = draw(st.sampled_from(["conv_transpose", "conv_transpose_strided", "nearest"]))
+    if variant == "nearest":
+        net.needs_example |= not net.blocks  # upsampling the model input does not fix its size
+        net.add(nn.Sequential(nn.Upsample(scale_factor=2)), lambda m, P, gen: None, family="resample",
+                variant=f"upsample{sd}d")
+        return Value("map", lin, tuple(2 * s for s in v.spatial))
+    stride = 2 if variant == "conv_transpose_strided" else 1
+    k = draw(st.sampled_from([1, 2, 3]))
+    pad, out_pad = draw(st.integers(0, (k - 1) // 2)), draw(st.integers(0, stride - 1))
+    cout = width(draw)
+    ct = (nn.ConvTranspose1d if sd == 1 else nn.ConvTranspose2d)(cin, cout, k, stride=stride, padding=pad,
+                                                                   output_padding=out_pad, bias=draw(st.booleans()))
+    out = net.fresh(cout)
+
+    def permute(mod, P, gen):
+        with torch.no_grad():  # weight [in, out, *k]
+            mod[0].weight.copy_(mod[0].weight[P(lin)][:, P(out)])
+            if mod[0].bias is not None:
+                mod[0].bias.copy_(mod[0].bias[P(out)])
+
+    net.add(nn.Sequential(ct, act_module(draw, False)), permute, out, family="resample",
+            variant=f"conv_transpose{sd}d:{variant}")
+    return Value("map", out, tuple((s - 1) * stride - 2 * pad + k + out_pad for s in v.spatial))
+
+
 def local_pool_block(draw, v: Value, net: Net) -> Value:
     net.needs_example |= not net.blocks  # pooling the model input does not fix its size
     sd = len(v.spatial)
@@ -857,8 +885,8 @@ class Bad(nn.Module):
             return torch.cat([x[:, 1:], x[:, :1]], 1) if self.batch_first else torch.cat([x[1:], x[:1]], 0)
         if k == "spatial_cat":
             return torch.cat([x, x], dim=-1)
-        if k == "interpolate":
-            return F.interpolate(x, scale_factor=2)
+        if k == "interpolate_bilinear":
+            return F.interpolate(x, scale_factor=2, mode="linear" if x.dim() == 3 else "bilinear")
         return self.m(x)  # a module without a rule, or used in an unsupported way
 
 
@@ -871,7 +899,7 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
         kinds = common + ["lstm", "gru", "rnn", "attn_mask", "key_padding_mask", "add_bias_kv", "add_zero_attn",
                           "decoder", "token_slice", "token_roll"] + (["need_weights", "causal_sdpa"] if bf else [])
     else:  # a linear / LayerNorm on the last dim of the raw input is a per-position layer, not an error
-        kinds = common + ["big_kernel", "conv_transpose", "spatial_cat", "interpolate"] + (
+        kinds = common + ["big_kernel", "spatial_cat", "interpolate_bilinear"] + (
             ["linear_on_map", "layernorm_map"] if net.blocks else [])
     specific = [k for k in kinds if k not in common]
     kind = draw(st.sampled_from(specific if specific and draw(st.booleans()) else common))
@@ -898,20 +926,20 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
         mod = nn.LayerNorm(spatial[-1])
     elif kind == "big_kernel":
         mod = conv_cls(sd)(d, d, 9, padding=4)
-    elif kind == "conv_transpose":
-        mod = (nn.ConvTranspose1d if sd == 1 else nn.ConvTranspose2d)(d, d, 3, padding=1)
     elif kind == "spatial_cat":
         spatial = spatial[:-1] + (2 * spatial[-1],)
-    elif kind == "interpolate":
+    elif kind == "interpolate_bilinear":
         spatial = tuple(2 * s for s in spatial)
     blk = Bad(kind, d, bf, tokens, mod)
     net.add(blk, lambda m, P, gen: None)
-    net.unsupported.append(kind)
-    if kind in ("token_slice", "token_roll") and bf and not net.attention:
-        # KNOWN GAP: x[:, a:b] / torch.cat(.., 1) on a [B, T, d] sequence act on tokens, but without an attention
-        # layer upstream (whose outputs are known token sequences) or the traced shapes of example_input the
-        # converter cannot tell [B, T, d] from [B, d] and converts them as feature slices
-        net.token_gap = True
+    if kind in ("token_slice", "token_roll") and bf:
+        # token ranges of a [B, T, d] sequence convert with the traced shapes of example_input (tokens edges)
+        net.needs_example = True
+        # KNOWN GAP: without an attention layer upstream (whose outputs are known token sequences) or the traced
+        # shapes the converter cannot tell [B, T, d] from [B, d] and converts them as feature slices
+        net.token_gap |= not net.attention
+    else:
+        net.unsupported.append(kind)
     return Value(out_kind, v.layout, spatial)
 
 
@@ -923,7 +951,8 @@ BLOCKS = {
             "concat": dense_block, "mha": mha_block, "encoder": encoder_block, "handwritten": hand_attention_block,
             "token_pool": token_pool_block, "affine": affine_block},
     "map": {"conv": conv_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
-            "concat": dense_block, "local_pool": local_pool_block, "to_vec": to_vec_block, "affine": affine_block},
+            "concat": dense_block, "local_pool": local_pool_block, "to_vec": to_vec_block, "affine": affine_block,
+            "resample": resample_block},
 }
 
 

@@ -24,9 +24,17 @@ def test_model_too_large_for_memory_fails_before_allocating(monkeypatch):
     m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 2000))  # 14.4M edges
     start = time.perf_counter()
     with pytest.raises(GraphTooLargeError,
-                       match=r"needs about 3\.9 GB \(14,407,224 edges.* 1\.0 GB available.*max_kernel=\(3, 3\)"):
+                       match=r"needs about 3\.5 GB \(14,407,224 edges.* 1\.0 GB available.*max_kernel=\(3, 3\)"):
         to_neural_graph(m, torch.randn(1, 3, 32, 32))
     assert time.perf_counter() - start < 5   # the 14.4M edges were never built
+
+
+def test_available_memory_respects_an_address_space_limit(monkeypatch):
+    """Under ``ulimit -v`` the memory left is the limit minus the process's size, not the machine's free memory."""
+    with open("/proc/self/status") as f:
+        size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    monkeypatch.setattr(builder.resource, "getrlimit", lambda what: (size + 2**30, size + 2**30))
+    assert 0 < builder.available_memory() <= 2**30
 
 
 def test_compact_geometry_and_constants_round_trip():

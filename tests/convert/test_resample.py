@@ -57,10 +57,11 @@ def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
 
 @pytest.mark.parametrize("make, shape", [(AutoEncoder, (2, 3, 8, 8)), (Decoder1d, (2, 3, 7))])
 def test_resampling_executes_and_round_trips(make, shape):
-    m, x = randomize(make()), torch.randn(*shape)
+    m, x = randomize(make()), torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     g = to_neural_graph(m, example_input=x)
     with torch.no_grad():
-        assert torch.allclose(execute(g, x), m(x), atol=1e-5)
+        y = m(x)
+        assert float((execute(g, x) - y).abs().max()) <= 1e-5 * float(y.abs().max())  # float32 rounding
     blank = copy.deepcopy(m)
     with torch.no_grad():
         for p in blank.parameters():

@@ -57,7 +57,7 @@ def test_every_edge_kind_is_declared_once_and_documented():
 
     assert len(set(EDGE_KINDS)) == len(EDGE_KINDS) == len(EDGE_KIND_TABLE)
     ops = {"scalar", "conv", "flatten", "batchnorm", "instancenorm", "groupnorm", "layernorm", "attention", "product",
-           "none"}
+           "tokens", "subsample", "upsample", "conv_transpose", "none"}
     docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text()
     for kind in EDGE_KIND_TABLE:
         assert kind.op in ops and kind.reads in ("linear", "value", "map"), kind

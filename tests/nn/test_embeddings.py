@@ -64,3 +64,35 @@ def test_table_size_errors_name_the_argument():
     g.node_spatial[0] = 9
     with pytest.raises(ValueError, match="max_spatial"):
         NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(max_spatial=8))(g)
+
+
+def test_probe_columns_are_projected_linearly_beside_the_fourier_features():
+    """Probe columns (Neural Graphs eq. 2) get their own linear map: the node encoding is affine in them,
+    and the Fourier features see the ``node_in`` parameter columns only. (Fourier features of all columns
+    made the encoding a hash of the probe values: NG-GNN / NG-T with probes stayed at chance on inr-cls.)"""
+    g = random_graph(seed=0)
+    torch.manual_seed(0)
+    enc = NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(fourier_features=16, fourier_sigma=3.0), probe_in=6)
+    assert enc.node_fourier.in_dim == 4
+    p1, p2 = torch.randn(g.num_nodes, 6), torch.randn(g.num_nodes, 6)
+
+    def nodes(p):
+        h = g.clone()
+        h.x = torch.cat([g.x, p], 1)
+        return enc.encode_nodes(h)
+
+    a = 0.3
+    torch.testing.assert_close(nodes(a * p1 + (1 - a) * p2), a * nodes(p1) + (1 - a) * nodes(p2))
+    assert not torch.allclose(nodes(p1), nodes(p2))
+    with pytest.raises(ValueError, match="node_in=4 plus probe_in=6"):
+        enc(g)  # the probe columns are missing
+
+
+def test_no_probe_columns_keep_the_initialisation():
+    g = random_graph(seed=0)
+    torch.manual_seed(0)
+    plain = NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(fourier_features=16))
+    torch.manual_seed(0)
+    zero = NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(fourier_features=16), probe_in=0)
+    assert zero.probe_proj is None
+    assert all(torch.equal(a, b) for a, b in zip(plain(g), zero(g)))

@@ -119,6 +119,7 @@ def _claim_token_pooling(ctx, graph: fx.Graph, layouts: list[tuple[fx.Node, int]
             carriers.add(node)
             continue
         kind = op_kind(ctx, node)
+        _check_token_op(ctx, node, axis)
         if kind in ("mean", "amax") and node.args and node.args[0] in carriers:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = dims if isinstance(dims, (tuple, list)) else (dims,)
@@ -126,6 +127,28 @@ def _claim_token_pooling(ctx, graph: fx.Graph, layouts: list[tuple[fx.Node, int]
                 node.meta[CLAIM] = partial(_token_pool, "avg" if kind == "mean" else "max")
                 continue
         carriers.add(node)
+
+
+def _check_token_op(ctx, node: fx.Node, axis: int) -> None:
+    """Without traced shapes (no ``example_input``), a token sequence may only be indexed on its features
+    (``x[..., a:b]``) or at one token (``x[:, i]``, tokens on dim 1), and concatenated on its features: the token
+    rules (:mod:`.tokens`) need the token count for anything else."""
+    if ctx.shape(node.all_input_nodes[0]) is not None:
+        return
+    if node.op == "call_function" and node.target is operator.getitem:
+        idx = node.args[1]
+        pair = isinstance(idx, tuple) and len(idx) == 2
+        feature = pair and idx[0] is Ellipsis and isinstance(idx[1], slice)
+        token = pair and axis == 1 and idx[0] == slice(None) and type(idx[1]) is int
+        if not (feature or token):
+            raise ctx.unsupported(node, f"indexes a token sequence with {idx!r} without traced shapes; feature slices "
+                                        "x[..., a:b] and one token x[:, i] convert as they are, token ranges need "
+                                        "example_input=... (the token count)")
+    if node.op == "call_function" and node.target in (torch.cat, torch.concat):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim not in (-1, 2):
+            raise ctx.unsupported(node, f"concatenates token sequences on dim {dim} without traced shapes; only the "
+                                        "feature dim (-1) converts as it is, tokens need example_input=...")
 
 
 def _token_pool(kind: str, ctx, node, x: Val, *args, **kwargs) -> Val:

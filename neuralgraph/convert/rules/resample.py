@@ -56,9 +56,7 @@ def conv_transpose(ctx, node, x: Val, output_size=None) -> Val:
         raise ctx.unsupported(node, f"kernel {kernel} does not fit max_kernel={cfg.max_kernel}; convert with a "
                                     f"larger one: to_neural_graph(model, max_kernel={fix})")
     weight = ctx.param(node, "weight")
-    src_nodes = _map(ctx, node, x, "a transposed convolution").nodes
-    if src_nodes.numel() != in_channels:
-        raise ctx.unsupported(node, f"expects {in_channels} input channels but receives {src_nodes.numel()}")
+    src_nodes = ctx.as_map(node, x, in_channels, sdims)
     in_pg, ksize = in_channels // groups, math.prod(kernel)
     b.check_size(in_channels * out_pg, in_channels * out_pg * ksize)  # before allocating
     out = b.add_nodes(out_pg * groups, b.next_layer(src_nodes))

@@ -178,7 +178,8 @@ def table(results: str) -> str:
                     with open(p) as f:
                         ref.append(json.load(f)["test"]["mse_unedited"] * 100)
             if ref:
-                lines += ["", f"Unedited INRs against the dilated images (doing nothing): test MSE {ref[0]:.3f} ×1e-2."]
+                lines += ["", "Unedited INRs against the dilated images (doing nothing): test MSE "
+                          f"{ref[0]:.3f} ×1e-2."]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--only", choices=["cls", "edit"], default=None)
     r.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
-                   help="only these rows (result-directory labels, e.g. ng-gnn+p0 nfn-hnp), still in priority order")
+                   help="only these rows (result-directory labels, e.g. ng-gnn+p0 nfn-hnp), of both tasks "
+                        "unless --only; still in priority order")
     r.add_argument("--results", default="results")
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
     t = sub.add_parser("table", help="render the finished runs as markdown")

@@ -469,10 +469,10 @@ def match_attention(ctx, site: fx.Node) -> _Match:
     if is_sdpa(site):
         args = bound_args(site, _SDPA_ARGS)
         if args.get("attn_mask") is not None:
-            mask = args["attn_mask"]
-            raise _fail(ctx, site, f"attention masks are not supported (attn_mask={getattr(mask, 'name', mask)}: a mask "
-                                   "or a bias added to the attention scores, e.g. the relative position bias of "
-                                   "BEiT / Swin, is a term a neural graph does not store)")
+            mask = getattr(args["attn_mask"], "name", args["attn_mask"])
+            raise _fail(ctx, site, f"attention masks are not supported (attn_mask={mask}: a mask or a bias added to "
+                                   "the attention scores, e.g. the relative position bias of BEiT / Swin, is a term "
+                                   "a neural graph does not store)")
         if args.get("is_causal"):
             raise _fail(ctx, site, "causal (masked) attention is not supported")
         if args.get("enable_gqa"):

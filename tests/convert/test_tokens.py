@@ -10,6 +10,7 @@ from torch import nn
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.data.graph import EDGE_KIND
+from tests.helpers.nets import randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, head_permutation, isomorphic, permute_features, permute_in,
                                    permute_out)
@@ -93,14 +94,6 @@ class TorchvisionViT(nn.Module):
         x = x + self.pos_embedding
         y, _ = self.self_attention(self.ln_1(x), self.ln_1(x), self.ln_1(x), need_weights=False)
         return self.heads(self.ln(x + y)[:, 0])
-
-
-def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return m.eval()
 
 
 def _blank(m: nn.Module) -> nn.Module:

@@ -33,6 +33,15 @@ class MLP(nn.Module):
         return x
 
 
+def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter random (no zero biases, no unit LayerNorm weights, no two layers alike), eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return m.eval()
+
+
 def permute_mlp(model: MLP, gen: torch.Generator) -> MLP:
     m = copy.deepcopy(model)
     for a, b in zip(m.layers[:-1], m.layers[1:]):

@@ -29,8 +29,10 @@ field            shape/dtype   meaning
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] long      :data:`EDGE_KINDS`
 ``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim (int16)
-                               (1, 0, 1, 1 for non-conv edges); ``tokens`` / ``position`` edges:
-                               start, length, drop, then zeros (:func:`token_geometry`)
+                               (1, 0, 1, 1 for non-conv edges); ``conv_transpose``: output_padding
+                               in the dilation columns; ``subsample`` / ``upsample``: stride, offset
+                               (padding columns), block / fill size (kernel columns); ``tokens`` /
+                               ``position`` edges: start, length, drop, then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations

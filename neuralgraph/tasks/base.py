@@ -94,7 +94,7 @@ class Task:
     * :meth:`wrap_model`: task-owned trainable parameters, trained and checkpointed with the model.
     * :attr:`example_fields`: large record fields (e.g. images) kept for the first few members only in
       ``predictions.json``; :attr:`figure`: the runner's plot of the records (``"scatter"``,
-      ``"confusion"``, ``"reconstructions"`` or ``None``).
+      ``"confusion"``, ``"reconstructions"``, ``"curves"`` or ``None``).
 
     This base class implements scalar regression of a zoo member's property (BCE on logits when the
     target is a probability, else MSE): subclasses set ``Config`` (a dataclass of the task's options,

@@ -24,8 +24,17 @@ def _import_graph() -> dict[str, set[str]]:
             for t in targets:
                 if t in files and t != name:  # a module, or the package whose __init__ defines the name
                     graph[name].add(t)
+                    graph[name].update(_outer_packages(t, name, files))
                     break
     return graph
+
+
+def _outer_packages(target: str, importer: str, files) -> set[str]:
+    """Packages Python initialises before ``target``: its parents, except the importer's own (already being
+    initialised when the importer runs, so importing a sibling is no cycle)."""
+    parts = target.split(".")
+    parents = (".".join(parts[:i]) for i in range(1, len(parts)))
+    return {p for p in parents if p in files and not (importer + ".").startswith(p + ".")}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -58,3 +67,9 @@ def test_no_import_cycles():
 def test_detects_a_cycle():  # the checker itself can fail
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_counts_the_packages_an_import_initialises():  # `from p.q import x` runs p/__init__ first
+    files = {"p", "p.q", "p.r", "s"}
+    assert _outer_packages("p.q", "s", files) == {"p"}
+    assert _outer_packages("p.q", "p.r", files) == set()  # a sibling: p is already initialising

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -54,7 +55,6 @@ from neuralgraph.nn.feedforward import mlp
 from neuralgraph.models.registry import list_models, model_arguments, model_class, model_task, register_model
 from neuralgraph.nn.nf_layers import NFFeatures
 from neuralgraph.tasks.base import IncompatibleModelError, Task, register_task
-from neuralgraph.training import world
 from neuralgraph.zoo.datasets import DATASETS, load_image_data
 
 __all__ = ["L2OTask", "L2OConfig", "Optimizee", "LearnedOptimizer", "FFContext", "LSTMContext", "Adam", "SGD",
@@ -544,7 +544,7 @@ class L2OTask(Task):
         runs, each cut into ``inner_steps / unroll`` segments, fresh seeds every epoch, drawn from the training
         loop's ``sampler`` seed and epoch); any other split: one :class:`Rollout` per held-out inner run.
         Meta-training runs in one process (its inner runs are stateful across batches)."""
-        if world()[0] > 1:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise ValueError("the l2o task runs in one process: its meta-training batches continue stateful inner "
                              "runs; start it with python -m benchmarks.run, not torchrun")
         c = self.cfg

@@ -253,7 +253,7 @@ class NeuralGraphEncoder(nn.Module):
         """Row of the position table for every node (checks the table sizes)."""
         size = self._pos_size[node_role]
         check_index_bound(node_pos, size, "neuron position (input/output index or layer number)",
-                          "max_inputs / max_outputs / max_layers")
+                          "encoder.max_inputs / max_outputs / max_layers")
         return self._pos_offset[node_role] + node_pos
 
     def encode_nodes(self, data) -> Tensor:
@@ -266,7 +266,7 @@ class NeuralGraphEncoder(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(self.position_ids(data.node_role, data.node_pos))
         if self.act_emb is not None:
-            check_index_bound(data.node_act, self.num_acts, "activation id", "num_acts")
+            check_index_bound(data.node_act, self.num_acts, "activation id", "encoder.num_acts")
             x = x + self.act_emb(data.node_act)
         if self.role_emb is not None:
             x = x + self.role_emb(data.node_role)
@@ -274,7 +274,7 @@ class NeuralGraphEncoder(nn.Module):
             x = x + self.pool_emb(data.node_pool)
         if self.spatial_emb is not None:
             check_index_bound(data.node_spatial, self.max_spatial + 1, "flatten position",
-                              "max_spatial")
+                              "encoder.max_spatial")
             x = x + self.spatial_emb(data.node_spatial)
         return x
 

@@ -55,7 +55,7 @@ def test_switches_remove_dependence_on_the_field():
 
 def test_table_size_errors_name_the_argument():
     g = random_graph((5, 4, 3), seed=0)
-    with pytest.raises(ValueError, match=r"increase `max_inputs / max_outputs / max_layers` to at least 5"):
+    with pytest.raises(ValueError, match=r"increase `encoder.max_inputs / max_outputs / max_layers` to at least 5"):
         NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(max_inputs=4))(g)
     with pytest.raises(ValueError, match="max_outputs"):
         NeuralGraphEncoder(4, 49, 8, 4, EncoderConfig(max_outputs=2))(g)

@@ -34,20 +34,6 @@ SYM = Sym()
 
 
 @dataclass
-class Param:
-    """A parameter or buffer read directly in forward (``self.weight``): usable as the weight / bias of a
-    functional layer (``F.linear``, ``F.conv2d``), not as a neuron value.
-
-    Args:
-        name: its qualified name in the model.
-        shape: its shape.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-
-
-@dataclass
 class Val:
     """What the tracer knows about one tensor of the module's dataflow.
 
@@ -75,7 +61,8 @@ class Val:
 @dataclass
 class Param:
     """A parameter or floating buffer of the module read directly in forward (an fx ``get_attr`` node, e.g. a
-    layer scale ``self.gamma * x`` or ``F.batch_norm(x, self.running_mean, ...)``).
+    layer scale ``self.gamma * x``, ``F.batch_norm(x, self.running_mean, ...)`` or the weight / bias of
+    ``F.linear`` / ``F.conv2d``), not a neuron value.
 
     Args:
         name: its qualified name in the module.

@@ -17,7 +17,7 @@ from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
 from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
-from neuralgraph.convert.registry import (CLAIM, FUNCTION_RULES, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
+from neuralgraph.convert.registry import (CLAIM, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
                                           find_function_rule, find_module_rule, overridden_rule)
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice

@@ -200,3 +200,11 @@ def test_bad_input():
     with pytest.raises(SystemExit, match="unknown model option"):  # ff has no options of its own
         resolve_config("l2o", "ff", None, False, ["model.hidden=3"])
     assert isinstance(create_model("sgd", lr=0.1), HandWritten)
+
+
+def test_refuses_to_run_data_parallel(monkeypatch):  # its meta-training batches continue stateful inner runs
+    import neuralgraph.tasks.l2o as l2o
+    monkeypatch.setattr(l2o.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(l2o.dist, "get_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="runs in one process"):
+        tiny_task().loader("train", "graph", 1)

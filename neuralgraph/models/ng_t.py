@@ -191,7 +191,8 @@ class NGT(nn.Module):
         it; ``edge_graph``/``src``/``dst``: each edge's graph and its endpoints' indices inside it."""
         G, device = num_graphs, x.device
         xd = x.new_zeros(G, n, x.size(1)).index_put((graph, pos), x)  # (G, n, F)
-        mask = torch.zeros(G, n, dtype=torch.bool, device=device).index_put((graph, pos), torch.tensor(True))
+        mask = torch.zeros(G, n, dtype=torch.bool, device=device)
+        mask = mask.index_put((graph, pos), torch.ones_like(pos, dtype=torch.bool))  # (G, n) real nodes
         ptype = torch.full((G, n, n), _ABSENT, dtype=torch.long, device=device)
         diag = torch.arange(n, device=device)
         ptype[:, diag, diag] = _SELF

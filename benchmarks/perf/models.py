@@ -50,6 +50,10 @@ MODELS = {
     "ng-t-sparse": ("ng-t", dict(node_dim=16, edge_dim=8, mode="sparse")),
     # the reference implementation's default width (issue 14, "dense NG-T at wider configurations")
     "ng-t-wide": ("ng-t", dict(node_dim=64, edge_dim=32, heads=8, mode="dense")),
+    # the same, before size bucketing: every graph padded to the batch's largest
+    "ng-t-wide-padded": ("ng-t", dict(node_dim=64, edge_dim=32, heads=8, mode="dense", max_padding=None)),
+    # the same, recomputing each layer in backward instead of storing its pair tensors
+    "ng-t-wide-ckpt": ("ng-t", dict(node_dim=64, edge_dim=32, heads=8, mode="dense", checkpoint=True)),
     "ng-t-wide-sparse": ("ng-t", dict(node_dim=64, edge_dim=32, heads=8, mode="sparse")),
 }
 

@@ -18,9 +18,11 @@ separate states in sparse mode.)
 
 Two modes with the same parameters:
 
-* ``mode="dense"`` (faithful to the paper): attention among all node pairs of the same graph,
-  via :func:`~torch_geometric.utils.to_dense_batch`; padding is masked out of the keys, so a
-  graph's output does not depend on what it is batched with. Memory :math:`O(B n^2)`.
+* ``mode="dense"`` (faithful to the paper): attention among all node pairs of the same graph.
+  The batch's graphs are sorted by size and run in groups of similar size (``max_padding``), each
+  group padded to its largest graph; padding is masked out of the keys, so a graph's output does
+  not depend on what it is batched with or how it is grouped. Memory :math:`O(\sum_b n_b^2)`
+  (``checkpoint=True``: only each layer's input pair states are kept for backward).
 * ``mode="sparse"``: attention restricted to the edges, their reverses and self pairs;
   memory :math:`O(|E| + |V|)`, for large networks. On a graph whose pairs are all edges, reverses
   or self pairs the two modes agree.
@@ -31,7 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import to_dense_batch
+from torch.utils.checkpoint import checkpoint as recompute
 
 from neuralgraph.models.heads import PAPER_READOUT, EquivariantOutput, apply_head, graph_index, make_head
 from neuralgraph.models.registry import register_model
@@ -39,7 +41,7 @@ from neuralgraph.nn.embeddings import EncoderConfig, NeuralGraphEncoder
 from neuralgraph.nn.relational_attention import RelationalTransformerLayer
 from neuralgraph.transforms.probe_features import MemberNetwork, make_probe_features, with_probe_features
 
-__all__ = ["NGT", "PAIR_TYPES", "NG_T_ENCODER"]
+__all__ = ["NGT", "PAIR_TYPES", "NG_T_ENCODER", "size_buckets"]
 
 #: NG-T's input encoding: random Fourier features (128 frequencies, scale 1.0)
 NG_T_ENCODER = EncoderConfig()
@@ -67,6 +69,13 @@ class NGT(nn.Module):
         dropout (float, optional): dropout on sublayer outputs. (default: :obj:`0.0`)
         mode (str, optional): ``"dense"`` or ``"sparse"`` (see the module docstring).
             (default: :obj:`"dense"`)
+        max_padding (float, optional): dense mode: the batch's graphs run in size-sorted groups whose
+            padded pair states are at most this multiple of their real ones (:func:`size_buckets`);
+            ``None``: one pass over the whole batch padded to its largest graph. Same outputs either
+            way (up to float rounding). (default: :obj:`1.25`)
+        checkpoint (bool, optional): dense mode, training: recompute each layer in backward
+            (:func:`torch.utils.checkpoint.checkpoint`) instead of storing its ``(B, n, n, *)``
+            intermediates. (default: :obj:`False`)
         norm_first (bool, optional): pre-norm layers (+ final LayerNorm) instead of post-norm.
             (default: :obj:`False`)
         modulate_v (bool, optional): FiLM value modulation, eq. 5. (default: :obj:`True`)
@@ -108,6 +117,8 @@ class NGT(nn.Module):
         heads: int = 1,
         dropout: float = 0.0,
         mode: str = "dense",
+        max_padding: float | None = 1.25,
+        checkpoint: bool = False,
         norm_first: bool = False,
         modulate_v: bool = True,
         edge_updates: bool = True,
@@ -123,6 +134,9 @@ class NGT(nn.Module):
         super().__init__()
         if mode not in ("dense", "sparse"):
             raise ValueError(f"Could not resolve mode {mode!r} among choices ['dense', 'sparse']")
+        if max_padding is not None and not max_padding >= 1.0:
+            raise ValueError(f"max_padding must be >= 1.0 (padded / real pair states) or None, got {max_padding!r}")
+        self.max_padding, self.checkpoint = max_padding, checkpoint
         self.out_dim, self.node_dim, self.edge_dim = out_dim, node_dim, edge_dim
         self.num_layers, self.mode, self.norm_first = num_layers, mode, norm_first
         self.head_kind = head
@@ -169,28 +183,58 @@ class NGT(nn.Module):
         partner = torch.cat([ar + E, ar, 2 * E + loops])  # (M,) index of the reversed pair
         return ei, e, partner
 
-    def _dense_pairs(self, data, x: Tensor, e: Tensor):
-        """Dense node states ``(B, n, F)``, mask ``(B, n)``, pair states ``(B, n, n, Fe)``, and
-        the positions of the nodes and edges in them."""
+    def _dense(self, x: Tensor, e: Tensor, graph: Tensor, pos: Tensor, edge_graph: Tensor, src: Tensor,
+               dst: Tensor, num_graphs: int, n: int) -> tuple[Tensor, Tensor]:
+        """One dense pass over ``num_graphs`` graphs padded to ``n`` nodes: the layers on node states
+        ``(G, n, F)`` and pair states ``(G, n, n, Fe)``; returns the updated ``x [N', F]`` and
+        ``e [E', Fe]`` in input order. ``graph``/``pos``: each node's graph (``0..G-1``) and index inside
+        it; ``edge_graph``/``src``/``dst``: each edge's graph and its endpoints' indices inside it."""
+        G, device = num_graphs, x.device
+        xd = x.new_zeros(G, n, x.size(1)).index_put((graph, pos), x)  # (G, n, F)
+        mask = torch.zeros(G, n, dtype=torch.bool, device=device)
+        mask = mask.index_put((graph, pos), torch.ones_like(pos, dtype=torch.bool))  # (G, n) real nodes
+        ptype = torch.full((G, n, n), _ABSENT, dtype=torch.long, device=device)
+        diag = torch.arange(n, device=device)
+        ptype[:, diag, diag] = _SELF
+        ptype[edge_graph, dst, src] = _FWD  # pair (target, source) of each edge
+        ptype[edge_graph, src, dst] = _REV
+        ed = self.pair_emb(ptype)  # (G, n, n, Fe)
+        e = e.to(ed.dtype)
+        ed = ed.index_put((edge_graph, dst, src), e, accumulate=True)
+        ed = ed.index_put((edge_graph, src, dst), e, accumulate=True)
+        for layer in self.layers:
+            if self.checkpoint and torch.is_grad_enabled():
+                xd, ed = recompute(layer, xd, ed, None, None, mask, use_reentrant=False)
+            else:
+                xd, ed = layer(xd, ed, mask=mask)
+        return xd[graph, pos], ed[edge_graph, dst, src]  # (N', F), (E', Fe)
+
+    def _dense_batch(self, data, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+        """Dense mode over a batch: one :meth:`_dense` pass per group of :func:`size_buckets`, the
+        results put back in the batch's node and edge order."""
         batch, B = graph_index(data)
-        xd, mask = to_dense_batch(x, batch, batch_size=B)  # (B, n, F), (B, n)
-        n = xd.size(1)
-        counts = torch.bincount(batch, minlength=B)
-        start = torch.cumsum(counts, 0) - counts  # (B,) first node of each graph
+        counts = torch.bincount(batch, minlength=B)  # (B,) nodes per graph
+        start = torch.cumsum(counts, 0) - counts
         pos = torch.arange(x.size(0), device=x.device) - start[batch]  # (N,) index inside its graph
         src, dst = data.edge_index
-        gb, ps, pt = batch[dst], pos[src], pos[dst]
-        ptype = torch.full((B, n, n), _ABSENT, dtype=torch.long, device=x.device)
-        diag = torch.arange(n, device=x.device)
-        ptype[:, diag, diag] = _SELF
-        ptype[gb, pt, ps] = _FWD  # pair (target, source) of each edge
-        ptype[gb, ps, pt] = _REV
-        ed = self.pair_emb(ptype)  # (B, n, n, Fe)
-        e = e.to(ed.dtype)
-        ed = ed.index_put((gb, pt, ps), e, accumulate=True)
-        ed = ed.index_put((gb, ps, pt), e, accumulate=True)
-        flat = batch * n + pos  # (N,) row of each node in xd.view(B * n, F)
-        return xd, mask, ed, flat, (gb, pt, ps)
+        edge_graph = batch[dst]
+        groups = size_buckets(counts, self.max_padding)
+        if len(groups) == 1 and groups[0].numel() == B:  # the whole batch in one pass
+            return self._dense(x, e, batch, pos, edge_graph, pos[src], pos[dst], B, int(counts.max()))
+        xs, es, node_order, edge_order = [], [], [], []
+        local = torch.full((B,), -1, dtype=torch.long, device=x.device)
+        for group in groups:
+            local.fill_(-1)
+            local[group] = torch.arange(group.numel(), device=x.device)
+            nodes = (local[batch] >= 0).nonzero().squeeze(1)
+            edges = (local[edge_graph] >= 0).nonzero().squeeze(1)
+            xo, eo = self._dense(x[nodes], e[edges], local[batch[nodes]], pos[nodes], local[edge_graph[edges]],
+                                 pos[src[edges]], pos[dst[edges]], group.numel(), int(counts[group].max()))
+            xs.append(xo), es.append(eo), node_order.append(nodes), edge_order.append(edges)
+        xs, es = torch.cat(xs), torch.cat(es)  # back in batch order:
+        x = xs.new_zeros(x.size(0), xs.size(1)).index_put((torch.cat(node_order),), xs)  # (N, F)
+        e = es.new_zeros(e.size(0), es.size(1)).index_put((torch.cat(edge_order),), es)  # (E, Fe)
+        return x, e
 
     # --- forward -------------------------------------------------------------------------------
     def encode(self, data) -> tuple[Tensor, Tensor]:
@@ -205,10 +249,7 @@ class NGT(nn.Module):
                 x, e = layer(x, e, edge_index=ei, partner=partner)
             e = e[:E]
         else:
-            xd, mask, ed, flat, edge_pos = self._dense_pairs(data, x, e)
-            for layer in self.layers:
-                xd, ed = layer(xd, ed, mask=mask)
-            x, e = xd.flatten(0, 1)[flat], ed[edge_pos]  # (N, F), (E, Fe)
+            x, e = self._dense_batch(data, x, e)  # (N, F), (E, Fe)
         if self.final_ln is not None:
             x = self.final_ln(x)
         if self.final_eln is not None:
@@ -218,3 +259,28 @@ class NGT(nn.Module):
     def forward(self, data) -> Tensor | EquivariantOutput:
         x, e = self.encode(data)
         return apply_head(self.head, data, x, e)
+
+
+def size_buckets(counts: Tensor, max_padding: float | None) -> list[Tensor]:
+    """Groups of graphs for dense passes: graph indices sorted by node count, cut greedily so that each
+    group's padded pair states (``len(group) * max(n)^2``) stay within ``max_padding`` times its real
+    ones (``sum n^2``). Graphs without nodes are left out. ``None``: every graph in one group.
+
+    Args:
+        counts (Tensor): nodes per graph, ``(B,)``.
+        max_padding (float, optional): the largest padded / real pair-state ratio of a group (>= 1).
+    """
+    if max_padding is None:
+        return [torch.arange(counts.numel(), device=counts.device)]
+    order = torch.argsort(counts, stable=True)
+    order = order[counts[order] > 0]
+    sizes = counts[order].tolist()
+    groups, first, real = [], 0, 0
+    for k, n in enumerate(sizes):
+        if k > first and (k - first + 1) * n * n > max_padding * (real + n * n):
+            groups.append(order[first:k])
+            first, real = k, 0
+        real += n * n
+    if sizes:
+        groups.append(order[first:])
+    return groups

@@ -115,18 +115,16 @@ class RelationalAttention(nn.Module):
         return self.proj(out.reshape(N, H * D))  # (N, F)
 
     def dense(self, x: Tensor, e: Tensor, mask: Tensor) -> Tensor:
-        r"""Dense layout, factorised so that no ``(B, n, n, attn_dim)`` tensor is formed.
+        r"""Dense layout, with the node terms factorised out of the pair terms.
 
         With :math:`W^e_q, W^e_k, W_{scale}, W_{shift}` the edge projections (per head ``(D, F_e)``):
 
         * logits: :math:`q_i^\top k_j + (W^{e\top}_k q_i)^\top e_{ij} + (W^{e\top}_q k_j)^\top e_{ij}
-          + e_{ij}^\top (W^{e\top}_q W^e_k) e_{ij}`;
-        * values: :math:`\sum_j \alpha_{ij} (W_{scale} e_{ij}) \odot v_j
-          = \sum_f W_{scale}[:, f] \odot \sum_j \alpha_{ij} e_{ijf} v_j` and
-          :math:`\sum_j \alpha_{ij} W_{shift} e_{ij} = W_{shift} \sum_j \alpha_{ij} e_{ij}`.
+          + (W^e_q e_{ij})^\top (W^e_k e_{ij})`;
+        * values: :math:`\sum_j \alpha_{ij} \big((W_{scale} e_{ij}) \odot v_j + W_{shift} e_{ij}\big)`.
 
-        Same function as :meth:`sparse` on the complete graph; per pair it costs
-        :math:`O(H F_e^2)` instead of :math:`O(F_e \cdot attn\_dim)` memory and time.
+        The per-pair projections are single matrix products over all pairs (``(B, n, n, attn_dim)``
+        each, no per-pair small matrix products). Same function as :meth:`sparse` on the complete graph.
         """
         B, n, H, D = x.size(0), x.size(1), self.heads, self.head_dim
         q_n, k_n, v_n = self.qkv_node(x).view(B, n, 3, H, D).unbind(2)  # (B, n, H, D) each
@@ -134,21 +132,16 @@ class RelationalAttention(nn.Module):
         e = e.to(x.dtype)
         a = torch.einsum("bihd,hdf->bihf", q_n, W[1])  # W_ke^T q_i: (B, n, H, Fe)
         c = torch.einsum("bjhd,hdf->bjhf", k_n, W[0])  # W_qe^T k_j: (B, n, H, Fe)
-        M = torch.einsum("hdf,hdg->hfg", W[0], W[1])  # W_qe^T W_ke: (H, Fe, Fe)
+        qk_e = (self._edge_proj(e, 0) * self._edge_proj(e, 1)).sum(-1)  # (W_qe e)^T (W_ke e): (B, i, j, H)
         logits = (torch.einsum("bihd,bjhd->bijh", q_n, k_n)  # (B, i, j, H)
                   + torch.einsum("bijf,bihf->bijh", e, a)
                   + torch.einsum("bijf,bjhf->bijh", e, c)
-                  + torch.einsum("bijhg,bijg->bijh", torch.einsum("bijf,hfg->bijhg", e, M), e))
+                  + qk_e)
         logits = logits / math.sqrt(D)
         logits = logits.masked_fill(~mask[:, None, :, None], float("-inf"))  # padding is no key
-        alpha = full_precision(logits).softmax(dim=2)  # (B, i, j, H), float32 even under autocast
-        ae = torch.einsum("bijh,bijf->bihf", alpha, e)  # sum_j alpha_ij e_ij: (B, i, H, Fe)
-        out = torch.einsum("bihf,hdf->bihd", ae, W[2])  # shift (or additive edge value) term
-        if self.modulate_v:
-            aev = torch.einsum("bijh,bijf,bjhd->bihfd", alpha, e, v_n)  # (B, i, H, Fe, D)
-            out = out + torch.einsum("bihfd,hdf->bihd", aev, W[3])  # scale term
-        else:
-            out = out + torch.einsum("bijh,bjhd->bihd", alpha, v_n)
+        alpha = full_precision(logits).softmax(dim=2).to(x.dtype)  # (B, i, j, H), float32 even under autocast
+        u = self._values(v_n.unsqueeze(1), e)  # (B, i, j, H, D)
+        out = (alpha.unsqueeze(-1) * u).sum(2)  # (B, i, H, D)
         return self.proj(out.reshape(B, n, H * D))  # (B, n, F)
 
     def extra_repr(self) -> str:

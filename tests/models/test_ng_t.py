@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from neuralgraph.models import NGT, create_model
+from neuralgraph.models.ng_t import size_buckets
 from neuralgraph.models.heads import EquivariantOutput
 from tests.models.ng_checks import (assert_all_grads, assert_batch_independent, batch_of, node_edge_mapping,
                                     permuted_pair, SYMMETRY_NETS)
@@ -146,3 +147,39 @@ def test_autocast_bfloat16(mode):
     out.float().square().mean().backward()
     assert out.shape == (2, 3) and torch.isfinite(out.float()).all()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_size_buckets():
+    counts = torch.tensor([5, 0, 3, 9, 3, 8, 4])
+    groups = size_buckets(counts, 1.25)
+    flat = torch.cat(groups).tolist()
+    assert sorted(flat) == [0, 2, 3, 4, 5, 6]  # every graph with nodes exactly once, the empty one left out
+    for g in groups:
+        n = counts[g]
+        assert g.numel() == 1 or g.numel() * n.max() ** 2 <= 1.25 * (n ** 2).sum()
+    assert [g.tolist() for g in size_buckets(counts, 1.0)] == [[2, 4], [6], [0], [5], [3]]  # equal sizes only
+    assert [g.tolist() for g in size_buckets(counts, None)] == [list(range(7))]
+    with pytest.raises(ValueError, match="max_padding"):
+        create_model("ng-t", max_padding=0.5)
+
+
+@pytest.mark.parametrize("head", ["graph", "equivariant"])
+def test_dense_grouping_and_recomputation_keep_outputs_and_gradients(head):
+    # graphs of 4 to 31 nodes in mixed order: max_padding=1.25 splits them into several dense passes
+    shapes = [(3, 9, 8, 7, 4), (2, 3, 2), (4, 12, 10, 3), (2, 2), (3, 5, 4, 2), (3, 9, 8, 6, 4), (2, 4, 3)]
+    data = batch_of([random_graph(s, seed=i) for i, s in enumerate(shapes)])
+    assert len(size_buckets(torch.bincount(data.batch), 1.25)) > 2
+    results = []
+    for kw in (dict(max_padding=None), dict(max_padding=1.0), dict(), dict(max_padding=4.0),
+               dict(checkpoint=True), dict(max_padding=None, checkpoint=True)):
+        m = make(head=head, **kw).train()  # one pass padded to the largest graph is the previous dense path
+        out = m(data)
+        parts = (out.node, out.edge) if head == "equivariant" else (out,)
+        sum(p.square().sum() for p in parts).backward()
+        results.append((kw, parts, [p.grad for p in m.parameters()]))
+    _, ref_out, ref_grad = results[0]
+    for kw, out, grad in results[1:]:
+        for a, b in zip(out, ref_out):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda s: f"{kw}: {s}")
+        for a, b in zip(grad, ref_grad):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda s: f"{kw} gradient: {s}")

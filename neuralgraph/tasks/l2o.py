@@ -51,8 +51,8 @@ from torch.func import functional_call
 from neuralgraph.convert import ConversionPlan, get_plan
 from neuralgraph.data.arch import build_model, example_input
 from neuralgraph.data.graph import NeuralGraph
-from neuralgraph.nn.feedforward import mlp
 from neuralgraph.models.registry import list_models, model_arguments, model_class, model_task, register_model
+from neuralgraph.nn.feedforward import mlp
 from neuralgraph.nn.nf_layers import NFFeatures
 from neuralgraph.tasks.base import IncompatibleModelError, Task, register_task
 from neuralgraph.zoo.datasets import DATASETS, load_image_data

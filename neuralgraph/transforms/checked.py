@@ -37,6 +37,8 @@ class CheckedTransform(BaseTransform):
             if field in out and out[field].size(0) != N:
                 raise ValueError(f"{name} made a corrupt neural graph: {N} nodes but {field} has {out[field].size(0)} rows")
         for field in (*NODE_CATEGORIES, *EDGE_CATEGORIES):
+            if field in data and field not in out:
+                raise ValueError(f"{name} dropped the categorical field {field}; a neural graph needs it")
             if field in data and (out[field].dtype != data[field].dtype
                                   or not torch.isin(out[field].unique(), data[field].unique()).all()):
                 raise ValueError(f"{name} changed the categorical field {field} (offset, averaged or new values); "

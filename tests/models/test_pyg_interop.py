@@ -8,7 +8,7 @@ from torch import nn
 from torch_geometric.data import InMemoryDataset
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATv2Conv, GINEConv, TransformerConv, global_mean_pool
-from torch_geometric.transforms import AddSelfLoops, Compose, ToUndirected
+from torch_geometric.transforms import AddSelfLoops, BaseTransform, Compose, ToUndirected
 
 from neuralgraph import NeuralGraph, to_neural_graph
 from neuralgraph.data.graph import EDGE_CATEGORIES, NODE_CATEGORIES
@@ -119,6 +119,13 @@ def test_stock_transforms_keep_categories_or_are_refused():
     # stock AddSelfLoops extends edge_index only: refused where it happens, and by every graph model
     with pytest.raises(ValueError, match="AddSelfLoops made a corrupt neural graph.*edge_attr"):
         CheckedTransform(AddSelfLoops())(g)
+    class DropActivations(BaseTransform):  # a transform that loses a categorical field
+        def forward(self, data):
+            del data.node_act
+            return data
+
+    with pytest.raises(ValueError, match="DropActivations dropped the categorical field node_act"):
+        CheckedTransform(DropActivations())(g)
     bad = AddSelfLoops()(g.clone())
     for name, kw in [("ng-gnn", {"hidden": 8, "num_layers": 1, "readout": "mean", "deg": [0, 1]}),
                      ("ng-t", {"node_dim": 8, "edge_dim": 4, "num_layers": 1, "readout": "mean"}),

@@ -106,10 +106,12 @@ def test_a_killed_rank_fails_the_job_promptly_and_the_rerun_resumes(zoo):
     assert time.monotonic() - killed_at < 180
     assert "Signal 9" in log or "SIGKILL" in log or "exitcode" in log, log[-3000:]
     assert not (out / "wildpark" / "ng-gnn" / "seed0" / "metrics.json").exists()
-    # the same command resumes from rank 0's last checkpoint and finishes: same result as one process
+    # the same command resumes from rank 0's last checkpoint and finishes: the result of an uninterrupted run on
+    # the same two processes (two vs one process is the test above: over 25 epochs the two summation orders
+    # drift apart by ~1e-7 in the loss, which R^2 of this near-constant predictor amplifies to ~1e-4)
     rerun = subprocess.run(_command(zoo, out, epochs, 2), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     resumed = _metrics(out)
     assert resumed["epochs_run"] == epochs
-    subprocess.run(_command(zoo, zoo / "one-long", epochs, 1), check=True, env=env, capture_output=True)
-    _assert_same_run(_metrics(zoo / "one-long"), resumed)
+    subprocess.run(_command(zoo, zoo / "two-long", epochs, 2), check=True, env=env, capture_output=True)
+    _assert_same_run(_metrics(zoo / "two-long"), resumed)

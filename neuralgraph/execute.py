@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -310,15 +310,21 @@ class _Run:
                 out = out * _lift(f, rank)
             add([j], out.unsqueeze(0))
 
+    def _geometries(self, e: Tensor, columns: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The edges ``e`` grouped by their ``edge_conv`` row (or its first ``columns``): per distinct row, the row
+        and the positions in ``e`` of the edges that have it."""
+        conv = self.g.edge_conv[e] if columns is None else self.g.edge_conv[e, :columns]
+        uniq, inverse = torch.unique(conv.long(), dim=0, return_inverse=True)
+        for u in range(uniq.size(0)):
+            yield uniq[u], (inverse == u).nonzero().view(-1)
+
     def _tokens(self, e: Tensor, add) -> None:
         """Token edges (``tokens``, ``position``): ``w`` times the source read as a token sequence (a map's positions
         flattened, a ``[B]`` value one token), target token ``t < length`` reading source token ``start + t`` (zero
         outside it); ``drop``: the one token as a feature ``[B]`` (geometry ``data.graph.token_geometry``)."""
         w_all = self.g.edge_attr[e, self.centre]
-        uniq, inverse = torch.unique(self.g.edge_conv[e, :3].long(), dim=0, return_inverse=True)
-        for u in range(uniq.size(0)):
-            start, length, drop = uniq[u].tolist()
-            eg = (inverse == u).nonzero().view(-1)
+        for row, eg in self._geometries(e, columns=3):
+            start, length, drop = row.tolist()
             for sel, udst, sl, dl, stack in self._split(e[eg], "value"):
                 seq = stack.reshape(stack.size(0), stack.size(1), -1)                  # [Cs, B, P]
                 left, right = max(0, -start), max(0, start + length - seq.size(2))
@@ -334,10 +340,8 @@ class _Run:
         ``o < (n - block) // stride + 1`` (stride, offset and block size in the stride, padding and kernel columns of
         ``edge_conv``), times the centre tap."""
         dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
-        uniq, inverse = torch.unique(self.g.edge_conv[e].long(), dim=0, return_inverse=True)
-        for u in range(uniq.size(0)):
-            stride, offset, _, block = uniq[u].view(4, dims).tolist()
-            eg = (inverse == u).nonzero().view(-1)
+        for row, eg in self._geometries(e):
+            stride, offset, _, block = row.view(4, dims).tolist()
             for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
                 sd = stack.dim() - 2
                 index = [slice(None), slice(None)]
@@ -353,10 +357,8 @@ class _Run:
         spatial dim (stride, offset, fill in the stride, padding and kernel columns of ``edge_conv``); the target
         has ``stride`` times the source's positions."""
         dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
-        uniq, inverse = torch.unique(self.g.edge_conv[e].long(), dim=0, return_inverse=True)
-        for u in range(uniq.size(0)):
-            stride, offset, _, fill = uniq[u].view(4, dims).tolist()
-            eg = (inverse == u).nonzero().view(-1)
+        for row, eg in self._geometries(e):
+            stride, offset, _, fill = row.view(4, dims).tolist()
             for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
                 sd = stack.dim() - 2
                 up = stack
@@ -373,10 +375,9 @@ class _Run:
         (each edge's kernel cropped from the centred padding), stride, padding and output_padding from
         ``edge_conv``."""
         g, mk, dims = self.g, self.mk, len(self.mk)
-        uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
-        for u in range(uniq.size(0)):
-            eg = e[inverse == u]
-            stride, pad, out_pad, ksize = uniq[u].view(4, dims).tolist()
+        for row, pos in self._geometries(e):
+            eg = e[pos]
+            stride, pad, out_pad, ksize = row.view(4, dims).tolist()
             for sel, udst, sl, dl, stack in self._split(eg, "map"):
                 sd = stack.dim() - 2
                 crop = tuple(slice((K - k) // 2, (K - k) // 2 + k) for K, k in zip(mk[dims - sd:], ksize[dims - sd:]))
@@ -403,10 +404,9 @@ class _Run:
         ``d`` reads input position ``o * stride - p + (u - (K - k) // 2) * d`` for output ``o``: the ``k`` taps
         from ``(K - k) // 2`` on are the kernel, read from ``edge_attr`` alone (not the whole padded rows)."""
         g, mk, dims = self.g, self.mk, len(self.mk)
-        uniq, inverse = torch.unique(g.edge_conv[e], dim=0, return_inverse=True)
-        for u in range(uniq.size(0)):
-            eg = e[inverse == u]
-            geometry = uniq[u].view(4, dims).tolist()
+        for row, pos in self._geometries(e):
+            eg = e[pos]
+            geometry = row.view(4, dims).tolist()
             for sel, udst, sl, dl, stack in self._split(eg, "map"):
                 sd = stack.dim() - 2                                                  # spatial dims of the source
                 stride, pad, dil, ksize = (t[dims - sd:] for t in geometry)

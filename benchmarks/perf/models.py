@@ -97,8 +97,8 @@ def _sync(device: torch.device) -> None:
 def _build(name: str, edge_in: int, graphs, device):
     from neuralgraph.models import create_model
 
-    registered, hp = MODELS[name]
-    model = create_model(registered, out_dim=1, node_in=4, edge_in=edge_in, **hp)
+    registered, hp = MODELS[name]  # num_outputs: the zoo's 10 classes, for the models' output-node readout
+    model = create_model(registered, out_dim=1, node_in=4, edge_in=edge_in, num_outputs=10, **hp)
     if hasattr(model, "fit_statistics"):  # PNA degree statistics from the (training) graphs
         model.fit_statistics(graphs)
     return model.to(device)

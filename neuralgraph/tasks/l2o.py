@@ -424,7 +424,9 @@ class L2OConfig:
     context: int = 4  # context values per parameter from a graph / NFN encoder
     ff_hidden: int = 32  # width of the FF update rule (every learned optimizer)
     ff_layers: int = 2  # hidden layers of the FF update rule
-    step_scale: float = 0.1  # lambda_1 of the update d * exp(lambda_2 * m)
+    # lambda_1 of the update d * exp(lambda_2 * m). 0.1 let meta-training kill the optimizee (val meta-loss
+    # stuck at ln 10) in 1 of 2 ff seeds measured; 0.01 did not (docs/results.md, l2o)
+    step_scale: float = 0.01
     mag_scale: float = 0.1  # lambda_2
     max_kernel: tuple[int, ...] = (3, 3)  # converter option: one edge feature column per kernel tap
 

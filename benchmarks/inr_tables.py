@@ -42,7 +42,10 @@ NG_GNN = ("model.hidden=32", "model.num_layers=2", "model.readout=output_mean")
 NG_T = ("model.node_dim=32", "model.edge_dim=16", "model.num_layers=2", "model.heads=4",
         "model.readout=output_mean")
 #: epochs per model (patience = epochs: the best validation epoch is kept, no early stop); sized so one
-#: CPU core runs every inr-cls row of one seed in about an hour
+#: CPU core runs every inr-cls row of one seed in about an hour. The rows without probe features (nfn-np,
+#: nfn-hnp, ng-gnn p0) stay at ln 10 here, and that is the data, not these settings: the zoo's
+#: SIRENs start from independent inits, and neither lr 1e-4, 64-128 NF channels, a 3-layer NG-GNN nor 22,400
+#: training INRs moved NFN-NP / NG-GNN's training loss (docs/results.md; python -m benchmarks.inr_signal)
 EPOCHS = {"mlp": 30, "statnn": 30, "nfn-np": 10, "nfn-hnp": 10, "sne": 10, "ng-gnn": 8, "ng-t": 8}
 
 

@@ -1,22 +1,26 @@
-"""The issue-16 INR tables: every ``inr-cls`` / ``inr-edit`` run, in priority order, resumable.
+"""The result tables of the issues: every run of a table set, in priority order, resumable.
 
-    python -m benchmarks.inr_tables run   [--seeds 0 1 2] [--only cls|edit] [--rows LABEL ...] [--results DIR]
+    python -m benchmarks.tables run   SET [--seeds 0 1 2] [--only TASK] [--rows LABEL ...] [--results DIR]
                                           [--dry-run]
-    python -m benchmarks.inr_tables table [--results DIR] [--write docs/results.md]
+    python -m benchmarks.tables table SET [--results DIR] [--write docs/results.md]
 
-``run`` works through :data:`RUNS` seed by seed (every ``inr-cls`` row at seed 0, then seeds 1 and 2, then
-``inr-edit`` likewise), one ``python -m benchmarks.run`` process per (row, seed) with one torch thread.
-A (row, seed) whose ``metrics.json`` exists is skipped; an interrupted one resumes from its checkpoint
-(the runner's own resume), so the same command continues where the last session stopped. Each finished
-(row, seed) appends one JSON line (row, seed, git commit, wall seconds) to ``<results>/inr_tables.jsonl``.
+Sets (:data:`TABLES`): ``inr`` (issue 16: ``inr-cls`` / ``inr-edit`` on the ``inr-glyphs`` zoo) and ``zoo``
+(issue 15: ``wildpark``, ``cnn-zoo``, ``cross-dataset``, ``cross-arch`` on the ``-large`` zoos).
 
-``table`` renders what is complete as markdown, one table per task: mean ± std over the seeds done, the
-seed count, the best epoch and the training time; rows without a finished seed are listed as pending.
-With ``--write FILE`` the tables replace the text between :data:`BEGIN` and :data:`END` in ``FILE``.
+``run`` works through a set's rows task by task and seed by seed (every row of the first task at seed 0,
+then seeds 1 and 2, then the next task), one ``python -m benchmarks.run`` process per (row, seed) with one
+torch thread. A (row, seed) whose ``metrics.json`` exists is skipped; an interrupted one resumes from its
+checkpoint (the runner's own resume), so the same command continues where the last session stopped. Each
+finished (row, seed) appends one JSON line (task, row, seed, git commit, wall seconds) to
+``<results>/tables.jsonl``.
 
-The budget (:data:`COMMON`, :data:`RUNS`) is sized for one CPU core: the ``inr-glyphs`` zoo (28x28
-font-rendered digits; the 8x8 ``inr-digits`` INRs are noise between pixel centres, so probe features
-carry little there), 3,000 INRs (2,400 / 300 / 300), and graph models narrower than the defaults.
+``table`` renders what is complete as markdown: for ``inr`` one table per task (mean ± std over the seeds
+done, the seed count, the best epoch, the training time, the commits; rows without a finished seed are
+listed as pending), for ``zoo`` the tables of :mod:`benchmarks.report` (Kendall τ and R², the cross-dataset
+matrix). With ``--write FILE`` they replace the text between the set's markers in ``FILE``.
+
+Budgets are sized for one CPU core and say so next to the rows; the papers' settings are the presets of
+``--config`` (docs/models.md).
 """
 from __future__ import annotations
 
@@ -29,68 +33,101 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import yaml
 
 from neuralgraph.io import atomic_write_text
-
-#: settings of every run: the zoo, its size and the training budget shared by all models
-COMMON: dict[str, tuple[str, ...]] = {
-    "cls": ("task.preset=inr-glyphs", "task.runs=3000", "train.batch_size=32", "train.lr=0.001"),
-    "edit": ("task.preset=inr-glyphs", "task.runs=3000", "train.batch_size=32", "train.lr=0.001"),
-}
-#: graph-model sizes for one CPU core (the paper's INR models: 4 layers, 64 dims, 4 heads)
-NG_GNN = ("model.hidden=32", "model.num_layers=2", "model.readout=output_mean")
-NG_T = ("model.node_dim=32", "model.edge_dim=16", "model.num_layers=2", "model.heads=4",
-        "model.readout=output_mean")
-#: epochs per model (patience = epochs: the best validation epoch is kept, no early stop); sized so one
-#: CPU core runs every inr-cls row of one seed in about an hour. The rows without probe features (nfn-np,
-#: nfn-hnp, ng-gnn p0) stay at ln 10 here, and that is the data, not these settings: the zoo's
-#: SIRENs start from independent inits, and neither lr 1e-4, 64-128 NF channels, a 3-layer NG-GNN nor 22,400
-#: training INRs moved NFN-NP / NG-GNN's training loss (docs/results.md; python -m benchmarks.inr_signal)
-EPOCHS = {"mlp": 30, "statnn": 30, "nfn-np": 10, "nfn-hnp": 10, "sne": 10, "ng-gnn": 8, "ng-t": 8}
-
 
 @dataclass(frozen=True)
 class Row:
     """One table row: a model with its settings on one task."""
 
-    task: str  # "inr-cls" or "inr-edit"
+    task: str  # registered task name
     model: str  # registered model name
     tag: str | None = None  # result-directory suffix of the variant (benchmarks.run --tag)
-    sets: tuple[str, ...] = field(default_factory=tuple)  # --set overrides beyond COMMON
+    sets: tuple[str, ...] = field(default_factory=tuple)  # every --set override of the row's runs
+    subdir: str | None = None  # the task's result directory under --out (Task.result_name); None: the task
 
     @property
     def label(self) -> str:
         return self.model + (f"+{self.tag}" if self.tag else "")
 
-    def overrides(self) -> list[str]:
-        epochs = EPOCHS[self.model]
-        return [*COMMON["cls" if self.task == "inr-cls" else "edit"], f"train.epochs={epochs}",
-                f"train.patience={epochs}", *self.sets]
+
+def _budget(epochs: int) -> tuple[str, ...]:
+    """``epochs`` with patience = epochs: the best validation epoch is kept, no early stop."""
+    return f"train.epochs={epochs}", f"train.patience={epochs}"
 
 
-def _ng(task: str, model: str, probes: int) -> Row:
+# ------------------------------------------------------------------------------------ inr (issue 16)
+#: the INR zoo, its size and the training budget shared by all models
+INR_COMMON = ("task.preset=inr-glyphs", "task.runs=3000", "train.batch_size=32", "train.lr=0.001")
+#: graph-model sizes for one CPU core (the paper's INR models: 4 layers, 64 dims, 4 heads)
+NG_GNN = ("model.hidden=32", "model.num_layers=2", "model.readout=output_mean")
+NG_T = ("model.node_dim=32", "model.edge_dim=16", "model.num_layers=2", "model.heads=4",
+        "model.readout=output_mean")
+#: epochs per model; sized so one CPU core runs every inr-cls row of one seed in about an hour. The rows
+#: without probe features (nfn-np, nfn-hnp, ng-gnn p0) stay at ln 10 here, and that is the data, not these
+#: settings: the zoo's SIRENs start from independent inits, and neither lr 1e-4, 64-128 NF channels, a
+#: 3-layer NG-GNN nor 22,400 training INRs moved NFN-NP / NG-GNN's training loss (docs/results.md;
+#: python -m benchmarks.inr_signal)
+INR_EPOCHS = {"mlp": 30, "statnn": 30, "nfn-np": 10, "nfn-hnp": 10, "sne": 10, "ng-gnn": 8, "ng-t": 8}
+
+
+def _inr(task: str, model: str, probes: int | None = None) -> Row:
+    sets = (*INR_COMMON, *_budget(INR_EPOCHS[model]))
+    if probes is None:
+        return Row(task, model, None, sets)
     sizes = NG_GNN if model == "ng-gnn" else NG_T
     if task == "inr-edit":  # per-parameter head: no readout
         sizes = tuple(s for s in sizes if not s.startswith("model.readout="))
-    return Row(task, model, f"p{probes}", (*sizes, f"model.probes={probes}"))
+    return Row(task, model, f"p{probes}", (*sets, *sizes, f"model.probes={probes}"))
 
 
-#: every row, in the order they are run
-RUNS: list[Row] = [
-    *[Row("inr-cls", m) for m in ("mlp", "statnn", "nfn-np")],
-    *[_ng("inr-cls", m, 64) for m in ("ng-gnn", "ng-t")],
-    Row("inr-cls", "nfn-hnp"),
-    *[_ng("inr-cls", m, p) for p in (0, 16) for m in ("ng-gnn", "ng-t")],
-    Row("inr-cls", "sne"),
-    *[Row("inr-edit", m) for m in ("mlp", "nfn-np", "nfn-hnp")],
-    *[_ng("inr-edit", m, p) for p in (64, 0) for m in ("ng-gnn", "ng-t")],
+INR_ROWS: list[Row] = [
+    *[_inr("inr-cls", m) for m in ("mlp", "statnn", "nfn-np")],
+    *[_inr("inr-cls", m, 64) for m in ("ng-gnn", "ng-t")],
+    _inr("inr-cls", "nfn-hnp"),
+    *[_inr("inr-cls", m, p) for p in (0, 16) for m in ("ng-gnn", "ng-t")],
+    _inr("inr-cls", "sne"),
+    *[_inr("inr-edit", m) for m in ("mlp", "nfn-np", "nfn-hnp")],
+    *[_inr("inr-edit", m, p) for p in (64, 0) for m in ("ng-gnn", "ng-t")],
 ]
-#: the block of docs/results.md that ``table --write`` replaces
-BEGIN, END = "<!-- inr-tables:begin -->", "<!-- inr-tables:end -->"
+
+# ------------------------------------------------------------------------------------ zoo (issue 15)
+#: epochs per model on the -large zoos (about 5,000 training checkpoints each): the first budget, from the
+#: measured throughput on one core (NG-T sparse ~75 training graphs/s, NG-GNN ~60, SNE ~1); the default
+#: configs' 30 epochs with patience 10 do not fit. NG-T runs sparse attention (dense: ~20 graphs/s).
+ZOO_EPOCHS = {"ng-t": 10, "ng-gnn": 10, "statnn": 30, "mlp": 30, "nfn-np": 10, "nfn-hnp": 10, "nfn-pt": 10,
+              "sne": 2}
+ZOO_MODEL = {"ng-t": ("model.mode=sparse",)}
+CROSS = ("task.large=true", "task.runs=null")  # the cross tasks' <arch>-<dataset>-large zoos, 1,024 runs each
+
+
+def _zoo(task: str, model: str, sets: tuple[str, ...] = (), tag: str | None = None,
+         subdir: str | None = None) -> Row:
+    return Row(task, model, tag, (*sets, *_budget(ZOO_EPOCHS[model]), *ZOO_MODEL.get(model, ())), subdir)
+
+
+ZOO_ROWS: list[Row] = [
+    *[_zoo("wildpark", m, ("task.preset=wildpark-digits-large",)) for m in ("ng-t", "ng-gnn", "statnn", "sne")],
+    _zoo("wildpark", "ng-t", ("task.preset=wildpark-digits-large", "model.encoder.act_emb=false"), "no-act-emb"),
+    *[_zoo("cnn-zoo", m, ("task.preset=arch1-digits-large",))
+      for m in ("ng-t", "ng-gnn", "statnn", "nfn-np", "nfn-hnp", "nfn-pt", "mlp", "sne")],
+    *[_zoo("cross-dataset", m, (*CROSS, f"task.train_on={ds}"), subdir=f"cross-dataset/arch1/train-{ds}")
+      for m in ("statnn", "ng-gnn", "nfn-hnp", "sne") for ds in ("digits", "mnist1d", "shapes")],
+    *[_zoo("cross-arch", m, CROSS, subdir="cross-arch/arch1-to-arch2/digits")
+      for m in ("ng-gnn", "ng-t", "statnn", "sne")],
+]
+
+#: table sets: rows in run order, and the block of a document that ``table --write`` replaces
+TABLES: dict[str, list[Row]] = {"inr": INR_ROWS, "zoo": ZOO_ROWS}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}-tables:begin -->", f"<!-- {name}-tables:end -->"
 
 
 def seed_dir(results: str, row: Row, seed: int) -> str:
-    return os.path.join(results, row.task, row.label, f"seed{seed}")
+    return os.path.join(results, row.subdir or row.task, row.label, f"seed{seed}")
 
 
 def _commit() -> str:
@@ -107,17 +144,27 @@ def command(row: Row, seed: int, results: str) -> list[str]:
            "--seeds", str(seed), "--threads", "1", "--no-progress", "--out", results]
     if row.tag:
         cmd += ["--tag", row.tag]
-    for s in row.overrides():
+    for s in row.sets:
         cmd += ["--set", s]
     return cmd
 
 
-def run(results: str, seeds: list[int], only: str | None, dry_run: bool, rows: list[str] | None = None) -> None:
+def _log(results: str) -> str:
+    return os.path.join(results, "tables.jsonl")
+
+
+def run(name: str, results: str, seeds: list[int], only: str | None = None, dry_run: bool = False,
+        rows: list[str] | None = None) -> None:
+    """Run (or resume) the unfinished (row, seed) pairs of table set ``name``: task by task, seed by seed.
+    ``only``: one task of the set; ``rows``: only rows with these labels (still in order)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    tasks = [t for t in ("inr-cls", "inr-edit") if only is None or t == f"inr-{only}"]
-    for task in tasks:
+    table_rows = TABLES[name]
+    tasks = list(dict.fromkeys(r.task for r in table_rows))
+    if only is not None and only not in tasks:
+        raise SystemExit(f"--only {only}: the {name} tables have the tasks {tasks}")
+    for task in (t for t in tasks if only is None or t == only):
         for seed in seeds:
-            for row in (r for r in RUNS if r.task == task and (rows is None or r.label in rows)):
+            for row in (r for r in table_rows if r.task == task and (rows is None or r.label in rows)):
                 if os.path.exists(os.path.join(seed_dir(results, row, seed), "metrics.json")):
                     continue
                 cmd = command(row, seed, results)
@@ -126,9 +173,9 @@ def run(results: str, seeds: list[int], only: str | None, dry_run: bool, rows: l
                     continue
                 t0 = time.time()
                 subprocess.run(cmd, env=env, check=True)
-                line = {"task": row.task, "row": row.label, "seed": seed, "commit": _commit(),
-                        "wall_s": round(time.time() - t0, 1)}
-                with open(os.path.join(results, "inr_tables.jsonl"), "a") as f:
+                line = {"task": row.task, "row": row.label, "dir": row.subdir or row.task, "seed": seed,
+                        "commit": _commit(), "wall_s": round(time.time() - t0, 1)}
+                with open(_log(results), "a") as f:
                     f.write(json.dumps(line) + "\n")
 
 
@@ -139,12 +186,22 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
 
 
-def table(results: str) -> str:
-    """Markdown tables of everything finished under ``results``."""
+def _finished(results: str, row: Row) -> list[tuple[int, dict]]:
+    """``(seed, metrics.json)`` of every finished seed of ``row``."""
+    done = []
+    for seed in range(10):
+        p = os.path.join(seed_dir(results, row, seed), "metrics.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                done.append((seed, json.load(f)))
+    return done
+
+
+def inr_table(results: str) -> str:
+    """Markdown tables of the finished ``inr`` rows: ``inr-cls`` accuracy and ``inr-edit`` MSE."""
     log = {}
-    path = os.path.join(results, "inr_tables.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
+    if os.path.exists(_log(results)):
+        with open(_log(results)) as f:
             for line in f:
                 r = json.loads(line)
                 log[(r["task"], r["row"], r["seed"])] = r["commit"]
@@ -153,33 +210,24 @@ def table(results: str) -> str:
                                ("inr-edit", "mse", "test MSE (×1e-2)")):
         lines = [f"**{task}**", "", f"| model | settings | seeds done | {head} | val | best epoch | train s / seed "
                  "| commits |", "|---|---|---|---|---|---|---|---|"]
-        for row in (r for r in RUNS if r.task == task):
-            done = []
-            for seed in range(10):
-                p = os.path.join(seed_dir(results, row, seed), "metrics.json")
-                if os.path.exists(p):
-                    with open(p) as f:
-                        done.append((seed, json.load(f)))
+        for row in (r for r in INR_ROWS if r.task == task):
+            done = _finished(results, row)
             settings = ", ".join(s.split("=", 1)[0].split(".")[-1] + "=" + s.split("=", 1)[1]
-                                 for s in row.sets) or "defaults"
+                                 for s in row.sets if s not in INR_COMMON and not s.startswith("train."))
             if not done:
-                lines.append(f"| {row.model} | {settings} | 0 (pending) | – | – | – | – | – |")
+                lines.append(f"| {row.model} | {settings or 'defaults'} | 0 (pending) | – | – | – | – | – |")
                 continue
             scale = 100.0 if task == "inr-edit" else 1.0
             test = [m["test"][metric] for _, m in done]
             val = [m["val"][metric] for _, m in done]
             commits = sorted({log.get((task, row.label, s), "?") for s, _ in done})
-            lines.append(f"| {row.model} | {settings} | {len(done)} ({', '.join(str(s) for s, _ in done)}) | "
-                         f"{_cell(test, scale)} | {_cell(val, scale)} | "
+            lines.append(f"| {row.model} | {settings or 'defaults'} | {len(done)} "
+                         f"({', '.join(str(s) for s, _ in done)}) | {_cell(test, scale)} | {_cell(val, scale)} | "
                          f"{', '.join(str(m['best_epoch'] + 1) + '/' + str(m['epochs_run']) for _, m in done)} | "
                          f"{np.mean([m['train_seconds'] for _, m in done]):.0f} | {', '.join(commits)} |")
         if task == "inr-edit":
-            ref = []
-            for row in (r for r in RUNS if r.task == task):
-                p = os.path.join(seed_dir(results, row, 0), "metrics.json")
-                if os.path.exists(p):
-                    with open(p) as f:
-                        ref.append(json.load(f)["test"]["mse_unedited"] * 100)
+            ref = [m["test"]["mse_unedited"] * 100 for row in INR_ROWS if row.task == task
+                   for _, m in _finished(results, row)[:1]]
             if ref:
                 lines += ["", "Unedited INRs against the dilated images (doing nothing): test MSE "
                           f"{ref[0]:.3f} ×1e-2."]
@@ -187,36 +235,72 @@ def table(results: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_between_markers(path: str, text: str) -> None:
+def zoo_table(results: str) -> str:
+    """Markdown tables of the finished ``zoo`` rows, laid out by :mod:`benchmarks.report` (Kendall τ and R²
+    per test split; the cross-dataset matrix), mean ± std over the finished seeds; pending rows listed."""
+    from benchmarks.report import cross_dataset_matrix, task_table
+    from benchmarks.run import summarize
+
+    parts, pending = [], []
+    for task in dict.fromkeys(r.task for r in ZOO_ROWS):
+        summaries = []
+        for row in (r for r in ZOO_ROWS if r.task == task):
+            done = _finished(results, row)
+            if not done:
+                pending.append(f"{row.subdir or row.task}/{row.label}")
+                continue
+            with open(os.path.join(seed_dir(results, row, done[0][0]), "config.yaml")) as f:
+                config = yaml.safe_load(f)
+            summaries.append({"dir": f"{row.subdir or row.task}/{row.label}", "model": row.label,
+                              "seeds": [s for s, _ in done], "config": config,
+                              "summary": summarize([m for _, m in done])})
+        if summaries:
+            parts += [f"**{task}**", "", cross_dataset_matrix(summaries) if task == "cross-dataset"
+                      else task_table(summaries), ""]
+    if pending:
+        parts.append(f"Pending (no finished seed): {', '.join(pending)}.")
+    return "\n".join(parts) + "\n"
+
+
+#: the renderer of each table set
+RENDER = {"inr": inr_table, "zoo": zoo_table}
+
+
+def write_between_markers(path: str, name: str, text: str) -> None:
+    """Replace the text between table set ``name``'s markers in ``path`` (atomically)."""
+    begin, end = markers(name)
     with open(path) as f:
         doc = f.read()
-    i, j = doc.find(BEGIN), doc.find(END)
+    i, j = doc.find(begin), doc.find(end)
     if i < 0 or j < i:
-        raise ValueError(f"{path} has no {BEGIN} ... {END} block to replace; add the two marker lines first")
-    atomic_write_text(path, doc[:i + len(BEGIN)] + "\n" + text + doc[j:])
+        raise ValueError(f"{path} has no {begin} ... {end} block to replace; add the two marker lines first")
+    atomic_write_text(path, doc[:i + len(begin)] + "\n" + text + doc[j:])
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or resume) the missing (row, seed) pairs in priority order")
+    r.add_argument("set", choices=sorted(TABLES))
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--only", choices=["cls", "edit"], default=None)
+    r.add_argument("--only", default=None, metavar="TASK", help="one task of the set (e.g. inr-cls, wildpark)")
     r.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
-                   help="only these rows (result-directory labels, e.g. ng-gnn+p0 nfn-hnp), of both tasks "
+                   help="only these rows (result-directory labels, e.g. ng-gnn+p0 nfn-hnp), of every task "
                         "unless --only; still in priority order")
     r.add_argument("--results", default="results")
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
     t = sub.add_parser("table", help="render the finished runs as markdown")
+    t.add_argument("set", choices=sorted(TABLES))
     t.add_argument("--results", default="results")
-    t.add_argument("--write", default=None, help=f"replace the {BEGIN} ... {END} block of this file")
+    t.add_argument("--write", default=None, help="replace the set's <!-- SET-tables:begin/end --> block of "
+                                                  "this file")
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        run(args.results, args.seeds, args.only, args.dry_run, args.rows)
+        run(args.set, args.results, args.seeds, args.only, args.dry_run, args.rows)
     else:
-        text = table(args.results)
+        text = RENDER[args.set](args.results)
         if args.write:
-            write_between_markers(args.write, text)
+            write_between_markers(args.write, args.set, text)
         print(text)
 
 

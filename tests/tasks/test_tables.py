@@ -1,50 +1,77 @@
-"""The issue-16 driver (benchmarks/inr_tables.py): resumes by skipping finished (row, seed) pairs, renders only
-what is finished (pending rows say so), and replaces only its own block of a document."""
+"""The result-table driver (benchmarks/tables.py): resumes by skipping finished (row, seed) pairs, renders only
+what is finished (pending rows say so), and replaces only its own set's block of a document."""
 from __future__ import annotations
 
 import json
 import os
 
 import pytest
+import yaml
 
-from benchmarks import inr_tables as T
+from benchmarks import tables as T
 
 
-def _finish(results, row, seed, acc):
+def _finish(results, row, seed, metrics):
     d = T.seed_dir(str(results), row, seed)
     os.makedirs(d)
     with open(os.path.join(d, "metrics.json"), "w") as f:
-        json.dump({"test": {"accuracy": acc}, "val": {"accuracy": acc - 0.1}, "best_epoch": 2, "epochs_run": 8,
-                   "train_seconds": 10.0}, f)
+        json.dump({"best_epoch": 2, "epochs_run": 8, "train_seconds": 10.0, **metrics}, f)
+    with open(os.path.join(d, "config.yaml"), "w") as f:
+        yaml.safe_dump({"task": {"train_on": "digits", "arch": "arch1"}}, f)
 
 
 def test_run_skips_finished_pairs_and_table_shows_only_finished_seeds(tmp_path, capsys):
-    first = T.RUNS[0]
-    _finish(tmp_path, first, 0, 0.5)
-    _finish(tmp_path, first, 1, 0.7)
-    T.run(str(tmp_path), [0, 1], "cls", dry_run=True)
+    first = T.INR_ROWS[0]
+    _finish(tmp_path, first, 0, {"test": {"accuracy": 0.5}, "val": {"accuracy": 0.4}})
+    _finish(tmp_path, first, 1, {"test": {"accuracy": 0.7}, "val": {"accuracy": 0.6}})
+    T.run("inr", str(tmp_path), [0, 1], "inr-cls", dry_run=True)
     printed = capsys.readouterr().out.splitlines()
-    cls_rows = [r for r in T.RUNS if r.task == "inr-cls"]
+    cls_rows = [r for r in T.INR_ROWS if r.task == "inr-cls"]
     assert len(printed) == 2 * len(cls_rows) - 2                      # the first row is done for both seeds
     assert all("--task inr-cls" in line for line in printed)
     assert f"--model {first.model} --seeds 0" not in "\n".join(printed)
-    table = T.table(str(tmp_path))
+    table = T.inr_table(str(tmp_path))
     assert f"| {first.model} | defaults | 2 (0, 1) | 0.600 ± 0.100 |" in table
-    assert table.count("0 (pending)") == len(T.RUNS) - 1
+    assert table.count("0 (pending)") == len(T.INR_ROWS) - 1
+
+
+def test_every_row_of_a_set_has_its_own_result_directory():
+    for name, rows in T.TABLES.items():
+        dirs = [T.seed_dir("r", row, 0) for row in rows]
+        assert len(set(dirs)) == len(dirs), name
+
+
+def test_zoo_table_aggregates_seeds_and_lists_pending_rows(tmp_path):
+    row = next(r for r in T.ZOO_ROWS if r.task == "wildpark" and r.model == "statnn")
+    for seed, tau in ((0, 0.5), (1, 0.7)):
+        _finish(tmp_path, row, seed, {"test": {"kendall_tau": tau, "r2": 0.1}, "val": {"kendall_tau": tau}})
+    cross = [r for r in T.ZOO_ROWS if r.task == "cross-dataset" and r.model == "sne"]
+    _finish(tmp_path, cross[0], 0, {"test/digits": {"kendall_tau": 0.3}, "test/shapes": {"kendall_tau": 0.2},
+                                     "val": {"kendall_tau": 0.3}})
+    table = T.zoo_table(str(tmp_path))
+    assert "| statnn | 2 | 0.600 ± 0.100 | 0.100 ± 0.000 |" in table    # task_table's row
+    assert "| digits | 0.300 ± 0.000 | 0.200 ± 0.000 |" in table                  # the cross-dataset matrix
+    assert "Pending" in table and "wildpark/ng-t" in table and "wildpark/statnn," not in table
+
+
+def test_unknown_task_of_a_set_is_refused():
+    with pytest.raises(SystemExit, match="the zoo tables have the tasks"):
+        T.run("zoo", "unused", [0], "inr-cls", dry_run=True)
 
 
 def test_write_replaces_only_the_marked_block(tmp_path):
     doc = tmp_path / "results.md"
-    doc.write_text(f"head\n{T.BEGIN}\nold\n{T.END}\ntail\n")
-    T.write_between_markers(str(doc), "new\n")
-    assert doc.read_text() == f"head\n{T.BEGIN}\nnew\n{T.END}\ntail\n"
+    begin, end = T.markers("inr")
+    doc.write_text(f"head\n{begin}\nold\n{end}\ntail\n")
+    T.write_between_markers(str(doc), "inr", "new\n")
+    assert doc.read_text() == f"head\n{begin}\nnew\n{end}\ntail\n"
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="inr-tables:begin"):
-        T.write_between_markers(str(doc), "new\n")
+        T.write_between_markers(str(doc), "inr", "new\n")
 
 
 def test_rows_filter_keeps_priority_order(capsys):
-    T.run("unused", [0], "cls", dry_run=True, rows=["sne", "ng-gnn+p0"])
+    T.run("inr", "unused", [0], "inr-cls", dry_run=True, rows=["sne", "ng-gnn+p0"])
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and "--model ng-gnn" in printed[0] and "--tag p0" in printed[0]
     assert "--model sne" in printed[1]

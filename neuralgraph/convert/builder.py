@@ -20,7 +20,7 @@ from torch import Tensor
 
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import GraphTooLargeError
-from neuralgraph.data.graph import EDGE_KIND, ROLE
+from neuralgraph.data.graph import EDGE_KIND, ROLE, compact_field
 
 
 class Sym:
@@ -186,6 +186,7 @@ class GraphBuilder:
 
     def set_activation(self, nodes: Tensor, act: int, params: tuple[float, ...] = ()) -> None:
         """Apply activation ``act`` with parameter values ``params`` (node feature columns 2, 3) to ``nodes``."""
+        compact_field("node_act", [act], "the activation")
         for i in nodes.tolist():
             self.act[i] = act
             self.act_param[i] = params
@@ -205,6 +206,8 @@ class GraphBuilder:
     def set_pool(self, nodes: Tensor, pool: int, window: tuple[int, ...] | None = None) -> None:
         """Record pooling ``pool`` (with the local pooling geometry ``window``) on ``nodes``; their value is
         final from now on (an activation or edge added later goes to a new layer)."""
+        if window is not None:
+            compact_field("node_window", window, "the pooling window")
         for i in nodes.tolist():
             self.pool[i] = pool
             self.window[i] = window or self.default_window()
@@ -233,6 +236,8 @@ class GraphBuilder:
         """Add edges ``src[e] -> dst[e]``; the sources become observed (their value is read)."""
         if src.numel() == 0:
             return
+        if geometry is not None:
+            compact_field("edge_conv", geometry, f"{kind} edges")  # refused here, where the rule's module is known
         self.observe(src)
         for i in src.tolist():
             self.sourced[i] = True
@@ -251,9 +256,9 @@ class GraphBuilder:
         """Memory to convert the graph built so far (the graph, the plan's index tensors and the gather), with
         ``taps`` edge features (default: the configuration's)."""
         taps = self.graph_taps if taps is None else taps
-        # the graph's edge_attr and structure (edge_index, kind, int16 geometry), which a large plan shares with it,
-        # plus the builder's edge lists while tracing; per parameter element its gather index and value
-        per_edge = 4 * taps + (16 + 8 + 2 * 4 * self.dims) + 16
+        # the graph's edge_attr and structure (edge_index, int8 kind, int16 geometry), which a large plan shares
+        # with it, plus the builder's edge lists while tracing; per parameter element its gather index and value
+        per_edge = 4 * taps + (16 + 1 + 2 * 4 * self.dims) + 16
         return self.num_edges * per_edge + 12 * self.num_taps
 
     def check_size(self, edges: int = 0, taps: int = 0) -> None:

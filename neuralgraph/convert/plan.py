@@ -21,12 +21,12 @@ from neuralgraph.convert.builder import GraphBuilder
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.trace import trace_module
-from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, GEOMETRY_DTYPE, ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, FIELD_DTYPES, ROLE, NeuralGraph, compact_field
 from neuralgraph.data.weightspace import WeightSpace
 
 _CACHE_SIZE = 256
 #: ``to_neural_graph`` does not cache the plans of architectures with more edges than this: a plan holds about
-#: 56 bytes per edge, and the one graph converted takes its index tensors instead of copies
+#: about 50 bytes per edge, and the one graph converted takes its index tensors instead of copies
 UNCACHED_EDGES = 2_000_000
 
 
@@ -85,11 +85,10 @@ class ConversionPlan:
         role[inputs] = ROLE["input"]
         pos[outputs] = torch.arange(outputs.numel())
         pos[inputs] = torch.arange(inputs.numel())
-        self.categories = {
-            "node_layer": layer, "node_role": role, "node_pos": pos, "node_act": node_tensor(builder.act),
-            "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
-            "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
-        }
+        self.categories = {name: compact_field(name, values, "the neurons") for name, values in (
+            ("node_layer", layer), ("node_role", role), ("node_pos", pos), ("node_act", node_tensor(builder.act)),
+            ("node_pool", node_tensor(builder.pool)), ("node_spatial", node_tensor(builder.spatial)),
+            ("node_window", torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep]))}
         _check_layer_groups(builder, layer, remap, keep)
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
@@ -125,8 +124,8 @@ class ConversionPlan:
         n_taps = sum(int(k.sum()) * elem.size(1) for k, blk, cont in zip(kept_of, builder.edges, contiguous)
                      if k is not None for (_, elem, _), c in zip(blk.sources, cont) if not c)
         edge_index = torch.empty(2, n_edges, dtype=torch.long)
-        edge_kind = torch.empty(n_edges, dtype=torch.long)
-        edge_conv = torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=GEOMETRY_DTYPE)
+        edge_kind = torch.empty(n_edges, dtype=FIELD_DTYPES["edge_kind"])
+        edge_conv = torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=FIELD_DTYPES["edge_conv"])
         edge_src, edge_dst = torch.empty(n_taps, dtype=torch.long), torch.empty(n_taps, dtype=torch.long)
         c_pos, c_val = [], []
         rows = taps_done = 0
@@ -140,8 +139,8 @@ class ConversionPlan:
             edge_index[0, rows:rows + m] = remap[src if ok is None else src[ok]]
             edge_index[1, rows:rows + m] = remap[dst if ok is None else dst[ok]]
             del src, dst
-            edge_kind[rows:rows + m] = blk.kind
-            edge_conv[rows:rows + m] = torch.tensor(blk.geometry, dtype=GEOMETRY_DTYPE)
+            edge_kind[rows:rows + m] = compact_field("edge_kind", [blk.kind])
+            edge_conv[rows:rows + m] = compact_field("edge_conv", blk.geometry, f"{EDGE_KINDS[blk.kind]} edges")
             edge_rows = torch.arange(rows, rows + m)
             # every block has rows of its own: its taps (parameters and constants) must be distinct
             const_taps = ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts)

@@ -41,10 +41,12 @@ class ConversionPlan:
         param_shapes (dict[str, tuple]): their shapes.
         layers (list[tuple[str, str | None]]): (weight, bias) names of linear/conv layers in dataflow order.
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
-            ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
+            ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order; built on first use, 8
+            bytes per element: :meth:`state_dict` reads blocks instead).
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
-        edge_copies, node_copies (tuple[Tensor, Tensor, Tensor]): parameter elements stored more than once
-            (tied weights): ``(element, position of the first copy, position of this copy)``.
+        edge_runs (list[tuple[int, int, list[int], int]]): parameter elements on consecutive edges and taps (a
+            Linear, a conv, a norm's gamma): ``(first edge row, edges, taps, first element)``; the elements outside
+            runs are listed one by one.
         fx_graph (torch.fx.Graph): the traced dataflow (run it on any member with
             ``torch.func.functional_call``, see :mod:`neuralgraph.transforms.probe_features`).
         values (list[tuple[str, str, int]]): traced tensors holding neuron values: (fx node name, kind,
@@ -215,10 +217,9 @@ class ConversionPlan:
         src, dst = self.edge_index[:, ident]
         return bool((out_deg[src] == 1).all() and (in_deg[dst] == 1).all())
 
-    def _maps(self) -> tuple:
+    def _maps(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self._read_maps is None:
-            self._read_maps = self._read_map(*self.edge_gather()) + self._read_map(self.node_src,
-                                                                                             self.node_dst)
+            self._read_maps = self._read_map(*self.edge_gather()), self._read_map(self.node_src, self.node_dst)
         return self._read_maps
 
     @property
@@ -226,16 +227,8 @@ class ConversionPlan:
         return self._maps()[0]
 
     @property
-    def edge_copies(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self._maps()[1]
-
-    @property
     def node_param(self) -> dict[str, Tensor]:
-        return self._maps()[2]
-
-    @property
-    def node_copies(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self._maps()[3]
+        return self._maps()[1]
 
     def edge_gather(self) -> tuple[Tensor, Tensor]:
         """``(src, dst)``: parameter element ``src[k]`` (in the gather vector) is stored at ``edge_attr.view(-1)
@@ -247,10 +240,9 @@ class ConversionPlan:
             dst.append((torch.arange(row, row + m).view(-1, 1) * f_edge + torch.tensor(taps).view(1, -1)).view(-1))
         return torch.cat(src), torch.cat(dst)
 
-    def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
-        """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
-        the further copies of elements stored more than once (a module used twice: tied weights) as
-        ``(element, first position, copy position)``."""
+    def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
+        """For each parameter gathered by ``(src, dst)``, one graph position per element: its first copy (an
+        element stored more than once: a module used twice, tied weights)."""
         total = sum(_numel(s) for s in self.param_shapes.values())
         order = torch.argsort(src, stable=True)
         s, d = src[order], dst[order]
@@ -258,7 +250,6 @@ class ConversionPlan:
         first[1:] = s[1:] != s[:-1]
         pos = torch.full((total,), -1, dtype=torch.long)
         pos[s[first]] = d[first]
-        copies = (s[~first], pos[s[~first]], d[~first])
         out: dict[str, Tensor] = {}
         for name in self.param_names:
             start = self.offsets[name]
@@ -268,7 +259,7 @@ class ConversionPlan:
                 out[name] = sl
             elif hit.any():
                 raise AssertionError(f"conversion plan does not represent every element of {name}")
-        return out, copies
+        return out
 
     # ------------------------------------------------------------------------------------------ use
     @torch.no_grad()
@@ -367,21 +358,84 @@ class ConversionPlan:
         """The parameters stored in ``graph`` (exact copies of the converted values).
 
         A parameter used more than once in the module (tied weights: a module called twice) is stored on every
-        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter."""
+        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter. The graph is read
+        in blocks (one per run of :attr:`edge_runs`, then the elements outside runs): besides the parameters it
+        needs one flag per element, no per-element index map, so a large graph reads back in little memory."""
         self.check(graph)
-        for (elem, first, copy_), values in ((self.edge_copies, graph.edge_attr), (self.node_copies, graph.x)):
-            flat = values.reshape(-1)
-            bad = (flat[first.to(flat.device)] != flat[copy_.to(flat.device)]).nonzero().view(-1)
-            if bad.numel():
-                e = int(elem[int(bad[0])])
-                name = next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(
-                    self.param_shapes[n]))
-                raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
-                                 f"{1 + int((elem == e).sum())} times, and the copies differ (element "
-                                 f"{e - self.offsets[name]}: {float(flat[first[bad[0]]])} vs "
-                                 f"{float(flat[copy_[bad[0]]])}); set every copy to the same value before reading "
-                                 "the graph back")
-        return self.read(graph.edge_attr, graph.x)
+        edge, node = graph.edge_attr, graph.x[:, :self.config.node_dim]
+        dev = edge.device
+        vec = edge.new_empty(sum(_numel(s) for s in self.param_shapes.values()))
+        seen = torch.zeros(vec.numel(), dtype=torch.bool, device=dev)
+        # the first copy of an element is the one first in gather order: elements outside runs, runs, node params
+        self._fill_elements(vec, seen, self._edge_src.to(dev), edge.reshape(-1)[self._edge_dst.to(dev)])
+        for row, m, taps, first in self.edge_runs:
+            block = edge[row:row + m, taps[0]] if len(taps) == 1 else edge[row:row + m, taps].reshape(-1)
+            self._fill_range(vec, seen, first, block)
+        self._fill_elements(vec, seen, self.node_src.to(dev), node.reshape(-1)[self.node_dst.to(dev)])
+        if not bool(seen.all()):
+            e = int((~seen).nonzero()[0])
+            raise AssertionError(f"conversion plan does not represent every element of {self._param_of(e)}")
+        return {name: vec[self.offsets[name]:self.offsets[name] + _numel(shape)].view(shape)
+                for name, shape in self.param_shapes.items()}
+
+    def _fill_elements(self, vec: Tensor, seen: Tensor, src: Tensor, values: Tensor) -> None:
+        """Store ``values[k]`` as element ``src[k]`` of ``vec`` unless ``seen``; a copy (an element given again,
+        here or before) must equal the first."""
+        if src.numel() == 0:
+            return
+        order = torch.argsort(src, stable=True)
+        s, v = src[order], values[order]
+        first = torch.ones_like(s, dtype=torch.bool)
+        first[1:] = s[1:] != s[:-1]
+        head = torch.where(first, torch.arange(s.numel(), device=s.device), 0).cummax(0).values  # its first copy
+        self._check_copies(s, v[head], v)
+        s, v = s[first], v[first]
+        old = seen[s]
+        self._check_copies(s[old], vec[s[old]], v[old])
+        vec[s[~old]] = v[~old]
+        seen[s] = True
+
+    def _fill_range(self, vec: Tensor, seen: Tensor, start: int, values: Tensor) -> None:
+        """Store ``values`` as elements ``start ..`` of ``vec``; elements already ``seen`` must be equal."""
+        end = start + values.numel()
+        old = seen[start:end]
+        if bool(old.any()):
+            have = vec[start:end]
+            self._check_copies(torch.arange(start, end, device=vec.device)[old], have[old], values[old])
+            values = torch.where(old, have, values)
+        vec[start:end] = values
+        seen[start:end] = True
+
+    def _check_copies(self, elem: Tensor, first: Tensor, copy_: Tensor) -> None:
+        """Raise a ``ValueError`` naming the parameter if a copy of a stored element differs from its first copy
+        (NaN equals NaN: both copies are the same stored value)."""
+        bad = ((first != copy_) & ~(first.isnan() & copy_.isnan())).nonzero().view(-1)
+        if bad.numel():
+            k = int(bad[0])
+            e = int(elem[k])
+            name = self._param_of(e)
+            runs = sum(f <= e < f + m * len(t) for _, m, t, f in self.edge_runs)
+            copies = runs + int((self._edge_src == e).sum()) + int((self.node_src == e).sum())
+            raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
+                             f"{copies} times, and the copies differ (element {e - self.offsets[name]}: "
+                             f"{float(first[k])} vs {float(copy_[k])}); set every copy to the same value before "
+                             "reading the graph back")
+
+    def _first_position(self, e: int) -> tuple[str, int]:
+        """``("edge_attr" or "x", flat position)`` of the first copy of element ``e`` of the gather vector (the
+        copy :meth:`state_dict` reads)."""
+        hit = (self._edge_src == e).nonzero()
+        if hit.numel():
+            return "edge_attr", int(self._edge_dst[hit[0, 0]])
+        for row, m, taps, first in self.edge_runs:
+            if first <= e < first + m * len(taps):
+                r, t = divmod(e - first, len(taps))
+                return "edge_attr", (row + r) * self.config.edge_dim + taps[t]
+        return "x", int(self.node_dst[(self.node_src == e).nonzero()[0, 0]])
+
+    def _param_of(self, e: int) -> str:
+        """The parameter holding element ``e`` of the gather vector."""
+        return next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(self.param_shapes[n]))
 
     def weight_space(self, params: nn.Module | Mapping[str, Tensor]) -> WeightSpace:
         """The linear / conv parameters as a one-network :class:`WeightSpace` (dataflow order)."""
@@ -424,11 +478,12 @@ class ConversionPlan:
             if bad.numel():
                 i = int(bad[0])
                 element = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), self.param_shapes[name]))
-                if name in self.edge_param:
-                    e, f = divmod(int(self.edge_param[name].view(-1)[i]), self.config.edge_dim)
+                field, pos = self._first_position(self.offsets[name] + i)
+                if field == "edge_attr":
+                    e, f = divmod(pos, self.config.edge_dim)
                     where = f"edge_attr[{e}, {f}] (edge {int(self.edge_index[0, e])} -> {int(self.edge_index[1, e])})"
                 else:
-                    n, f = divmod(int(self.node_param[name].view(-1)[i]), self.config.node_dim)
+                    n, f = divmod(pos, self.config.node_dim)
                     where = f"x[{n}, {f}] (node {n})"
                 return f"parameter {name!r}{list(element)} = {float(params[name].view(-1)[i])} at {where}"
         return None

@@ -12,6 +12,7 @@ module computes.
 """
 from __future__ import annotations
 
+import ctypes
 import resource
 from dataclasses import dataclass, field
 
@@ -396,6 +397,17 @@ class GraphBuilder:
         for k, i in enumerate(nodes.tolist()):
             self.value_of[i] = (len(self.values) - 1, k)
             self._seen[i] = self.touched[i]
+
+
+def release_freed_memory() -> None:
+    """Return memory freed by the process to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    glibc keeps freed heap pages (the builder's many per-layer edge tensors) mapped, so a large tensor allocated
+    next (the graph's ``edge_attr``) would come on top of them and the peak would be the sum of both."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def available_memory() -> int | None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from neuralgraph.convert import activations
-from neuralgraph.convert.builder import GraphBuilder
+from neuralgraph.convert.builder import GraphBuilder, release_freed_memory
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.trace import trace_module
@@ -200,6 +200,8 @@ class ConversionPlan:
         #: a plain feed-forward chain of linear / conv layers with element-wise maps between them
         #: (activations, constant scales and shifts): what NFN-style weight-space models assume
         self.feedforward = self._is_feedforward()
+        if self.num_edges > UNCACHED_EDGES:  # a large graph is allocated next: not on top of the builder's freed pages
+            release_freed_memory()
 
     def _is_feedforward(self) -> bool:
         """Only linear / conv / flatten edges, plus identity edges that map one neuron to one new neuron and

@@ -239,13 +239,11 @@ class GraphBuilder:
             return
         if geometry is not None:
             compact_field("edge_conv", geometry, f"{kind} edges")  # refused here, where the rule's module is known
-        self.observe(src)
-        for i in src.tolist():
-            self.sourced[i] = True
-        if kind not in ("conv", "flatten"):
-            for i in src.tolist():
+        for i in self._distinct(src):  # each source once: a dense layer lists it once per target
+            self.frozen[i] = self.sourced[i] = True  # observed: its value is read
+            if kind not in ("conv", "flatten"):
                 self.read[i] = True
-        for i in torch.unique(dst).tolist():
+        for i in self._distinct(dst):
             self.touched[i] += 1
         self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
                                     const, sources or [], tuple(tap_consts)))
@@ -253,14 +251,21 @@ class GraphBuilder:
         self.num_taps += sum(elem.numel() for _, elem, _ in sources or [])
         self.check_size()
 
+    def _distinct(self, nodes: Tensor) -> list[int]:
+        """The distinct ids in ``nodes`` (one pass and a flag per node: no sorted copy of a large edge list)."""
+        hit = torch.zeros(self.num_nodes, dtype=torch.bool)
+        hit[nodes] = True
+        return hit.nonzero().view(-1).tolist()
+
     def estimated_bytes(self, taps: int | None = None) -> int:
-        """Memory to convert the graph built so far (the graph, the plan's index tensors and the gather), with
-        ``taps`` edge features (default: the configuration's)."""
+        """Memory to convert the graph built so far (the graph with its structure, which a large plan shares, and
+        the builder's element lists), with ``taps`` edge features (default: the configuration's)."""
         taps = self.graph_taps if taps is None else taps
-        # the graph's edge_attr and structure (edge_index, int8 kind, int16 geometry), which a large plan shares
-        # with it, plus the builder's edge lists while tracing; per parameter element its gather index and value
-        per_edge = 4 * taps + (16 + 1 + 2 * 4 * self.dims) + 16
-        return self.num_edges * per_edge + 12 * self.num_taps
+        # the peak is the finished graph: edge_attr, edge_index, int8 kind, int16 geometry per edge (the builder's
+        # edge lists are freed before edge_attr is allocated); the builder's element index per parameter element
+        # (8 bytes) stands for what the plan keeps of it and the gather's temporaries
+        per_edge = 4 * taps + 16 + 1 + 2 * 4 * self.dims
+        return self.num_edges * per_edge + 8 * self.num_taps
 
     def check_size(self, edges: int = 0, taps: int = 0) -> None:
         """Raise :class:`GraphTooLargeError` if the graph, with ``edges`` more edges carrying ``taps`` parameter

@@ -7,7 +7,9 @@ reading a graph back into parameters is the inverse gather, so the round trip is
 """
 from __future__ import annotations
 
+import bisect
 import copy
+import functools
 import math
 import warnings
 from collections import OrderedDict
@@ -37,7 +39,10 @@ class ConversionPlan:
         config (ConvertConfig): the converter options.
         num_nodes (int), num_edges (int): graph size.
         param_names (list[str]): parameters (and buffers, e.g. running statistics) represented in the
-            graph, in gather order.
+            graph, in the module's order.
+        gather_names (list[str]): the same in gather order: the order of the vector of all their elements that
+            the index maps (:meth:`edge_gather`, ``node_src``, ``offsets``) refer to. Parameters read element by
+            element (biases, edge elements outside runs) come first.
         param_shapes (dict[str, tuple]): their shapes.
         layers (list[tuple[str, str | None]]): (weight, bias) names of linear/conv layers in dataflow order.
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
@@ -99,20 +104,6 @@ class ConversionPlan:
             x0[:, 2 + col] = torch.tensor([p[col] if col < len(p) else 0.0 for p in builder.act_param])[keep]
 
         # -- edges, constant taps and the parameter gather
-        # gather order: the module's own parameter order (so a module converts with one .parameters() walk)
-        used = {name for blk in builder.edges for name, _, _ in blk.sources} | {
-            np_.param for np_ in builder.node_params}
-        self.param_names: list[str] = [p for p in module_params if p in used]
-        self._all_params_in_order = self.param_names == module_params
-        offsets: dict[str, int] = {}
-        start = 0
-        for p in self.param_names:
-            offsets[p] = start
-            start += _numel(builder.param_shapes[p])
-
-        def offset(name: str) -> int:
-            return offsets[name]
-
         # every per-edge tensor is allocated once at its final size and filled block by block (no lists of parts
         # concatenated at the end, which held two copies at once)
         kept_of = [None if blk.src is None else keep[blk.src] & keep[blk.dst] for blk in builder.edges]
@@ -123,6 +114,30 @@ class ConversionPlan:
         runs: list[tuple[int, int, list[int], int]] = []
         contiguous = [[k is not None and bool(k.all()) and _consecutive(elem) for _, elem, _ in blk.sources]
                       for k, blk in zip(kept_of, builder.edges)]
+        # gather order (element k of the vector all index maps refer to): the parameters read element by element
+        # (node parameters such as biases, edge elements outside runs) first, so that :meth:`graph` concatenates
+        # only those; the rest are copied run by run from the parameters themselves (no copy of every parameter).
+        # Within each group, the module's own order.
+        used = {name for blk in builder.edges for name, _, _ in blk.sources} | {
+            np_.param for np_ in builder.node_params}
+        gathered = {np_.param for np_ in builder.node_params} | {
+            name for blk, cont in zip(builder.edges, contiguous) for (name, _, _), c in zip(blk.sources, cont) if not c}
+        self.param_names: list[str] = [p for p in module_params if p in used]
+        self.gather_names = [p for p in self.param_names if p in gathered] + [
+            p for p in self.param_names if p not in gathered]
+        self._num_gathered = sum(p in gathered for p in self.param_names)
+        # a module whose parameters are all represented is read with one .parameters() walk, then put in this order
+        position = {p: i for i, p in enumerate(module_params)}
+        self._module_order = ([position[p] for p in self.gather_names] if len(self.param_names) == len(module_params)
+                              else None)
+        offsets: dict[str, int] = {}
+        start = 0
+        for p in self.gather_names:
+            offsets[p] = start
+            start += _numel(builder.param_shapes[p])
+
+        def offset(name: str) -> int:
+            return offsets[name]
         n_taps = sum(int(k.sum()) * elem.size(1) for k, blk, cont in zip(kept_of, builder.edges, contiguous)
                      if k is not None for (_, elem, _), c in zip(blk.sources, cont) if not c)
         edge_index = torch.empty(2, n_edges, dtype=torch.long)
@@ -264,17 +279,18 @@ class ConversionPlan:
         return out
 
     # ------------------------------------------------------------------------------------------ use
-    @torch.no_grad()
-    def _param_vector(self, params: nn.Module | Mapping[str, Tensor]) -> Tensor:
+    def _param_tensors(self, params: nn.Module | Mapping[str, Tensor]) -> list[Tensor]:
+        """The represented parameters (and buffers) of ``params`` in gather order (:attr:`gather_names`), as they
+        are (no copies)."""
         if isinstance(params, nn.Module):
-            if self._all_params_in_order:
-                # the common case: every parameter is represented, gathered in the module's own order
+            if self._module_order is not None:
+                # the common case: every parameter is represented (and no buffer): one .parameters() walk
                 tensors = list(params.parameters())
-                if len(tensors) == len(self.param_names):
-                    return torch.cat([t.view(-1) for t in tensors])
+                if len(tensors) == len(self._module_order):
+                    return [tensors[i] for i in self._module_order]
             params = dict(params.named_parameters()) | dict(params.named_buffers())
         try:
-            return torch.cat([params[name].reshape(-1) for name in self.param_names])
+            return [params[name] for name in self.gather_names]
         except KeyError as err:
             raise KeyError(f"parameter {err.args[0]!r} of this architecture is missing from the given "
                            f"parameters") from None
@@ -306,20 +322,29 @@ class ConversionPlan:
         the graph's structure fields are this plan's own tensors, not copies (for a plan used once and dropped:
         :func:`to_neural_graph` of a large architecture).
         """
-        vec = self._param_vector(params)
+        tensors = [p.detach() for p in self._param_tensors(params)]
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in tensors))
         # one reduction decides in the common case; the full check only runs if the sum is not finite
-        if not allow_nonfinite and not math.isfinite(float(vec.sum())) and not torch.isfinite(vec).all():
-            bad = next(n for n in self.param_names if not torch.isfinite(_get(params, n)).all())
-            raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
-                             "meaningless (pass allow_nonfinite=True to convert it anyway)")
-        t = self._on(vec.device)
-        x = t["x0"].to(vec.dtype, copy=True)
-        ea = torch.zeros(self.num_edges, self.config.edge_dim, dtype=vec.dtype, device=vec.device)
-        ea.view(-1)[t["const_pos"]] = t["const_val"].to(vec.dtype)
+        if not allow_nonfinite and not math.isfinite(float(torch.stack([p.sum().to(dtype) for p in tensors]).sum())):
+            by_name = dict(zip(self.gather_names, tensors))
+            bad = next((n for n in self.param_names if not torch.isfinite(by_name[n]).all()), None)
+            if bad is not None:
+                raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
+                                 "meaningless (pass allow_nonfinite=True to convert it anyway)")
+        device = tensors[0].device
+        t = self._on(device)
+        x = t["x0"].to(dtype, copy=True)
+        ea = torch.zeros(self.num_edges, self.config.edge_dim, dtype=dtype, device=device)
+        ea.view(-1)[t["const_pos"]] = t["const_val"].to(dtype)
+        # the parameters read element by element come first in gather order: only they are concatenated
+        vec = torch.cat([p.reshape(-1).to(dtype) for p in tensors[:self._num_gathered]] or [ea.new_empty(0)])
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
+        del vec
+        starts = [self.offsets[n] for n in self.gather_names]
         for row, m, taps, first in self.edge_runs:
-            block = vec[first:first + m * len(taps)].view(m, len(taps))
+            i = bisect.bisect_right(starts, first) - 1
+            block = tensors[i].reshape(-1)[first - starts[i]:first - starts[i] + m * len(taps)].view(m, len(taps))
             if len(taps) == 1:
                 ea[row:row + m, taps[0]] = block[:, 0]
             else:

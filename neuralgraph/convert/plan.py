@@ -705,13 +705,20 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
             dropout): the graph is the eval-mode function.
     """
     plan = get_plan(model, example_input, **config)
-    large = plan.num_edges > UNCACHED_EDGES
-    if large:  # not kept: its index tensors become the graph's own (half the memory of a cached plan plus a copy)
-        for key in [k for k, v in _PLANS.items() if v is plan]:
-            del _PLANS[key]
+    # a large plan is not kept: its index tensors become the graph's own (half the memory of a cached plan plus a copy)
+    large = _forget_if_large(plan)
     graph = plan.graph(model, allow_nonfinite=allow_nonfinite, share=large)
     _warn_training(model)
     return graph
+
+
+def _forget_if_large(plan: ConversionPlan) -> bool:
+    """Drop ``plan`` from the cache if it has more than :data:`UNCACHED_EDGES` edges; whether it has."""
+    large = plan.num_edges > UNCACHED_EDGES
+    if large:
+        for key in [k for k, v in _PLANS.items() if v is plan]:
+            del _PLANS[key]
+    return large
 
 
 def _warn_training(model: nn.Module) -> None:
@@ -777,6 +784,7 @@ def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any =
         graph = copy.copy(graph)
         graph.x = graph.x[:, :plan.config.node_dim]
     params = plan.state_dict(graph)
+    _forget_if_large(plan)  # a large plan is not kept after reading back either (it holds the graph's structure)
     where = None if allow_nonfinite else plan.nonfinite(params)
     if where:
         raise ValueError(f"the graph holds a NaN or Inf value: {where}; a module carrying it would compute NaN "

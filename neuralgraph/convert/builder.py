@@ -252,7 +252,9 @@ class GraphBuilder:
         self.check_size()
 
     def _distinct(self, nodes: Tensor) -> list[int]:
-        """The distinct ids in ``nodes`` (one pass and a flag per node: no sorted copy of a large edge list)."""
+        """The distinct ids in ``nodes``: for a large edge list one pass and a flag per node (no sorted copy)."""
+        if nodes.numel() * 8 < self.num_nodes:  # a few edges of a large graph: cheaper to sort them
+            return torch.unique(nodes).tolist()
         hit = torch.zeros(self.num_nodes, dtype=torch.bool)
         hit[nodes] = True
         return hit.nonzero().view(-1).tolist()
@@ -411,7 +413,7 @@ def release_freed_memory() -> None:
     next (the graph's ``edge_attr``) would come on top of them and the peak would be the sum of both."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+    except (OSError, AttributeError, TypeError):  # not glibc
         pass
 
 

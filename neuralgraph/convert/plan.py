@@ -142,7 +142,10 @@ class ConversionPlan:
                      if k is not None for (_, elem, _), c in zip(blk.sources, cont) if not c)
         edge_index = torch.empty(2, n_edges, dtype=torch.long)
         edge_kind = torch.empty(n_edges, dtype=FIELD_DTYPES["edge_kind"])
-        edge_conv = torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=FIELD_DTYPES["edge_conv"])
+        #: a large plan traced only to read graphs back (never cached, see get_plan) holds no edge geometry
+        self.reads_only = builder.graph_taps == 0 and n_edges > UNCACHED_EDGES
+        edge_conv = (None if self.reads_only else
+                     torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=FIELD_DTYPES["edge_conv"]))
         edge_src, edge_dst = torch.empty(n_taps, dtype=torch.long), torch.empty(n_taps, dtype=torch.long)
         c_pos, c_val = [], []
         rows = taps_done = 0
@@ -157,7 +160,8 @@ class ConversionPlan:
             edge_index[1, rows:rows + m] = remap[dst if ok is None else dst[ok]]
             del src, dst
             edge_kind[rows:rows + m] = compact_field("edge_kind", [blk.kind])
-            edge_conv[rows:rows + m] = compact_field("edge_conv", blk.geometry, f"{EDGE_KINDS[blk.kind]} edges")
+            if edge_conv is not None:
+                edge_conv[rows:rows + m] = compact_field("edge_conv", blk.geometry, f"{EDGE_KINDS[blk.kind]} edges")
             edge_rows = torch.arange(rows, rows + m)
             # every block has rows of its own: its taps (parameters and constants) must be distinct
             const_taps = ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts)
@@ -180,7 +184,8 @@ class ConversionPlan:
         self.num_edges = rows
         self.edge_index = edge_index
         self.categories["edge_kind"] = edge_kind
-        self.categories["edge_conv"] = edge_conv
+        if edge_conv is not None:
+            self.categories["edge_conv"] = edge_conv
         del edge_index, edge_kind, edge_conv
 
         n_src, n_dst = [], []
@@ -322,6 +327,9 @@ class ConversionPlan:
         the graph's structure fields are this plan's own tensors, not copies (for a plan used once and dropped:
         :func:`to_neural_graph` of a large architecture).
         """
+        if self.reads_only:
+            raise RuntimeError("this plan was traced to read graphs back and holds no edge geometry (a large "
+                               "architecture's read-back plan); build graphs with to_neural_graph")
         tensors = [p.detach() for p in self._param_tensors(params)]
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in tensors))
         # one reduction decides in the common case; the full check only runs if the sum is not finite
@@ -637,6 +645,8 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
         if not plan.param_names:
             raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
                                                                     "converter represents"))
+        if plan.reads_only:  # cannot build graphs: not for the cache, where to_neural_graph would find it
+            return plan
         _PLANS[key] = plan
         if len(_PLANS) > _CACHE_SIZE:
             _PLANS.popitem(last=False)

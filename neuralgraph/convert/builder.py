@@ -12,6 +12,7 @@ module computes.
 """
 from __future__ import annotations
 
+import ctypes
 import resource
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import GraphTooLargeError
-from neuralgraph.data.graph import EDGE_KIND, ROLE
+from neuralgraph.data.graph import EDGE_KIND, ROLE, compact_field
 
 
 class Sym:
@@ -186,6 +187,7 @@ class GraphBuilder:
 
     def set_activation(self, nodes: Tensor, act: int, params: tuple[float, ...] = ()) -> None:
         """Apply activation ``act`` with parameter values ``params`` (node feature columns 2, 3) to ``nodes``."""
+        compact_field("node_act", [act], "the activation")
         for i in nodes.tolist():
             self.act[i] = act
             self.act_param[i] = params
@@ -205,6 +207,8 @@ class GraphBuilder:
     def set_pool(self, nodes: Tensor, pool: int, window: tuple[int, ...] | None = None) -> None:
         """Record pooling ``pool`` (with the local pooling geometry ``window``) on ``nodes``; their value is
         final from now on (an activation or edge added later goes to a new layer)."""
+        if window is not None:
+            compact_field("node_window", window, "the pooling window")
         for i in nodes.tolist():
             self.pool[i] = pool
             self.window[i] = window or self.default_window()
@@ -233,13 +237,13 @@ class GraphBuilder:
         """Add edges ``src[e] -> dst[e]``; the sources become observed (their value is read)."""
         if src.numel() == 0:
             return
-        self.observe(src)
-        for i in src.tolist():
-            self.sourced[i] = True
-        if kind not in ("conv", "flatten"):
-            for i in src.tolist():
+        if geometry is not None:
+            compact_field("edge_conv", geometry, f"{kind} edges")  # refused here, where the rule's module is known
+        for i in self._distinct(src):  # each source once: a dense layer lists it once per target
+            self.frozen[i] = self.sourced[i] = True  # observed: its value is read
+            if kind not in ("conv", "flatten"):
                 self.read[i] = True
-        for i in torch.unique(dst).tolist():
+        for i in self._distinct(dst):
             self.touched[i] += 1
         self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
                                     const, sources or [], tuple(tap_consts)))
@@ -247,14 +251,23 @@ class GraphBuilder:
         self.num_taps += sum(elem.numel() for _, elem, _ in sources or [])
         self.check_size()
 
+    def _distinct(self, nodes: Tensor) -> list[int]:
+        """The distinct ids in ``nodes``: for a large edge list one pass and a flag per node (no sorted copy)."""
+        if nodes.numel() * 8 < self.num_nodes:  # a few edges of a large graph: cheaper to sort them
+            return torch.unique(nodes).tolist()
+        hit = torch.zeros(self.num_nodes, dtype=torch.bool)
+        hit[nodes] = True
+        return hit.nonzero().view(-1).tolist()
+
     def estimated_bytes(self, taps: int | None = None) -> int:
-        """Memory to convert the graph built so far (the graph, the plan's index tensors and the gather), with
-        ``taps`` edge features (default: the configuration's)."""
+        """Memory to convert the graph built so far (the graph with its structure, which a large plan shares, and
+        the builder's element lists), with ``taps`` edge features (default: the configuration's)."""
         taps = self.graph_taps if taps is None else taps
-        # the graph's edge_attr and structure (edge_index, kind, int16 geometry), which a large plan shares with it,
-        # plus the builder's edge lists while tracing; per parameter element its gather index and value
-        per_edge = 4 * taps + (16 + 8 + 2 * 4 * self.dims) + 16
-        return self.num_edges * per_edge + 12 * self.num_taps
+        # the peak is the finished graph: edge_attr, edge_index, int8 kind, int16 geometry per edge (the builder's
+        # edge lists are freed before edge_attr is allocated); the builder's element index per parameter element
+        # (8 bytes) stands for what the plan keeps of it and the gather's temporaries
+        per_edge = 4 * taps + 16 + 1 + 2 * 4 * self.dims
+        return self.num_edges * per_edge + 8 * self.num_taps
 
     def check_size(self, edges: int = 0, taps: int = 0) -> None:
         """Raise :class:`GraphTooLargeError` if the graph, with ``edges`` more edges carrying ``taps`` parameter
@@ -391,6 +404,17 @@ class GraphBuilder:
         for k, i in enumerate(nodes.tolist()):
             self.value_of[i] = (len(self.values) - 1, k)
             self._seen[i] = self.touched[i]
+
+
+def release_freed_memory() -> None:
+    """Return memory freed by the process to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    glibc keeps freed heap pages (the builder's many per-layer edge tensors) mapped, so a large tensor allocated
+    next (the graph's ``edge_attr``) would come on top of them and the peak would be the sum of both."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc
+        pass
 
 
 def available_memory() -> int | None:

@@ -7,7 +7,9 @@ reading a graph back into parameters is the inverse gather, so the round trip is
 """
 from __future__ import annotations
 
+import bisect
 import copy
+import functools
 import math
 import warnings
 from collections import OrderedDict
@@ -17,16 +19,16 @@ import torch
 from torch import Tensor, fx, nn
 
 from neuralgraph.convert import activations
-from neuralgraph.convert.builder import GraphBuilder
+from neuralgraph.convert.builder import GraphBuilder, release_freed_memory
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.convert.trace import trace_module
-from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, GEOMETRY_DTYPE, ROLE, NeuralGraph
+from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, FIELD_DTYPES, ROLE, NeuralGraph, compact_field
 from neuralgraph.data.weightspace import WeightSpace
 
 _CACHE_SIZE = 256
 #: ``to_neural_graph`` does not cache the plans of architectures with more edges than this: a plan holds about
-#: 56 bytes per edge, and the one graph converted takes its index tensors instead of copies
+#: 33 bytes per edge (in 2-d), and the one graph converted takes its index tensors instead of copies
 UNCACHED_EDGES = 2_000_000
 
 
@@ -37,14 +39,19 @@ class ConversionPlan:
         config (ConvertConfig): the converter options.
         num_nodes (int), num_edges (int): graph size.
         param_names (list[str]): parameters (and buffers, e.g. running statistics) represented in the
-            graph, in gather order.
+            graph, in the module's order.
+        gather_names (list[str]): the same in gather order: the order of the vector of all their elements that
+            the index maps (:meth:`edge_gather`, ``node_src``, ``offsets``) refer to. Parameters read element by
+            element (biases, edge elements outside runs) come first.
         param_shapes (dict[str, tuple]): their shapes.
         layers (list[tuple[str, str | None]]): (weight, bias) names of linear/conv layers in dataflow order.
         edge_param (dict[str, Tensor]): for each edge-backed parameter, the flat position in
-            ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order).
+            ``edge_attr.view(-1)`` of each of its elements (``[numel]``, parameter order; built on first use, 8
+            bytes per element: :meth:`state_dict` reads blocks instead).
         node_param (dict[str, Tensor]): likewise into ``x.view(-1)`` for node-backed parameters.
-        edge_copies, node_copies (tuple[Tensor, Tensor, Tensor]): parameter elements stored more than once
-            (tied weights): ``(element, position of the first copy, position of this copy)``.
+        edge_runs (list[tuple[int, int, list[int], int]]): parameter elements on consecutive edges and taps (a
+            Linear, a conv, a norm's gamma): ``(first edge row, edges, taps, first element)``; the elements outside
+            runs are listed one by one.
         fx_graph (torch.fx.Graph): the traced dataflow (run it on any member with
             ``torch.func.functional_call``, see :mod:`neuralgraph.transforms.probe_features`).
         values (list[tuple[str, str, int]]): traced tensors holding neuron values: (fx node name, kind,
@@ -85,11 +92,10 @@ class ConversionPlan:
         role[inputs] = ROLE["input"]
         pos[outputs] = torch.arange(outputs.numel())
         pos[inputs] = torch.arange(inputs.numel())
-        self.categories = {
-            "node_layer": layer, "node_role": role, "node_pos": pos, "node_act": node_tensor(builder.act),
-            "node_pool": node_tensor(builder.pool), "node_spatial": node_tensor(builder.spatial),
-            "node_window": torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep],
-        }
+        self.categories = {name: compact_field(name, values, "the neurons") for name, values in (
+            ("node_layer", layer), ("node_role", role), ("node_pos", pos), ("node_act", node_tensor(builder.act)),
+            ("node_pool", node_tensor(builder.pool)), ("node_spatial", node_tensor(builder.spatial)),
+            ("node_window", torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep]))}
         _check_layer_groups(builder, layer, remap, keep)
         x0 = torch.zeros(n, f_node)
         x0[:, 1] = node_tensor(builder.has_bias).float()
@@ -98,20 +104,6 @@ class ConversionPlan:
             x0[:, 2 + col] = torch.tensor([p[col] if col < len(p) else 0.0 for p in builder.act_param])[keep]
 
         # -- edges, constant taps and the parameter gather
-        # gather order: the module's own parameter order (so a module converts with one .parameters() walk)
-        used = {name for blk in builder.edges for name, _, _ in blk.sources} | {
-            np_.param for np_ in builder.node_params}
-        self.param_names: list[str] = [p for p in module_params if p in used]
-        self._all_params_in_order = self.param_names == module_params
-        offsets: dict[str, int] = {}
-        start = 0
-        for p in self.param_names:
-            offsets[p] = start
-            start += _numel(builder.param_shapes[p])
-
-        def offset(name: str) -> int:
-            return offsets[name]
-
         # every per-edge tensor is allocated once at its final size and filled block by block (no lists of parts
         # concatenated at the end, which held two copies at once)
         kept_of = [None if blk.src is None else keep[blk.src] & keep[blk.dst] for blk in builder.edges]
@@ -122,11 +114,38 @@ class ConversionPlan:
         runs: list[tuple[int, int, list[int], int]] = []
         contiguous = [[k is not None and bool(k.all()) and _consecutive(elem) for _, elem, _ in blk.sources]
                       for k, blk in zip(kept_of, builder.edges)]
+        # gather order (element k of the vector all index maps refer to): the parameters read element by element
+        # (node parameters such as biases, edge elements outside runs) first, so that :meth:`graph` concatenates
+        # only those; the rest are copied run by run from the parameters themselves (no copy of every parameter).
+        # Within each group, the module's own order.
+        used = {name for blk in builder.edges for name, _, _ in blk.sources} | {
+            np_.param for np_ in builder.node_params}
+        gathered = {np_.param for np_ in builder.node_params} | {
+            name for blk, cont in zip(builder.edges, contiguous) for (name, _, _), c in zip(blk.sources, cont) if not c}
+        self.param_names: list[str] = [p for p in module_params if p in used]
+        self.gather_names = [p for p in self.param_names if p in gathered] + [
+            p for p in self.param_names if p not in gathered]
+        self._num_gathered = sum(p in gathered for p in self.param_names)
+        # a module whose parameters are all represented is read with one .parameters() walk, then put in this order
+        position = {p: i for i, p in enumerate(module_params)}
+        self._module_order = ([position[p] for p in self.gather_names] if len(self.param_names) == len(module_params)
+                              else None)
+        offsets: dict[str, int] = {}
+        start = 0
+        for p in self.gather_names:
+            offsets[p] = start
+            start += _numel(builder.param_shapes[p])
+
+        def offset(name: str) -> int:
+            return offsets[name]
         n_taps = sum(int(k.sum()) * elem.size(1) for k, blk, cont in zip(kept_of, builder.edges, contiguous)
                      if k is not None for (_, elem, _), c in zip(blk.sources, cont) if not c)
         edge_index = torch.empty(2, n_edges, dtype=torch.long)
-        edge_kind = torch.empty(n_edges, dtype=torch.long)
-        edge_conv = torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=GEOMETRY_DTYPE)
+        edge_kind = torch.empty(n_edges, dtype=FIELD_DTYPES["edge_kind"])
+        #: a large plan traced only to read graphs back (never cached, see get_plan) holds no edge geometry
+        self.reads_only = builder.graph_taps == 0 and n_edges > UNCACHED_EDGES
+        edge_conv = (None if self.reads_only else
+                     torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=FIELD_DTYPES["edge_conv"]))
         edge_src, edge_dst = torch.empty(n_taps, dtype=torch.long), torch.empty(n_taps, dtype=torch.long)
         c_pos, c_val = [], []
         rows = taps_done = 0
@@ -140,8 +159,9 @@ class ConversionPlan:
             edge_index[0, rows:rows + m] = remap[src if ok is None else src[ok]]
             edge_index[1, rows:rows + m] = remap[dst if ok is None else dst[ok]]
             del src, dst
-            edge_kind[rows:rows + m] = blk.kind
-            edge_conv[rows:rows + m] = torch.tensor(blk.geometry, dtype=GEOMETRY_DTYPE)
+            edge_kind[rows:rows + m] = compact_field("edge_kind", [blk.kind])
+            if edge_conv is not None:
+                edge_conv[rows:rows + m] = compact_field("edge_conv", blk.geometry, f"{EDGE_KINDS[blk.kind]} edges")
             edge_rows = torch.arange(rows, rows + m)
             # every block has rows of its own: its taps (parameters and constants) must be distinct
             const_taps = ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts)
@@ -164,7 +184,8 @@ class ConversionPlan:
         self.num_edges = rows
         self.edge_index = edge_index
         self.categories["edge_kind"] = edge_kind
-        self.categories["edge_conv"] = edge_conv
+        if edge_conv is not None:
+            self.categories["edge_conv"] = edge_conv
         del edge_index, edge_kind, edge_conv
 
         n_src, n_dst = [], []
@@ -199,6 +220,8 @@ class ConversionPlan:
         #: a plain feed-forward chain of linear / conv layers with element-wise maps between them
         #: (activations, constant scales and shifts): what NFN-style weight-space models assume
         self.feedforward = self._is_feedforward()
+        if self.num_edges > UNCACHED_EDGES:  # a large graph is allocated next: not on top of the builder's freed pages
+            release_freed_memory()
 
     def _is_feedforward(self) -> bool:
         """Only linear / conv / flatten edges, plus identity edges that map one neuron to one new neuron and
@@ -216,10 +239,9 @@ class ConversionPlan:
         src, dst = self.edge_index[:, ident]
         return bool((out_deg[src] == 1).all() and (in_deg[dst] == 1).all())
 
-    def _maps(self) -> tuple:
+    def _maps(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         if self._read_maps is None:
-            self._read_maps = self._read_map(*self.edge_gather()) + self._read_map(self.node_src,
-                                                                                             self.node_dst)
+            self._read_maps = self._read_map(*self.edge_gather()), self._read_map(self.node_src, self.node_dst)
         return self._read_maps
 
     @property
@@ -227,16 +249,8 @@ class ConversionPlan:
         return self._maps()[0]
 
     @property
-    def edge_copies(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self._maps()[1]
-
-    @property
     def node_param(self) -> dict[str, Tensor]:
-        return self._maps()[2]
-
-    @property
-    def node_copies(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self._maps()[3]
+        return self._maps()[1]
 
     def edge_gather(self) -> tuple[Tensor, Tensor]:
         """``(src, dst)``: parameter element ``src[k]`` (in the gather vector) is stored at ``edge_attr.view(-1)
@@ -248,10 +262,9 @@ class ConversionPlan:
             dst.append((torch.arange(row, row + m).view(-1, 1) * f_edge + torch.tensor(taps).view(1, -1)).view(-1))
         return torch.cat(src), torch.cat(dst)
 
-    def _read_map(self, src: Tensor, dst: Tensor) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor, Tensor]]:
-        """For each parameter gathered by ``(src, dst)``, one graph position per element (its first copy), and
-        the further copies of elements stored more than once (a module used twice: tied weights) as
-        ``(element, first position, copy position)``."""
+    def _read_map(self, src: Tensor, dst: Tensor) -> dict[str, Tensor]:
+        """For each parameter gathered by ``(src, dst)``, one graph position per element: its first copy (an
+        element stored more than once: a module used twice, tied weights)."""
         total = sum(_numel(s) for s in self.param_shapes.values())
         order = torch.argsort(src, stable=True)
         s, d = src[order], dst[order]
@@ -259,7 +272,6 @@ class ConversionPlan:
         first[1:] = s[1:] != s[:-1]
         pos = torch.full((total,), -1, dtype=torch.long)
         pos[s[first]] = d[first]
-        copies = (s[~first], pos[s[~first]], d[~first])
         out: dict[str, Tensor] = {}
         for name in self.param_names:
             start = self.offsets[name]
@@ -269,20 +281,21 @@ class ConversionPlan:
                 out[name] = sl
             elif hit.any():
                 raise AssertionError(f"conversion plan does not represent every element of {name}")
-        return out, copies
+        return out
 
     # ------------------------------------------------------------------------------------------ use
-    @torch.no_grad()
-    def _param_vector(self, params: nn.Module | Mapping[str, Tensor]) -> Tensor:
+    def _param_tensors(self, params: nn.Module | Mapping[str, Tensor]) -> list[Tensor]:
+        """The represented parameters (and buffers) of ``params`` in gather order (:attr:`gather_names`), as they
+        are (no copies)."""
         if isinstance(params, nn.Module):
-            if self._all_params_in_order:
-                # the common case: every parameter is represented, gathered in the module's own order
+            if self._module_order is not None:
+                # the common case: every parameter is represented (and no buffer): one .parameters() walk
                 tensors = list(params.parameters())
-                if len(tensors) == len(self.param_names):
-                    return torch.cat([t.view(-1) for t in tensors])
+                if len(tensors) == len(self._module_order):
+                    return [tensors[i] for i in self._module_order]
             params = dict(params.named_parameters()) | dict(params.named_buffers())
         try:
-            return torch.cat([params[name].reshape(-1) for name in self.param_names])
+            return [params[name] for name in self.gather_names]
         except KeyError as err:
             raise KeyError(f"parameter {err.args[0]!r} of this architecture is missing from the given "
                            f"parameters") from None
@@ -314,20 +327,32 @@ class ConversionPlan:
         the graph's structure fields are this plan's own tensors, not copies (for a plan used once and dropped:
         :func:`to_neural_graph` of a large architecture).
         """
-        vec = self._param_vector(params)
+        if self.reads_only:
+            raise RuntimeError("this plan was traced to read graphs back and holds no edge geometry (a large "
+                               "architecture's read-back plan); build graphs with to_neural_graph")
+        tensors = [p.detach() for p in self._param_tensors(params)]
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in tensors))
         # one reduction decides in the common case; the full check only runs if the sum is not finite
-        if not allow_nonfinite and not math.isfinite(float(vec.sum())) and not torch.isfinite(vec).all():
-            bad = next(n for n in self.param_names if not torch.isfinite(_get(params, n)).all())
-            raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
-                             "meaningless (pass allow_nonfinite=True to convert it anyway)")
-        t = self._on(vec.device)
-        x = t["x0"].to(vec.dtype, copy=True)
-        ea = torch.zeros(self.num_edges, self.config.edge_dim, dtype=vec.dtype, device=vec.device)
-        ea.view(-1)[t["const_pos"]] = t["const_val"].to(vec.dtype)
+        if not allow_nonfinite and not math.isfinite(float(torch.stack([p.sum().to(dtype) for p in tensors]).sum())):
+            by_name = dict(zip(self.gather_names, tensors))
+            bad = next((n for n in self.param_names if not torch.isfinite(by_name[n]).all()), None)
+            if bad is not None:
+                raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
+                                 "meaningless (pass allow_nonfinite=True to convert it anyway)")
+        device = tensors[0].device
+        t = self._on(device)
+        x = t["x0"].to(dtype, copy=True)
+        ea = torch.zeros(self.num_edges, self.config.edge_dim, dtype=dtype, device=device)
+        ea.view(-1)[t["const_pos"]] = t["const_val"].to(dtype)
+        # the parameters read element by element come first in gather order: only they are concatenated
+        vec = torch.cat([p.reshape(-1).to(dtype) for p in tensors[:self._num_gathered]] or [ea.new_empty(0)])
         x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
         ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
+        del vec
+        starts = [self.offsets[n] for n in self.gather_names]
         for row, m, taps, first in self.edge_runs:
-            block = vec[first:first + m * len(taps)].view(m, len(taps))
+            i = bisect.bisect_right(starts, first) - 1
+            block = tensors[i].reshape(-1)[first - starts[i]:first - starts[i] + m * len(taps)].view(m, len(taps))
             if len(taps) == 1:
                 ea[row:row + m, taps[0]] = block[:, 0]
             else:
@@ -368,21 +393,84 @@ class ConversionPlan:
         """The parameters stored in ``graph`` (exact copies of the converted values).
 
         A parameter used more than once in the module (tied weights: a module called twice) is stored on every
-        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter."""
+        use; all copies must be equal (as converted), else a ``ValueError`` names the parameter. The graph is read
+        in blocks (one per run of :attr:`edge_runs`, then the elements outside runs): besides the parameters it
+        needs one flag per element, no per-element index map, so a large graph reads back in little memory."""
         self.check(graph)
-        for (elem, first, copy_), values in ((self.edge_copies, graph.edge_attr), (self.node_copies, graph.x)):
-            flat = values.reshape(-1)
-            bad = (flat[first.to(flat.device)] != flat[copy_.to(flat.device)]).nonzero().view(-1)
-            if bad.numel():
-                e = int(elem[int(bad[0])])
-                name = next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(
-                    self.param_shapes[n]))
-                raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
-                                 f"{1 + int((elem == e).sum())} times, and the copies differ (element "
-                                 f"{e - self.offsets[name]}: {float(flat[first[bad[0]]])} vs "
-                                 f"{float(flat[copy_[bad[0]]])}); set every copy to the same value before reading "
-                                 "the graph back")
-        return self.read(graph.edge_attr, graph.x)
+        edge, node = graph.edge_attr, graph.x[:, :self.config.node_dim]
+        dev = edge.device
+        vec = edge.new_empty(sum(_numel(s) for s in self.param_shapes.values()))
+        seen = torch.zeros(vec.numel(), dtype=torch.bool, device=dev)
+        # the first copy of an element is the one first in gather order: elements outside runs, runs, node params
+        self._fill_elements(vec, seen, self._edge_src.to(dev), edge.reshape(-1)[self._edge_dst.to(dev)])
+        for row, m, taps, first in self.edge_runs:
+            block = edge[row:row + m, taps[0]] if len(taps) == 1 else edge[row:row + m, taps].reshape(-1)
+            self._fill_range(vec, seen, first, block)
+        self._fill_elements(vec, seen, self.node_src.to(dev), node.reshape(-1)[self.node_dst.to(dev)])
+        if not bool(seen.all()):
+            e = int((~seen).nonzero()[0])
+            raise AssertionError(f"conversion plan does not represent every element of {self._param_of(e)}")
+        return {name: vec[self.offsets[name]:self.offsets[name] + _numel(shape)].view(shape)
+                for name, shape in self.param_shapes.items()}
+
+    def _fill_elements(self, vec: Tensor, seen: Tensor, src: Tensor, values: Tensor) -> None:
+        """Store ``values[k]`` as element ``src[k]`` of ``vec`` unless ``seen``; a copy (an element given again,
+        here or before) must equal the first."""
+        if src.numel() == 0:
+            return
+        order = torch.argsort(src, stable=True)
+        s, v = src[order], values[order]
+        first = torch.ones_like(s, dtype=torch.bool)
+        first[1:] = s[1:] != s[:-1]
+        head = torch.where(first, torch.arange(s.numel(), device=s.device), 0).cummax(0).values  # its first copy
+        self._check_copies(s, v[head], v)
+        s, v = s[first], v[first]
+        old = seen[s]
+        self._check_copies(s[old], vec[s[old]], v[old])
+        vec[s[~old]] = v[~old]
+        seen[s] = True
+
+    def _fill_range(self, vec: Tensor, seen: Tensor, start: int, values: Tensor) -> None:
+        """Store ``values`` as elements ``start ..`` of ``vec``; elements already ``seen`` must be equal."""
+        end = start + values.numel()
+        old = seen[start:end]
+        if bool(old.any()):
+            have = vec[start:end]
+            self._check_copies(torch.arange(start, end, device=vec.device)[old], have[old], values[old])
+            values = torch.where(old, have, values)
+        vec[start:end] = values
+        seen[start:end] = True
+
+    def _check_copies(self, elem: Tensor, first: Tensor, copy_: Tensor) -> None:
+        """Raise a ``ValueError`` naming the parameter if a copy of a stored element differs from its first copy
+        (NaN equals NaN: both copies are the same stored value)."""
+        bad = ((first != copy_) & ~(first.isnan() & copy_.isnan())).nonzero().view(-1)
+        if bad.numel():
+            k = int(bad[0])
+            e = int(elem[k])
+            name = self._param_of(e)
+            runs = sum(f <= e < f + m * len(t) for _, m, t, f in self.edge_runs)
+            copies = runs + int((self._edge_src == e).sum()) + int((self.node_src == e).sum())
+            raise ValueError(f"the graph stores parameter {name!r} (a module used more than once: tied weights) "
+                             f"{copies} times, and the copies differ (element {e - self.offsets[name]}: "
+                             f"{float(first[k])} vs {float(copy_[k])}); set every copy to the same value before "
+                             "reading the graph back")
+
+    def _first_position(self, e: int) -> tuple[str, int]:
+        """``("edge_attr" or "x", flat position)`` of the first copy of element ``e`` of the gather vector (the
+        copy :meth:`state_dict` reads)."""
+        hit = (self._edge_src == e).nonzero()
+        if hit.numel():
+            return "edge_attr", int(self._edge_dst[hit[0, 0]])
+        for row, m, taps, first in self.edge_runs:
+            if first <= e < first + m * len(taps):
+                r, t = divmod(e - first, len(taps))
+                return "edge_attr", (row + r) * self.config.edge_dim + taps[t]
+        return "x", int(self.node_dst[(self.node_src == e).nonzero()[0, 0]])
+
+    def _param_of(self, e: int) -> str:
+        """The parameter holding element ``e`` of the gather vector."""
+        return next(n for n in self.param_names if self.offsets[n] <= e < self.offsets[n] + _numel(self.param_shapes[n]))
 
     def weight_space(self, params: nn.Module | Mapping[str, Tensor]) -> WeightSpace:
         """The linear / conv parameters as a one-network :class:`WeightSpace` (dataflow order)."""
@@ -425,11 +513,12 @@ class ConversionPlan:
             if bad.numel():
                 i = int(bad[0])
                 element = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), self.param_shapes[name]))
-                if name in self.edge_param:
-                    e, f = divmod(int(self.edge_param[name].view(-1)[i]), self.config.edge_dim)
+                field, pos = self._first_position(self.offsets[name] + i)
+                if field == "edge_attr":
+                    e, f = divmod(pos, self.config.edge_dim)
                     where = f"edge_attr[{e}, {f}] (edge {int(self.edge_index[0, e])} -> {int(self.edge_index[1, e])})"
                 else:
-                    n, f = divmod(int(self.node_param[name].view(-1)[i]), self.config.node_dim)
+                    n, f = divmod(pos, self.config.node_dim)
                     where = f"x[{n}, {f}] (node {n})"
                 return f"parameter {name!r}{list(element)} = {float(params[name].view(-1)[i])} at {where}"
         return None
@@ -556,6 +645,8 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
         if not plan.param_names:
             raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
                                                                     "converter represents"))
+        if plan.reads_only:  # cannot build graphs: not for the cache, where to_neural_graph would find it
+            return plan
         _PLANS[key] = plan
         if len(_PLANS) > _CACHE_SIZE:
             _PLANS.popitem(last=False)
@@ -624,13 +715,20 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
             dropout): the graph is the eval-mode function.
     """
     plan = get_plan(model, example_input, **config)
-    large = plan.num_edges > UNCACHED_EDGES
-    if large:  # not kept: its index tensors become the graph's own (half the memory of a cached plan plus a copy)
-        for key in [k for k, v in _PLANS.items() if v is plan]:
-            del _PLANS[key]
+    # a large plan is not kept: its index tensors become the graph's own (half the memory of a cached plan plus a copy)
+    large = _forget_if_large(plan)
     graph = plan.graph(model, allow_nonfinite=allow_nonfinite, share=large)
     _warn_training(model)
     return graph
+
+
+def _forget_if_large(plan: ConversionPlan) -> bool:
+    """Drop ``plan`` from the cache if it has more than :data:`UNCACHED_EDGES` edges; whether it has."""
+    large = plan.num_edges > UNCACHED_EDGES
+    if large:
+        for key in [k for k, v in _PLANS.items() if v is plan]:
+            del _PLANS[key]
+    return large
 
 
 def _warn_training(model: nn.Module) -> None:
@@ -696,6 +794,7 @@ def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any =
         graph = copy.copy(graph)
         graph.x = graph.x[:, :plan.config.node_dim]
     params = plan.state_dict(graph)
+    _forget_if_large(plan)  # a large plan is not kept after reading back either (it holds the graph's structure)
     where = None if allow_nonfinite else plan.nonfinite(params)
     if where:
         raise ValueError(f"the graph holds a NaN or Inf value: {where}; a module carrying it would compute NaN "

@@ -17,6 +17,7 @@ from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
 from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
+from neuralgraph.data.graph import FieldRangeError
 from neuralgraph.convert.registry import (CLAIM, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
                                           find_function_rule, find_module_rule, overridden_rule)
 from neuralgraph.convert.rules.activation import activation
@@ -342,7 +343,10 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
                     builder.mark_outputs(v.nodes)
             break
         else:
-            result = _call(ctx, node, args, kwargs)
+            try:
+                result = _call(ctx, node, args, kwargs)
+            except FieldRangeError as err:  # a geometry the format's compact integer fields cannot hold
+                raise ctx.unsupported(node, str(err)) from None
             if isinstance(result, Val):
                 if result.name is not None:  # a rule handed back an existing value: keep that one intact
                     result = dataclasses.replace(result)

@@ -18,18 +18,18 @@ field            shape/dtype   meaning
                                ``max_kernel``); a linear weight or an identity edge sits on the
                                centre tap; attention edges use the first 3 taps for (q, k, v)
 ``node_layer``   [N] long      dataflow depth: 0 for input neurons, 1 + the deepest source else
-``node_role``    [N] long      :data:`ROLES`
+``node_role``    [N] int8      :data:`ROLES`
 ``node_pos``     [N] long      position id: index of an input / output neuron; the layer number
                                (``node_layer``) for every other neuron
-``node_act``     [N] long      activation applied by the neuron (:mod:`neuralgraph.convert.activations`)
-``node_pool``    [N] long      pooling applied to the neuron's output map (:data:`POOLS`)
+``node_act``     [N] int16     activation applied by the neuron (:mod:`neuralgraph.convert.activations`)
+``node_pool``    [N] int8      pooling applied to the neuron's output map (:data:`POOLS`)
 ``node_window``  [N, 4*D+3]    local pooling geometry: kernel size (output size for adaptive pooling),
-                 long          stride, padding, dilation per spatial dim, then ceil_mode,
+                 int16         stride, padding, dilation per spatial dim, then ceil_mode,
                                count_include_pad, divisor_override (0: none); defaults otherwise
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
-``edge_kind``    [E] long      :data:`EDGE_KINDS`
-``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim (int16)
-                               (1, 0, 1, 1 for non-conv edges); ``conv_transpose``: output_padding
+``edge_kind``    [E] int8      :data:`EDGE_KINDS`
+``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim
+                 int16         (1, 0, 1, 1 for non-conv edges); ``conv_transpose``: output_padding
                                in the dilation columns; ``subsample`` / ``upsample``: stride, offset
                                (padding columns), block / fill size (kernel columns); ``tokens`` /
                                ``position`` edges: start, length, drop, then zeros (:func:`token_geometry`)
@@ -126,12 +126,9 @@ EDGE_KIND_TABLE = (
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
 EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
-#: dtype of ``edge_conv`` (small integers: 16 bytes per edge in 2-d instead of 64)
-GEOMETRY_DTYPE = torch.int16
-
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
-#: new node field), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 8
+#: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
+FORMAT_VERSION = 9
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -159,6 +156,49 @@ def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int |
 NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial", "node_window")
 #: Integer per-edge fields.
 EDGE_CATEGORIES = ("edge_kind", "edge_conv")
+
+#: dtype of each integer field: the smallest that holds every legal value. Vocabularies and geometry are small
+#: (``edge_kind`` 1 byte per edge, ``edge_conv`` 2 bytes per column); depths, input / output indices and flatten
+#: positions grow with the network and stay int64. Consumers cast to ``long`` where they index with a field.
+FIELD_DTYPES = {
+    "node_layer": torch.long, "node_role": torch.int8, "node_pos": torch.long, "node_act": torch.int16,
+    "node_pool": torch.int8, "node_spatial": torch.long, "node_window": torch.int16,
+    "edge_kind": torch.int8, "edge_conv": torch.int16,
+}
+if max(len(EDGE_KINDS), len(POOLS), len(ROLES)) > 128:
+    raise AssertionError("a vocabulary outgrew its int8 field: widen it in FIELD_DTYPES and bump FORMAT_VERSION")
+
+
+class FieldRangeError(ValueError):
+    """An integer field value outside its dtype (:data:`FIELD_DTYPES`): the graph cannot store it."""
+
+
+def compact_field(name: str, values: torch.Tensor | list | tuple, what: str = "") -> torch.Tensor:
+    """``values`` as field ``name``'s dtype (:data:`FIELD_DTYPES`), refusing any value the dtype cannot hold
+    (a cast would wrap it silently).
+
+    Args:
+        name (str): the field (``"edge_conv"``, ``"node_act"``, ...).
+        values (Tensor or list): integers.
+        what (str, optional): what holds the values, for the error message (e.g. ``"conv edges"``).
+
+    Raises:
+        FieldRangeError: a value outside the dtype's range, naming the field, the value and the range.
+    """
+    dtype = FIELD_DTYPES[name]
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.long)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise TypeError(f"{name} holds integers, got a {t.dtype} tensor")
+    if t.dtype != dtype and t.numel():
+        info = torch.iinfo(dtype)
+        lo, hi = int(t.min()), int(t.max())
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise FieldRangeError(f"{name} value {bad}{' of ' + what if what else ''} does not fit its dtype "
+                             f"{str(dtype).replace('torch.', '')} [{info.min}, {info.max}]: the neural graph format "
+                             "cannot store it (a geometry this large, e.g. a token sequence over 32767, is not "
+                             "supported)")
+    return t.to(dtype)
 
 
 class NeuralGraph(Data):

@@ -251,6 +251,7 @@ class NeuralGraphEncoder(nn.Module):
 
     def position_ids(self, node_role: Tensor, node_pos: Tensor) -> Tensor:
         """Row of the position table for every node (checks the table sizes)."""
+        node_role = node_role.long()  # int8 in the graph
         size = self._pos_size[node_role]
         check_index_bound(node_pos, size, "neuron position (input/output index or layer number)",
                           "encoder.max_inputs / max_outputs / max_layers")
@@ -267,11 +268,11 @@ class NeuralGraphEncoder(nn.Module):
             x = x + self.pos_emb(self.position_ids(data.node_role, data.node_pos))
         if self.act_emb is not None:
             check_index_bound(data.node_act, self.num_acts, "activation id", "encoder.num_acts")
-            x = x + self.act_emb(data.node_act)
+            x = x + self.act_emb(data.node_act.long())
         if self.role_emb is not None:
-            x = x + self.role_emb(data.node_role)
+            x = x + self.role_emb(data.node_role.long())
         if self.pool_emb is not None:
-            x = x + self.pool_emb(data.node_pool)
+            x = x + self.pool_emb(data.node_pool.long())
         if self.spatial_emb is not None:
             check_index_bound(data.node_spatial, self.max_spatial + 1, "flatten position",
                               "encoder.max_spatial")
@@ -289,7 +290,7 @@ class NeuralGraphEncoder(nn.Module):
             lin = (data.edge_kind == EDGE_KIND["linear"]).unsqueeze(-1)  # (E, 1)
             e = torch.where(lin, self.linear_proj(self.linear_fourier(a[:, centre:centre + 1])).to(e.dtype), e)
         if self.kind_emb is not None:
-            e = e + self.kind_emb(data.edge_kind)
+            e = e + self.kind_emb(data.edge_kind.long())
         if self.conv_emb is not None and data.edge_conv.numel() > 0:
             conv = data.edge_conv.long().clamp(0, _CONV_VALUES - 1)  # (E, 3D)
             if conv.size(-1) > _CONV_COLUMNS:

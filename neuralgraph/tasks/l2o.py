@@ -107,7 +107,7 @@ class Optimizee:
             self.module = build_model(self.desc)
         self.batch_size = batch_size
         self.plan: ConversionPlan = get_plan(self.module, example_input(self.desc), max_kernel=tuple(max_kernel))
-        self.names = list(self.plan.param_names)
+        self.names = list(self.plan.gather_names)  # the order of the vector the plan's index maps refer to
         missing = [n for n, _ in self.module.named_parameters() if n not in self.names]
         if missing:
             raise AssertionError(f"the neural graph of {self.name} does not hold {missing}")

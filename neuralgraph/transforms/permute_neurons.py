@@ -61,7 +61,7 @@ class NeuronSymmetry:
         self.edge_key = (src * n + dst) * self.num_labels + elabel
         self.src, self.dst, self.elabel = src, dst, elabel
         permutable = torch.tensor([k.permutable for k in EDGE_KIND_TABLE] + [False])  # unknown kinds: fixed
-        unsafe = ~permutable[g.edge_kind.cpu().clamp(0, len(EDGE_KIND_TABLE))]
+        unsafe = ~permutable[g.edge_kind.cpu().long().clamp(0, len(EDGE_KIND_TABLE))]
         colors = _refine(colors, src, dst, elabel)
         fixed_nodes = (g.node_role.cpu() == ROLE["input"]) | (g.node_role.cpu() == ROLE["output"])
         # repeat-flatten copies: hidden neurons with a spatial position (virtual neurons are safe)

@@ -27,7 +27,8 @@ def test_tied_module_round_trip_and_semantics():
     torch.testing.assert_close(execute(g, x), m(x), atol=1e-6, rtol=1e-6)
     assert_state_equal(m, from_neural_graph(g, m))
     plan = get_plan(m)
-    assert plan.edge_copies[0].numel() == 16 and plan.node_copies[0].numel() == 4
+    shared = [(k, v) for k, v in plan.edge_param.items() if k.startswith("shared")]
+    assert [k for k, _ in shared] == ["shared.weight"] and shared[0][1].numel() == 16  # read from one copy
 
 
 @pytest.mark.parametrize("where", ["weight", "bias"])
@@ -40,4 +41,46 @@ def test_differing_copies_are_refused_naming_the_parameter(where):
     assert hits.numel() == 2    # one copy per use
     values[hits[1]] += 1.0      # the second use now differs from the first
     with pytest.raises(ValueError, match=rf"parameter 'shared.{where}'.*tied weights.*2 times"):
+        from_neural_graph(g, m)
+
+
+def test_copies_outside_runs_are_checked_too():
+    """``flatten="repeat"`` stores a conv's kernel once per position (elements outside the plan's runs): every copy
+    reads back, and one that differs is refused."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+    x = torch.randn(1, 1, 5, 5)
+    g = to_neural_graph(m, x, flatten="repeat")
+    assert get_plan(m, x, flatten="repeat")._edge_src.numel() > 0
+    assert_state_equal(m, from_neural_graph(g, m, x, flatten="repeat"))
+    hits = (g.edge_attr == m[0].weight[1, 0, 2, 1]).nonzero()
+    assert hits.size(0) == 9  # one copy per output position
+    g.edge_attr[hits[4, 0], hits[4, 1]] = 0.5
+    with pytest.raises(ValueError, match=r"parameter '0.weight'.*tied weights\) 9 times.*element 16"):
+        from_neural_graph(g, m, x, flatten="repeat")
+
+
+def test_a_large_graph_reads_back_in_blocks_and_still_checks_copies(monkeypatch):
+    """The plan of a large architecture is not cached, so reading back traces again; the read goes run by run (no
+    per-element map of the graph is built) and still refuses disagreeing copies."""
+    from neuralgraph.convert import plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "UNCACHED_EDGES", 10)  # every graph counts as large
+    plan_mod.clear_plan_cache()
+    torch.manual_seed(0)
+    m = Twice()
+    g = to_neural_graph(m)
+    assert not plan_mod._PLANS  # dropped after the conversion
+    used = []
+    find = plan_mod.find_plan
+    monkeypatch.setattr(plan_mod, "find_plan", lambda *a, **k: used.append(find(*a, **k)) or used[-1])
+    assert_state_equal(m, from_neural_graph(g, m))
+    assert not plan_mod._PLANS  # and after reading back
+    assert used[0]._read_maps is None and len(used[0].edge_runs) >= 3
+    assert used[0].reads_only and "edge_conv" not in used[0].categories  # no geometry kept to read back
+    with pytest.raises(RuntimeError, match="traced to read graphs back"):
+        used[0].graph(m)
+    hits = (g.edge_attr[:, 24] == m.shared.weight[3, 1]).nonzero().view(-1)
+    g.edge_attr[hits[0], 24] += 1.0  # the first use now differs from the second
+    with pytest.raises(ValueError, match=r"parameter 'shared.weight'.*2 times.*element 13"):
         from_neural_graph(g, m)

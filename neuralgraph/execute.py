@@ -336,17 +336,21 @@ class _Run:
                 add(udst, out)
 
     def _subsample(self, e: Tensor, add) -> None:
-        """Subsample edges: output position ``o`` reads source position ``o * stride + offset`` per spatial dim, for
-        ``o < (n - block) // stride + 1`` (stride, offset and block size in the stride, padding and kernel columns of
-        ``edge_conv``), times the centre tap."""
+        """Subsample edges: output position ``o`` reads source position ``o * stride + offset - padding`` per spatial
+        dim (zero outside the source), for ``o < (n + 2 * padding - span) // stride + 1`` (stride, offset, padding and
+        span in the four column groups of ``edge_conv``), times the centre tap. A convolution's shifted map of kernel
+        offset ``t`` has offset ``t * dilation`` and span ``dilation * (k - 1) + 1``."""
         dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
         for row, eg in self._geometries(e):
-            stride, offset, _, block = row.view(4, dims).tolist()
+            stride, offset, padding, span = row.view(4, dims).tolist()
             for sel, udst, sl, dl, stack in self._split(e[eg], "map"):
                 sd = stack.dim() - 2
+                lead = dims - sd                                                     # unused leading dims
+                pads = [p for d in reversed(range(lead, dims)) for p in (padding[d], padding[d])]
+                stack = F.pad(stack, pads) if any(pads) else stack                    # [Cs, B, *(S + 2p)]
                 index = [slice(None), slice(None)]
-                for d in range(dims - sd, dims):
-                    n_out = (stack.size(2 + d - dims + sd) - block[d]) // stride[d] + 1
+                for d in range(lead, dims):
+                    n_out = (stack.size(2 + d - lead) - span[d]) // stride[d] + 1
                     index.append(slice(offset[d], offset[d] + stride[d] * (n_out - 1) + 1, stride[d]))
                 sub = stack[tuple(index)]                                             # [Cs, B, *S']
                 w = w_all[eg[sel]].to(sub.dtype).view(-1, *([1] * (sub.dim() - 1)))

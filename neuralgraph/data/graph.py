@@ -30,8 +30,9 @@ field            shape/dtype   meaning
 ``edge_kind``    [E] int8      :data:`EDGE_KINDS`
 ``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim
                  int16         (1, 0, 1, 1 for non-conv edges); ``conv_transpose``: output_padding
-                               in the dilation columns; ``subsample`` / ``upsample``: stride, offset
-                               (padding columns), block / fill size (kernel columns); ``tokens`` /
+                               in the dilation columns; ``subsample``: stride, offset (padding
+                               columns), zero padding (dilation columns), span (kernel columns);
+                               ``upsample``: stride, offset, (unused), fill size; ``tokens`` /
                                ``position`` edges: start, length, drop, then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
@@ -113,8 +114,10 @@ EDGE_KIND_TABLE = (
              "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
              "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
     EdgeKind("subsample", False, True, "subsample", "map", ("tab:gray", ":"),
-             "every stride-th position of the source map from an offset (a patch embedding's pixel (i, j) of "
-             "each patch, PixelUnshuffle): stride, offset (padding columns) and block size (kernel columns)"),
+             "every stride-th position of the zero-padded source map from an offset (a large kernel's shifted map "
+             "in[c, stride * y + t * dilation - padding], a patch embedding's pixel (i, j) of each patch, "
+             "PixelUnshuffle): stride, offset (padding columns), zero padding (dilation columns) and span (kernel "
+             "columns): o < (n + 2 * padding - span) // stride + 1 positions"),
     EdgeKind("conv_transpose", True, True, "conv_transpose", "map", ("tab:cyan", "-"),
              "a transposed convolution kernel weight[c_in, c_out], zero-padded and centred; stride, padding, "
              "output_padding (dilation columns) and kernel size in edge_conv"),
@@ -128,7 +131,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 9
+FORMAT_VERSION = 10
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")

@@ -1,4 +1,7 @@
 """CNNs: kernel padding, geometry, groups, residual CNNs, ResNets, flattening."""
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -254,3 +257,122 @@ def test_convolutions_read_the_map_so_a_pooled_neuron_needs_no_copy():
                       nn.Flatten(), nn.Linear(3, 2))
     g = check_all(m, torch.randn(2, 1, 7, 7))
     assert g.num_nodes == 1 + 3 + 3 + 2 and not (g.edge_kind == EDGE_KIND["identity"]).any()
+
+
+# ---------------------------------------------------------------------------- kernels larger than max_kernel
+def _net(conv: nn.Module, sdims: int) -> nn.Sequential:
+    """``conv`` between a ReLU and a plain 3-wide conv (so the large kernel's neurons feed and are fed by a
+    layer), global pooling and a linear head."""
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[sdims]
+    pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[sdims]
+    return nn.Sequential(cls(conv.in_channels, conv.in_channels, 1), nn.ReLU(), conv, nn.Tanh(),
+                         cls(conv.out_channels, 3, 3, padding=1), pool(1), nn.Flatten(), nn.Linear(3, 2))
+
+
+LARGE = {  # name: (conv, input, max_kernel)
+    "stride1-valid": (lambda: nn.Conv2d(3, 4, 5), (2, 3, 9, 8), (3, 3)),
+    "resnet-stem": (lambda: nn.Conv2d(3, 4, 7, stride=2, padding=3, bias=False), (2, 3, 13, 12), (3, 3)),
+    "dilated-grouped": (lambda: nn.Conv2d(4, 6, 5, padding=4, dilation=2, groups=2), (2, 4, 9, 10), (3, 3)),
+    "depthwise-same": (lambda: nn.Conv2d(4, 4, 7, padding="same", groups=4), (2, 4, 8, 9), (3, 3)),
+    "one-dim-too-large": (lambda: nn.Conv2d(3, 2, (5, 3), stride=(2, 1), padding=(2, 0)), (2, 3, 9, 7), (3, 3)),
+    "alexnet-stem": (lambda: nn.Conv2d(3, 4, 11, stride=4, padding=2), (2, 3, 23, 21), (7, 7)),
+    "patches": (lambda: nn.Conv2d(3, 4, 4, stride=4), (2, 3, 8, 12), (3, 3)),
+    "conv1d-in-2d": (lambda: nn.Conv1d(2, 3, 9, stride=2, padding=4, dilation=2), (2, 2, 21), (3, 3)),
+    "conv1d": (lambda: nn.Conv1d(2, 4, 5, stride=2, padding=2, groups=2), (2, 2, 11), (3,)),
+    "conv3d": (lambda: nn.Conv3d(2, 3, (5, 3, 5), stride=(1, 2, 2), padding=(2, 0, 1)), (2, 2, 6, 7, 8), (3, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_kernel_larger_than_max_kernel_is_shifted_maps_and_a_1x1_conv(name):
+    """Executor == module and an exact round trip; the structure: one shifted neuron (one subsample edge) per
+    (input channel, kernel offset), and 1x1 conv edges only within a group, one tap each."""
+    make, shape, max_kernel = LARGE[name]
+    torch.manual_seed(0)
+    conv = make()
+    m = _net(conv, len(shape) - 2)
+    g = check_all(m, torch.randn(*shape), max_kernel=max_kernel)
+    k = math.prod(conv.kernel_size)
+    sub = g.edge_kind == EDGE_KIND["subsample"]
+    assert int(sub.sum()) == conv.in_channels * k
+    # the shifted neurons are exactly the subsample edges' targets, each fed once
+    shifted = g.edge_index[1, sub]
+    assert shifted.unique().numel() == shifted.numel()
+    into_large = torch.isin(g.edge_index[0], shifted)
+    assert int(into_large.sum()) == conv.out_channels * conv.in_channels // conv.groups * k
+    assert (g.edge_kind[into_large] == EDGE_KIND["conv"]).all()
+    centre = kernel_taps((1,), max_kernel)
+    attr = g.edge_attr[into_large].clone()
+    assert sorted(attr[:, centre].view(-1).tolist()) == sorted(conv.weight.view(-1).tolist())
+    attr[:, centre] = 0
+    assert attr.eq(0).all()  # one tap per edge
+
+
+def test_shifted_geometry_columns():
+    """``subsample`` rows: stride | offset (kernel offset x dilation) | zero padding | span (dilation (k - 1) + 1)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, (5, 4), stride=(2, 3), padding=(3, 1), dilation=(2, 1))
+    g = check_all(_net(conv, 2), torch.randn(2, 1, 12, 11), max_kernel=(3, 3))
+    rows = {tuple(r) for r in g.edge_conv[g.edge_kind == EDGE_KIND["subsample"]].tolist()}
+    assert rows == {(2, 3, 2 * i, j, 3, 1, 9, 4) for i in range(5) for j in range(4)}
+
+
+def test_shifted_conv_padding_changes_the_graph():
+    """Two large convs that differ only in padding compute different functions and give different graphs."""
+    torch.manual_seed(0)
+    a = _net(nn.Conv2d(2, 3, 5, padding=2), 2)
+    b = copy.deepcopy(a)
+    b[2].padding = (1, 1)
+    ga, gb = to_neural_graph(a, max_kernel=(3, 3)), to_neural_graph(b, max_kernel=(3, 3))
+    assert torch.equal(ga.edge_attr, gb.edge_attr) and not torch.equal(ga.edge_conv, gb.edge_conv)
+    check_all(b, torch.randn(2, 2, 9, 9), max_kernel=(3, 3))
+
+
+def test_shifted_conv_symmetry():
+    """Permuting the hidden channels around a 7x7 strided conv and a 5x5 depthwise conv (both converted as shifted
+    maps at max_kernel=(3, 3)) keeps the function and gives an isomorphic graph."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 7, stride=2, padding=3), nn.ReLU(),
+                      nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(8, 3))
+    x = torch.randn(2, 3, 11, 10)
+    gen = torch.Generator().manual_seed(1)
+    p1, p2 = torch.randperm(6, generator=gen), torch.randperm(8, generator=gen)
+    p = copy.deepcopy(m)
+    permute_out(p[0], p1)
+    permute_in(p[2], p1)
+    permute_out(p[2], p2)
+    permute_out(p[4], p2)  # depthwise: each channel's kernel moves with it
+    permute_in(p[8], p2)
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    g, gp = check_all(m, x, max_kernel=(3, 3)), check_all(p, x, max_kernel=(3, 3))
+    assert_isomorphic(g, gp)
+
+
+def test_kernel_equal_to_max_kernel_is_a_plain_conv_edge():
+    torch.manual_seed(0)
+    for conv, shape, max_kernel in ((nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 8, 8), (3, 3)),
+                                    (nn.Conv2d(3, 4, 7), (2, 3, 9, 9), (7, 7)),
+                                    (nn.Conv1d(2, 4, 3), (2, 2, 9), (3, 3))):
+        g = check_all(_net(conv, len(shape) - 2), torch.randn(*shape), max_kernel=max_kernel)
+        assert not (g.edge_kind == EDGE_KIND["subsample"]).any()
+        assert g.num_nodes == conv.in_channels * 2 + conv.out_channels + 3 + 2
+
+
+def test_too_large_geometry_is_refused_by_name():
+    # a kernel offset of 2 * 20000 does not fit edge_conv's int16
+    m = _net(nn.Conv2d(1, 1, (3, 1), dilation=(20000, 1)), 2)
+    with pytest.raises(UnsupportedModuleError, match=r"2 \(.*Conv2d\): edge_conv value 40001 of subsample edges "
+                                                   r"does not fit its dtype int16"):
+        to_neural_graph(m, max_kernel=(1, 1))
+    # a 3-d kernel with a 2-d max_kernel: the geometry has no column for the third dim
+    m3 = nn.Sequential(nn.Conv3d(1, 2, 5), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 1))
+    with pytest.raises(UnsupportedModuleError, match=r"0 \(.*Conv3d\): a 3-d kernel \(5, 5, 5\) needs a 3-d "
+                                                     r"max_kernel.*max_kernel=\(5, 7, 7\)"):
+        to_neural_graph(m3)
+    # padding="same" with an even kernel pads one side more, also when the kernel is decomposed
+    with pytest.raises(UnsupportedModuleError, match=r"padding='same' with kernel \(4, 4\)"):
+        to_neural_graph(_net(nn.Conv2d(1, 2, 4, padding="same"), 2), max_kernel=(3, 3))
+    with pytest.raises(UnsupportedModuleError, match=r"padding_mode='reflect'"):
+        to_neural_graph(_net(nn.Conv2d(1, 2, 5, padding=2, padding_mode="reflect"), 2), max_kernel=(3, 3))

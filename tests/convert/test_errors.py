@@ -5,6 +5,7 @@ from torch import nn
 
 from neuralgraph import UnsupportedModuleError, to_neural_graph
 from neuralgraph.convert import activation_id, register_activation
+from neuralgraph.data.graph import EDGE_KIND
 
 
 class WithLSTM(nn.Module):
@@ -92,12 +93,15 @@ def test_unsupported_operations_are_named():
         to_neural_graph(UsesParameterDirectly())
 
 
-def test_kernel_larger_than_max_kernel_suggests_the_fix():
+def test_kernel_larger_than_max_kernel_converts_or_suggests_the_fix():
     m = nn.Sequential(nn.Conv2d(1, 2, 9), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1))
-    with pytest.raises(UnsupportedModuleError, match=r"0 \(.*Conv2d\): kernel \(9, 9\) does not fit "
-                                                     r"max_kernel=\(7, 7\).*max_kernel=\(9, 9\)"):
-        to_neural_graph(m)
+    # decomposed (tests/convert/test_conv.py) at the default max_kernel; whole 81-tap kernels with max_kernel=(9, 9)
+    assert (to_neural_graph(m).edge_kind == EDGE_KIND["subsample"]).sum() == 81
     assert to_neural_graph(m, max_kernel=(9, 9)).edge_attr.size(1) == 81
+    m3 = nn.Sequential(nn.Conv3d(1, 2, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 1))
+    with pytest.raises(UnsupportedModuleError, match=r"0 \(.*Conv3d\): a 3-d kernel \(3, 3, 3\) needs a 3-d "
+                                                     r"max_kernel, got max_kernel=\(7, 7\).*max_kernel=\(3, 7, 7\)"):
+        to_neural_graph(m3)
 
 
 def test_bad_options_and_nan_parameters():

@@ -77,21 +77,19 @@ def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...
     out_channels, in_pg, kernel_size = shape[0], shape[1], tuple(shape[2:])
     in_channels = in_pg * groups
     sdims = len(kernel_size)
-    dims = max(sdims, len(cfg.max_kernel))
-    want = (1,) * (dims - sdims) + kernel_size
-    have = (1,) * (dims - len(cfg.max_kernel)) + cfg.max_kernel
-    if sdims > len(cfg.max_kernel) or any(k > K for k, K in zip(want, have)):
-        if sdims <= len(cfg.max_kernel) and tuple(stride) == kernel_size and set(dilation) == {1} and groups == 1 \
-                and not any(_padding(padding, kernel_size, dilation)):
-            return _patches(ctx, node, x, weight, bias, shape)
-        fix = tuple(max(k, K) for k, K in zip(want, have))
-        raise ctx.unsupported(node, f"kernel {kernel_size} does not fit max_kernel={cfg.max_kernel} (a kernel that "
-                                    "equals its stride, a patch embedding, converts at any size); convert with a "
-                                    f"larger one: to_neural_graph(model, max_kernel={fix})")
     if padding == "same" and any(d * (k - 1) % 2 for d, k in zip(dilation, kernel_size)):
         raise ctx.unsupported(node, f"padding='same' with kernel {kernel_size} and dilation {tuple(dilation)} pads "
                                     "one side more than the other, which edge_conv (one padding per dim) cannot "
                                     "store; pad explicitly or use an odd kernel")
+    if sdims > len(cfg.max_kernel):
+        fix = tuple(max(k, K) for k, K in zip(kernel_size, (1,) * (sdims - len(cfg.max_kernel)) + cfg.max_kernel))
+        raise ctx.unsupported(node, f"a {sdims}-d kernel {kernel_size} needs a {sdims}-d max_kernel, got "
+                                    f"max_kernel={cfg.max_kernel}; convert with e.g. "
+                                    f"to_neural_graph(model, max_kernel={fix}) (a kernel larger than max_kernel "
+                                    "is converted as shifted maps and a 1x1 convolution)")
+    if any(k > K for k, K in zip(kernel_size, cfg.max_kernel[len(cfg.max_kernel) - sdims:])):
+        return _shifted(ctx, node, x, weight, bias, shape, tuple(stride), _padding(padding, kernel_size, dilation),
+                        tuple(dilation), groups)
     src_nodes = ctx.as_map(node, x, in_channels, sdims)
     b.check_size(out_channels * in_pg, out_channels * in_pg * math.prod(kernel_size))  # before allocating
     out = b.add_nodes(out_channels, b.next_layer(src_nodes))
@@ -115,28 +113,42 @@ def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...
     return Val(out, "map", sdims=sdims, positions=None)
 
 
-def _patches(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...]) -> Val:
-    """A convolution whose kernel equals its stride (a ViT's patch embedding, ``kernel = stride = 16``) and exceeds
-    ``max_kernel``: its input cut into patches, one neuron per (input channel, pixel of a patch) fed by a
-    ``subsample`` edge (that pixel of every patch), then a 1x1 convolution carrying ``weight[o, c, i, j]`` on the
-    centre tap of edge ``(c, i, j) -> o``. The same function with one tap per weight instead of a 256-tap kernel."""
+def _shifted(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...], stride: tuple[int, ...],
+             padding: tuple[int, ...], dilation: tuple[int, ...], groups: int) -> Val:
+    """A convolution whose kernel exceeds ``max_kernel`` (alexnet's 11x11 stem, ResNet's 7x7 one at
+    ``max_kernel=(3, 3)``, a ViT's 16x16 patch embedding), exactly: one neuron per (input channel ``c``, kernel
+    offset ``t``) holding the shifted, subsampled map ``in[c, stride * y + t * dilation - padding]`` (zero outside the
+    input), fed by one ``subsample`` edge from ``c``; then a 1x1 convolution whose edge ``(c, t) -> o`` carries
+    ``weight[o, c', t]`` (``c'``: ``c``'s index in ``o``'s group) on the centre tap, only within ``o``'s group.
+    The same function with one tap per weight instead of a ``prod(kernel)``-tap kernel on every edge.
+
+    Shapes:
+        weight ``[C_out, C_in / groups, *k]``: ``C_in * prod(k)`` shifted neurons and subsample edges, then
+        ``C_out * C_in / groups * prod(k)`` 1x1 conv edges.
+    """
     b, cfg = ctx.builder, ctx.config
-    out_channels, in_channels, kernel_size = shape[0], shape[1], tuple(shape[2:])
+    out_channels, in_pg, kernel_size = shape[0], shape[1], tuple(shape[2:])
+    in_channels, out_pg = in_pg * groups, shape[0] // groups
     sdims, pad = len(kernel_size), len(cfg.max_kernel) - len(kernel_size)
-    src_nodes = ctx.as_map(node, x, in_channels, sdims)
     k = math.prod(kernel_size)
-    b.check_size(in_channels * k * (out_channels + 1), out_channels * in_channels * k)  # before allocating
-    pieces = b.add_nodes(in_channels * k, b.next_layer(src_nodes)).view(in_channels, k)   # [C_in, k]
+    span = tuple(d * (s - 1) + 1 for d, s in zip(dilation, kernel_size))  # input extent of one output position
+    src_nodes = ctx.as_map(node, x, in_channels, sdims)
+    b.check_size(in_channels * k + out_channels * in_pg * k, out_channels * in_pg * k)  # before allocating
+    shifted = b.add_nodes(in_channels * k, b.next_layer(src_nodes)).view(in_channels, k)  # [C_in, k]
     for t, offset in enumerate(itertools.product(*(range(s) for s in kernel_size))):
-        geometry = ((1,) * pad + kernel_size + (0,) * pad + offset + (1,) * (pad + sdims) + (1,) * pad
-                    + kernel_size)
-        b.add_edges(src_nodes, pieces[:, t], "subsample", geometry=geometry, const=1.0)
-    out = b.add_nodes(out_channels, b.next_layer(pieces.reshape(-1)))
+        # subsample geometry: stride | offset | zero padding | span per dim (data.graph.EDGE_KIND_TABLE)
+        geometry = ((1,) * pad + stride + (0,) * pad + tuple(o * d for o, d in zip(offset, dilation))
+                    + (0,) * pad + padding + (1,) * pad + span)
+        b.add_edges(src_nodes, shifted[:, t], "subsample", geometry=geometry, const=1.0)
+    out = b.add_nodes(out_channels, b.next_layer(shifted.reshape(-1)))
     b.register_param(weight, shape)
-    # edge (o, c, t) carries weight[o, c, *offset_t]: flat element (o * C_in + c) * k + t
-    b.add_edges(pieces.reshape(-1).repeat(out_channels), out.repeat_interleave(in_channels * k), "conv",
-                sources=[(weight, torch.arange(out_channels * in_channels * k).view(-1, 1),
-                          kernel_taps((1,) * sdims, cfg.max_kernel))])
+    # edge (o, j, t): output o, j-th input channel of o's group, offset t; it carries weight[o, j, *offset_t], the
+    # flat element (o * in_pg + j) * k + t
+    o = torch.arange(out_channels).repeat_interleave(in_pg * k)                      # [E]
+    jt = torch.arange(in_pg * k).repeat(out_channels)                                # [E]
+    src = shifted.view(groups, in_pg * k)[o // out_pg, jt]                           # [E]
+    b.add_edges(src, out[o], "conv", sources=[(weight, torch.arange(out_channels * in_pg * k).view(-1, 1),
+                                               kernel_taps((1,) * sdims, cfg.max_kernel))])
     b.layers.append((weight, bias))
     if bias is not None:
         b.add_node_param(out, bias, torch.arange(out_channels))

@@ -157,7 +157,7 @@ def pixel_unshuffle(ctx, node, x: Val, r: int) -> Val:
     new = b.add_nodes(x.channels * k, b.next_layer(x.nodes)).view(-1, k)              # [C, r^sd]
     pad = _lead(ctx, sd)
     for t, offset in enumerate(itertools.product(range(r), repeat=sd)):
-        geometry = (1,) * pad + (r,) * sd + (0,) * pad + offset + (1,) * (pad + sd) + (1,) * pad + (r,) * sd
+        geometry = (1,) * pad + (r,) * sd + (0,) * pad + offset + (0,) * (pad + sd) + (1,) * pad + (r,) * sd
         b.add_edges(x.nodes, new[:, t], "subsample", geometry=geometry, const=1.0)
     return Val(new.reshape(-1), "map", sd)
 

@@ -34,6 +34,7 @@ CASES = {
 LARGE = {
     "ResNet-18 (torchvision replica)": (resnet18, {}),
     "ResNet-50 (torchvision replica)": (resnet50, {}),
+    "ResNet-50, max_kernel=(3, 3)": (resnet50, {"max_kernel": (3, 3)}),  # its 7x7 stem as shifted maps
     "VGG-11 (torchvision replica)": (VGG11, {}),
     "VGG-11, max_kernel=(3, 3)": (VGG11, {"max_kernel": (3, 3)}),
 }

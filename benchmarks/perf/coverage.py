@@ -50,6 +50,7 @@ class Case:
 CASES = [
     Case("torchvision/resnet18"),
     Case("torchvision/resnet50"),
+    Case("torchvision/resnet50", convert={"max_kernel": (3, 3)}),  # its 7x7 stem as shifted maps: 9 taps per edge
     Case("torchvision/resnext50_32x4d"),
     Case("torchvision/wide_resnet50_2"),
     Case("torchvision/densenet121"),
@@ -64,8 +65,9 @@ CASES = [
     Case("torchvision/regnet_y_400mf"),
     Case("torchvision/shufflenet_v2_x0_5"),
     Case("torchvision/convnext_tiny"),
+    Case("torchvision/convnext_tiny", convert={"max_kernel": (3, 3)}),  # 7x7 depthwise convs as shifted maps
     Case("torchvision/vit_b_16", kwargs={"image_size": 32}, convert={"max_kernel": (3, 3)}),
-    Case("torchvision/alexnet", size=224),
+    Case("torchvision/alexnet", size=224),  # its 11x11 stem as shifted maps at the default max_kernel
     Case("torchvision/vgg11", size=224),  # refused at the default max_kernel: about 28 GB
     Case("torchvision/vgg11", size=224, convert={"max_kernel": (3, 3)}),
     Case("torchvision/swin_t"),

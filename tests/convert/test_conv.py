@@ -10,6 +10,7 @@ from torch import nn
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert.rules.conv import kernel_taps
 from neuralgraph.data.graph import EDGE_KIND, POOL, ROLE
+from neuralgraph.transforms import PermuteNeurons
 from tests.helpers.nets import SmallResNet, WildParkCNN, permute_resnet, permute_wildpark
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, permute_in, permute_out)
@@ -348,6 +349,10 @@ def test_shifted_conv_symmetry():
     assert_same_function(m, p, x)
     g, gp = check_all(m, x, max_kernel=(3, 3)), check_all(p, x, max_kernel=(3, 3))
     assert_isomorphic(g, gp)
+    # the graph's own symmetries (PermuteNeurons) move the shifted neurons with their channel: same function
+    moved = from_neural_graph(PermuteNeurons(seed=0)(g), m, max_kernel=(3, 3))
+    assert_params_moved(m, moved)
+    assert_same_function(m, moved, x)
 
 
 def test_kernel_equal_to_max_kernel_is_a_plain_conv_edge():

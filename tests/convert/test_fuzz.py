@@ -277,7 +277,8 @@ def linear_block(draw, v: Value, net: Net, final: bool = False) -> Value:
 
 # ---------------------------------------------------------------------------------- convolutions
 def conv_params(draw, s: tuple[int, ...], variant: str):
-    k = draw(st.sampled_from([1, 2, 3, 5])) if variant == "plain" else draw(st.sampled_from([1, 2, 3]))
+    # kernels beyond max_kernel (the config draws (5, 5), (3, 5), (7,) too) convert as shifted maps + a 1x1 conv
+    k = draw(st.sampled_from([1, 2, 3, 5, 9])) if variant == "plain" else draw(st.sampled_from([1, 2, 3, 5]))
     stride = 2 if variant == "strided" else 1
     dil = 2 if variant == "dilated" else 1
     pads = [0, dil * (k // 2)] + (["same"] if stride == 1 else [])
@@ -295,7 +296,7 @@ def conv_block(draw, v: Value, net: Net) -> Value:
     variant = draw(st.sampled_from(["plain", "strided", "dilated", "grouped", "depthwise_separable"]))
     lin = v.layout
     if variant == "depthwise_separable":
-        k = draw(st.sampled_from([1, 3, 5]))
+        k = draw(st.sampled_from([1, 3, 5, 9]))
         dw = Conv(cin, cin, k, padding=k // 2, groups=cin, bias=draw(st.booleans()))
         cout = width(draw)
         pw = Conv(cin, cout, 1, bias=draw(st.booleans()))
@@ -901,7 +902,7 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
         # KNOWN GAP: a one-token sequence [B, 1, d] (x[:, :1], or x[:, 1:] of two tokens) is refused, not converted
         kinds += ["token_slice", "token_roll"] if tokens > 1 else []
     else:  # a linear / LayerNorm on the last dim of the raw input is a per-position layer, not an error
-        kinds = common + ["big_kernel", "spatial_cat", "interpolate_bilinear"] + (
+        kinds = common + ["spatial_cat", "interpolate_bilinear"] + (
             ["linear_on_map", "layernorm_map"] if net.blocks else [])
     specific = [k for k in kinds if k not in common]
     kind = draw(st.sampled_from(specific if specific and draw(st.booleans()) else common))
@@ -926,8 +927,6 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
         mod = nn.Linear(spatial[-1], spatial[-1])
     elif kind == "layernorm_map":
         mod = nn.LayerNorm(spatial[-1])
-    elif kind == "big_kernel":
-        mod = conv_cls(sd)(d, d, 9, padding=4)
     elif kind == "spatial_cat":
         spatial = spatial[:-1] + (2 * spatial[-1],)
     elif kind == "interpolate_bilinear":
@@ -982,9 +981,8 @@ class Case:
             if isinstance(conv, (nn.Conv1d, nn.Conv2d)):
                 if conv.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size)):
                     return "asymmetric_same_padding"
-                k = tuple(conv.kernel_size)
-                if len(k) > len(mk) or any(a > b for a, b in zip((1,) * (len(mk) - len(k)) + k, mk)):
-                    return "kernel_exceeds_max_kernel"
+                if len(conv.kernel_size) > len(mk):  # a larger kernel converts, one with more dims is refused
+                    return "kernel_dims_exceed_max_kernel"
         return None
 
     def __repr__(self) -> str:

@@ -12,7 +12,9 @@ class ConvertConfig:
     Args:
         max_kernel (tuple[int, ...]): maximum kernel size; every kernel is zero-padded, centred, to it
             and flattened, so ``F_edge = prod(max_kernel)``. Lower-dimensional kernels fill its trailing
-            dims (a Conv1d kernel of 3 becomes a 1x3 kernel in the middle row). (default: ``(7, 7)``)
+            dims (a Conv1d kernel of 3 becomes a 1x3 kernel in the middle row). A larger kernel converts exactly as
+            one neuron per (input channel, kernel offset) and a 1x1 convolution (``rules/conv.py``), so a small
+            ``max_kernel`` shrinks the graph: ResNet-50 at ``(3, 3)``. (default: ``(7, 7)``)
         flatten (str): how a flattened ``C x P`` feature map feeds a linear layer: ``"virtual"`` adds a
             virtual layer of ``C * P`` nodes, one per channel and position, each fed by its channel with
             an identity edge; ``"repeat"`` copies each channel node (with its incoming edges) once per

@@ -228,8 +228,10 @@ def main() -> None:
                                                 "or just resnet18 for every library that has it); default all")
     ap.add_argument("--max-mb", type=int, default=DEFAULT_MAX_MB, help="address-space limit per model (MB)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
-    ap.add_argument("--json", default="results/perf/coverage.json", help="write the rows here as JSON")
-    ap.add_argument("--markdown", default="results/perf/coverage.md", help="write the table here (Markdown)")
+    ap.add_argument("--json", default=None, help="write the rows here as JSON (default, for a run of every "
+                    "model: results/perf/coverage.json; a --models run writes only where asked)")
+    ap.add_argument("--markdown", default=None, help="write the table here (Markdown; default as for --json: "
+                    "results/perf/coverage.md)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case (JSON) in this process
     args = ap.parse_args()
     if args.one:
@@ -240,6 +242,9 @@ def main() -> None:
         print(json.dumps(run_one(Case(**case))), flush=True)
         return
     cases = CASES
+    if not args.models:  # the committed table is only ever replaced by a run of every model
+        args.json = args.json or "results/perf/coverage.json"
+        args.markdown = args.markdown or "results/perf/coverage.md"
     if args.models:
         cases = [c for c in CASES if c.name in args.models or c.name.split("/", 1)[1] in args.models]
         unknown = set(args.models) - {c.name for c in cases} - {c.name.split("/", 1)[1] for c in cases}

@@ -42,7 +42,8 @@ def test_compact_geometry_and_constants_round_trip():
     m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3, eps=1e-3), nn.ReLU(),
                       nn.Conv2d(3, 3, 5, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
     g = to_neural_graph(m)
-    assert g.edge_conv.dtype == FIELD_DTYPES["edge_conv"] == torch.int16 and g.edge_kind.dtype == torch.int8
+    assert g.geometry.dtype == FIELD_DTYPES["geometry"] == torch.int16 and g.edge_kind.dtype == torch.int8
+    assert g.edge_geom.dtype == FIELD_DTYPES["edge_geom"] == torch.int32 and g.geometry.size(0) == 3  # 2 conv, 1 other
     conv = g.edge_conv[g.edge_kind == 1]
     assert {tuple(r) for r in conv.tolist()} == {(2, 2, 1, 1, 1, 1, 3, 3), (1, 1, 0, 0, 2, 2, 5, 5)}
     plan = get_plan(m)

@@ -259,8 +259,10 @@ class NeuralGraph(Data):
 
     @edge_conv.setter
     def edge_conv(self, value: Any) -> None:
-        raise AttributeError("edge_conv is derived from geometry and edge_geom (format 10); set those, e.g. "
-                             "g.geometry, g.edge_geom = neuralgraph.data.graph.geometry_table(rows)")
+        raise AttributeError("edge_conv is derived from geometry and edge_geom since format 10; set those: "
+                             "g.geometry, g.edge_geom = neuralgraph.data.graph.geometry_table(rows). Fields of a graph "
+                             "of format 9 or older (a per-edge edge_conv) are upgraded the same way (or convert the "
+                             "model again)")
 
     def __getattr__(self, key: str) -> Any:
         if key in ("geometry", "edge_geom") and "_store" in self.__dict__ and "edge_conv" in self._store:

@@ -10,7 +10,8 @@ from neuralgraph import NeuralGraph, execute, to_neural_graph
 from neuralgraph.data import graph as graph_mod
 from neuralgraph.data.graph import FieldRangeError, geometry_table
 from neuralgraph.nn import EncoderConfig, NeuralGraphEncoder
-from tests.helpers.nets import MLP, SmallResNet, WildParkCNN
+from tests.convert.test_tokens import TinyViT
+from tests.helpers.nets import MLP, SmallResNet, WildParkCNN, randomize
 
 
 def _nets():
@@ -18,7 +19,8 @@ def _nets():
     up = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Upsample(scale_factor=2),
                        nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1),
                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
-    return [WildParkCNN().eval(), MLP().eval(), up.eval(), SmallResNet().eval()]
+    vit = randomize(TinyViT(pool="avg", prefix=2))  # tokens / position edges: grouped by their first 3 columns
+    return [WildParkCNN().eval(), MLP().eval(), up.eval(), SmallResNet().eval(), vit.eval()]
 
 
 def test_conversion_stores_each_distinct_geometry_once():
@@ -36,7 +38,9 @@ def test_conversion_stores_each_distinct_geometry_once():
 
 def test_a_batch_offsets_the_index_and_executes_and_embeds_like_its_graphs_apart():
     nets = _nets()
-    graphs = [to_neural_graph(m) for m in nets]
+    inputs = [torch.randn(2, 1, 16, 16), torch.randn(2, 6), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 16, 16),
+              torch.randn(2, 3, 8, 8)]
+    graphs = [to_neural_graph(m, example_input=x) for m, x in zip(nets, inputs)]
     assert len({g.geometry.size(0) for g in graphs}) > 1  # tables of different sizes
     batch = next(iter(DataLoader(graphs, batch_size=len(graphs))))
     start = 0
@@ -47,7 +51,6 @@ def test_a_batch_offsets_the_index_and_executes_and_embeds_like_its_graphs_apart
     assert batch.geometry.size(0) == start
     assert torch.equal(batch.edge_geom, torch.cat([g.edge_geom + o for g, o in zip(graphs, offsets)]))
     assert torch.equal(batch.edge_conv, torch.cat([g.edge_conv for g in graphs]))  # every edge keeps its row
-    inputs = [torch.randn(2, 1, 16, 16), torch.randn(2, 6), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 16, 16)]
     for i, (m, g, x) in enumerate(zip(nets, graphs, inputs)):
         back = batch.get_example(i)
         assert torch.equal(back.edge_geom, g.edge_geom) and torch.equal(back.geometry, g.geometry)

@@ -66,7 +66,7 @@ def _lift(t: Tensor, rank: int) -> Tensor:
 
 
 def _infer_max_kernel(g: NeuralGraph) -> tuple[int, ...]:
-    dims, taps = g.edge_conv.size(1) // 4, g.edge_attr.size(1)
+    dims, taps = g.geometry.size(1) // 4, g.edge_attr.size(1)
     k = round(taps ** (1 / dims)) if dims else 0
     if dims == 0 or k ** dims != taps:
         raise ValueError(f"cannot infer max_kernel from {taps} edge features and {dims} spatial dims; pass "
@@ -103,9 +103,9 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         raise ValueError(f"execute runs one graph; got a batch of {graph.num_graphs}: run "
                          "batch.get_example(i) for each")
     mk = tuple(max_kernel) if max_kernel is not None else _infer_max_kernel(graph)
-    if math.prod(mk) != graph.edge_attr.size(1) or 4 * len(mk) != graph.edge_conv.size(1):
+    if math.prod(mk) != graph.edge_attr.size(1) or 4 * len(mk) != graph.geometry.size(1):
         raise ValueError(f"max_kernel={mk} does not match the graph ({graph.edge_attr.size(1)} edge features, "
-                         f"{graph.edge_conv.size(1) // 4} spatial dims)")
+                         f"{graph.geometry.size(1) // 4} spatial dims)")
     return _Run(graph, x, mk, tokens).outputs()
 
 
@@ -311,12 +311,15 @@ class _Run:
             add([j], out.unsqueeze(0))
 
     def _geometries(self, e: Tensor, columns: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-        """The edges ``e`` grouped by their ``edge_conv`` row (or its first ``columns``): per distinct row, the row
+        """The edges ``e`` grouped by their ``geometry`` row (or its first ``columns``): per distinct row, the row
         and the positions in ``e`` of the edges that have it."""
-        conv = self.g.edge_conv[e] if columns is None else self.g.edge_conv[e, :columns]
-        uniq, inverse = torch.unique(conv.long(), dim=0, return_inverse=True)
+        used, inverse = torch.unique(self.g.edge_geom[e].long(), return_inverse=True)  # table rows of e's edges
+        rows = self.g.geometry[used].long()
+        # rows equal in their first `columns` (or repeated in a table built by hand) form one group
+        uniq, row_group = torch.unique(rows if columns is None else rows[:, :columns], dim=0, return_inverse=True)
+        group = row_group[inverse]                                                    # [len(e)]
         for u in range(uniq.size(0)):
-            yield uniq[u], (inverse == u).nonzero().view(-1)
+            yield uniq[u], (group == u).nonzero().view(-1)
 
     def _tokens(self, e: Tensor, add) -> None:
         """Token edges (``tokens``, ``position``): ``w`` times the source read as a token sequence (a map's positions
@@ -338,7 +341,7 @@ class _Run:
     def _subsample(self, e: Tensor, add) -> None:
         """Subsample edges: output position ``o`` reads source position ``o * stride + offset - padding`` per spatial
         dim (zero outside the source), for ``o < (n + 2 * padding - span) // stride + 1`` (stride, offset, padding and
-        span in the four column groups of ``edge_conv``), times the centre tap. A convolution's shifted map of kernel
+        span in the four column groups of ``geometry``), times the centre tap. A convolution's shifted map of kernel
         offset ``t`` has offset ``t * dilation`` and span ``dilation * (k - 1) + 1``."""
         dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
         for row, eg in self._geometries(e):
@@ -358,7 +361,7 @@ class _Run:
 
     def _upsample(self, e: Tensor, add) -> None:
         """Upsample edges: source position ``o`` fills target positions ``o * stride + offset`` to ``+ fill`` per
-        spatial dim (stride, offset, fill in the stride, padding and kernel columns of ``edge_conv``); the target
+        spatial dim (stride, offset, fill in the stride, padding and kernel columns of ``geometry``); the target
         has ``stride`` times the source's positions."""
         dims, w_all = len(self.mk), self.g.edge_attr[e, self.centre]
         for row, eg in self._geometries(e):
@@ -377,7 +380,7 @@ class _Run:
     def _conv_transpose(self, e: Tensor, add) -> None:
         """Transposed convolution edges: per geometry, one dense ``conv_transpose`` with a ``[Cs, Cd, *k]`` kernel
         (each edge's kernel cropped from the centred padding), stride, padding and output_padding from
-        ``edge_conv``."""
+        ``geometry``."""
         g, mk, dims = self.g, self.mk, len(self.mk)
         for row, pos in self._geometries(e):
             eg = e[pos]

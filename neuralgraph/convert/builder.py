@@ -238,7 +238,7 @@ class GraphBuilder:
         if src.numel() == 0:
             return
         if geometry is not None:
-            compact_field("edge_conv", geometry, f"{kind} edges")  # refused here, where the rule's module is known
+            compact_field("geometry", geometry, f"{kind} edges")  # refused here, where the rule's module is known
         for i in self._distinct(src):  # each source once: a dense layer lists it once per target
             self.frozen[i] = self.sourced[i] = True  # observed: its value is read
             if kind not in ("conv", "flatten"):
@@ -263,10 +263,10 @@ class GraphBuilder:
         """Memory to convert the graph built so far (the graph with its structure, which a large plan shares, and
         the builder's element lists), with ``taps`` edge features (default: the configuration's)."""
         taps = self.graph_taps if taps is None else taps
-        # the peak is the finished graph: edge_attr, edge_index, int8 kind, int16 geometry per edge (the builder's
-        # edge lists are freed before edge_attr is allocated); the builder's element index per parameter element
-        # (8 bytes) stands for what the plan keeps of it and the gather's temporaries
-        per_edge = 4 * taps + 16 + 1 + 2 * 4 * self.dims
+        # the peak is the finished graph: edge_attr, edge_index, int8 kind, int32 geometry row per edge (the
+        # builder's edge lists are freed before edge_attr is allocated); the builder's element index per parameter
+        # element (8 bytes) stands for what the plan keeps of it and the gather's temporaries
+        per_edge = 4 * taps + 16 + 1 + 4
         return self.num_edges * per_edge + 8 * self.num_taps
 
     def check_size(self, edges: int = 0, taps: int = 0) -> None:

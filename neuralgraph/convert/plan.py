@@ -144,8 +144,13 @@ class ConversionPlan:
         edge_kind = torch.empty(n_edges, dtype=FIELD_DTYPES["edge_kind"])
         #: a large plan traced only to read graphs back (never cached, see get_plan) holds no edge geometry
         self.reads_only = builder.graph_taps == 0 and n_edges > UNCACHED_EDGES
-        edge_conv = (None if self.reads_only else
-                     torch.empty(n_edges, 4 * len(cfg.max_kernel), dtype=FIELD_DTYPES["edge_conv"]))
+        # geometry: the distinct rows of the blocks (in order of first use) and per edge its row's index
+        rows_of: dict[tuple[int, ...], int] = {}
+        for blk, m in zip(builder.edges, sizes):
+            if m:
+                rows_of.setdefault(tuple(blk.geometry), len(rows_of))
+        compact_field("edge_geom", [len(rows_of) - 1], f"the {len(rows_of)} distinct edge geometries")
+        edge_geom = None if self.reads_only else torch.empty(n_edges, dtype=FIELD_DTYPES["edge_geom"])
         edge_src, edge_dst = torch.empty(n_taps, dtype=torch.long), torch.empty(n_taps, dtype=torch.long)
         c_pos, c_val = [], []
         rows = taps_done = 0
@@ -160,8 +165,8 @@ class ConversionPlan:
             edge_index[1, rows:rows + m] = remap[dst if ok is None else dst[ok]]
             del src, dst
             edge_kind[rows:rows + m] = compact_field("edge_kind", [blk.kind])
-            if edge_conv is not None:
-                edge_conv[rows:rows + m] = compact_field("edge_conv", blk.geometry, f"{EDGE_KINDS[blk.kind]} edges")
+            if edge_geom is not None:
+                edge_geom[rows:rows + m] = rows_of[tuple(blk.geometry)]
             edge_rows = torch.arange(rows, rows + m)
             # every block has rows of its own: its taps (parameters and constants) must be distinct
             const_taps = ((() if blk.const is None else ((centre, blk.const),)) + blk.tap_consts)
@@ -184,9 +189,11 @@ class ConversionPlan:
         self.num_edges = rows
         self.edge_index = edge_index
         self.categories["edge_kind"] = edge_kind
-        if edge_conv is not None:
-            self.categories["edge_conv"] = edge_conv
-        del edge_index, edge_kind, edge_conv
+        if edge_geom is not None:
+            self.categories["edge_geom"] = edge_geom
+            self.categories["geometry"] = compact_field(
+                "geometry", list(rows_of) or torch.empty(0, 4 * len(cfg.max_kernel), dtype=torch.long), "edges")
+        del edge_index, edge_kind, edge_geom
 
         n_src, n_dst = [], []
         for np_ in builder.node_params:

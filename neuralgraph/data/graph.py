@@ -28,12 +28,15 @@ field            shape/dtype   meaning
                                count_include_pad, divisor_override (0: none); defaults otherwise
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] int8      :data:`EDGE_KINDS`
-``edge_conv``    [E, 4*D]      stride, padding, dilation and kernel size per spatial dim
-                 int16         (1, 0, 1, 1 for non-conv edges); ``conv_transpose``: output_padding
-                               in the dilation columns; ``subsample``: stride, offset (padding
-                               columns), zero padding (dilation columns), span (kernel columns);
-                               ``upsample``: stride, offset, (unused), fill size; ``tokens`` /
-                               ``position`` edges: start, length, drop, then zeros (:func:`token_geometry`)
+``edge_geom``    [E] int32     row of ``geometry`` holding the edge's geometry (offset by the rows of
+                               earlier graphs when batched)
+``geometry``     [G, 4*D]      the graph's distinct edge geometries, one row each: stride, padding,
+                 int16         dilation and kernel size per spatial dim (1, 0, 1, 1 for non-conv
+                               edges); ``conv_transpose``: output_padding in the dilation columns;
+                               ``subsample``: stride, offset (padding columns), zero padding
+                               (dilation columns), span (kernel columns); ``upsample``: stride,
+                               offset, (unused), fill size; ``tokens`` / ``position`` edges: start,
+                               length, drop, then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations
@@ -83,7 +86,7 @@ class EdgeKind:
 EDGE_KIND_TABLE = (
     EdgeKind("linear", True, True, "scalar", "linear", ("tab:gray", "-"), "a Linear weight on the centre tap"),
     EdgeKind("conv", True, True, "conv", "map", ("tab:blue", "-"),
-             "a convolution kernel, zero-padded and centred; geometry in edge_conv"),
+             "a convolution kernel, zero-padded and centred; stride, padding, dilation, kernel size in geometry"),
     EdgeKind("residual", False, True, "scalar", "value", ("tab:red", "--"), "a residual addition (1 on the centre)"),
     EdgeKind("identity", False, True, "scalar", "value", ("tab:purple", ":"),
              "a copy of the source, or a constant scale c * x (c on the centre)"),
@@ -109,7 +112,7 @@ EDGE_KIND_TABLE = (
              "a per-channel scale parameter read in forward (a layer scale gamma * x) on the centre"),
     EdgeKind("tokens", False, True, "tokens", "value", ("tab:brown", "--"),
              "a token-sequence layout: the source's tokens (a map's positions, flattened) shifted by start, the "
-             "target's length; token selection x[:, i] (geometry in the first three edge_conv columns)"),
+             "target's length; token selection x[:, i] (geometry: its first three columns)"),
     EdgeKind("position", True, True, "tokens", "value", ("tab:olive", ":"),
              "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
              "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
@@ -120,7 +123,7 @@ EDGE_KIND_TABLE = (
              "columns): o < (n + 2 * padding - span) // stride + 1 positions"),
     EdgeKind("conv_transpose", True, True, "conv_transpose", "map", ("tab:cyan", "-"),
              "a transposed convolution kernel weight[c_in, c_out], zero-padded and centred; stride, padding, "
-             "output_padding (dilation columns) and kernel size in edge_conv"),
+             "output_padding (dilation columns) and kernel size in geometry"),
     EdgeKind("upsample", False, True, "upsample", "map", ("tab:gray", "--"),
              "source position o fills target positions o * stride + offset .. + fill (nearest upsampling: fill = "
              "stride; PixelShuffle: fill 1): stride, offset (padding columns), fill (kernel columns)"),
@@ -131,7 +134,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 10
+FORMAT_VERSION = 11
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -142,7 +145,7 @@ DEFAULT_EPS = 1e-5
 
 
 def token_geometry(start: int, length: int, drop: bool, dims: int) -> tuple[int, ...]:
-    """``edge_conv`` row of a ``tokens`` / ``position`` edge: target token ``t`` (``0 <= t < length``) reads
+    """``geometry`` row of a ``tokens`` / ``position`` edge: target token ``t`` (``0 <= t < length``) reads
     source token ``start + t`` (zero outside the source); ``drop``: the target is that one token as a feature
     (``x[:, i]``, ``length`` 1). Zeros fill the remaining ``4 * dims - 3`` columns."""
     return (start, length, int(drop)) + (0,) * (4 * dims - 3)
@@ -157,16 +160,19 @@ def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int |
 
 #: Integer per-node fields (all batched by concatenation, none offset).
 NODE_CATEGORIES = ("node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial", "node_window")
-#: Integer per-edge fields.
-EDGE_CATEGORIES = ("edge_kind", "edge_conv")
+#: Integer per-edge fields (``edge_geom`` offset by the ``geometry`` rows of earlier graphs when batched).
+EDGE_CATEGORIES = ("edge_kind", "edge_geom")
 
 #: dtype of each integer field: the smallest that holds every legal value. Vocabularies and geometry are small
-#: (``edge_kind`` 1 byte per edge, ``edge_conv`` 2 bytes per column); depths, input / output indices and flatten
-#: positions grow with the network and stay int64. Consumers cast to ``long`` where they index with a field.
+#: (``edge_kind`` 1 byte per edge, ``geometry`` 2 bytes per column per distinct geometry); depths, input / output
+#: indices and flatten positions grow with the network and stay int64. ``edge_geom`` is int32, not int16: PyG's
+#: collate adds the earlier graphs' table sizes in the field's own dtype, so a batch's index must hold the sum of
+#: every graph's table size (int16 would wrap past 32767 rows: a silently wrong batch). Consumers cast to ``long``
+#: where they index with a field.
 FIELD_DTYPES = {
     "node_layer": torch.long, "node_role": torch.int8, "node_pos": torch.long, "node_act": torch.int16,
     "node_pool": torch.int8, "node_spatial": torch.long, "node_window": torch.int16,
-    "edge_kind": torch.int8, "edge_conv": torch.int16,
+    "edge_kind": torch.int8, "edge_geom": torch.int32, "geometry": torch.int16,
 }
 if max(len(EDGE_KINDS), len(POOLS), len(ROLES)) > 128:
     raise AssertionError("a vocabulary outgrew its int8 field: widen it in FIELD_DTYPES and bump FORMAT_VERSION")
@@ -181,7 +187,7 @@ def compact_field(name: str, values: torch.Tensor | list | tuple, what: str = ""
     (a cast would wrap it silently).
 
     Args:
-        name (str): the field (``"edge_conv"``, ``"node_act"``, ...).
+        name (str): the field (``"geometry"``, ``"node_act"``, ...).
         values (Tensor or list): integers.
         what (str, optional): what holds the values, for the error message (e.g. ``"conv edges"``).
 
@@ -204,12 +210,33 @@ def compact_field(name: str, values: torch.Tensor | list | tuple, what: str = ""
     return t.to(dtype)
 
 
+def geometry_table(rows: torch.Tensor, what: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``geometry`` table and ``edge_geom`` index of per-edge geometry rows (for graphs built by hand, and to
+    upgrade a graph of format 9 or older, which stored ``edge_conv [E, 4*D]``: ``g.geometry, g.edge_geom =
+    geometry_table(old.edge_conv)``).
+
+    Args:
+        rows (Tensor): ``[E, 4*D]`` integer geometry per edge.
+        what (str, optional): what holds the rows, for error messages.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``geometry`` ``[G, 4*D]`` int16 (the distinct rows, sorted) and ``edge_geom``
+        ``[E]`` int32.
+
+    Raises:
+        FieldRangeError: a value (or the number of distinct rows) outside its field's dtype.
+    """
+    table, index = torch.unique(rows.long(), dim=0, return_inverse=True)
+    compact_field("edge_geom", [table.size(0) - 1], what)
+    return compact_field("geometry", table, what), compact_field("edge_geom", index.view(-1), what)
+
+
 class NeuralGraph(Data):
     """A neural network as a graph: a :class:`torch_geometric.data.Data` with fixed extra fields.
 
     Built by :func:`neuralgraph.to_neural_graph`; see the module docstring for the fields.
-    Only ``edge_index`` is offset when batching; every categorical field is concatenated along
-    dim 0 unchanged.
+    When batching, ``edge_index`` is offset by the earlier graphs' nodes and ``edge_geom`` by their ``geometry``
+    rows; every other field is concatenated along dim 0 unchanged.
     """
 
     @classmethod
@@ -223,7 +250,29 @@ class NeuralGraph(Data):
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
         if key == "edge_index":
             return self.num_nodes
+        if key == "edge_geom":
+            return self.geometry.size(0)
         return 0
+
+    @property
+    def edge_conv(self) -> torch.Tensor:
+        """``[E, 4*D]`` int16: every edge's ``geometry`` row, materialised on demand (16 bytes per edge in 2-d: for
+        small graphs and inspection; library code indexes ``geometry`` with ``edge_geom``). Read-only."""
+        return self.geometry[self.edge_geom.long()]
+
+    @edge_conv.setter
+    def edge_conv(self, value: Any) -> None:
+        raise AttributeError("edge_conv is derived from geometry and edge_geom since format 10; set those: "
+                             "g.geometry, g.edge_geom = neuralgraph.data.graph.geometry_table(rows). Fields of a graph "
+                             "of format 9 or older (a per-edge edge_conv) are upgraded the same way (or convert the "
+                             "model again)")
+
+    def __getattr__(self, key: str) -> Any:
+        if key in ("geometry", "edge_geom") and "_store" in self.__dict__ and "edge_conv" in self._store:
+            raise AttributeError(f"this neural graph has no {key}: it is of format 9 or older (per-edge edge_conv). "
+                                 "Convert the model again, or upgrade it: g.geometry, g.edge_geom = "
+                                 "neuralgraph.data.graph.geometry_table(g._store.pop('edge_conv'))")
+        return super().__getattr__(key)
 
     def __cat_dim__(self, key: str, value: Any, *args, **kwargs) -> Any:
         return -1 if key == "edge_index" else 0

@@ -36,11 +36,11 @@ from neuralgraph.convert.activations import ACTIVATIONS
 
 __all__ = ["EncoderConfig", "FourierFeatures", "NeuralGraphEncoder", "default_num_acts", "check_index_bound", "check_edge_fields"]
 
-#: Number of distinct values per ``edge_conv`` column that get their own embedding row.
+#: Number of distinct values per ``geometry`` column that get their own embedding row.
 _CONV_VALUES = 16
 #: Rows per chunk of the edge projection in inference mode (bounds memory on huge graphs).
 _CHUNK = 1 << 16
-#: Largest number of ``edge_conv`` columns supported (3 spatial dims x stride/padding/dilation/size).
+#: Largest number of ``geometry`` columns supported (3 spatial dims x stride/padding/dilation/size).
 _CONV_COLUMNS = 12
 
 
@@ -72,9 +72,9 @@ def check_index_bound(index: Tensor, limit: Tensor | int, what: str, arg: str) -
 def check_edge_fields(data) -> None:
     """Refuse a graph whose per-edge fields disagree with ``edge_index`` (``[2, E]``): a transform that adds edges
     to ``edge_index`` alone (stock ``torch_geometric.transforms.AddSelfLoops``) leaves ``edge_attr`` /
-    ``edge_kind`` / ``edge_conv`` with the old rows, a corrupt neural graph."""
+    ``edge_kind`` / ``edge_geom`` with the old rows, a corrupt neural graph."""
     E = data.edge_index.size(1)
-    for name in ("edge_attr", "edge_kind", "edge_conv"):
+    for name in ("edge_attr", "edge_kind", "edge_geom"):
         t = getattr(data, name, None)
         if t is not None and t.size(0) != E:
             raise ValueError(f"corrupt neural graph: edge_index has {E} edges but {name} has {t.size(0)} rows; a "
@@ -137,7 +137,7 @@ class EncoderConfig:
     pool_emb: bool = True  # pooling embeddings (node_pool)
     spatial_emb: bool = True  # flatten-position embeddings (node_spatial)
     kind_emb: bool = True  # edge-kind embeddings (edge_kind)
-    conv_emb: bool = True  # stride / padding / dilation / kernel size of conv edges (edge_conv; values >= 15 share a row)
+    conv_emb: bool = True  # stride / padding / dilation / kernel size of conv edges (geometry; values >= 15 share a row)
     max_inputs: int = 1024  # input-position table size
     max_outputs: int = 1024  # output-position table size
     max_layers: int = 128  # hidden-layer table size (hidden and virtual neurons are looked up by layer number)
@@ -291,13 +291,14 @@ class NeuralGraphEncoder(nn.Module):
             e = torch.where(lin, self.linear_proj(self.linear_fourier(a[:, centre:centre + 1])).to(e.dtype), e)
         if self.kind_emb is not None:
             e = e + self.kind_emb(data.edge_kind.long())
-        if self.conv_emb is not None and data.edge_conv.numel() > 0:
-            conv = data.edge_conv.long().clamp(0, _CONV_VALUES - 1)  # (E, 3D)
+        if self.conv_emb is not None and data.geometry.numel() > 0 and e.size(0) > 0:
+            conv = data.geometry.long().clamp(0, _CONV_VALUES - 1)  # (G, 4D): one row per distinct geometry
             if conv.size(-1) > _CONV_COLUMNS:
-                raise ValueError(f"edge_conv has {conv.size(-1)} columns; at most {_CONV_COLUMNS} "
+                raise ValueError(f"geometry has {conv.size(-1)} columns; at most {_CONV_COLUMNS} "
                                  "(3 spatial dims) are supported; set conv_emb=False")
             cols = torch.arange(conv.size(-1), device=conv.device) * _CONV_VALUES
-            e = e + self.conv_emb(conv + cols).to(e.dtype)  # one bag per edge, summed: (E, Fe)
+            rows = self.conv_emb(conv + cols)  # one bag per geometry row, summed: (G, Fe)
+            e = e + rows[data.edge_geom.long()].to(e.dtype)  # (E, Fe)
         return e
 
     def forward(self, data) -> tuple[Tensor, Tensor]:

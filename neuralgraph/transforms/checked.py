@@ -11,7 +11,7 @@ class CheckedTransform(BaseTransform):
     r"""Apply a stock transform (``ToUndirected``, ``Compose([...])``, ...) to a :class:`~neuralgraph.NeuralGraph`
     and refuse a corrupt result with a ``ValueError`` naming the transform and the field.
 
-    A neural graph's per-edge fields (``edge_attr``, ``edge_kind``, ``edge_conv``) must keep one row per edge of
+    A neural graph's per-edge fields (``edge_attr``, ``edge_kind``, ``edge_geom``) must keep one row per edge of
     ``edge_index`` and its per-node fields one row per node, and categorical fields (layer, role, activation,
     edge kind, geometry) may be copied but never offset, averaged or invented. Stock ``AddSelfLoops`` breaks the
     first rule (it extends ``edge_index`` only); ``ToUndirected`` keeps them (it copies the reversed edges'
@@ -36,7 +36,7 @@ class CheckedTransform(BaseTransform):
         for field in ("x", *NODE_CATEGORIES):
             if field in out and out[field].size(0) != N:
                 raise ValueError(f"{name} made a corrupt neural graph: {N} nodes but {field} has {out[field].size(0)} rows")
-        for field in (*NODE_CATEGORIES, *EDGE_CATEGORIES):
+        for field in (*NODE_CATEGORIES, *EDGE_CATEGORIES, "geometry"):
             if field in data and field not in out:
                 raise ValueError(f"{name} dropped the categorical field {field}; a neural graph needs it")
             if field in data and (out[field].dtype != data[field].dtype

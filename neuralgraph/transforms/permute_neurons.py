@@ -52,7 +52,9 @@ class NeuronSymmetry:
                              + [(g.x[:, 1] > 0).long().cpu().view(n, 1)], 1)
         colors = torch.unique(node_lab, dim=0, return_inverse=True)[1]
         self.node_label = colors
-        edge_rows = torch.cat([g.edge_kind.cpu().view(-1, 1), g.edge_conv.cpu().view(src.numel(), -1).long()], 1)
+        # an edge's label: its kind and its geometry row's value (equal rows of a table built by hand are one label)
+        geom = torch.unique(g.geometry.cpu().long(), dim=0, return_inverse=True)[1].view(-1)[g.edge_geom.cpu().long()]
+        edge_rows = torch.stack([g.edge_kind.cpu().long(), geom], 1)
         if src.numel():
             elabel = torch.unique(edge_rows, dim=0, return_inverse=True)[1]
         else:
@@ -175,7 +177,7 @@ def _refine(colors: Tensor, src: Tensor, dst: Tensor, elabel: Tensor) -> Tensor:
 
 def _structure_key(g: NeuralGraph) -> str:
     h = hashlib.blake2b(digest_size=16)
-    for t in [g.edge_index, g.edge_kind, g.edge_conv, (g.x[:, 1] > 0)] + [g[k] for k in NODE_CATEGORIES]:
+    for t in [g.edge_index, g.edge_kind, g.edge_geom, g.geometry, (g.x[:, 1] > 0)] + [g[k] for k in NODE_CATEGORIES]:
         t = t.detach().cpu().contiguous()
         h.update(str((tuple(t.shape), t.dtype)).encode())
         h.update(t.numpy().tobytes())

@@ -24,7 +24,7 @@ def test_model_too_large_for_memory_fails_before_allocating(monkeypatch):
     m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 2000))  # 14.4M edges
     start = time.perf_counter()
     with pytest.raises(GraphTooLargeError,
-                       match=r"needs about 3\.2 GB \(14,407,224 edges.* 1\.0 GB available.*max_kernel=\(3, 3\)"):
+                       match=r"needs about 3\.0 GB \(14,407,224 edges.* 1\.0 GB available.*max_kernel=\(3, 3\)"):
         to_neural_graph(m, torch.randn(1, 3, 32, 32))
     assert time.perf_counter() - start < 5   # the 14.4M edges were never built
 
@@ -42,7 +42,8 @@ def test_compact_geometry_and_constants_round_trip():
     m = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3, eps=1e-3), nn.ReLU(),
                       nn.Conv2d(3, 3, 5, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
     g = to_neural_graph(m)
-    assert g.edge_conv.dtype == FIELD_DTYPES["edge_conv"] == torch.int16 and g.edge_kind.dtype == torch.int8
+    assert g.geometry.dtype == FIELD_DTYPES["geometry"] == torch.int16 and g.edge_kind.dtype == torch.int8
+    assert g.edge_geom.dtype == FIELD_DTYPES["edge_geom"] == torch.int32 and g.geometry.size(0) == 3  # 2 conv, 1 other
     conv = g.edge_conv[g.edge_kind == 1]
     assert {tuple(r) for r in conv.tolist()} == {(2, 2, 1, 1, 1, 1, 3, 3), (1, 1, 0, 0, 2, 2, 5, 5)}
     plan = get_plan(m)

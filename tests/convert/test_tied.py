@@ -77,7 +77,7 @@ def test_a_large_graph_reads_back_in_blocks_and_still_checks_copies(monkeypatch)
     assert_state_equal(m, from_neural_graph(g, m))
     assert not plan_mod._PLANS  # and after reading back
     assert used[0]._read_maps is None and len(used[0].edge_runs) >= 3
-    assert used[0].reads_only and "edge_conv" not in used[0].categories  # no geometry kept to read back
+    assert used[0].reads_only and "edge_geom" not in used[0].categories  # no geometry kept to read back
     with pytest.raises(RuntimeError, match="traced to read graphs back"):
         used[0].graph(m)
     hits = (g.edge_attr[:, 24] == m.shared.weight[3, 1]).nonzero().view(-1)

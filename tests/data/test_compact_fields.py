@@ -40,7 +40,7 @@ def test_converted_fields_have_the_compact_dtypes_and_keep_them_through_batching
     graphs = [to_neural_graph(m) for m in _nets()]
     for g in graphs:
         assert {k: g[k].dtype for k in FIELD_DTYPES} == FIELD_DTYPES
-    assert FIELD_DTYPES["edge_kind"] == torch.int8 and FIELD_DTYPES["edge_conv"] == torch.int16
+    assert FIELD_DTYPES["edge_kind"] == torch.int8 and FIELD_DTYPES["geometry"] == torch.int16
     batch = next(iter(DataLoader(graphs, batch_size=3)))
     assert {k: batch[k].dtype for k in FIELD_DTYPES} == FIELD_DTYPES
     for i, g in enumerate(graphs):
@@ -56,7 +56,7 @@ def test_converted_fields_have_the_compact_dtypes_and_keep_them_through_batching
 
 
 @pytest.mark.parametrize("name, value", [("edge_kind", 128), ("edge_kind", -129), ("node_role", 300),
-                                         ("node_act", 40000), ("edge_conv", 32768), ("node_window", -32769)])
+                                         ("node_act", 40000), ("geometry", 32768), ("edge_geom", 2**31), ("node_window", -32769)])
 def test_a_value_out_of_its_dtype_is_refused_not_wrapped(name, value):
     info = torch.iinfo(FIELD_DTYPES[name])
     with pytest.raises(FieldRangeError, match=rf"{name} value {value} .*\[{info.min}, {info.max}\]"):
@@ -73,9 +73,9 @@ def test_the_converter_refuses_a_geometry_its_fields_cannot_hold_naming_the_modu
     x = torch.randn(2, 1, 3, 3)
     fits = nn.Sequential(nn.Conv2d(1, 2, 1, stride=32767), nn.ReLU(), nn.AvgPool2d(1, stride=32767))
     g = to_neural_graph(fits, x)
-    assert int(g.edge_conv.max()) == 32767 and int(g.node_window.max()) == 32767
+    assert int(g.geometry.max()) == 32767 and int(g.node_window.max()) == 32767
     assert torch.allclose(execute(g, x).reshape(2, -1), fits(x).reshape(2, -1), atol=1e-6)
-    with pytest.raises(UnsupportedModuleError, match=r"0 \(torch\.nn\.modules\.conv\.Conv2d\): edge_conv value 32768"
+    with pytest.raises(UnsupportedModuleError, match=r"0 \(torch\.nn\.modules\.conv\.Conv2d\): geometry value 32768"
                                                      r" of conv edges does not fit its dtype int16"):
         to_neural_graph(nn.Sequential(nn.Conv2d(1, 2, 1, stride=32768)), x)
     with pytest.raises(UnsupportedModuleError, match=r"1 \(torch\.nn\.modules\.pooling\.AvgPool2d\): node_window "

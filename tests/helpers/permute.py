@@ -126,8 +126,9 @@ def to_nx(g) -> nx.MultiDiGraph:
     cats = [g.node_layer, g.node_role, g.node_pos, g.node_act, g.node_pool, g.node_spatial]
     for i in range(g.num_nodes):
         G.add_node(i, f=_key(g.x[i]) + tuple(int(c[i]) for c in cats) + _key(g.node_window[i]))
+    conv = g.edge_conv  # each edge's geometry row (derived from geometry / edge_geom)
     for e, (s, d) in enumerate(g.edge_index.t().tolist()):
-        G.add_edge(s, d, f=_key(g.edge_attr[e]) + (int(g.edge_kind[e]),) + _key(g.edge_conv[e]))
+        G.add_edge(s, d, f=_key(g.edge_attr[e]) + (int(g.edge_kind[e]),) + _key(conv[e]))
     return G
 
 

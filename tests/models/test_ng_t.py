@@ -85,7 +85,7 @@ def test_dense_equals_sparse_when_every_pair_is_an_edge():
     g.edge_index = torch.cat([g.edge_index, torch.tensor([[0], [2]])], dim=1)
     g.edge_attr = torch.cat([g.edge_attr, torch.randn(1, g.edge_attr.size(1))])
     g.edge_kind = torch.cat([g.edge_kind, g.edge_kind[:1]])
-    g.edge_conv = torch.cat([g.edge_conv, g.edge_conv[:1]])
+    g.edge_geom = torch.cat([g.edge_geom, g.edge_geom[:1]])
     dense, sparse = make(mode="dense", head="equivariant"), make(mode="sparse", head="equivariant")
     sparse.load_state_dict(dense.state_dict())
     with torch.no_grad():

@@ -46,7 +46,8 @@ def random_graph(layers=(3, 5, 4, 2), edge_in: int = 49, node_in: int = 4, seed:
         node_layer=layer, node_role=role, node_pos=pos, node_act=act,
         node_pool=torch.zeros(N, dtype=torch.long), node_spatial=torch.zeros(N, dtype=torch.long),
         edge_kind=torch.tensor(kinds, dtype=torch.long),
-        edge_conv=torch.tensor([[1, 1, 0, 0, 1, 1, 1, 1]], dtype=torch.long).expand(E, 8).clone(),
+        edge_geom=torch.zeros(E, dtype=torch.int32),
+        geometry=torch.tensor([[1, 1, 0, 0, 1, 1, 1, 1]], dtype=torch.int16),
     )
 
 

@@ -56,7 +56,7 @@ def test_permuted_graph_reads_back_to_the_same_function(net):
     gp = PermuteNeurons(seed=0)(g)
     # structure and categories untouched, values moved
     for key in ("edge_index", "node_layer", "node_role", "node_pos", "node_act", "node_pool", "node_spatial",
-                "edge_kind", "edge_conv"):
+                "edge_kind", "edge_geom", "geometry"):
         assert torch.equal(gp[key], g[key]), key
     assert not torch.equal(gp.edge_attr, g.edge_attr)
     assert_isomorphic(g, gp)

@@ -366,9 +366,9 @@ def test_kernel_equal_to_max_kernel_is_a_plain_conv_edge():
 
 
 def test_too_large_geometry_is_refused_by_name():
-    # a kernel offset of 2 * 20000 does not fit edge_conv's int16
+    # a kernel offset of 2 * 20000 does not fit the geometry table's int16
     m = _net(nn.Conv2d(1, 1, (3, 1), dilation=(20000, 1)), 2)
-    with pytest.raises(UnsupportedModuleError, match=r"2 \(.*Conv2d\): edge_conv value 40001 of subsample edges "
+    with pytest.raises(UnsupportedModuleError, match=r"2 \(.*Conv2d\): geometry value 40001 of subsample edges "
                                                    r"does not fit its dtype int16"):
         to_neural_graph(m, max_kernel=(1, 1))
     # a 3-d kernel with a 2-d max_kernel: the geometry has no column for the third dim

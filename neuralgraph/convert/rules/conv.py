@@ -45,7 +45,7 @@ def conv_module(ctx, node, x: Val) -> Val:
     mod = ctx.module(node)
     if mod.padding_mode != "zeros" and any(p > 0 for p in _padding(mod.padding, mod.kernel_size, mod.dilation)):
         raise ctx.unsupported(node, f"padding_mode={mod.padding_mode!r} pads with other values than zeros, which "
-                                    "edge_conv cannot store; pad the input explicitly or use padding_mode='zeros'")
+                                    "the edge geometry cannot store; pad the input explicitly or use padding_mode='zeros'")
     weight = ctx.param(node, "weight")
     if weight is None:
         raise ctx.unsupported(node, "its weight is not a parameter but computed in forward (a parametrization such "
@@ -79,7 +79,7 @@ def conv(ctx, node, x: Val, weight: str, bias: str | None, shape: tuple[int, ...
     sdims = len(kernel_size)
     if padding == "same" and any(d * (k - 1) % 2 for d, k in zip(dilation, kernel_size)):
         raise ctx.unsupported(node, f"padding='same' with kernel {kernel_size} and dilation {tuple(dilation)} pads "
-                                    "one side more than the other, which edge_conv (one padding per dim) cannot "
+                                    "one side more than the other, which the edge geometry (one padding per dim) cannot "
                                     "store; pad explicitly or use an odd kernel")
     if sdims > len(cfg.max_kernel):
         fix = tuple(max(k, K) for k, K in zip(kernel_size, (1,) * (sdims - len(cfg.max_kernel)) + cfg.max_kernel))

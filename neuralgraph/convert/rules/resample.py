@@ -1,7 +1,7 @@
 """Resolution changes of feature maps: transposed convolutions, nearest upsampling and pixel (un)shuffles.
 
 * ``nn.ConvTranspose1d/2d/3d``: like a convolution, one edge per connected (input, output) channel pair carrying
-  the kernel ``weight[c_in, c_out]`` zero-padded and centred; ``edge_kind = conv_transpose``, ``edge_conv`` holds
+  the kernel ``weight[c_in, c_out]`` zero-padded and centred; ``edge_kind = conv_transpose``, its geometry row holds
   stride, padding, output_padding and kernel size per dim (dilation 1).
 * ``nn.Upsample`` / ``F.interpolate`` (``mode="nearest"``, integer scale) and ``nn.PixelShuffle(r)``: new
   neurons fed by ``upsample`` edges, which place source position ``o`` at target positions
@@ -47,7 +47,7 @@ def conv_transpose(ctx, node, x: Val, output_size=None) -> Val:
                                     "output_padding instead")
     if set(mod.dilation) != {1} or mod.padding_mode != "zeros":
         raise ctx.unsupported(node, f"dilation={mod.dilation}, padding_mode={mod.padding_mode!r}: only dilation 1 "
-                                    "and zero padding are supported (edge_conv stores stride, padding, output_padding "
+                                    "and zero padding are supported (the edge geometry stores stride, padding, output_padding "
                                     "and kernel size)")
     in_channels, out_pg, kernel = mod.weight.shape[0], mod.weight.shape[1], tuple(mod.weight.shape[2:])
     sdims, groups = len(kernel), mod.groups

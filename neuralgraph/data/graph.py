@@ -262,7 +262,7 @@ class NeuralGraph(Data):
 
     @edge_conv.setter
     def edge_conv(self, value: Any) -> None:
-        raise AttributeError("edge_conv is derived from geometry and edge_geom since format 10; set those: "
+        raise AttributeError("edge_conv is derived from geometry and edge_geom since format 11; set those: "
                              "g.geometry, g.edge_geom = neuralgraph.data.graph.geometry_table(rows). Fields of a graph "
                              "of format 9 or older (a per-edge edge_conv) are upgraded the same way (or convert the "
                              "model again)")

@@ -346,26 +346,69 @@ class ConversionPlan:
             if bad is not None:
                 raise ValueError(f"parameter {bad!r} contains NaN or Inf values; a neural graph of it would be "
                                  "meaningless (pass allow_nonfinite=True to convert it anyway)")
-        device = tensors[0].device
-        t = self._on(device)
-        x = t["x0"].to(dtype, copy=True)
-        ea = torch.zeros(self.num_edges, self.config.edge_dim, dtype=dtype, device=device)
-        ea.view(-1)[t["const_pos"]] = t["const_val"].to(dtype)
+        x, ea = self._fill(tensors, dtype, channels=None)
+        return self._graph(x, ea, share)
+
+    def feature_graph(self, feats: Mapping[str, Tensor]) -> NeuralGraph:
+        """The graph of this architecture with ``C`` features per parameter element in place of its value
+        (gradients, momenta, ...: the learned optimizers' input). ``feats`` maps every parameter name to
+        ``[*shape, C]``; each slot of the graph becomes ``C + 1`` channels: the plan's constant first (``x0``
+        and the constant taps, e.g. the has-bias flag; 0 elsewhere), then the ``C`` features. Differentiable
+        (no copies of the inputs are detached); the structure fields are this plan's own tensors, not copies.
+
+        Shapes:
+            x: ``[N, F_node * (C + 1)]``, edge_attr: ``[E, F_edge * (C + 1)]``, channel-minor per slot.
+        """
+        if self.reads_only:
+            raise RuntimeError("this plan was traced to read graphs back and holds no edge geometry; "
+                               "feature graphs need a plan from get_plan")
+        tensors = self._param_tensors(feats)
+        channels = tensors[0].size(-1) if tensors[0].dim() else 0
+        if channels < 1:
+            raise ValueError(f"feature_graph: {self.gather_names[0]!r} has features of shape "
+                             f"{tuple(tensors[0].shape)}; expected [*shape, C] with C >= 1 channels")
+        for name, v in zip(self.gather_names, tensors):
+            if tuple(v.shape) != (*self.param_shapes[name], channels):
+                raise ValueError(f"feature_graph: {name!r} has features of shape {tuple(v.shape)}; expected "
+                                 f"{(*self.param_shapes[name], channels)} (the parameter's shape, then C = "
+                                 f"{channels} channels, as for {self.gather_names[0]!r})")
+        dtype = functools.reduce(torch.promote_types, (v.dtype for v in tensors))
+        return self._graph(*self._fill(tensors, dtype, channels), share=True)
+
+    def _fill(self, tensors: list[Tensor], dtype: torch.dtype, channels: int | None) -> tuple[Tensor, Tensor]:
+        """``x`` and ``edge_attr`` holding ``tensors`` (gather order) at their slots. ``channels=None``: one
+        value per slot, the constants in the same channel (their slots hold no parameter); ``C``: ``C + 1``
+        channels per slot, the constants in channel 0, the ``[*shape, C]`` tensors' features after them."""
+        t = self._on(tensors[0].device)
+        width = 1 if channels is None else channels + 1  # channels per slot
+        lo = width - (1 if channels is None else channels)  # first channel of the parameters' values
+        n_vals = width - lo
+        x = t["x0"].to(dtype).reshape(-1, 1)
+        x = x.clone() if width == 1 else torch.cat([x, x.new_zeros(x.size(0), width - 1)], 1)  # [N F_node, width]
+        ea = torch.zeros(self.num_edges * self.config.edge_dim, width, dtype=dtype, device=x.device)
+        ea[t["const_pos"], 0] = t["const_val"].to(dtype)
         # the parameters read element by element come first in gather order: only they are concatenated
-        vec = torch.cat([p.reshape(-1).to(dtype) for p in tensors[:self._num_gathered]] or [ea.new_empty(0)])
-        x.view(-1)[t["node_dst"]] = vec[t["node_src"]]
-        ea.view(-1)[t["edge_dst"]] = vec[t["edge_src"]]
+        vec = torch.cat([v.reshape(-1, n_vals).to(dtype) for v in tensors[:self._num_gathered]]
+                        or [ea.new_empty(0, n_vals)])                                    # [P, n_vals]
+        x[t["node_dst"], lo:] = vec[t["node_src"]]
+        ea[t["edge_dst"], lo:] = vec[t["edge_src"]]
         del vec
+        ea3 = ea.view(self.num_edges, self.config.edge_dim, width)
         starts = [self.offsets[n] for n in self.gather_names]
-        for row, m, taps, first in self.edge_runs:
+        for row, m, taps, first in self.edge_runs:  # contiguous blocks, copied straight from the parameter
             i = bisect.bisect_right(starts, first) - 1
-            block = tensors[i].reshape(-1)[first - starts[i]:first - starts[i] + m * len(taps)].view(m, len(taps))
+            block = tensors[i].reshape(-1, n_vals)[first - starts[i]:first - starts[i] + m * len(taps)]
             if len(taps) == 1:
-                ea[row:row + m, taps[0]] = block[:, 0]
+                ea3[row:row + m, taps[0], lo:] = block
             else:
-                ea[row:row + m, taps] = block
+                ea3[row:row + m, taps, lo:] = block.view(m, len(taps), n_vals)
+        return (x.view(self.num_nodes, self.config.node_dim * width),
+                ea.view(self.num_edges, self.config.edge_dim * width))
+
+    def _graph(self, x: Tensor, edge_attr: Tensor, share: bool) -> NeuralGraph:
+        t = self._on(x.device)
         copy = (lambda v: v) if share else (lambda v: v.clone())  # noqa: E731
-        fields = {"x": x, "edge_index": copy(t["edge_index"]), "edge_attr": ea}
+        fields = {"x": x, "edge_index": copy(t["edge_index"]), "edge_attr": edge_attr}
         fields.update((k, copy(t[k])) for k in self.categories)
         return NeuralGraph.from_fields(fields)
 

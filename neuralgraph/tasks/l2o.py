@@ -116,14 +116,11 @@ class Optimizee:
         self._device: dict[torch.device, dict[str, Tensor]] = {}
 
     def on(self, device: torch.device) -> dict[str, Tensor]:
-        """The data and the plan's index tensors on ``device`` (moved once)."""
+        """The data set's tensors on ``device`` (moved once)."""
         device = torch.device(device)
         if device not in self._device:
-            p, d = self.plan, self.data
-            edge_src, edge_dst = p.edge_gather()  # every parameter element's edge slot (runs expanded)
+            d = self.data
             self._device[device] = {k: v.to(device) for k, v in dict(
-                p.categories, edge_index=p.edge_index, x0=p.x0, const_pos=p.const_pos, const_val=p.const_val,
-                edge_src=edge_src, edge_dst=edge_dst, node_src=p.node_src, node_dst=p.node_dst,
                 x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test).items()}
         return self._device[device]
 
@@ -167,22 +164,9 @@ class Optimizee:
 
     def graph(self, feats: dict[str, Tensor]) -> NeuralGraph:
         """The optimizee's neural graph with per-parameter features ``{name: [*shape, C]}`` in place of the
-        parameter values: ``x [N, F_node * (C + 1)]``, ``edge_attr [E, F_edge * (C + 1)]`` (per slot, the
-        plan's constant (``x0`` / constant taps, e.g. the has-bias flag) first, then the ``C`` features),
-        categories from the plan. One gather into the plan's fixed structure; differentiable."""
-        vec = self.flat(feats)                                               # [P, C]
-        t, p = self.on(vec.device), self.plan
-        C, f_node, f_edge = vec.size(1), p.config.node_dim, p.config.edge_dim
-        ea = vec.new_zeros(p.num_edges * f_edge, C + 1)
-        ea[t["const_pos"], 0] = t["const_val"].to(vec.dtype)
-        ea[t["edge_dst"], 1:] = vec[t["edge_src"]]
-        x = vec.new_zeros(p.num_nodes * f_node, C + 1)
-        x[:, 0] = t["x0"].reshape(-1).to(vec.dtype)
-        x[t["node_dst"], 1:] = vec[t["node_src"]]
-        fields = {"x": x.view(p.num_nodes, f_node * (C + 1)), "edge_index": t["edge_index"],
-                  "edge_attr": ea.view(p.num_edges, f_edge * (C + 1))}
-        fields.update((k, t[k]) for k in p.categories)
-        return NeuralGraph.from_fields(fields)
+        parameter values (:meth:`ConversionPlan.feature_graph`: ``C + 1`` channels per slot, the plan's
+        constant first). One gather into the plan's fixed structure; differentiable."""
+        return self.plan.feature_graph(feats)
 
     def read_graph(self, node: Tensor, edge: Tensor) -> dict[str, Tensor]:
         """Per-node ``[N, F_node * c]`` / per-edge ``[E, F_edge * c]`` outputs -> ``{name: [*shape, c]}``."""

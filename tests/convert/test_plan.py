@@ -88,3 +88,44 @@ def test_feedforward_flag_allows_element_wise_maps_only():
     assert get_plan(siren, torch.zeros(1, 2)).feedforward
     assert get_plan(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))).feedforward
     assert not get_plan(_SharedPreActivation(), torch.zeros(1, 2)).feedforward
+
+
+def test_feature_graph_puts_constants_then_features_in_every_slot():
+    """C feature channels per parameter element land where the element's value lands in plan.graph (runs,
+    element-wise gathers and the constant taps alike); channel 0 holds the constants; gradients flow."""
+    m = WildParkCNN(residual=(-1, -1, -1, 1))
+    plan = get_plan(m)
+    sd = {n: p.detach() for n, p in m.named_parameters()}
+    g = plan.graph(sd)
+    N, E, fn, fe = g.num_nodes, g.num_edges, plan.config.node_dim, plan.config.edge_dim
+    feats = {n: torch.stack([v, 2 * v + 1, -v], -1).requires_grad_() for n, v in sd.items()}
+    fg = plan.feature_graph(feats)
+    x, ea = fg.x.view(N, fn, 4), fg.edge_attr.view(E, fe, 4)
+    const = plan.graph({n: torch.zeros_like(v) for n, v in sd.items()})
+    assert torch.equal(x[..., 0], const.x) and torch.equal(ea[..., 0], const.edge_attr)
+    # a slot holds a parameter iff the plain graph differs from the constants there (random weights are non-zero)
+    held_e, held_n = g.edge_attr != const.edge_attr, g.x != const.x
+    assert held_e.any() and held_n.any()
+    assert torch.equal(ea[..., 1][held_e], g.edge_attr[held_e])
+    assert torch.equal(ea[..., 2][held_e], 2 * g.edge_attr[held_e] + 1)
+    assert torch.equal(x[..., 3][held_n], -g.x[held_n])
+    assert not ea[..., 1:][~held_e].any() and not x[..., 1:][~held_n].any()
+    assert torch.equal(fg.edge_index, g.edge_index) and torch.equal(fg.edge_kind, g.edge_kind)
+    # the features' channels read back through the plan (the l2o round trip) and carry gradients
+    back = plan.read(fg.edge_attr.view(E, fe, 4)[..., 1:], fg.x.view(N, fn, 4)[..., 1:])
+    for n, v in feats.items():
+        assert torch.equal(back[n], v.detach())
+    fg.edge_attr.sum().backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for n, v in feats.items() if "weight" in n)
+
+
+def test_feature_graph_refuses_mismatched_features():
+    m = WildParkCNN()
+    plan = get_plan(m)
+    feats = {n: torch.zeros(*p.shape, 3) for n, p in m.named_parameters()}
+    bad = next(iter(feats))
+    feats[bad] = torch.zeros(*feats[bad].shape[:-1], 2)
+    with pytest.raises(ValueError, match="expected"):
+        plan.feature_graph(feats)
+    with pytest.raises(ValueError, match="C >= 1"):
+        plan.feature_graph({n: torch.zeros(*p.shape, 0) for n, p in m.named_parameters()})

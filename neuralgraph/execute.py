@@ -98,6 +98,10 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
 
     Shapes:
         x: ``[B, C_in, *S]`` or ``[B, T, C_in]``; graph: N nodes, E edges.
+
+    Raises:
+        ValueError: a batch of graphs, a ``max_kernel`` that does not match the graph, or an input whose channel
+            count (dim 1, or the last dim of token sequences) differs from the graph's input channels.
     """
     if getattr(graph, "num_graphs", 1) > 1:
         raise ValueError(f"execute runs one graph; got a batch of {graph.num_graphs}: run "
@@ -117,13 +121,14 @@ class _Run:
         self.centre = 0
         for k in max_kernel:
             self.centre = self.centre * k + k // 2
-        if tokens is None:  # a network with attention reads token sequences [B, T, d], unless it embeds an image
-            maps = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "map"])
-            inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())].cpu()
-            tokens = bool((g.edge_kind == EDGE_KIND["attention"]).any()) and not bool(
-                torch.isin(inputs_read, maps).any())
-        self.tokens = tokens
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
+        inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())].cpu()
+        maps = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "map"])
+        self.maps_in = bool(torch.isin(inputs_read, maps).any())  # an input is read as a map (not tokens)
+        if tokens is None:
+            # a network with attention reads token sequences [B, T, d], unless it embeds an image
+            tokens = not self.maps_in and bool((g.edge_kind == EDGE_KIND["attention"]).any())
+        self.tokens = tokens
         self.batch = self.xs[0].size(0)
         self.role, self.pool = g.node_role.tolist(), g.node_pool.tolist()
         self.spatial = g.node_spatial.tolist()
@@ -150,17 +155,31 @@ class _Run:
     # ------------------------------------------------------------------------------------------ inputs
     def _set_inputs(self) -> None:
         g = self.g
-        cols = [t.select(-1 if self.tokens else 1, c) for t in self.xs
-                for c in range(t.size(-1 if self.tokens else 1))]
+        dim = -1 if self.tokens else 1
+        if any(t.dim() < 2 for t in self.xs):
+            raise ValueError(f"execute: inputs of shape {[tuple(t.shape) for t in self.xs]}; expected [B, C, *S], "
+                             "[B, C] or [B, T, d] (a batch dim first)")
+        cols = [t.select(dim, c) for t in self.xs for c in range(t.size(dim))]
         # flatten="repeat" copies of an input channel (node_spatial = position + 1) follow the channel's own input
         # neuron, or stand in its place if nothing else reads it: they hold the channel's value at their position
-        channel, after_original = -1, False
-        for i in g.input_nodes().tolist():
+        inputs = g.input_nodes().tolist()
+        channels, channel, after_original = [], -1, False
+        for i in inputs:
             pos = self.spatial[i]
             if pos == 0 or (pos == 1 and not after_original):
                 channel += 1
-            self.val[i] = cols[channel] if pos == 0 else cols[channel].flatten(1)[:, pos - 1]
+            channels.append(channel)
             after_original = pos == 0
+        n_in = channel + 1
+        if n_in != len(cols):
+            where = "the last dim (token sequences)" if self.tokens else "dim 1 (channels)"
+            hint = "; for [B, T, d] token sequences pass tokens=True" if not (self.tokens or self.maps_in) and any(
+                t.dim() >= 3 for t in self.xs) and sum(t.size(-1) for t in self.xs) == n_in else ""
+            raise ValueError(f"execute: the graph has {n_in} input channels, the input "
+                             f"{[tuple(t.shape) for t in self.xs]} has {len(cols)} along {where}{hint}")
+        for i, channel in zip(inputs, channels):
+            pos = self.spatial[i]
+            self.val[i] = cols[channel] if pos == 0 else cols[channel].flatten(1)[:, pos - 1]
 
     # ------------------------------------------------------------------------------------------ reads
     def read(self, i: int, how: str) -> Tensor:

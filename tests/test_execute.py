@@ -71,3 +71,21 @@ def test_executor_reads_the_graph_not_the_module():
     y = execute(g, x)
     g.edge_attr = g.edge_attr * 2   # doubling every weight (and the norm statistics) changes the function
     assert not torch.allclose(execute(g, x), y, atol=1e-3)
+
+
+def test_inputs_of_the_wrong_width_are_refused():
+    """An input whose channel / feature count differs from the graph's input neurons raises, naming both (it
+    used to run on the first channels or fail with an IndexError)."""
+    g = to_neural_graph(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    with pytest.raises(ValueError, match=r"graph has 4 input channels, the input \[\(2, 5\)\] has 5"):
+        execute(g, torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"has 3 along dim 1"):
+        execute(g, torch.randn(2, 3))
+    # a [B, T, d] sequence read as channels: the error says how to read it as tokens
+    with pytest.raises(ValueError, match=r"pass tokens=True"):
+        execute(g, torch.randn(2, 5, 4))
+    assert execute(g, torch.randn(2, 5, 4), tokens=True).shape == (2, 5, 2)
+    conv = to_neural_graph(nn.Sequential(nn.Conv1d(4, 3, 1), nn.AdaptiveAvgPool1d(1)),
+                           example_input=torch.randn(1, 4, 6))
+    with pytest.raises(ValueError, match=r"graph has 4 input channels.*has 6 along dim 1 \(channels\)$"):
+        execute(conv, torch.randn(2, 6, 4))

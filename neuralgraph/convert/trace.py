@@ -6,6 +6,7 @@ import difflib
 import inspect
 import math
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -331,7 +332,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
         for inp in node.all_input_nodes:
             v = env[inp]
             if isinstance(v, Val) and v.nodes is not None:
-                builder.add_pending(_reads(node, v), -1)
+                builder.add_pending(_reads(node, v, ctx.shape(inp)), -1)
         if node.op == "placeholder":
             result: Any = Val(None, "input", name=node.name)
         elif node.op == "get_attr":
@@ -358,7 +359,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
                 result.positions = math.prod(shape[2:])
             if result.nodes is not None:
                 for user in node.users:
-                    builder.add_pending(_reads(user, result), 1)
+                    builder.add_pending(_reads(user, result, shape), 1)
         env[node] = result
     # input neurons hold the model inputs themselves (whatever later operations did to them)
     for node in graph.nodes:
@@ -367,10 +368,11 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
     return builder
 
 
-def _reads(user: fx.Node, v: Val) -> Tensor:
-    """The neurons of ``v`` that ``user`` reads: a channel slice reads only its channels."""
+def _reads(user: fx.Node, v: Val, shape: Sequence | None) -> Tensor:
+    """The neurons of ``v`` (of tensor shape ``shape``, if known) that ``user`` reads: a channel slice reads only
+    its channels."""
     if user.op == "call_function" and user.target is operator.getitem and len(user.args) == 2:
-        sel = channel_slice(user.args[1], v.kind)
+        sel = channel_slice(user.args[1], v.kind, None if shape is None else len(shape))
         if sel is not None:
             return v.nodes[sel]
     return v.nodes

@@ -235,3 +235,63 @@ def test_permute_neurons_on_a_vit_graph_keeps_the_function():
     mp = from_neural_graph(PermuteNeurons(seed=0)(g), m)
     assert_params_moved(m, mp)
     assert_same_function(m, mp, x)
+
+
+class FeatureSlices(nn.Module):
+    """An MLP on [B, T, C] sequences whose hidden features are sliced along the last dim (every spelling), then
+    recombined: slices must pick features, never tokens."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.spelling = spelling
+        self.fc1, self.fc2, self.head = nn.Linear(4, 6), nn.Linear(2, 3), nn.Linear(7, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))                                               # [B, T, 6]
+        if self.spelling == "index":
+            a, b = h[:, :, :2], h[:, :, 2:]
+        elif self.spelling == "ellipsis":
+            a, b = h[..., :2], h[..., 2:]
+        elif self.spelling == "split":
+            a, b = h.split([2, 4], -1)
+        else:
+            a, b, c = h.chunk(3, dim=2)
+            b = torch.cat([b, c], -1)
+        return self.head(torch.cat([self.fc2(a), b], -1)).mean(1)                 # [B, 1]
+
+
+@pytest.mark.parametrize("spelling", ["index", "ellipsis", "split", "chunk"])
+def test_feature_slices_of_token_sequences(spelling):
+    """x[:, :, a:b], x[..., a:b], split / chunk on the last dim of [B, T, C]: the executor reproduces the module,
+    the round trip is exact, and permuting fc1's hidden neurons within each slice gives an isomorphic graph."""
+    m = randomize(FeatureSlices(spelling))
+    x = torch.randn(3, 5, 4)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        assert torch.allclose(execute(g, x, tokens=True), m(x), atol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, _blank(m)))
+    p = copy.deepcopy(m)
+    with torch.no_grad():
+        perm = torch.cat([torch.tensor([1, 0]), 2 + torch.randperm(4, generator=torch.Generator().manual_seed(0))])
+        if spelling == "chunk":  # three slices of 2
+            perm = torch.tensor([1, 0, 3, 2, 5, 4])
+        permute_out(p.fc1, perm)
+        permute_in(p.fc2, perm[:2])
+        p.head.weight[:, 3:] = p.head.weight[:, 3:][:, perm[2:] - 2]
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p, example_input=x))
+
+
+def test_mixed_token_and_feature_indexing_is_refused():
+    class Both(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 3), nn.Linear(1, 1)
+
+        def forward(self, x):
+            return self.fc2(self.fc1(x)[:, 1:3, 2:3])
+
+    with pytest.raises(UnsupportedModuleError, match=r"rank-3 feature value is not supported; only slices of its "
+                                                     r"last dim"):
+        to_neural_graph(Both(), example_input=torch.randn(2, 5, 4))

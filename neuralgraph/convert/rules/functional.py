@@ -280,16 +280,16 @@ def getitem(ctx, node, x, index) -> Val:
     if not isinstance(x, Val):
         return SYM
     x = ctx.materialize(node, node.all_input_nodes[0], x)
-    sel = channel_slice(index, x.kind)
     rank = _rank(ctx, node.all_input_nodes[0])
+    sel = channel_slice(index, x.kind, rank)
     picked = _token_index(index)
-    if x.kind == "vec" and picked is not None and (rank == 3 or (rank is None and ctx.tokens and
-                                                                 isinstance(picked, int))):
+    if sel is None and x.kind == "vec" and picked is not None and (
+            rank == 3 or (rank is None and ctx.tokens and isinstance(picked, int))):
         return tokens.select_tokens(ctx, node, x, picked, tokens.token_count(ctx, node.all_input_nodes[0], x))
-    if sel is not None and x.kind == "vec" and rank is not None and rank > 2 and (
-            not isinstance(index, tuple) or index[0] is not Ellipsis):
-        raise ctx.unsupported(node, f"indexing {index!r} slices dim 1 of a rank-{rank} feature value (tokens); "
-                                    "only feature slices x[..., a:b] are supported")
+    if sel is None and x.kind == "vec" and rank is not None and rank > 2:
+        raise ctx.unsupported(node, f"indexing {index!r} of a rank-{rank} feature value is not supported; only "
+                                    "slices of its last dim (x[..., a:b]) and, on [B, T, C] token sequences, "
+                                    "token picks / slices x[:, i] / x[:, a:b] are")
     if sel is None:
         raise ctx.unsupported(node, f"indexing {index!r} is not supported; only channel slices "
                                     "x[:, a:b] are")
@@ -306,16 +306,37 @@ def _token_index(index) -> int | slice | None:
     return None
 
 
-def channel_slice(index, kind: str) -> slice | None:
-    """The channel slice of ``x[index]`` (``x[:, a:b]``, or ``x[..., a:b]`` on features), else ``None``."""
+def channel_slice(index, kind: str, rank: int | None = None) -> slice | None:
+    """The channel slice of ``x[index]``, else ``None``: ``x[:, a:b]`` on maps and ``[B, C]`` features; on
+    features of rank ``rank`` >= 3 (token sequences ``[B, T, C]``, channel-last maps) a slice of the last dim,
+    ``x[..., a:b]`` or ``x[:, :, a:b]``."""
     idx = index if isinstance(index, tuple) else (index,)
     full = slice(None)
+    if kind in ("vec", "flat") and rank is not None and rank >= 3:
+        dims = _expand_index(idx, rank)
+        if dims is not None and all(i == full for i in dims[:-1]) and isinstance(dims[-1], slice):
+            return dims[-1]
+        return None
     if len(idx) >= 2 and idx[0] == full and isinstance(idx[1], slice) and all(
             i == full or i is Ellipsis for i in idx[2:]):
         return idx[1]
     if kind in ("vec", "flat") and len(idx) == 2 and idx[0] is Ellipsis and isinstance(idx[1], slice):
         return idx[1]
     return None
+
+
+def _expand_index(idx: tuple, rank: int) -> tuple | None:
+    """``idx`` as one slice per dim of a rank-``rank`` tensor (``...`` and omitted trailing dims as full
+    slices); ``None`` for anything but slices and one ``...`` (ints, ``None``, tensors)."""
+    if sum(i is Ellipsis for i in idx) > 1 or not all(isinstance(i, slice) or i is Ellipsis for i in idx):
+        return None
+    n = sum(i is not Ellipsis for i in idx)
+    if n > rank:
+        return None
+    out: list = []
+    for i in idx:
+        out.extend([slice(None)] * (rank - n) if i is Ellipsis else [i])
+    return tuple(out + [slice(None)] * (rank - len(out)))
 
 
 # ------------------------------------------------------------------------------------ flattening

@@ -155,9 +155,10 @@ class CnnZooTask(WildParkTask):
                                  "...) so the split is the standard one of NFN / Neural Graphs")
             zoos = {name: SmallCNNZoo(c.zoo, split=name, permutation_file=c.permutation_file)
                     for name in ("train", "val", "test")}
-            return {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
-                                                   converter=conv, drop_nonfinite=c.drop_nonfinite))
-                    for name, z in zoos.items()}
+            splits = {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
+                                                     converter=conv, drop_nonfinite=c.drop_nonfinite))
+                      for name, z in zoos.items()}
+            return normalize_graphs(splits) if c.normalize_layers else splits
         return super().build_splits()
 
 

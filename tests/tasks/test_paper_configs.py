@@ -88,3 +88,41 @@ def test_linear_layers_get_their_own_projection():
         g2 = g.clone()
         g2.edge_attr[lin, 0] += 5.0
         assert torch.equal(enc.encode_edges(g2)[lin], e1[lin])
+
+
+NG_CONFIGS = ("ng-gnn-wildpark", "ng-t-wildpark", "ng-gnn-cifar10gs", "ng-t-cifar10gs")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_neural_graph_configs_standardise_each_layer(name):
+    """Neural Graphs §2 "Normalization": (W - mu) / sigma per layer is part of the method, so the NG configs
+    switch it on; the other papers' models read weight spaces (their own standardisation, if any)."""
+    _, _, _, cfg, _ = build(name)
+    assert cfg["task"].get("normalize_layers", False) is (name in NG_CONFIGS)
+
+
+def test_cifar10gs_config_standardises_a_small_cnn_zoo_directory(tmp_path, monkeypatch):
+    """The cifar10gs configurations point the task at a Small CNN Zoo directory: normalize_layers applies
+    there too (statistics of the training split: per layer, its weights have mean 0 and std 1)."""
+    from neuralgraph.data.graph import EDGE_KIND_TABLE
+    from neuralgraph.tasks import create_task
+    from tests.data.test_zoo_readers import write_small_cnn_zoo
+
+    monkeypatch.setenv("NEURALGRAPH_HOME", str(tmp_path / "home"))
+    write_small_cnn_zoo(tmp_path, rows=40)
+    cfg = resolve_config("cnn-zoo", "ng-gnn", "ng-gnn-cifar10gs", False,
+                         [f"task.zoo={tmp_path}", f"task.permutation_file={tmp_path / 'perm.csv'}"])
+    graphs = create_task("cnn-zoo", **cfg["task"]).splits["train"].graphs()
+    params = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.params])
+    layers, values = [], []
+    for g in graphs:
+        sel = torch.isin(g.edge_kind, params)
+        attr = g.edge_attr[sel]
+        nz = attr != 0
+        layers.append(g.node_layer[g.edge_index[1, sel]].view(-1, 1).expand_as(attr)[nz])
+        values.append(attr[nz])
+    layer, value = torch.cat(layers), torch.cat(values).double()
+    assert layer.unique().numel() == 4                      # 3 convolutions and the linear layer
+    for l in layer.unique():
+        v = value[layer == l]
+        assert abs(v.mean().item()) < 1e-5 and abs(v.std(unbiased=False).item() - 1) < 1e-5, int(l)

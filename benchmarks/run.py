@@ -13,7 +13,8 @@ error), ``--config FILE`` (or a named paper configuration, ``--config ng-gnn-wil
 ``neuralgraph/configs/paper/``, whose ``for:`` section names the task and model it is for), the task file's
 ``quick:`` section (with ``--quick``), then ``--set`` (``task.runs=64``, ``model.hidden=32``,
 ``train.epochs=5``; a nested group: ``model.encoder.act_emb=false``). Unknown keys, wrong types and values out
-of range are an error listing each key, its value and what is valid, before any work is done. The
+of range are an error listing each key, its value and what is valid, before any work is done; so are options
+that cannot be combined (``benchmarks.options.CONFLICTS``). The
 resolved configuration is saved beside a seed's results once the run is accepted (a rerun with a changed
 configuration is refused and leaves the old files alone). Interrupted runs resume from their per-seed
 checkpoint when the same command is run again.

@@ -83,3 +83,19 @@ def test_cli_reports_a_bad_zoo_file_without_a_traceback(tmp_path):
         runner.main(["--task", "wildpark", "--model", "ng-t", "--quick", "--set", f"task.zoo={tmp_path}",
                      "--out", str(tmp_path / "out"), "--no-progress"])
     assert str(e.value).startswith("error: ") and "zoo.json' holds a JSON list" in str(e.value)
+
+
+@pytest.mark.parametrize("task", ["wildpark", "cnn-zoo"])
+def test_layer_normalisation_with_probe_features_is_refused_before_any_work(task, monkeypatch):
+    """Probe features run the members' real parameters; normalize_layers replaces them in the graphs."""
+    monkeypatch.setattr(runner, "create_task", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as e:
+        runner.main(["--task", task, "--model", "ng-t", "--set", "task.normalize_layers=true",
+                     "--set", "model.probes=4"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("task.normalize_layers=true and model.probes=4 cannot be combined")
+    assert "set task.normalize_layers=false or model.probes=0" in msg
+    # either alone is fine
+    resolve_config(task, "ng-t", None, False, ["task.normalize_layers=true"])
+    resolve_config(task, "ng-t", None, False, ["model.probes=4", "task.normalize_layers=false"])

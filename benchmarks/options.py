@@ -6,7 +6,8 @@ and the model constructor's annotations. Ranges follow one rule with a short lis
 * an integer is ``>= 1`` (sizes, counts, epochs, runs), or ``>= 0`` where its default is 0 (seeds,
   ``max_steps``: 0 means no limit); list elements of integer lists are ``>= 1``;
 * a number is finite and ``>= 0`` (weight decay, ``grad_clip``: 0 means off, penalty weights);
-* exceptions in :data:`RANGES` (``lr > 0``, ``0 <= dropout < 1``, split fractions that sum to 1).
+* exceptions in :data:`RANGES` (``lr > 0``, ``0 <= dropout < 1``, split fractions that sum to 1, the choices of
+  ``model.probes`` and ``model.readout``).
 
 Every violation is reported at once, each with the key, the value and what is valid; numbers
 written in a form YAML 1.1 reads as a string (``1e-3``) are converted. Options that are valid alone but
@@ -22,8 +23,13 @@ import typing
 from dataclasses import fields
 from typing import Any, Callable
 
+from neuralgraph.models.heads import READOUTS
+from neuralgraph.transforms.probe_features import PROBE_CHOICES
+
 # (section, option) or option (any section) -> (check, description of the valid values)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.probes": (lambda v: v in PROBE_CHOICES, "among " + ", ".join(map(str, PROBE_CHOICES))),
+    "model.readout": (lambda v: v in READOUTS, "among " + ", ".join(map(repr, READOUTS))),
     "train.lr": (lambda v: v > 0, "> 0"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "fourier_sigma": (lambda v: v > 0, "> 0"),

@@ -25,6 +25,8 @@ from tests.tasks.test_training import TinyTask
     ("task.split=[0.5, 0.6, 0.1]", "summing to 1"),
     ("task.normalize_layers=3", "task.normalize_layers=3: expected true or false"),
     ("task.zoo=5", "task.zoo=5: expected a string or null"),
+    ("model.probes=8", "model.probes=8: expected an integer among 0, 4, 16, 64"),
+    ("model.readout=sum", "model.readout='sum': expected a string among 'mean', 'attention', 'output_mean'"),
 ])
 def test_bad_option_values_are_refused_with_key_value_and_valid_range(item, expected):
     with pytest.raises(SystemExit) as e:
@@ -99,3 +101,30 @@ def test_layer_normalisation_with_probe_features_is_refused_before_any_work(task
     # either alone is fine
     resolve_config(task, "ng-t", None, False, ["task.normalize_layers=true"])
     resolve_config(task, "ng-t", None, False, ["model.probes=4", "task.normalize_layers=false"])
+
+
+def test_a_model_refusing_its_options_is_reported_in_one_line(tmp_path, monkeypatch):
+    """Options valid in type and range that the model refuses once it sees the task (probes on a task without
+    one member architecture): the runner's one-line error, not a traceback from the constructor."""
+    monkeypatch.setattr(runner, "create_task", lambda name, **options: TinyTask(None))
+    with pytest.raises(SystemExit) as e:
+        runner.main(["--task", "wildpark", "--model", "ng-t", "--set", "model.probes=16", "--out", str(tmp_path),
+                     "--no-progress"])
+    msg = str(e.value)
+    assert msg.startswith("error: --model ng-t refused its options: ") and "\n" not in msg
+    assert "probes=16 needs the networks' architecture" in msg and "set probes=0" in msg
+
+
+def test_a_rerun_with_other_options_names_them_with_their_resolved_defaults(tmp_path, monkeypatch):
+    """The saved run left model.dropout at its default; the refusal shows that default (0.0), not None, and
+    setting an option to its default is the same configuration."""
+    monkeypatch.setattr(runner, "create_task", lambda name, **options: TinyTask(None))
+    args = ["--task", "wildpark", "--model", "statnn", "--out", str(tmp_path), "--no-progress",
+            "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    runner.main(args)
+    with pytest.raises(SystemExit) as e:
+        runner.main(args + ["--set", "model.dropout=0.5", "--set", "task.split_seed=3"])
+    msg = str(e.value)
+    assert msg.startswith("error: ") and "\n" not in msg
+    assert "another configuration (model.dropout: 0.0 -> 0.5; task.split_seed: 0 -> 3)" in msg
+    runner.main(args + ["--set", "model.dropout=0.0", "--set", "task.split_seed=0"])  # the defaults: resumes

@@ -82,7 +82,7 @@ class InrClsConfig:
     # published name (mnist_splits.json or fmnist_splits.json)
     splits_file: str | None = None
     preset: str = "inr-digits"  # preset of the embedded zoo
-    runs: int = 1797  # INRs of the embedded zoo (one per image)
+    runs: int | None = None  # INRs of the embedded zoo (one per image); None: the preset's size (1,797 / 10,000)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test fractions (our zoos)
     split_seed: int = 0  # seed of the split
     max_kernel: tuple[int, ...] = (1,)  # converter option (INRs are linear layers only)
@@ -131,7 +131,7 @@ class InrClsTask(_InrTask, ClassificationTask):
 class InrEditConfig:
     zoo: str | None = None  # an INR zoo in our format (members keep their image); None: the preset
     preset: str = "inr-digits"  # preset of the embedded zoo
-    runs: int = 1797  # INRs of the embedded zoo (one per image)
+    runs: int | None = None  # INRs of the embedded zoo (one per image); None: the preset's size (1,797 / 10,000)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test fractions
     split_seed: int = 0  # seed of the split
     edit: str = "dilate"  # the image-space edit to learn in weight space: "dilate" (3x3 grey-scale dilation)

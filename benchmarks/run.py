@@ -307,6 +307,10 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
     W, rank = world()
     writer = rank == 0
     task = create_task(task_name, **cfg["task"])
+    try:  # what the configuration alone rules out, before any zoo is generated
+        task.check_model(model_name, cfg["model"])
+    except IncompatibleModelError as err:
+        raise SystemExit(str(err)) from None
     if W > 1:  # rank 0 builds (generates, converts, caches) the data; the others then read its caches
         _data_barrier(rank, lambda: _sized(task, model_name, cfg))
     label = model_name + (f"+{tag}" if tag else "")

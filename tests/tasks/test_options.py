@@ -128,3 +128,30 @@ def test_a_rerun_with_other_options_names_them_with_their_resolved_defaults(tmp_
     assert msg.startswith("error: ") and "\n" not in msg
     assert "another configuration (model.dropout: 0.0 -> 0.5; task.split_seed: 0 -> 3)" in msg
     runner.main(args + ["--set", "model.dropout=0.0", "--set", "task.split_seed=0"])  # the defaults: resumes
+
+
+@pytest.mark.parametrize("task, model, sets, expected", [
+    ("cross-arch", "nfn-np", [], "nfn-np needs a homogeneous zoo of feed-forward networks (one architecture, no "
+     "residual or normalization layers), but the cross-arch zoo does not qualify: it trains on arch1 and tests on "
+     "arch2 networks. Use ng-gnn, ng-t, sne or statnn."),
+    ("wildpark", "mlp", [], "but the wildpark zoo does not qualify: the wildpark-digits preset samples an "
+     "architecture per group of runs"),
+    ("wildpark", "ng-gnn", ["model.probes=16"], "model.probes=16 runs every member network on the probe inputs, "
+     "which needs one architecture, but the wildpark task mixes them: the wildpark-digits preset samples an "
+     "architecture per group of runs; set model.probes=0"),
+])
+def test_a_model_the_configuration_rules_out_is_refused_before_any_zoo_is_built(task, model, sets, expected,
+                                                                                monkeypatch, tmp_path):
+    from neuralgraph.tasks import zoo_tasks
+
+    monkeypatch.setattr(zoo_tasks, "default_zoo", lambda *a, **k: pytest.fail("a zoo was built"))
+    args = ["--task", task, "--model", model, "--quick", "--out", str(tmp_path), "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        runner.main(args + [a for s in sets for a in ("--set", s)])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    # the library refuses as early: model_kwargs checks the configuration before the data
+    if not sets:
+        from neuralgraph.tasks import IncompatibleModelError, create_task
+
+        with pytest.raises(IncompatibleModelError, match="does not qualify"):
+            create_task(task).model_kwargs(model)

@@ -6,10 +6,12 @@ and the model constructor's annotations. Ranges follow one rule with a short lis
 * an integer is ``>= 1`` (sizes, counts, epochs, runs), or ``>= 0`` where its default is 0 (seeds,
   ``max_steps``: 0 means no limit); list elements of integer lists are ``>= 1``;
 * a number is finite and ``>= 0`` (weight decay, ``grad_clip``: 0 means off, penalty weights);
-* exceptions in :data:`RANGES` (``lr > 0``, ``0 <= dropout < 1``, split fractions that sum to 1).
+* exceptions in :data:`RANGES` (``lr > 0``, ``0 <= dropout < 1``, split fractions that sum to 1, the choices of
+  ``model.probes`` and ``model.readout``).
 
 Every violation is reported at once, each with the key, the value and what is valid; numbers
-written in a form YAML 1.1 reads as a string (``1e-3``) are converted.
+written in a form YAML 1.1 reads as a string (``1e-3``) are converted. Options that are valid alone but
+not together (:data:`CONFLICTS`) are refused next, in one line naming both and the fix.
 """
 from __future__ import annotations
 
@@ -21,8 +23,13 @@ import typing
 from dataclasses import fields
 from typing import Any, Callable
 
+from neuralgraph.models.heads import READOUTS
+from neuralgraph.transforms.probe_features import PROBE_CHOICES
+
 # (section, option) or option (any section) -> (check, description of the valid values)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.probes": (lambda v: v in PROBE_CHOICES, "among " + ", ".join(map(str, PROBE_CHOICES))),
+    "model.readout": (lambda v: v in READOUTS, "among " + ", ".join(map(repr, READOUTS))),
     "train.lr": (lambda v: v > 0, "> 0"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "fourier_sigma": (lambda v: v > 0, "> 0"),
@@ -30,6 +37,14 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.split": (lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) < 1e-6,
                    "summing to 1 (train, val, test fractions, each >= 0)"),
 }
+
+
+#: options valid alone but not together: (section, option, is it on), twice, and why / the fix
+CONFLICTS: list[tuple[tuple[str, str, Callable[[Any], bool]], tuple[str, str, Callable[[Any], bool]], str]] = [
+    (("task", "normalize_layers", bool), ("model", "probes", lambda v: bool(v)),
+     "probe features run the members' real parameters, which normalize_layers replaces by standardised ones "
+     "in the graphs; set task.normalize_layers=false or model.probes=0"),
+]
 
 
 class OptionError(ValueError):
@@ -94,7 +109,17 @@ def check_config(cfg: dict[str, dict[str, Any]], task_config: type, model_fn: Ca
         errors += errs
     if errors:
         raise OptionError("invalid option value(s):\n  " + "\n  ".join(errors))
+    for *pair, why in CONFLICTS:
+        given = [f"{sec}.{name}={_yaml_text(out[sec][name])}" for sec, name, on in pair
+                if name in out.get(sec, {}) and on(out[sec][name])]
+        if len(given) == len(pair):
+            raise OptionError(f"{' and '.join(given)} cannot be combined: {why}")
     return out
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as it is written on the command line (``true``, ``16``)."""
+    return "true" if value is True else "false" if value is False else str(value)
 
 
 def _dataclass_defaults(cls: type) -> dict[str, Any]:

@@ -13,7 +13,8 @@ error), ``--config FILE`` (or a named paper configuration, ``--config ng-gnn-wil
 ``neuralgraph/configs/paper/``, whose ``for:`` section names the task and model it is for), the task file's
 ``quick:`` section (with ``--quick``), then ``--set`` (``task.runs=64``, ``model.hidden=32``,
 ``train.epochs=5``; a nested group: ``model.encoder.act_emb=false``). Unknown keys, wrong types and values out
-of range are an error listing each key, its value and what is valid, before any work is done. The
+of range are an error listing each key, its value and what is valid, before any work is done; so are options
+that cannot be combined (``benchmarks.options.CONFLICTS``). The
 resolved configuration is saved beside a seed's results once the run is accepted (a rerun with a changed
 configuration is refused and leaves the old files alone). Interrupted runs resume from their per-seed
 checkpoint when the same command is run again.
@@ -44,7 +45,7 @@ from neuralgraph.models import create_model, list_models, model_arguments, model
 from neuralgraph.tasks import (TASK_SUPPLIED, IncompatibleModelError, create_task, list_tasks, task_config_class,
                                task_config_fields)
 from neuralgraph.io import DataFileError, StorageError, atomic_write, atomic_write_text, make_dirs
-from neuralgraph.training import TrainConfig, fit, world
+from neuralgraph.training import ConfigurationChangedError, TrainConfig, fit, world
 
 # the default configurations ship inside the package (package data), so installed copies find them
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(neuralgraph.__file__)), "configs")
@@ -306,6 +307,10 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
     W, rank = world()
     writer = rank == 0
     task = create_task(task_name, **cfg["task"])
+    try:  # what the configuration alone rules out, before any zoo is generated
+        task.check_model(model_name, cfg["model"])
+    except IncompatibleModelError as err:
+        raise SystemExit(str(err)) from None
     if W > 1:  # rank 0 builds (generates, converts, caches) the data; the others then read its caches
         _data_barrier(rank, lambda: _sized(task, model_name, cfg))
     label = model_name + (f"+{tag}" if tag else "")
@@ -317,11 +322,14 @@ def run(task_name: str, model_name: str, seeds: list[int], cfg: dict[str, dict[s
             make_dirs(seed_dir)
         kwargs = _sized(task, model_name, cfg)  # may build the data: before seeding
         torch.manual_seed(seed)
-        model = create_model(model_name, **kwargs)
+        try:
+            model = create_model(model_name, **kwargs)
+        except ValueError as e:  # an option value the model refuses (e.g. probes on a task mixing architectures)
+            raise SystemExit(f"error: --model {model_name} refused its options: {e}") from None
         train_cfg = TrainConfig(**cfg["train"], seed=seed, device=device, amp=amp)
         res = fit(model, task, train_cfg, out_dir=seed_dir, progress=progress and writer,
                   run_config={"task_name": task_name, "model_name": model_name, "task": cfg["task"],
-                              "model": cfg["model"]})
+                              "model": cfg["model"]}, run_defaults=option_defaults(task.Config, model_name))
         # written once fit accepted the run (a changed configuration is refused above, old files untouched)
         if writer:
             # world_size and both batch sizes: a distributed run is never mistaken for N independent copies
@@ -371,6 +379,30 @@ def _data_barrier(rank: int, build) -> None:
     if rank != 0:
         build()
     dist.destroy_process_group(group)
+
+
+def option_defaults(task_config: type, model_name: str) -> dict[str, dict[str, Any]]:
+    """``{"task": ..., "model": ...}``: the value each option takes when no configuration sets it (the task's
+    ``Config`` dataclass and the model's signature; JSON values, options without a default left out)."""
+    import dataclasses
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        return json.loads(json.dumps(value))  # tuples -> lists, as saved configurations hold them
+
+    task = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in (fields(task_config) if dataclasses.is_dataclass(task_config) else ())
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    model = {k: v for k, v in model_arguments(model_name).items() if k not in TASK_SUPPLIED}
+    out: dict[str, dict[str, Any]] = {"task": {}, "model": {}}
+    for section, values in (("task", task), ("model", model)):
+        for k, v in values.items():
+            try:
+                out[section][k] = plain(v)
+            except TypeError:  # no plain value (a required argument, an object): compared as given
+                pass
+    return out
 
 
 def _sized(task, model_name: str, cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -423,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(args.task, args.model, args.seeds, cfg, args.device, args.out, args.tag, progress=not args.no_progress,
             amp=args.amp)
-    except (DataFileError, StorageError) as e:  # a bad input file, or one that cannot be written: named, with the fix
+    except (DataFileError, StorageError, ConfigurationChangedError) as e:
+        # a bad input file, one that cannot be written, or a rerun with other options: named, with the fix
         raise SystemExit(f"error: {e}") from None
     finally:
         if distributed:

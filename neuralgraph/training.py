@@ -136,20 +136,32 @@ def _saved_records(task: Task, records: dict[str, np.ndarray]) -> dict[str, list
     return {k: (v[:NUM_EXAMPLES] if k in task.example_fields else v).tolist() for k, v in records.items()}
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+class ConfigurationChangedError(ValueError):
+    """A results directory holds a checkpoint written by another configuration (the message names each changed
+    option, old -> new, and the fix)."""
+
+
+def _diff(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """``key: old -> new`` for every option that differs; an option absent on one side takes its value in
+    ``defaults`` (the same nesting) when that has it."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        d = defaults if isinstance(defaults, dict) else {}
+        return [line for k in sorted(set(a) | set(b))
+                for line in _diff(a.get(k, d.get(k)), b.get(k, d.get(k)), f"{prefix}{k}.", d.get(k))]
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = None,
-        progress: bool = True, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
+        progress: bool = True, run_config: dict[str, Any] | None = None,
+        run_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``task`` and return a results dict (also written to ``out_dir/metrics.json``).
 
     With ``out_dir``, training resumes from ``out_dir/checkpoint.pt`` when it exists, provided it was
     written by the same configuration (``cfg`` plus ``run_config``, e.g. the resolved task and model
-    options; only ``epochs`` and ``max_steps`` may grow); a different configuration is an error rather
-    than a silently mixed result. The number of processes is not part of the configuration: a run
+    options; only ``epochs`` and ``max_steps`` may grow); a different configuration is an error
+    (:class:`ConfigurationChangedError`) rather than a silently mixed result. ``run_defaults`` (nested as
+    ``run_config``) holds the values options take when a configuration does not set them: an option set to
+    its default equals the option left out, and a refusal shows the default (``model.probes: 0 -> 16``). The number of processes is not part of the configuration: a run
     interrupted on N processes may resume on M (same global batch, same trajectory).
 
     Under :mod:`torch.distributed` every rank calls ``fit`` with the same arguments (see the module
@@ -194,9 +206,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, out_dir: str | None = No
         if not (isinstance(saved, dict) and {"model", "optimizer", "state", "rng", "config"} <= saved.keys()):
             raise DataFileError(f"{ckpt!r} is not a results checkpoint (expected a dict with model, optimizer, "
                                 f"state, rng and config); {fix}")
-        changed = _diff(saved.get("config"), fingerprint)
+        changed = _diff(saved.get("config"), fingerprint, defaults=json.loads(json.dumps(run_defaults or {})))
         if changed:
-            raise ValueError(f"{ckpt} was written by another configuration ({'; '.join(changed)}); resume with "
+            raise ConfigurationChangedError(f"{ckpt} was written by another configuration ({'; '.join(changed)}); resume with "
                              "the same options, or write to another directory (--out / --tag) or delete it")
         net.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])

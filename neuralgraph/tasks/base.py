@@ -27,6 +27,11 @@ from neuralgraph.transforms.probe_features import MemberNetwork
 from neuralgraph.data.arch import arch_key, build_model, example_input
 
 
+def counted(n: int, noun: str) -> str:
+    """``"1 run"``, ``"1,280 runs"``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass
 class Split:
     """One split of a task: per member its graph and / or weight space (built on demand) and target."""
@@ -134,8 +139,8 @@ class Task:
         parts = []
         for name, s in self.splits.items():
             ds = s.dataset
-            runs = f" of {len({ds.member(i).run_id for i in range(len(ds))})} runs" if ds is not None else ""
-            parts.append(f"{name} {len(s)} members{runs}")
+            runs = f" of {counted(len({ds.member(i).run_id for i in range(len(ds))}), 'run')}" if ds is not None else ""
+            parts.append(f"{name} {counted(len(s), 'member')}{runs}")
         return "data: " + ", ".join(parts)
 
     def eval_splits(self) -> list[str]:
@@ -155,10 +160,7 @@ class Task:
         """
         from neuralgraph.models import list_models, model_arguments, model_class, model_task
 
-        owner = model_task(model_name)
-        if owner is not None and owner != self.name:
-            raise IncompatibleModelError(f"{model_name} is a model of the {owner} task only; the {self.name} task "
-                                         f"takes {list_models()}")
+        self.check_model(model_name)  # what the configuration alone rules out, before any data is built
         cls, accepted = model_class(model_name), model_arguments(model_name)
         kw: dict[str, Any] = {}
         if cls.input_kind == "graph":
@@ -186,6 +188,42 @@ class Task:
         else:
             kw["out_dim"] = self.out_dim
         return {k: v for k, v in kw.items() if k in accepted}
+
+    def mixed_architectures(self) -> str | None:
+        """Why the members mix architectures when the configuration alone shows it (a zoo preset that samples
+        architectures, a train and a test zoo of two architectures), else ``None`` (one architecture, or only
+        the data can tell). Read without building any data."""
+        return None
+
+    def check_model(self, model_name: str, options: dict[str, Any] | None = None) -> None:
+        """Refuse, before any data is built, a model (with its ``options``, e.g. the runner's ``model:`` section)
+        that the configuration alone shows this task cannot serve: a model of another task, a weight-space model
+        needing one architecture or probe features on a task mixing architectures (:meth:`mixed_architectures`).
+        :meth:`model_kwargs` calls it and checks the rest on the data.
+
+        Raises:
+            IncompatibleModelError: with the reason and the models that apply.
+        """
+        from neuralgraph.models import list_models, model_arguments, model_class, model_task
+
+        owner = model_task(model_name)
+        if owner is not None and owner != self.name:
+            raise IncompatibleModelError(f"{model_name} is a model of the {owner} task only; the {self.name} task "
+                                         f"takes {list_models()}")
+        mixed = self.mixed_architectures()
+        if mixed is None:
+            return
+        cls, accepted = model_class(model_name), model_arguments(model_name)
+        if cls.input_kind == "weights" and accepted.get("weight_shapes") is inspect.Parameter.empty:
+            raise IncompatibleModelError(
+                f"{model_name} needs a homogeneous zoo of feed-forward networks (one architecture, no residual "
+                f"or normalization layers), but the {self.name} zoo does not qualify: {mixed}. "
+                "Use ng-gnn, ng-t, sne or statnn.")
+        probes = (options or {}).get("probes")
+        if probes:
+            raise IncompatibleModelError(
+                f"model.probes={probes} runs every member network on the probe inputs, which needs one "
+                f"architecture, but the {self.name} task mixes them: {mixed}; set model.probes=0")
 
     def architecture(self) -> dict[str, Any] | None:
         """The architecture description every member of every split shares (zoo splits), or ``None``

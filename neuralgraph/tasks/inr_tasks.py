@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neuralgraph.data.formats.dwsnets import DWSNetsINRs
+from neuralgraph.data.formats.dwsnets import PUBLISHED_SPLITS, DWSNetsINRs, published_splits_files
 from neuralgraph.data.formats.native import load_zoo
 from neuralgraph.data.zoo import ZooDataset
 from neuralgraph.tasks.base import ClassificationTask, Split, Task, register_task
@@ -43,6 +43,13 @@ class _InrTask(Task):
     #: the directory formats besides ours that the task reads (for the error message)
     other_formats: ClassVar[str] = ""
 
+    def zoo_root(self) -> Path:
+        """The task's ``zoo`` directory (an error naming it if it does not exist)."""
+        root = Path(os.path.expanduser(self.cfg.zoo))
+        if not root.is_dir():
+            raise FileNotFoundError(f"task.zoo={self.cfg.zoo!r}: no such directory")
+        return root
+
     @property
     def converter(self) -> dict[str, Any]:
         return {"max_kernel": tuple(self.cfg.max_kernel)}
@@ -53,7 +60,7 @@ class _InrTask(Task):
         if c.zoo is None:
             zoo = default_zoo(preset=c.preset, runs=c.runs)
         else:
-            root = Path(os.path.expanduser(c.zoo))
+            root = self.zoo_root()
             if not (root / "zoo.json").exists():
                 raise FileNotFoundError(f"{str(root)!r} is not an INR zoo in our format (no zoo.json)"
                                         + self.other_formats)
@@ -71,9 +78,11 @@ class _InrTask(Task):
 @dataclass
 class InrClsConfig:
     zoo: str | None = None  # an INR zoo (ours) or a DWSNets INR directory; None: the preset in $NEURALGRAPH_HOME
-    splits_file: str | None = None  # DWSNets directory only: its splits JSON (train / val / test paths + labels)
+    # DWSNets directory only: its splits JSON (train / val / test paths + labels); None: the one in `zoo` by its
+    # published name (mnist_splits.json or fmnist_splits.json)
+    splits_file: str | None = None
     preset: str = "inr-digits"  # preset of the embedded zoo
-    runs: int = 1797  # INRs of the embedded zoo (one per image)
+    runs: int | None = None  # INRs of the embedded zoo (one per image); None: the preset's size (1,797 / 10,000)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test fractions (our zoos)
     split_seed: int = 0  # seed of the split
     max_kernel: tuple[int, ...] = (1,)  # converter option (INRs are linear layers only)
@@ -84,13 +93,33 @@ class InrClsTask(_InrTask, ClassificationTask):
     """Classify the image an INR encodes from the INR's weights (NG table 3, NFN table 3)."""
 
     Config = InrClsConfig
-    other_formats = " nor a DWSNets INR directory (pass its splits JSON as task.splits_file=...)"
+    other_formats = (" nor a DWSNets INR directory (no splits JSON named " + " or ".join(PUBLISHED_SPLITS)
+                     + " in it, no *.pth INR files below it); pass a DWSNets splits JSON as task.splits_file=...")
+
+    def splits_file(self) -> Path | None:
+        """The DWSNets splits JSON: ``task.splits_file``, else the one in the ``zoo`` directory by its published
+        name; ``None`` for a zoo in our format (or no zoo)."""
+        c = self.cfg
+        if c.splits_file is not None:
+            return Path(os.path.expanduser(c.splits_file))
+        if c.zoo is None or (self.zoo_root() / "zoo.json").exists():
+            return None
+        root = self.zoo_root()
+        found = published_splits_files(root)
+        if len(found) > 1:
+            raise ValueError(f"{str(root)!r} holds {len(found)} DWSNets splits files ({', '.join(f.name for f in found)}"
+                             f"); choose one with task.splits_file={found[0]}")
+        if not found and next(root.rglob("*.pth"), None) is not None:
+            raise FileNotFoundError(f"{str(root)!r} holds DWSNets INR files but no splits JSON named "
+                                    f"{' or '.join(PUBLISHED_SPLITS)} (DWSNets' split script writes it beside the INR "
+                                    "directory): copy it into this directory or pass task.splits_file=...")
+        return found[0] if found else None
 
     def build_splits(self) -> dict[str, Split]:
         c = self.cfg
-        if c.zoo is not None and c.splits_file is not None:
-            zoos = {name: DWSNetsINRs(os.path.expanduser(c.zoo), os.path.expanduser(c.splits_file), split=name)
-                    for name in ("train", "val", "test")}
+        splits_file = self.splits_file()
+        if c.zoo is not None and splits_file is not None:
+            zoos = {name: DWSNetsINRs(self.zoo_root(), splits_file, split=name) for name in ("train", "val", "test")}
             return {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target="label",
                                                    converter=self.converter)) for name, z in zoos.items()}
         if c.splits_file is not None:
@@ -102,7 +131,7 @@ class InrClsTask(_InrTask, ClassificationTask):
 class InrEditConfig:
     zoo: str | None = None  # an INR zoo in our format (members keep their image); None: the preset
     preset: str = "inr-digits"  # preset of the embedded zoo
-    runs: int = 1797  # INRs of the embedded zoo (one per image)
+    runs: int | None = None  # INRs of the embedded zoo (one per image); None: the preset's size (1,797 / 10,000)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test fractions
     split_seed: int = 0  # seed of the split
     edit: str = "dilate"  # the image-space edit to learn in weight space: "dilate" (3x3 grey-scale dilation)

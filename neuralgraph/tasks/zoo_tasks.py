@@ -17,9 +17,9 @@ from neuralgraph.data.formats.native import BaseZoo, load_zoo
 from neuralgraph.data.formats.small_cnn_zoo import SmallCNNZoo
 from neuralgraph.data.formats.wildpark import WildParkZoo
 from neuralgraph.data.zoo import ZooDataset
-from neuralgraph.tasks.base import Split, Task, register_task
+from neuralgraph.tasks.base import Split, Task, counted, register_task
 from neuralgraph.transforms import NormalizeLayers
-from neuralgraph.zoo import DEFAULT_RUNS, default_zoo, neuralgraph_home
+from neuralgraph.zoo import DEFAULT_RUNS, default_zoo, get_preset, neuralgraph_home
 
 
 def dataset_split(ds: ZooDataset) -> Split:
@@ -83,7 +83,7 @@ def open_zoo(path: str | None, preset: str, runs: int | None) -> BaseZoo:
 
 def zoo_note(presets: Sequence[tuple[str, int | None]], large_option: str) -> str:
     """Which embedded zoos ``(preset, runs)`` a run used, and where to rank models (-large presets, results)."""
-    used = ", ".join(f"{p} ({DEFAULT_RUNS[p] if r is None else r} runs)" for p, r in presets)
+    used = ", ".join(f"{p} ({counted(DEFAULT_RUNS[p] if r is None else r, 'run')})" for p, r in presets)
     if all(p.endswith("-large") for p, _ in presets):
         return f"zoo: {used}"
     return (f"zoo: {used}, a small zoo for a quick run; its test split is too small to rank models. Rank them on "
@@ -115,6 +115,12 @@ class WildParkTask(Task):
         if cfg.loss not in ("bce", "mse"):
             raise ValueError(f"task.loss={cfg.loss!r}: expected 'bce' (BCE on logits) or 'mse' (raw regression)")
         self.loss_kind = cfg.loss
+
+    def mixed_architectures(self) -> str | None:
+        c = self.cfg
+        if c.zoo is None and getattr(get_preset(c.preset), "mixed_architectures", False):
+            return f"the {c.preset} preset samples an architecture per group of runs"
+        return None
 
     def describe_data(self) -> str:
         c = self.cfg
@@ -155,9 +161,10 @@ class CnnZooTask(WildParkTask):
                                  "...) so the split is the standard one of NFN / Neural Graphs")
             zoos = {name: SmallCNNZoo(c.zoo, split=name, permutation_file=c.permutation_file)
                     for name in ("train", "val", "test")}
-            return {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
-                                                   converter=conv, drop_nonfinite=c.drop_nonfinite))
-                    for name, z in zoos.items()}
+            splits = {name: dataset_split(ZooDataset(z, "all", root=processed_root(z), target=c.target,
+                                                     converter=conv, drop_nonfinite=c.drop_nonfinite))
+                      for name, z in zoos.items()}
+            return normalize_graphs(splits) if c.normalize_layers else splits
         return super().build_splits()
 
 
@@ -230,6 +237,12 @@ class CrossArchTask(Task):
     @property
     def result_name(self) -> str:
         return f"{self.name}/{self.cfg.train_arch}-to-{self.cfg.test_arch}/{self.cfg.dataset}"
+
+    def mixed_architectures(self) -> str | None:
+        c = self.cfg
+        if c.train_arch != c.test_arch:
+            return f"it trains on {c.train_arch} and tests on {c.test_arch} networks"
+        return None
 
     def describe_data(self) -> str:
         c, suffix = self.cfg, "-large" if self.cfg.large else ""

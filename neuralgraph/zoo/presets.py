@@ -161,6 +161,8 @@ class Preset:
         group_size: members trained together (same architecture and train fraction).
         sample_hparams: ``rng -> hyperparameters`` of a run.
         runs: the zoo's default size (:func:`neuralgraph.zoo.default_zoo` and the tasks' ``runs: null``).
+        mixed_architectures: groups sample different architectures (weight shapes vary), so models needing one
+            architecture are refused before the zoo is built.
     """
 
     name: str
@@ -171,6 +173,7 @@ class Preset:
     group_size: int = 8
     sample_hparams: Callable[[np.random.Generator], dict[str, Any]] = sample_hparams
     runs: int = 160
+    mixed_architectures: bool = False
 
     max_runs = None       # no limit on the number of runs
     worker_threads = None  # torch threads per generator worker: cores / workers
@@ -246,7 +249,7 @@ PRESETS: dict[str, Preset] = {
         "wildpark-digits", "digits",
         "CNN Wild Park recipe (Neural Graphs app. E.1) on sklearn digits 8x8, 10 epochs",
         _wildpark_sampler, TrainConfig(epochs=10, checkpoint_epochs=(1, 2, 3, 5, 10)),
-        sample_hparams=sample_wildpark_hparams, runs=128),
+        sample_hparams=sample_wildpark_hparams, runs=128, mixed_architectures=True),
 }
 for _kind in ("arch1", "arch2"):
     for _ds in ("digits", "mnist1d", "shapes"):

@@ -91,3 +91,19 @@ def test_tasks_supply_the_output_size_when_it_is_fixed():
     fixed = [WildParkCNN(channels=(4, 6), kernels=(3, 5), acts=("relu", "tanh"), residual=(-1, -1), n_classes=10), MLP((4, 6, 10))]
     assert _OutputsTask(fixed).model_kwargs("ng-t")["num_outputs"] == 10
     assert _OutputsTask([MLP((4, 6, 10)), MLP((4, 6, 3))]).model_kwargs("ng-t")["num_outputs"] is None  # mean, warned
+
+
+def test_statnn_default_is_the_papers_1000_1000():
+    """Neural Graphs appendix D.2: StatNN with 1000 hidden dimensions; it fits the CPU, so it is the default
+    of the model and of the runner (one source: the model's signature; the YAML does not restate it)."""
+    from benchmarks.run import resolve_config
+    from neuralgraph.models.statnn import SLOT_FEATURES
+
+    assert tuple(model_arguments("statnn")["hidden"]) == (1000, 1000)
+    assert model_arguments("statnn")["dropout"] == 0.0
+    cfg = resolve_config("wildpark", "statnn", None, False, [])
+    m = create_model("statnn", max_layers=6, **cfg["model"])
+    widths = [lin.out_channels for lin in m.mlp.lins]                   # PyG MLP: its Linear layers
+    assert widths == [1000, 1000, 1]
+    # the paper's count (1,087,001 for 84 inputs) plus our 6 x 4 extra slot features per hidden unit
+    assert sum(p.numel() for p in m.parameters()) == 1_087_001 + 6 * (SLOT_FEATURES - 14) * 1000

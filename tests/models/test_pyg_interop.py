@@ -132,3 +132,44 @@ def test_stock_transforms_keep_categories_or_are_refused():
                      ("pyg-gine", {"hidden": 8, "num_layers": 1})]:
         with pytest.raises(ValueError, match="corrupt neural graph"):
             create_model(name, out_dim=1, **kw)(bad)
+
+
+# --- the docs example, as it stands ------------------------------------------------------------------------------
+def docs_example() -> str:
+    """The first Python block of docs/models.md's "Stock PyG layers on neural graphs" section."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    section = text[text.index("## Stock PyG layers on neural graphs"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def run_docs_example() -> dict:
+    namespace: dict = {}
+    exec(compile(docs_example(), "docs/models.md (Stock PyG layers)", "exec"), namespace)
+    model, opt, graphs = namespace["model"], namespace["opt"], namespace["graphs"]
+    # it trained: Adam stepped every parameter, on the wildpark task's graphs, to a finite loss
+    assert len(opt.state) == len(list(model.parameters())) and all(int(s["step"]) > 0 for s in opt.state.values())
+    assert torch.isfinite(namespace["loss"]) and all(isinstance(g, NeuralGraph) for g in graphs)
+    return namespace
+
+
+def test_the_docs_example_runs_on_a_tiny_wildpark_zoo(tmp_path, monkeypatch):
+    """The block runs unchanged (imports and names complete); the task's zoo is a tiny one of real Wild-Park-style
+    CNN members instead of the 12 trained runs it generates (that run: the slow test below)."""
+    from neuralgraph.data.formats.native import load_zoo
+    from neuralgraph.tasks import zoo_tasks
+    from tests.data.test_zoo_format import write_toy_zoo
+
+    monkeypatch.setenv("NEURALGRAPH_HOME", str(tmp_path / "home"))
+    zoo = load_zoo(write_toy_zoo(tmp_path / "zoo", runs=10, ckpts=2))
+    opened = []
+    monkeypatch.setattr(zoo_tasks, "default_zoo", lambda preset, runs: opened.append((preset, runs)) or zoo)
+    ns = run_docs_example()
+    assert opened == [("wildpark-digits", 12)] and len(ns["graphs"]) == 16   # 8 training runs x 2 checkpoints
+
+
+@pytest.mark.slow
+def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURALGRAPH_HOME", str(tmp_path / "home"))
+    run_docs_example()

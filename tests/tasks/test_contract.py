@@ -256,3 +256,24 @@ def test_probes_need_one_architecture_and_valid_counts():
         create_model("ng-t", out_dim=1, node_in=2, edge_in=1, probes=4)
     with pytest.raises(ValueError, match=r"probes=5; choose one of \[0, 4, 16, 64\]"):
         create_model("ng-gnn", out_dim=1, node_in=2, edge_in=1, probes=5, member_network=member_network())
+
+
+def test_the_data_printout_counts_in_words():
+    """'1 run', '1 member', '1,280 runs': the runner's printout of what a run used."""
+    from types import SimpleNamespace
+
+    from neuralgraph.tasks.zoo_tasks import zoo_note
+
+    assert "wildpark-digits (1 run)" in zoo_note([("wildpark-digits", 1)], "")
+    assert "wildpark-digits-large (1,280 runs)" in zoo_note([("wildpark-digits-large", None)], "")
+
+    class OneRun:
+        def __len__(self):
+            return 1
+
+        def member(self, i):
+            return SimpleNamespace(run_id="run000000")
+
+    task = TinySirenTask(None)
+    task._splits = {"train": Split(y=torch.zeros(1), make_graphs=list, make_weights=list, dataset=OneRun())}
+    assert task.describe_data() == "data: train 1 member of 1 run"

@@ -53,7 +53,10 @@ def test_inr_cls_serves_every_model(zoo_dir, tmp_path):
     assert 0 <= res["test"]["accuracy"] <= 1 and "acc_c9" in res["test"]
 
 
-def test_inr_cls_reads_a_dwsnets_directory(zoo_dir, tmp_path):
+def write_dwsnets(zoo_dir, dataset):
+    """Our zoo's members as DWSNets publishes its INRs: ``dataset/mnist-inrs/mnist_png_<kind>_<label>_<id>/
+    checkpoints/model_final.pth`` and ``dataset/mnist_splits.json`` with paths relative to the DWSNets checkout
+    (``dataset/mnist-inrs/...``) and labels as strings, as its split script writes them."""
     ours = create_task("inr-cls", zoo=str(zoo_dir), split=SPLIT)
     table = {}
     for name, split in ours.splits.items():
@@ -61,20 +64,56 @@ def test_inr_cls_reads_a_dwsnets_directory(zoo_dir, tmp_path):
         for i in range(len(split)):
             m = split.dataset.member(i)
             label = int(m.metrics["label"])
-            d = tmp_path / f"mnist_png_training_{label}_{m.run_id}" / "checkpoints"
+            kind = "testing" if name == "test" else "training"
+            d = dataset / "mnist-inrs" / f"mnist_png_{kind}_{label}_{m.run_id}" / "checkpoints"
             d.mkdir(parents=True)
             torch.save({k: torch.from_numpy(v) for k, v in m.params().items()}, d / "model_final.pth")
-            paths.append(str((d / "model_final.pth").relative_to(tmp_path)))
+            paths.append(f"dataset/{(d / 'model_final.pth').relative_to(dataset)}")
             labels.append(str(label))
         table[name] = {"path": paths, "label": labels}
-    (tmp_path / "splits.json").write_text(json.dumps(table))
-    theirs = create_task("inr-cls", zoo=str(tmp_path), splits_file=str(tmp_path / "splits.json"))
-    for name in ("train", "val", "test"):
-        assert torch.equal(theirs.splits[name].y, ours.splits[name].y)
-        a, b = theirs.splits[name].graphs()[0], ours.splits[name].graphs()[0]
-        assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.x, b.x)
+    (dataset / "mnist_splits.json").write_text(json.dumps(table))
+    return ours
+
+
+def test_inr_cls_reads_a_dwsnets_directory(zoo_dir, tmp_path):
+    dataset = tmp_path / "dataset"
+    ours = write_dwsnets(zoo_dir, dataset)
+    inrs = dataset / "mnist-inrs"
+    # as published: the directory holding the INRs and mnist_splits.json; the INR directory with the splits
+    # file copied in; any directory with task.splits_file=
+    (inrs / "mnist_splits.json").write_text((dataset / "mnist_splits.json").read_text())
+    for kw in (dict(zoo=str(dataset)), dict(zoo=str(inrs)),
+               dict(zoo=str(inrs), splits_file=str(dataset / "mnist_splits.json"))):
+        theirs = create_task("inr-cls", **kw)
+        for name in ("train", "val", "test"):
+            assert torch.equal(theirs.splits[name].y, ours.splits[name].y)
+            a, b = theirs.splits[name].graphs()[0], ours.splits[name].graphs()[0]
+            assert torch.equal(a.edge_attr, b.edge_attr) and torch.equal(a.x, b.x)
     with pytest.raises(ValueError, match="splits_file is for a DWSNets INR directory"):
         create_task("inr-cls", splits_file="x.json").splits
+
+
+def test_inr_cls_names_what_a_directory_lacks(zoo_dir, tmp_path):
+    dataset = tmp_path / "dataset"
+    write_dwsnets(zoo_dir, dataset)
+    inrs = dataset / "mnist-inrs"
+    # DWSNets INR files, but their splits file is elsewhere (beside the directory, where the script writes it)
+    with pytest.raises(FileNotFoundError, match=r"mnist-inrs' holds DWSNets INR files but no splits JSON named "
+                                                r"mnist_splits.json or fmnist_splits.json.*task.splits_file="):
+        create_task("inr-cls", zoo=str(inrs)).splits
+    # two published splits files: which one is the user's choice
+    (dataset / "fmnist_splits.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds 2 DWSNets splits files \(mnist_splits.json, fmnist_splits.json\); "
+                                         r"choose one with task.splits_file="):
+        create_task("inr-cls", zoo=str(dataset)).splits
+    # neither format
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty' is not an INR zoo in our format \(no zoo.json\) nor a DWSNets "
+                                                r"INR directory \(no splits JSON named mnist_splits.json or "
+                                                r"fmnist_splits.json in it, no \*.pth INR files below it\)"):
+        create_task("inr-cls", zoo=str(tmp_path / "empty")).splits
+    with pytest.raises(FileNotFoundError, match=r"task.zoo='.*nowhere': no such directory"):
+        create_task("inr-cls", zoo=str(tmp_path / "nowhere")).splits
 
 
 def test_inr_edit_end_to_end(zoo_dir, tmp_path):

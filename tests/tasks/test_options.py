@@ -25,6 +25,8 @@ from tests.tasks.test_training import TinyTask
     ("task.split=[0.5, 0.6, 0.1]", "summing to 1"),
     ("task.normalize_layers=3", "task.normalize_layers=3: expected true or false"),
     ("task.zoo=5", "task.zoo=5: expected a string or null"),
+    ("model.probes=8", "model.probes=8: expected an integer among 0, 4, 16, 64"),
+    ("model.readout=sum", "model.readout='sum': expected a string among 'mean', 'attention', 'output_mean'"),
 ])
 def test_bad_option_values_are_refused_with_key_value_and_valid_range(item, expected):
     with pytest.raises(SystemExit) as e:
@@ -83,3 +85,73 @@ def test_cli_reports_a_bad_zoo_file_without_a_traceback(tmp_path):
         runner.main(["--task", "wildpark", "--model", "ng-t", "--quick", "--set", f"task.zoo={tmp_path}",
                      "--out", str(tmp_path / "out"), "--no-progress"])
     assert str(e.value).startswith("error: ") and "zoo.json' holds a JSON list" in str(e.value)
+
+
+@pytest.mark.parametrize("task", ["wildpark", "cnn-zoo"])
+def test_layer_normalisation_with_probe_features_is_refused_before_any_work(task, monkeypatch):
+    """Probe features run the members' real parameters; normalize_layers replaces them in the graphs."""
+    monkeypatch.setattr(runner, "create_task", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as e:
+        runner.main(["--task", task, "--model", "ng-t", "--set", "task.normalize_layers=true",
+                     "--set", "model.probes=4"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("task.normalize_layers=true and model.probes=4 cannot be combined")
+    assert "set task.normalize_layers=false or model.probes=0" in msg
+    # either alone is fine
+    resolve_config(task, "ng-t", None, False, ["task.normalize_layers=true"])
+    resolve_config(task, "ng-t", None, False, ["model.probes=4", "task.normalize_layers=false"])
+
+
+def test_a_model_refusing_its_options_is_reported_in_one_line(tmp_path, monkeypatch):
+    """Options valid in type and range that the model refuses once it sees the task (probes on a task without
+    one member architecture): the runner's one-line error, not a traceback from the constructor."""
+    monkeypatch.setattr(runner, "create_task", lambda name, **options: TinyTask(None))
+    with pytest.raises(SystemExit) as e:
+        runner.main(["--task", "wildpark", "--model", "ng-t", "--set", "model.probes=16", "--out", str(tmp_path),
+                     "--no-progress"])
+    msg = str(e.value)
+    assert msg.startswith("error: --model ng-t refused its options: ") and "\n" not in msg
+    assert "probes=16 needs the networks' architecture" in msg and "set probes=0" in msg
+
+
+def test_a_rerun_with_other_options_names_them_with_their_resolved_defaults(tmp_path, monkeypatch):
+    """The saved run left model.dropout at its default; the refusal shows that default (0.0), not None, and
+    setting an option to its default is the same configuration."""
+    monkeypatch.setattr(runner, "create_task", lambda name, **options: TinyTask(None))
+    args = ["--task", "wildpark", "--model", "statnn", "--out", str(tmp_path), "--no-progress",
+            "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    runner.main(args)
+    with pytest.raises(SystemExit) as e:
+        runner.main(args + ["--set", "model.dropout=0.5", "--set", "task.split_seed=3"])
+    msg = str(e.value)
+    assert msg.startswith("error: ") and "\n" not in msg
+    assert "another configuration (model.dropout: 0.0 -> 0.5; task.split_seed: 0 -> 3)" in msg
+    runner.main(args + ["--set", "model.dropout=0.0", "--set", "task.split_seed=0"])  # the defaults: resumes
+
+
+@pytest.mark.parametrize("task, model, sets, expected", [
+    ("cross-arch", "nfn-np", [], "nfn-np needs a homogeneous zoo of feed-forward networks (one architecture, no "
+     "residual or normalization layers), but the cross-arch zoo does not qualify: it trains on arch1 and tests on "
+     "arch2 networks. Use ng-gnn, ng-t, sne or statnn."),
+    ("wildpark", "mlp", [], "but the wildpark zoo does not qualify: the wildpark-digits preset samples an "
+     "architecture per group of runs"),
+    ("wildpark", "ng-gnn", ["model.probes=16"], "model.probes=16 runs every member network on the probe inputs, "
+     "which needs one architecture, but the wildpark task mixes them: the wildpark-digits preset samples an "
+     "architecture per group of runs; set model.probes=0"),
+])
+def test_a_model_the_configuration_rules_out_is_refused_before_any_zoo_is_built(task, model, sets, expected,
+                                                                                monkeypatch, tmp_path):
+    from neuralgraph.tasks import zoo_tasks
+
+    monkeypatch.setattr(zoo_tasks, "default_zoo", lambda *a, **k: pytest.fail("a zoo was built"))
+    args = ["--task", task, "--model", model, "--quick", "--out", str(tmp_path), "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        runner.main(args + [a for s in sets for a in ("--set", s)])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    # the library refuses as early: model_kwargs checks the configuration before the data
+    if not sets:
+        from neuralgraph.tasks import IncompatibleModelError, create_task
+
+        with pytest.raises(IncompatibleModelError, match="does not qualify"):
+            create_task(task).model_kwargs(model)

@@ -1,5 +1,8 @@
 """The named paper configurations (``--config NAME``): each resolves through the runner and builds; parameter
 counts agree with the papers where they state them, up to the documented differences (docs/models.md)."""
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,8 +16,22 @@ EXPECTED = {"ng-gnn-wildpark", "ng-t-wildpark", "statnn-wildpark", "ng-gnn-cifar
             "nfn-np-cifar10gs", "nfn-hnp-cifar10gs", "sne-cross-dataset"}
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
+
+
 def count(module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def documented_counts() -> dict[str, tuple[int, int | None]]:
+    """``{configuration: (ours, paper)}`` from the parameter table of docs/models.md."""
+    rows = {}
+    for line in DOCS.read_text().splitlines():
+        m = re.match(r"\| `([\w-]+)` \| [^|]* \| ([\d,]+) \| ([\d,]+|–) \|", line)
+        if m:
+            paper = None if m[3] == "–" else int(m[3].replace(",", ""))
+            rows[m[1]] = (int(m[2].replace(",", "")), paper)
+    return rows
 
 
 def test_every_paper_configuration_is_named():
@@ -25,7 +42,12 @@ def test_every_paper_configuration_is_named():
 def test_paper_configuration_resolves_and_builds(name):
     task, model_name, model, cfg, _ = build(name)
     assert cfg["model"] and cfg["train"]["epochs"] >= 10
-    assert count(model) > 0
+    # docs/models.md states the count this configuration builds, and the paper's beside it
+    assert documented_counts()[name] == (count(model), PAPER_PARAMS.get(name))
+
+
+def test_docs_table_lists_every_configuration():
+    assert set(documented_counts()) == EXPECTED
 
 
 def test_parameter_counts_beside_the_papers():
@@ -37,6 +59,9 @@ def test_parameter_counts_beside_the_papers():
     # the input encoder (projections, embedding tables) comes on top (docs/models.md)
     _, _, gnn, _, _ = build("ng-gnn-wildpark")
     assert count(gnn.convs) + count(gnn.norms) + count(gnn.head) == PAPER_PARAMS["ng-gnn-wildpark"] + 1664
+    # the encoder as docs/models.md breaks it down: Fourier projections, conv geometry, 64-wide embeddings
+    # (activation 32, edge kind 19, pooling 9, role 4, flatten position 2, position tables 29 rows)
+    assert count(gnn.encoder) == 2 * 16448 + 192 * 64 + 64 * (32 + 19 + 9 + 4 + 2 + 29) == 51264
     assert gnn.head.readout == "output_cat" and gnn.head.num_outputs == 10
 
 
@@ -63,3 +88,41 @@ def test_linear_layers_get_their_own_projection():
         g2 = g.clone()
         g2.edge_attr[lin, 0] += 5.0
         assert torch.equal(enc.encode_edges(g2)[lin], e1[lin])
+
+
+NG_CONFIGS = ("ng-gnn-wildpark", "ng-t-wildpark", "ng-gnn-cifar10gs", "ng-t-cifar10gs")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_neural_graph_configs_standardise_each_layer(name):
+    """Neural Graphs §2 "Normalization": (W - mu) / sigma per layer is part of the method, so the NG configs
+    switch it on; the other papers' models read weight spaces (their own standardisation, if any)."""
+    _, _, _, cfg, _ = build(name)
+    assert cfg["task"].get("normalize_layers", False) is (name in NG_CONFIGS)
+
+
+def test_cifar10gs_config_standardises_a_small_cnn_zoo_directory(tmp_path, monkeypatch):
+    """The cifar10gs configurations point the task at a Small CNN Zoo directory: normalize_layers applies
+    there too (statistics of the training split: per layer, its weights have mean 0 and std 1)."""
+    from neuralgraph.data.graph import EDGE_KIND_TABLE
+    from neuralgraph.tasks import create_task
+    from tests.data.test_zoo_readers import write_small_cnn_zoo
+
+    monkeypatch.setenv("NEURALGRAPH_HOME", str(tmp_path / "home"))
+    write_small_cnn_zoo(tmp_path, rows=40)
+    cfg = resolve_config("cnn-zoo", "ng-gnn", "ng-gnn-cifar10gs", False,
+                         [f"task.zoo={tmp_path}", f"task.permutation_file={tmp_path / 'perm.csv'}"])
+    graphs = create_task("cnn-zoo", **cfg["task"]).splits["train"].graphs()
+    params = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.params])
+    layers, values = [], []
+    for g in graphs:
+        sel = torch.isin(g.edge_kind, params)
+        attr = g.edge_attr[sel]
+        nz = attr != 0
+        layers.append(g.node_layer[g.edge_index[1, sel]].view(-1, 1).expand_as(attr)[nz])
+        values.append(attr[nz])
+    layer, value = torch.cat(layers), torch.cat(values).double()
+    assert layer.unique().numel() == 4                      # 3 convolutions and the linear layer
+    for l in layer.unique():
+        v = value[layer == l]
+        assert abs(v.mean().item()) < 1e-5 and abs(v.std(unbiased=False).item() - 1) < 1e-5, int(l)

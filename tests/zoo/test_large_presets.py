@@ -60,3 +60,25 @@ def test_default_zoo_size_has_one_source(opened):
         with pytest.raises(_Resolved):
             create_task(task).splits
     assert opened == [("wildpark-digits", 128), ("arch1-digits", 96)]
+
+
+@pytest.mark.parametrize("task", ["inr-cls", "inr-edit"])
+def test_inr_zoo_size_has_one_source(task, monkeypatch):
+    """As for wildpark: the runner's default (YAML and code) is runs=None, the preset's size, so choosing a preset
+    alone gives its size (inr-glyphs: 10,000, not inr-digits' 1,797); --quick keeps its small size."""
+    from benchmarks.run import resolve_config
+    from neuralgraph.tasks import inr_tasks
+
+    seen = []
+
+    def fake(preset, runs):
+        seen.append((preset, DEFAULT_RUNS[preset] if runs is None else runs))
+        raise _Resolved
+
+    monkeypatch.setattr(inr_tasks, "default_zoo", fake)
+    for quick, sets in ((False, []), (False, ["task.preset=inr-glyphs"]), (True, ["task.preset=inr-glyphs"])):
+        with pytest.raises(_Resolved):
+            create_task(task, **resolve_config(task, "mlp", None, quick, sets)["task"]).splits
+    with pytest.raises(_Resolved):
+        create_task(task, preset="inr-shapes").splits
+    assert seen == [("inr-digits", 1797), ("inr-glyphs", 10000), ("inr-glyphs", 40), ("inr-shapes", 10000)]

@@ -7,7 +7,11 @@ Each INR is a ``torch.save``'d state dict of a SIREN 2 -> 32 -> 32 -> 1: ``seq.0
     <root>/mnist_png_training_<label>_<idx>/checkpoints/model_final.pth     (label from the path)
     <root>/mnist_png_testing_<label>_<idx>/checkpoints/model_final.pth
 
-and a splits JSON ``{"train": {"path": [...], "label": [...]}, "val": ..., "test": ...}``. The label
+and a splits JSON ``{"train": {"path": [...], "label": [...]}, "val": ..., "test": ...}``, published as
+``mnist_splits.json`` / ``fmnist_splits.json`` (:data:`PUBLISHED_SPLITS`, the names DWSNets' split scripts
+write) beside the INR directory, with paths relative to the DWSNets checkout
+(``dataset/mnist-inrs/mnist_png_.../model_final.pth``): a relative path is read below the root by its longest
+tail that exists there, so the root may be the INR directory or the directory holding it. The label
 comes from the splits file, else a ``label`` key stored next to the state dict, else the path
 (the ``<label>`` field of the grand-parent directory name, as DWSNets' split script does).
 
@@ -28,6 +32,27 @@ from neuralgraph.data.formats.safe import safe_torch_load
 
 SIREN_W0 = 30.0
 SIREN_OUTPUT_OFFSET = 0.5
+#: the splits JSON names DWSNets' split scripts write (MNIST and FashionMNIST INRs)
+PUBLISHED_SPLITS = ("mnist_splits.json", "fmnist_splits.json")
+
+
+def published_splits_files(root: str | os.PathLike) -> list[Path]:
+    """The splits files by their published names (:data:`PUBLISHED_SPLITS`) in ``root``."""
+    return [Path(root) / name for name in PUBLISHED_SPLITS if (Path(root) / name).is_file()]
+
+
+def _resolve(path: str, root: Path, splits: str | os.PathLike, split: str) -> Path:
+    """An INR file named in a splits file: absolute and existing, else the longest tail of the path that exists
+    below ``root`` (published paths start with the DWSNets checkout's ``dataset/<inr dir>/``)."""
+    p = Path(path)
+    if p.is_absolute() and p.exists():
+        return p
+    parts = p.parts[1:] if p.is_absolute() else p.parts
+    for i in range(len(parts)):
+        if (root / Path(*parts[i:])).is_file():
+            return root / Path(*parts[i:])
+    raise ZooFormatError(f"{str(splits)!r}: the {split!r} INR {path!r} is not below {str(root)!r} (nor any tail of "
+                         "its path); point the zoo at the directory holding the INR files")
 
 
 def label_from_path(path: Path) -> int | None:
@@ -62,8 +87,8 @@ class DWSNetsINRs(BaseZoo):
     """One split of a DWSNets INR set; members carry ``metrics["label"]``.
 
     Args:
-        root (str): directory of the INR files (paths in the splits file are relative to it, unless absolute
-            and existing).
+        root (str): directory of the INR files, or the one holding it (a relative path of the splits file is
+            read by its longest tail that exists below ``root``, an absolute one as it is if it exists).
         splits (str, optional): the splits JSON. Without it every ``*.pth`` under ``root`` is read and the
             split taken from the path (``train``/``training`` vs ``test``). (default: ``None``)
         split (str, optional): ``"train"``, ``"val"``, ``"test"`` or ``"all"``. (default: ``"train"``)
@@ -83,9 +108,7 @@ class DWSNetsINRs(BaseZoo):
                     raise ZooFormatError(f"{splits}: no {name!r} split (has {sorted(table)})")
                 paths, labels = table[name]["path"], table[name].get("label", [None] * len(table[name]["path"]))
                 for p, lab in zip(paths, labels):
-                    p = Path(p)
-                    items.append((p if p.is_absolute() and p.exists() else root / p,
-                                  None if lab is None else int(lab)))
+                    items.append((_resolve(p, root, splits, name), None if lab is None else int(lab)))
         else:
             for p in sorted(root.rglob("*.pth")):  # e.g. mnist_png_training_3_100/...: judged below root only
                 s = "train" if "train" in p.relative_to(root).as_posix() else "test"

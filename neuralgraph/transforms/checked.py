@@ -64,7 +64,9 @@ def _apply(step, data: NeuralGraph) -> NeuralGraph:
     hidden = data.clone()
     # the geometry table is per graph: a stock transform would take it for a per-edge field when it happens to have
     # E rows (PyG decides by size), so it is set aside while the transform runs
-    geometry = hidden._store._mapping.pop("geometry", None)
+    geometry = hidden.geometry if "geometry" in hidden else None
+    if geometry is not None:
+        del hidden.geometry
     out = step(hidden)
     if geometry is not None:
         out.geometry = geometry

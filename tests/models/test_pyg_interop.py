@@ -9,11 +9,11 @@ from torch import nn
 from torch_geometric.data import Batch, InMemoryDataset
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GATv2Conv, GINEConv, TransformerConv, global_mean_pool
-from torch_geometric.transforms import AddSelfLoops, BaseTransform, Compose, ToUndirected
+from torch_geometric.transforms import AddRemainingSelfLoops, AddSelfLoops, BaseTransform, Compose, ToUndirected
 from torch_geometric.utils import scatter
 
 from neuralgraph import NeuralGraph, to_neural_graph
-from neuralgraph.data.graph import EDGE_KIND, EDGE_KINDS, NODE_CATEGORIES, plain_geometry
+from neuralgraph.data.graph import EDGE_KIND, NODE_CATEGORIES, plain_geometry
 from neuralgraph.models import create_model
 from neuralgraph.transforms import AddReverseEdges, CheckedTransform
 from tests.convert.test_tokens import TinyViT
@@ -190,6 +190,10 @@ def test_self_loop_features_follow_fill_value():
     assert torch.allclose(loops[j], g.edge_attr[target == j].mean(0)) and loops[j].abs().sum() > 0
     assert torch.equal(CheckedTransform(AddSelfLoops(fill_value=torch.arange(49.0)))(g).edge_attr[E:],
                        torch.arange(49.0).expand(N, 49))
+    # AddRemainingSelfLoops on a graph without self-loops appends the same loops
+    for fill in (0.5, "mean"):
+        a, b = (CheckedTransform(t(fill_value=fill))(g) for t in (AddSelfLoops, AddRemainingSelfLoops))
+        assert all(torch.equal(a[k], b[k]) for k in g.keys())
 
 
 def test_transformed_graphs_batch_and_save(tmp_path):

@@ -75,3 +75,14 @@ def test_rows_filter_keeps_priority_order(capsys):
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and "--model ng-gnn" in printed[0] and "--tag p0" in printed[0]
     assert "--model sne" in printed[1]
+
+
+def test_device_reaches_every_run_and_wildpark_reports_both_readouts(capsys):
+    T.main(["run", "zoo", "--only", "wildpark", "--seeds", "0", "--device", "cuda", "--dry-run",
+            "--results", "/nonexistent"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines and all("--device cuda" in line for line in lines)
+    labels = {r.label for r in T.ZOO_ROWS if r.task == "wildpark"}
+    assert {"ng-gnn", "ng-t", "ng-gnn+mean-readout", "ng-t+mean-readout"} <= labels
+    mean_rows = [r for r in T.ZOO_ROWS if r.tag == "mean-readout"]
+    assert all("model.readout=mean" in r.sets for r in mean_rows)

@@ -100,17 +100,42 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         x: ``[B, C_in, *S]`` or ``[B, T, C_in]``; graph: N nodes, E edges.
 
     Raises:
-        ValueError: a batch of graphs, a ``max_kernel`` that does not match the graph, or an input whose channel
-            count (dim 1, or the last dim of token sequences) differs from the graph's input channels.
+        ValueError: a batch of graphs, a graph that is not feed-forward (self-loops, edges into input neurons or
+            edges that do not go forward in ``node_layer``: what message-passing transforms add), a ``max_kernel``
+            that does not match the graph, or an input whose channel count (dim 1, or the last dim of token
+            sequences) differs from the graph's input channels.
     """
     if getattr(graph, "num_graphs", 1) > 1:
         raise ValueError(f"execute runs one graph; got a batch of {graph.num_graphs}: run "
                          "batch.get_example(i) for each")
+    _check_feed_forward(graph)
     mk = tuple(max_kernel) if max_kernel is not None else _infer_max_kernel(graph)
     if math.prod(mk) != graph.edge_attr.size(1) or 4 * len(mk) != graph.geometry.size(1):
         raise ValueError(f"max_kernel={mk} does not match the graph ({graph.edge_attr.size(1)} edge features, "
                          f"{graph.geometry.size(1) // 4} spatial dims)")
     return _Run(graph, x, mk, tokens).outputs()
+
+
+def _check_feed_forward(g: NeuralGraph) -> None:
+    """Refuse a graph whose edges do not all go forward: a converted graph's every edge runs from a lower
+    ``node_layer`` to a higher one and never into an input neuron. Reversed copies (``ToUndirected``,
+    ``AddReverseEdges``) and self-loops (``AddSelfLoops``) are for message passing; the network is the graph
+    before them."""
+    src, dst = g.edge_index
+    loops = src == dst
+    into_input = (g.node_role[dst] == ROLE["input"]) & ~loops
+    backward = (g.node_layer[dst] <= g.node_layer[src]) & ~loops & ~into_input
+    counts = [int(loops.sum()), int(into_input.sum()), int(backward.sum())]
+    if not any(counts):
+        return
+    found = [f"{n} {what}" for n, what in zip(counts, ("self-loops", "edges into input neurons",
+                                                       "edges that do not go forward in node_layer")) if n]
+    e = int((loops | into_input | backward).nonzero()[0])
+    s, d = int(src[e]), int(dst[e])
+    raise ValueError(f"execute: the graph is not a feed-forward network: {', '.join(found)} (e.g. edge {s} -> {d}, "
+                     f"node_layer {int(g.node_layer[s])} -> {int(g.node_layer[d])}). Reversed edges (ToUndirected, "
+                     "AddReverseEdges) and self-loops (AddSelfLoops) are for message passing and change what the "
+                     "graph computes: execute the graph before the transform")
 
 
 class _Run:

@@ -89,3 +89,27 @@ def test_inputs_of_the_wrong_width_are_refused():
                            example_input=torch.randn(1, 4, 6))
     with pytest.raises(ValueError, match=r"graph has 4 input channels.*has 6 along dim 1 \(channels\)$"):
         execute(conv, torch.randn(2, 6, 4))
+
+
+def test_graphs_transformed_for_message_passing_are_refused():
+    """Reversed edges and self-loops (stock ToUndirected / AddSelfLoops through CheckedTransform, AddReverseEdges)
+    are for message passing: the graph no longer describes a feed-forward network, and execute refuses it up front,
+    naming what it found and the fix (it used to fail inside with ``'NoneType' object has no attribute 'dim'``)."""
+    from torch_geometric.transforms import AddSelfLoops, Compose, ToUndirected
+
+    from neuralgraph.transforms import AddReverseEdges, CheckedTransform
+
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    g, x = to_neural_graph(m), torch.randn(2, 4)
+    torch.testing.assert_close(execute(g, x), m(x))  # before the transform: the network
+    fix = "execute the graph before the transform"
+    cases = [(CheckedTransform(ToUndirected()), r"12 edges into input neurons, 6 edges that do not go forward"),
+             (CheckedTransform(AddSelfLoops()), r"9 self-loops \(e\.g\. edge 0 -> 0"),
+             (CheckedTransform(Compose([ToUndirected(), AddSelfLoops()])), r"9 self-loops, 12 edges into input neurons"),
+             (AddReverseEdges(), r"12 edges into input neurons, 6 edges that do not go forward in node_layer")]
+    for transform, found in cases:
+        with pytest.raises(ValueError, match=f"not a feed-forward network: {found}.*{fix}"):
+            execute(transform(g), x)
+    big = to_neural_graph(_net())  # maps: a reversed conv edge is refused the same way
+    with pytest.raises(ValueError, match=f"edges into input neurons.*{fix}"):
+        execute(CheckedTransform(ToUndirected())(big), torch.randn(1, 3, 8, 8))

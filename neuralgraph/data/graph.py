@@ -127,6 +127,9 @@ EDGE_KIND_TABLE = (
     EdgeKind("upsample", False, True, "upsample", "map", ("tab:gray", "--"),
              "source position o fills target positions o * stride + offset .. + fill (nearest upsampling: fill = "
              "stride; PixelShuffle: fill 1): stride, offset (padding columns), fill (kernel columns)"),
+    EdgeKind("self_loop", False, True, "none", "value", ("black", ":"),
+             "a self-loop i -> i added for message passing (stock AddSelfLoops through CheckedTransform): no term "
+             "of the network (execute refuses graphs with self-loops); plain geometry"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -134,7 +137,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 11
+FORMAT_VERSION = 12
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -142,6 +145,12 @@ POOL = {name: i for i, name in enumerate(POOLS)}
 
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
 DEFAULT_EPS = 1e-5
+
+
+def plain_geometry(dims: int) -> tuple[int, ...]:
+    """``geometry`` row of an edge without geometry (linear, residual, norms, self-loops, ...): stride 1, padding 0,
+    dilation 1, kernel size 1 per spatial dim."""
+    return (1,) * dims + (0,) * dims + (1,) * dims + (1,) * dims
 
 
 def token_geometry(start: int, length: int, drop: bool, dims: int) -> tuple[int, ...]:

@@ -71,15 +71,17 @@ def check_index_bound(index: Tensor, limit: Tensor | int, what: str, arg: str) -
 
 def check_edge_fields(data) -> None:
     """Refuse a graph whose per-edge fields disagree with ``edge_index`` (``[2, E]``): a transform that adds edges
-    to ``edge_index`` alone (stock ``torch_geometric.transforms.AddSelfLoops``) leaves ``edge_attr`` /
-    ``edge_kind`` / ``edge_geom`` with the old rows, a corrupt neural graph."""
+    to ``edge_index`` alone (stock ``torch_geometric.transforms.AddSelfLoops`` applied without
+    :class:`~neuralgraph.transforms.CheckedTransform`) leaves ``edge_attr`` / ``edge_kind`` / ``edge_geom`` with the
+    old rows, a corrupt neural graph."""
     E = data.edge_index.size(1)
     for name in ("edge_attr", "edge_kind", "edge_geom"):
         t = getattr(data, name, None)
         if t is not None and t.size(0) != E:
             raise ValueError(f"corrupt neural graph: edge_index has {E} edges but {name} has {t.size(0)} rows; a "
-                             "transform changed edge_index without the per-edge fields (stock AddSelfLoops does). "
-                             "Wrap stock transforms in neuralgraph.transforms.CheckedTransform(...) to catch this where it happens")
+                             "transform changed edge_index without the per-edge fields (stock AddSelfLoops does on its own). "
+                             "Wrap stock transforms in neuralgraph.transforms.CheckedTransform(...), which gives "
+                             "self-loops their fields and refuses transforms that corrupt them")
 
 
 class FourierFeatures(nn.Module):

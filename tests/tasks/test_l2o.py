@@ -72,8 +72,11 @@ def test_learned_update_is_permutation_equivariant(name):
     expected = permuted(problem, update, perms)
     scale = max(float(u.abs().max()) for u in update.values())
     assert scale > 0
+    # an update is a difference of float32 parameters: it is known to one ulp of the parameters, which can exceed
+    # 1e-4 of a small update (an update of 2e-4 on a weight of 0.26: one ulp is 3e-8, 1.3e-4 of it)
+    ulp = torch.finfo(torch.float32).eps * max(float(p.abs().max()) for p in params.values())
     for k in update:
-        torch.testing.assert_close(update_p[k], expected[k], rtol=1e-4, atol=1e-4 * scale, msg=k)
+        torch.testing.assert_close(update_p[k], expected[k], rtol=1e-4, atol=1e-4 * scale + ulp, msg=k)
     # the update depends on the channel, so the check above can fail
     w = problem.names[0]
     assert not torch.allclose(expected[w], update[w], atol=1e-3 * scale)

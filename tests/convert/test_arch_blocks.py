@@ -1,0 +1,172 @@
+"""Blocks found by the sweep over real architectures (timm / torchvision models beyond the coverage table), as
+small faithful replicas in plain torch: each is checked against the executor, the exact round trip and a
+symmetry (hidden neurons of the torch module permuted, the function checked unchanged, both converted and
+compared)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from neuralgraph import UnsupportedModuleError, to_neural_graph
+from neuralgraph.data.graph import EDGE_KIND
+from tests.convert.test_blocks import check, randomize
+from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
+                                   permute_in, permute_out, permuted_copy)
+
+
+# ------------------------------------------------------------------------ PoolFormer (timm metaformer)
+class Pooling(nn.Module):
+    """timm's ``metaformer.Pooling`` token mixer: ``pool(x) - x``, a difference of two neuron values."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+
+    def forward(self, x):
+        return self.pool(x) - x
+
+
+class Scale(nn.Module):
+    """timm's ``metaformer.Scale``: a layer scale ``x * scale.view(C, 1, 1)``."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return x * self.scale.view(-1, 1, 1)
+
+
+class PoolFormer(nn.Module):
+    """A stem, one PoolFormer block (GroupNorm(1, C), pooling mixer, 1x1-conv MLP, layer scales) and a head."""
+
+    def __init__(self, c: int = 6, hidden: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.norm1, self.mixer, self.ls1 = nn.GroupNorm(1, c), Pooling(), Scale(c)
+        self.norm2, self.ls2 = nn.GroupNorm(1, c), Scale(c)
+        self.fc1, self.act, self.fc2 = nn.Conv2d(c, hidden, 1), nn.GELU(), nn.Conv2d(hidden, c, 1)
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.ls1(self.mixer(self.norm1(x)))
+        x = x + self.ls2(self.fc2(self.act(self.fc1(self.norm2(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def permute_poolformer(m: PoolFormer, stream: torch.Tensor, hidden: torch.Tensor) -> None:
+    """Permute the residual stream's channels (through the pooling difference) and the MLP's hidden channels."""
+    permute_out(m.stem, stream)
+    for norm in (m.norm1, m.norm2):
+        permute_features(norm, stream)
+    with torch.no_grad():
+        for ls in (m.ls1, m.ls2):
+            ls.scale.copy_(ls.scale[stream])
+    permute_in(m.fc1, stream), permute_out(m.fc1, hidden), permute_in(m.fc2, hidden), permute_out(m.fc2, stream)
+    permute_in(m.head, stream)
+
+
+def test_poolformer_difference_of_values():
+    m = randomize(PoolFormer())
+    x = torch.randn(2, 3, 8, 8)
+    g = check(m, x)
+    minus = (g.edge_kind == EDGE_KIND["identity"]) & (g.edge_attr[:, g.edge_attr.size(1) // 2] == -1)
+    assert int(minus.sum()) == 6  # pool(x) - x: one -1 edge per channel, from x into the pooled copy's difference
+    gen = torch.Generator().manual_seed(1)
+    other = permuted_copy(m, lambda s: permute_poolformer(s, torch.randperm(6, generator=gen),
+                                                          torch.randperm(10, generator=gen)))
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
+
+
+class Differences(nn.Module):
+    """``a - b`` in both operand orders and kinds: into open neurons (``fc(x) - x``), onto new neurons when the
+    minuend is read again, and ``x - x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 5)
+
+    def forward(self, x):
+        h = self.a(x) - x                # the minuend is open: x's -1 edges go into fc's neurons
+        u = torch.relu(h)
+        v = u - self.b(u)                # the subtrahend is open but is not negated in place: new neurons
+        return torch.sub(v, h) + (v - v)
+
+
+def test_differences_of_values():
+    m = randomize(Differences())
+    g = check(m, torch.randn(7, 5))
+    assert int(((g.edge_kind == EDGE_KIND["identity"]) & (g.edge_attr[:, g.edge_attr.size(1) // 2] == -1)).sum()) \
+        == 5 * 4
+
+
+def test_a_difference_of_values_with_other_channels_is_refused():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.a(x) - x
+
+    with pytest.raises(UnsupportedModuleError, match="3 and 5 channels"):
+        to_neural_graph(Bad())
+
+
+# ------------------------------------------------------------------------ ResMLP's Affine (timm mlp_mixer)
+class Affine(nn.Module):
+    """timm's ``mlp_mixer.Affine``: ``torch.addcmul(beta, alpha, x)`` = ``beta + alpha * x`` per channel."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones((1, 1, dim)))
+        self.beta = nn.Parameter(torch.zeros((1, 1, dim)))
+
+    def forward(self, x):
+        return torch.addcmul(self.beta, self.alpha, x)
+
+
+class ResMLPChannelBlock(nn.Module):
+    """A patch embedding, the channel half of a ResMLP block on its ``[B, T, C]`` tokens
+    (``x + ls * mlp(affine(x))``) and a head."""
+
+    def __init__(self, c: int = 6, hidden: int = 12):
+        super().__init__()
+        self.embed = nn.Conv2d(3, c, 2, stride=2)
+        self.norm, self.fc1, self.fc2 = Affine(c), nn.Linear(c, hidden), nn.Linear(hidden, c)
+        self.ls = nn.Parameter(torch.ones(c))
+        self.out_norm, self.head = Affine(c), nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = x + self.ls * self.fc2(torch.relu(self.fc1(self.norm(x))))
+        return self.head(self.out_norm(x).mean(1))
+
+
+def test_resmlp_affine_is_a_per_channel_scale_and_shift():
+    m = randomize(ResMLPChannelBlock())
+    x = torch.randn(2, 3, 4, 4)
+    g = check(m, x, example=True)  # the patch grid's size
+    assert int((g.edge_kind == EDGE_KIND["scale"]).sum()) == 6 + 6 + 6  # two Affines and the layer scale
+    hidden = torch.randperm(12, generator=torch.Generator().manual_seed(2))
+    other = permuted_copy(m, lambda s: (permute_out(s.fc1, hidden), permute_in(s.fc2, hidden)))
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other, example_input=x))
+
+
+@pytest.mark.parametrize("forward", [
+    lambda self, x: torch.addcmul(self.beta, self.alpha, x, value=0.5),
+    lambda self, x: torch.addcmul(x, self.alpha, self.beta),
+])
+def test_other_addcmul_uses_are_refused(forward):
+    class Other(Affine):
+        pass
+
+    Other.forward = forward
+    with pytest.raises(UnsupportedModuleError, match="addcmul"):
+        to_neural_graph(nn.Sequential(nn.Linear(3, 4), Other(4)))

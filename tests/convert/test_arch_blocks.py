@@ -170,3 +170,26 @@ def test_other_addcmul_uses_are_refused(forward):
     Other.forward = forward
     with pytest.raises(UnsupportedModuleError, match="addcmul"):
         to_neural_graph(nn.Sequential(nn.Linear(3, 4), Other(4)))
+
+
+# ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)
+class KVAttention(nn.Module):
+    """timm's ``pvt_v2.Attention`` (``sr_ratio=1``): a query projection and a key / value projection packed in
+    one ``nn.Linear`` (``kv(x).reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)``)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.heads, C // self.heads).permute(0, 2, 1, 3)
+        k, v = self.kv(x).reshape(B, -1, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+def test_a_key_value_projection_packed_without_the_query_is_refused_by_name():
+    with pytest.raises(UnsupportedModuleError, match=r"^1 \(.*KVAttention\).*packed without the query"):
+        to_neural_graph(nn.Sequential(nn.Linear(4, 8), KVAttention()), example_input=torch.randn(2, 5, 4))

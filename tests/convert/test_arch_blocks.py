@@ -193,3 +193,54 @@ class KVAttention(nn.Module):
 def test_a_key_value_projection_packed_without_the_query_is_refused_by_name():
     with pytest.raises(UnsupportedModuleError, match=r"^1 \(.*KVAttention\).*packed without the query"):
         to_neural_graph(nn.Sequential(nn.Linear(4, 8), KVAttention()), example_input=torch.randn(2, 5, 4))
+
+
+# ------------------------------------------------------------------------ normalizations of dim 1 on tokens
+class TokenNorm(nn.Module):
+    """A patch embedding into ``[B, T, C]`` tokens, then a normalization module applied to the tokens as they are:
+    BatchNorm1d / InstanceNorm1d / GroupNorm normalise dim 1, the tokens (T == C here, so torch accepts it), which a
+    per-channel graph layer would get wrong; permuted back (``channel_first``), dim 1 is the channels again."""
+
+    def __init__(self, norm: nn.Module, channel_first: bool = False):
+        super().__init__()
+        self.embed, self.norm, self.head = nn.Conv2d(3, 6, 1), norm, nn.Linear(6, 2)
+        self.channel_first = channel_first
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)                          # [B, T = 6, C = 6]
+        t = self.norm(t.transpose(1, 2)).transpose(1, 2) if self.channel_first else self.norm(t)
+        return self.head(t.mean(1))
+
+
+class ChannelLastNorm(nn.Module):
+    """BatchNorm2d applied to a channel-last map ``[B, H, W, C]`` (H == C): it normalises dim 1, the rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.head = nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.norm(self.embed(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+NORMS = [lambda: nn.BatchNorm1d(6), lambda: nn.InstanceNorm1d(6, affine=True), lambda: nn.GroupNorm(2, 6)]
+
+
+@pytest.mark.parametrize("make", NORMS)
+def test_a_norm_of_dim_1_on_tokens_is_refused(make):
+    m = randomize(TokenNorm(make()))
+    x = torch.randn(2, 3, 2, 3)
+    m(x)  # torch accepts it: dim 1 has 6 entries
+    with pytest.raises(UnsupportedModuleError, match=r"^norm \(.*normalises dim 1 of its input, which here is not"):
+        to_neural_graph(m, example_input=x)
+
+
+@pytest.mark.parametrize("make", NORMS)
+def test_a_norm_of_the_channels_of_tokens_converts(make):
+    check(randomize(TokenNorm(make(), channel_first=True)), torch.randn(2, 3, 2, 3), example=True)
+
+
+def test_a_batchnorm_on_a_channel_last_map_is_refused():
+    m = randomize(ChannelLastNorm())
+    with pytest.raises(UnsupportedModuleError, match=r"^norm \(.*BatchNorm2d\): batchnorm normalises dim 1"):
+        to_neural_graph(m, example_input=torch.randn(2, 3, 6, 6))

@@ -244,3 +244,86 @@ def test_a_batchnorm_on_a_channel_last_map_is_refused():
     m = randomize(ChannelLastNorm())
     with pytest.raises(UnsupportedModuleError, match=r"^norm \(.*BatchNorm2d\): batchnorm normalises dim 1"):
         to_neural_graph(m, example_input=torch.randn(2, 3, 6, 6))
+
+
+# ------------------------------------------------------------------------ in-place writes
+class PreActInplace(nn.Module):
+    """A pre-activation block whose ``nn.ReLU(inplace=True)`` (or ``F.relu(h, inplace=True)``) also rewrites the
+    shortcut, the same tensor: torch computes ``conv(relu(h)) + relu(h)``. ``how="explicit"`` writes that out."""
+
+    def __init__(self, how: str = "module"):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.head, self.how = nn.ReLU(inplace=how == "module"), nn.Linear(4, 2), how
+
+    def forward(self, x):
+        h = self.stem(x)
+        if self.how == "explicit":
+            h = torch.relu(h)
+            shortcut = out = h
+        else:
+            shortcut = h
+            out = torch.nn.functional.relu(h, inplace=True) if self.how == "functional" else self.act(h)
+        return self.head((self.conv(out) + shortcut).mean((2, 3)))
+
+
+class AugmentedInplace(nn.Module):
+    """``h += b(x)`` on a tensor another name still holds: both names see the sum (``how="explicit"``: written
+    out)."""
+
+    def __init__(self, how: str = "inplace"):
+        super().__init__()
+        self.a, self.b, self.head, self.how = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(8, 2), how
+
+    def forward(self, x):
+        h = self.a(x)
+        s = h
+        h += self.b(x)
+        if self.how == "explicit":
+            s = h
+        return self.head(torch.cat([h, torch.tanh(s)], 1))
+
+
+@pytest.mark.parametrize("make, x", [(lambda how="module": PreActInplace(how), torch.randn(2, 3, 5, 5)),
+                                     (lambda how="functional": PreActInplace(how), torch.randn(2, 3, 5, 5)),
+                                     (lambda how="inplace": AugmentedInplace(how), torch.randn(4, 3))])
+@pytest.mark.parametrize("example", [True, False])
+def test_readers_after_an_in_place_write_read_the_written_value(make, x, example):
+    m = randomize(make())
+    g = check(m, x, example=example)
+    explicit = make("explicit")
+    explicit.load_state_dict(m.state_dict())
+    assert_isomorphic(g, to_neural_graph(explicit, example_input=x if example else None))
+
+
+def test_an_in_place_write_into_a_view_read_through_another_alias_is_refused():
+    class ViewWrite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            h[:, :2].relu_()        # changes h's first two features
+            return h
+
+    with pytest.raises(UnsupportedModuleError, match="writes in place into getitem.*read again by output"):
+        to_neural_graph(ViewWrite())
+
+
+class Counting(nn.Module):
+    """A forward whose result depends on state kept between calls: the trace records the first call's constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(3, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x) * self.calls
+
+
+def test_a_trace_that_does_not_reproduce_the_forward_is_refused():
+    with pytest.raises(UnsupportedModuleError, match=r"^<root> \(.*Counting\): its dataflow traced by torch.fx "
+                                                     r"computes another result than its forward on example_input"):
+        to_neural_graph(Counting(), example_input=torch.randn(2, 3))

@@ -440,7 +440,7 @@ def _check_trace(model: nn.Module, inputs: tuple, traced: Any) -> None:
     got = [t for t in torch.utils._pytree.tree_leaves(traced) if isinstance(t, Tensor)]
     want = [t for t in torch.utils._pytree.tree_leaves(eager) if isinstance(t, Tensor)]
     for a, b in zip(got, want):
-        scale = float(b.abs().max()) if b.numel() and b.is_floating_point() else 0.0
+        scale = float(b.abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() and b.is_floating_point() else 0.0
         if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6 * scale, equal_nan=True):
             diff = f"shapes {tuple(a.shape)} / {tuple(b.shape)}" if a.shape != b.shape else \
                 f"max difference {float((a - b).abs().max()):.3g}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, to_neural_graph
+from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
 from neuralgraph.data.graph import EDGE_KIND
 from tests.convert.test_blocks import check, randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
@@ -172,6 +172,87 @@ def test_other_addcmul_uses_are_refused(forward):
         to_neural_graph(nn.Sequential(nn.Linear(3, 4), Other(4)))
 
 
+# ------------------------------------------------------------------------ HGNetV2's LearnableAffineBlock (timm hgnet)
+class LearnableAffine(nn.Module):
+    """timm's ``hgnet.LearnableAffineBlock``: ``scale * x + bias`` with one learnable scalar each (shape ``[1]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.tensor([1.0])), nn.Parameter(torch.tensor([0.0]))
+
+    def forward(self, x):
+        return self.scale * x + self.bias
+
+
+class HGStem(nn.Module):
+    """conv-BN-ReLU-affine twice, global pooling, a head (HGNetV2's ConvBNAct with ``use_lab=True``)."""
+
+    def __init__(self, c: int = 5):
+        super().__init__()
+        self.c1, self.n1, self.lab1 = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), LearnableAffine()
+        self.c2, self.n2, self.lab2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), LearnableAffine()
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        x = self.lab1(torch.relu(self.n1(self.c1(x))))
+        x = self.lab2(torch.relu(self.n2(self.c2(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_learnable_scalar_affine_is_shared_by_every_channel():
+    m = randomize(HGStem())
+    x = torch.randn(2, 3, 6, 6)
+    g = check(m, x)
+    scale = g.edge_kind == EDGE_KIND["scale"]
+    centre = g.edge_attr.size(1) // 2
+    assert int(scale.sum()) == 10 and set(g.edge_attr[scale, centre].tolist()) == {
+        float(m.lab1.scale), float(m.lab2.scale)}
+    hidden = torch.randperm(5, generator=torch.Generator().manual_seed(3))
+
+    def permute(s):
+        permute_out(s.c1, hidden), permute_features(s.n1, hidden), permute_in(s.c2, hidden)
+
+    other = permuted_copy(m, permute)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
+
+
+def test_a_scalar_affine_that_disagrees_between_copies_is_refused_on_read_back():
+    m = randomize(HGStem())
+    g = to_neural_graph(m)
+    scale = (g.edge_kind == EDGE_KIND["scale"]).nonzero().view(-1)
+    g.edge_attr[scale[1], g.edge_attr.size(1) // 2] += 1.0   # one channel's copy of lab1.scale changed
+    with pytest.raises(ValueError, match="lab1.scale"):
+        from_neural_graph(g, HGStem())
+
+
+# ------------------------------------------------------------------------ GhostNetV2's DFC attention (timm ghostnet)
+class DFCGate(nn.Module):
+    """GhostNetV2's decoupled fully connected attention: a gate computed on a 2x average-pooled map, upsampled back
+    to the size of the gated map read off that tensor (``F.interpolate(g, size=(out.shape[-2], out.shape[-1]))``)."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.primary, self.short = nn.Conv2d(3, c, 1), nn.Conv2d(3, c, 3, padding=1)
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        out = torch.relu(self.primary(x))
+        g = torch.sigmoid(self.short(torch.nn.functional.avg_pool2d(x, 2, 2)))
+        g = torch.nn.functional.interpolate(g, size=(out.shape[-2], out.shape[-1]), mode="nearest")
+        return self.head((out * g).mean((2, 3)))
+
+
+def test_an_upsampling_to_the_size_of_another_tensor():
+    m = randomize(DFCGate())
+    x = torch.randn(2, 3, 6, 8)
+    g = check(m, x, example=True)
+    assert int((g.edge_kind == EDGE_KIND["upsample"]).sum()) == 4
+    with pytest.raises(UnsupportedModuleError, match="pass example_input"):
+        to_neural_graph(m)  # the size is a run-time value without it
+
+
 # ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)
 class KVAttention(nn.Module):
     """timm's ``pvt_v2.Attention`` (``sr_ratio=1``): a query projection and a key / value projection packed in
@@ -327,3 +408,15 @@ def test_a_trace_that_does_not_reproduce_the_forward_is_refused():
     with pytest.raises(UnsupportedModuleError, match=r"^<root> \(.*Counting\): its dataflow traced by torch.fx "
                                                      r"computes another result than its forward on example_input"):
         to_neural_graph(Counting(), example_input=torch.randn(2, 3))
+
+
+def test_the_trace_check_accepts_a_nan_filled_model():
+    """Reading a graph back into a NaN-filled copy with example_input traces that copy: NaN outputs agree."""
+    m = randomize(PoolFormer())
+    x = torch.randn(2, 3, 8, 8)
+    g = to_neural_graph(m, example_input=x)
+    blank = PoolFormer()
+    with torch.no_grad():
+        for t in list(blank.parameters()) + list(blank.buffers()):
+            t.fill_(float("nan"))
+    assert_same_function(m, from_neural_graph(g, blank, example_input=x), x)

@@ -93,9 +93,13 @@ def _shift(ctx, nodes, shift) -> None:
 
 def per_channel(ctx, node, v: Val, p: Param, what: str) -> tuple[str, torch.Tensor]:
     """``(name, elem)`` of a parameter that broadcasts against ``v`` with one value per channel (a ``[C, 1, 1]``
-    or ``[1, C, 1, 1]`` scale of a map, a ``[C]`` / ``[1, 1, C]`` one of features or tokens); refused otherwise."""
+    or ``[1, C, 1, 1]`` scale of a map, a ``[C]`` / ``[1, 1, C]`` one of features or tokens), or with one value for
+    all (a ``[1]`` learnable scalar, HGNetV2's ``LearnableAffineBlock``: element 0 on every channel, read back from
+    its first copy like a tied weight); refused otherwise."""
     v = ctx.materialize(node, node.all_input_nodes[0], v)
     shape = tuple(p.shape)
+    if math.prod(shape) == 1:
+        return p.name, torch.zeros(v.channels, dtype=torch.long)
     while shape and shape[0] == 1 and len(shape) > 1:
         shape = shape[1:]
     c = v.channels
@@ -107,7 +111,7 @@ def per_channel(ctx, node, v: Val, p: Param, what: str) -> tuple[str, torch.Tens
     if not ok:
         raise ctx.unsupported(node, f"{what} of a {c}-channel {v.kind} value by parameter {p.name!r} of shape "
                                     f"{p.shape}: only one value per channel (shape [C, 1, 1] for a map, [C] for "
-                                    "features) can be stored on the graph")
+                                    "features) or one for all ([1]) can be stored on the graph")
     return p.name, torch.arange(c)
 
 

@@ -100,8 +100,10 @@ def _scale(ctx, node, x: Val, size, scale_factor, mode: str, align_corners=None,
     if scale_factor is not None:
         factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * sd
     else:
-        shape = ctx.shape(node.all_input_nodes[0])
+        shape, out = ctx.shape(node.all_input_nodes[0]), ctx.shape(node)
         sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * sd
+        if out is not None and not all(isinstance(s, int) for s in sizes):
+            sizes = tuple(out[2:])  # read off another tensor (size=y.shape[-2:]): the traced output's size
         if shape is None or not all(isinstance(s, int) for s in sizes):
             raise ctx.unsupported(node, f"upsamples to size={size!r} from an input size known only at run time; pass "
                                         "example_input=... to to_neural_graph, or use scale_factor")

@@ -420,3 +420,21 @@ def test_the_trace_check_accepts_a_nan_filled_model():
         for t in list(blank.parameters()) + list(blank.buffers()):
             t.fill_(float("nan"))
     assert_same_function(m, from_neural_graph(g, blank, example_input=x), x)
+
+
+class RepeatedOutputs(nn.Module):
+    """Returns some neurons twice (``torch.cat([h, h[:, :2]], 1)`` pooled): each output position is a neuron."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return torch.cat([h, h[:, :2]], 1).mean((2, 3))
+
+
+def test_an_output_neuron_returned_twice_gets_a_copy():
+    m = randomize(RepeatedOutputs())
+    g = check(m, torch.randn(2, 3, 5, 5))
+    assert g.num_nodes == 3 + 4 + 2 and int((g.edge_kind == EDGE_KIND["identity"]).sum()) == 2

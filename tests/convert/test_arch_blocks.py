@@ -253,6 +253,67 @@ def test_an_upsampling_to_the_size_of_another_tensor():
         to_neural_graph(m)  # the size is a run-time value without it
 
 
+# ------------------------------------------------------------------------ Squeeze-and-Excitation, reference form
+class SELayer(nn.Module):
+    """The SE block as the SENet reference implementation writes it: ``nn.Linear`` layers on the pooled features,
+    ``fc(y).view(b, c, 1, 1)`` and ``x * y.expand_as(x)``."""
+
+    def __init__(self, c: int, r: int = 2, unsqueeze: bool = False):
+        super().__init__()
+        self.avg_pool, self.unsqueeze = nn.AdaptiveAvgPool2d(1), unsqueeze
+        self.fc = nn.Sequential(nn.Linear(c, c // r, bias=False), nn.ReLU(inplace=True), nn.Linear(c // r, c),
+                                nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        if self.unsqueeze:
+            return x * self.fc(y).unsqueeze(-1).unsqueeze(-1)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SENet(nn.Module):
+    def __init__(self, c: int = 6, unsqueeze: bool = False):
+        super().__init__()
+        self.conv, self.se, self.head = nn.Conv2d(3, c, 3, padding=1), SELayer(c, unsqueeze=unsqueeze), nn.Linear(c, 2)
+
+    def forward(self, x):
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.se(torch.relu(self.conv(x))), 1), 1))
+
+
+@pytest.mark.parametrize("unsqueeze", [False, True])
+def test_reference_squeeze_excitation_with_linear_layers(unsqueeze):
+    m = randomize(SENet(unsqueeze=unsqueeze))
+    x = torch.randn(2, 3, 5, 5)
+    g = check(m, x, example=True)  # view(b, c) with b, c = x.size(): sizes known from example_input
+    assert int((g.edge_kind == EDGE_KIND["product"]).sum()) == 2 * 6
+    gen = torch.Generator().manual_seed(4)
+    stream, hidden = torch.randperm(6, generator=gen), torch.randperm(3, generator=gen)
+
+    def permute(s):
+        permute_out(s.conv, stream), permute_in(s.se.fc[0], stream), permute_out(s.se.fc[0], hidden)
+        permute_in(s.se.fc[2], hidden), permute_out(s.se.fc[2], stream), permute_in(s.head, stream)
+
+    other = permuted_copy(m, permute)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other, example_input=x))
+
+
+def test_features_viewed_as_a_map_are_not_read_by_a_convolution():
+    class ConvOnFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.conv = nn.Linear(3, 4), nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.fc(x).view(x.size(0), 4, 1, 1).expand(-1, -1, 3, 3)).flatten(1)
+
+    with pytest.raises(UnsupportedModuleError, match="expands a vec value|needs a feature map input"):
+        to_neural_graph(ConvOnFeatures(), example_input=torch.randn(2, 3))
+
+
 # ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)
 class KVAttention(nn.Module):
     """timm's ``pvt_v2.Attention`` (``sr_ratio=1``): a query projection and a key / value projection packed in

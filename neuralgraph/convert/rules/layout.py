@@ -114,7 +114,9 @@ def _features(ctx, arg, x: Val) -> bool:
     shape = ctx.shape(arg)
     if x.kind != "vec":
         return False
-    return all(s == 1 for s in shape[2:]) if shape is not None else x.positions is None
+    if shape is None:
+        return x.positions is None
+    return len(shape) >= 2 and shape[1] == x.channels and all(s == 1 for s in shape[2:])
 
 
 def unit_map(ctx, node, x: Val, shape: tuple) -> Val | None:

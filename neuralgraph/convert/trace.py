@@ -335,13 +335,21 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
     graph = fx_trace(model)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        training = any(m.training for m in model.modules())
+        # a training-mode forward updates buffers (BatchNorm's running statistics): keep the model as it was
+        buffers = {k: b.clone() for k, b in model.named_buffers()} if training else {}
         try:
             with torch.no_grad():
                 traced = ShapeProp(fx.GraphModule(model, graph)).propagate(*_copies(inputs))
         except Exception as err:  # noqa: BLE001 - the user's input does not fit the model
             raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
                              "pass an input of the shape the model expects") from err
-        _check_trace(model, inputs, traced)
+        finally:
+            with torch.no_grad():
+                for k, b in buffers.items():
+                    model.get_buffer(k).copy_(b)
+        if not training:  # in training mode the forward may be random (dropout): nothing to compare
+            _check_trace(model, inputs, traced)
     builder = GraphBuilder(config, for_graph=for_graph)
     builder.fx_graph = graph
     ctx = TraceContext(model, builder)

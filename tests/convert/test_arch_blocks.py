@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.data.graph import EDGE_KIND
 from tests.convert.test_blocks import check, randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
@@ -499,3 +499,19 @@ def test_an_output_neuron_returned_twice_gets_a_copy():
     m = randomize(RepeatedOutputs())
     g = check(m, torch.randn(2, 3, 5, 5))
     assert g.num_nodes == 3 + 4 + 2 and int((g.edge_kind == EDGE_KIND["identity"]).sum()) == 2
+
+
+def test_converting_a_training_mode_model_with_example_input_leaves_it_unchanged():
+    """The shape run on example_input of a training-mode model (it warns and converts the eval-mode function)
+    must not update its BatchNorm statistics, and dropout's randomness is no reason to refuse it."""
+    m = randomize(SENet()).train()
+    m.conv = nn.Sequential(m.conv, nn.BatchNorm2d(6), nn.Dropout(0.5))
+    randomize(m.conv[1]).train()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.warns(UserWarning, match="training mode"):
+        g = to_neural_graph(m, example_input=x)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    m.eval()
+    torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)

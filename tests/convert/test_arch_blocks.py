@@ -468,7 +468,7 @@ class Counting(nn.Module):
 def test_a_trace_that_does_not_reproduce_the_forward_is_refused():
     with pytest.raises(UnsupportedModuleError, match=r"^<root> \(.*Counting\): its dataflow traced by torch.fx "
                                                      r"computes another result than its forward on example_input"):
-        to_neural_graph(Counting(), example_input=torch.randn(2, 3))
+        to_neural_graph(Counting().eval(), example_input=torch.randn(2, 3))
 
 
 def test_the_trace_check_accepts_a_nan_filled_model():

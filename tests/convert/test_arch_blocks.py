@@ -314,6 +314,61 @@ def test_features_viewed_as_a_map_are_not_read_by_a_convolution():
         to_neural_graph(ConvOnFeatures(), example_input=torch.randn(2, 3))
 
 
+# ------------------------------------------------------------------------ zero padding (HGNetV2's StemV2, ZeroPad2d)
+class PaddedStem(nn.Module):
+    """HGNetV2's stem: ``F.pad(x, (0, 1, 0, 1))`` before a 2x2 conv and a ``MaxPool2d(2, 1, ceil_mode=True)``
+    branch; then a ``nn.ZeroPad2d`` before a strided conv (TF-style asymmetric "same" padding), and a crop."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.stem, self.conv2 = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c, 2)
+        self.pool, self.zpad = nn.MaxPool2d(2, 1, ceil_mode=True), nn.ZeroPad2d((0, 1, 1, 0))
+        self.down, self.head = nn.Conv2d(2 * c, c, 3, stride=2), nn.Linear(c * 2 * 3, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.nn.functional.pad(x, (0, 1, 0, 1))
+        x = torch.cat([torch.relu(self.conv2(x)), self.pool(x)], 1)
+        x = self.down(self.zpad(x))
+        return self.head(torch.nn.functional.pad(x, (-1, 0, 0, -1)).flatten(1))  # crop one column / row
+
+
+def test_zero_padding_also_asymmetric_and_cropping():
+    m = randomize(PaddedStem())
+    x = torch.randn(2, 3, 6, 8)
+    g = check(m, x, example=True)
+    assert int((g.edge_kind == EDGE_KIND["subsample"]).sum()) == 4 + 8 + 4
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(5))
+
+    def permute(s):
+        permute_out(s.stem, perm), permute_in(s.conv2, torch.arange(4)[perm])
+        permute_in(s.down, torch.cat([torch.arange(4), 4 + perm]))
+
+    other = permuted_copy(m, permute)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other, example_input=x))
+
+
+@pytest.mark.parametrize("pad, match", [
+    (lambda x: torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), "mode=.reflect."),
+    (lambda x: torch.nn.functional.pad(x, (1, 1), value=1.0), "value=1.0"),
+    (lambda x: torch.nn.functional.pad(x, (0, 0, 0, 0, 1, 1)), "channel and batch dims cannot be padded"),
+    (nn.ReflectionPad2d(1), "ReflectionPad2d"),
+])
+def test_other_paddings_are_refused(pad, match):
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pad = nn.Conv2d(3, 2, 1), pad
+
+        def forward(self, x):
+            return self.pad(self.conv(x)).flatten(1)
+
+    with pytest.raises(UnsupportedModuleError, match=match):
+        to_neural_graph(Padded(), example_input=torch.randn(1, 3, 4, 4))
+
+
 # ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)
 class KVAttention(nn.Module):
     """timm's ``pvt_v2.Attention`` (``sr_ratio=1``): a query projection and a key / value projection packed in

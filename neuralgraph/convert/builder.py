@@ -219,7 +219,18 @@ class GraphBuilder:
             self.pending[i] += count
 
     def mark_outputs(self, nodes: Tensor) -> None:
+        """Make ``nodes`` the next outputs, in order. A neuron that is an output already (``torch.cat([h, h], 1)``
+        returned, or one value returned twice) gets an identity-fed copy, so every output position is a neuron."""
         self.observe(nodes)
+        seen, nodes = set(self.outputs), nodes.clone()
+        repeat = torch.zeros(nodes.numel(), dtype=torch.bool)
+        for k, i in enumerate(nodes.tolist()):
+            repeat[k] = i in seen
+            seen.add(i)
+        if repeat.any():
+            copies = self.add_nodes(int(repeat.sum()), self.next_layer(nodes[repeat]))
+            self.add_identity_edges(nodes[repeat], copies, "identity")
+            nodes[repeat] = copies
         self.outputs += nodes.tolist()
 
     # ----------------------------------------------------------------------------------------- edges

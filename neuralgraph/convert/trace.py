@@ -65,6 +65,26 @@ def _hint(mod: nn.Module) -> str:
     return ""
 
 
+class _Proxy(fx.Proxy):
+    """A traced value that records ``x += y`` as the in-place ``operator.iadd`` (``fx.Proxy`` falls back to ``x = x + y``,
+    which loses that every other name of ``x`` sees the sum too; see :func:`_inplace_writes`)."""
+
+    def _inplace(self, op, other):
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    def __iadd__(self, other):
+        return self._inplace(operator.iadd, other)
+
+    def __isub__(self, other):
+        return self._inplace(operator.isub, other)
+
+    def __imul__(self, other):
+        return self._inplace(operator.imul, other)
+
+    def __itruediv__(self, other):
+        return self._inplace(operator.itruediv, other)
+
+
 class _Tracer(fx.Tracer):
     """fx tracer whose leaves are the modules we have rules for (plus torch.nn built-ins, which then
     fail with a clear message if no rule exists); records which module was being traced on failure."""
@@ -73,6 +93,9 @@ class _Tracer(fx.Tracer):
         # no autowrapping of `math` functions: we never need it, and patching costs most of a trace
         super().__init__(autowrap_modules=(), autowrap_functions=())
         self.failed_at: tuple[str, nn.Module] | None = None
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if find_module_rule(m) is not None or type(m) in A.MODULE_ACTIVATIONS:
@@ -313,15 +336,25 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
     graph = fx_trace(model)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        training = any(m.training for m in model.modules())
+        # a training-mode forward updates buffers (BatchNorm's running statistics): keep the model as it was
+        buffers = {k: b.clone() for k, b in model.named_buffers()} if training else {}
         try:
             with torch.no_grad():
-                ShapeProp(fx.GraphModule(model, graph)).propagate(*inputs)
+                traced = ShapeProp(fx.GraphModule(model, graph)).propagate(*_copies(inputs))
         except Exception as err:  # noqa: BLE001 - the user's input does not fit the model
             raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
                              "pass an input of the shape the model expects") from err
+        finally:
+            with torch.no_grad():
+                for k, b in buffers.items():
+                    model.get_buffer(k).copy_(b)
+        if not training:  # in training mode the forward may be random (dropout): nothing to compare
+            _check_trace(model, inputs, traced)
     builder = GraphBuilder(config, for_graph=for_graph)
     builder.fx_graph = graph
     ctx = TraceContext(model, builder)
+    _inplace_writes(ctx, graph)
     for graph_pass in GRAPH_PASSES:  # patterns spanning several operations claim their nodes
         graph_pass(ctx, graph)
     env: dict[fx.Node, Any] = {}
@@ -366,6 +399,131 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
         if node.op == "placeholder" and isinstance(env.get(node), Val):
             builder.record_value(env[node], force=True)
     return builder
+
+
+#: operations whose result shares the memory of their first argument (an in-place write to one changes the other)
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "permute", "transpose", "swapaxes", "swapdims", "flatten",
+                 "unflatten", "squeeze", "unsqueeze", "expand", "expand_as", "contiguous", "chunk", "split", "unbind",
+                 "narrow", "select", "movedim", "t", "detach", "to", "float", "type_as"}
+_VIEW_FUNCTIONS = {operator.getitem, torch.reshape, torch.flatten, torch.permute, torch.transpose, torch.squeeze,
+                   torch.unsqueeze, torch.chunk, torch.split, torch.unbind, torch.narrow, torch.select, torch.movedim,
+                   torch.swapaxes, torch.swapdims}
+_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _mutated(ctx: TraceContext, node: fx.Node) -> fx.Node | None:
+    """The tensor an operation writes in place (``nn.ReLU(inplace=True)``, ``F.relu(x, inplace=True)``, ``x.add_(y)``,
+    ``x += y`` on a tensor), else ``None``."""
+    first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if first is None:
+        return None
+    if node.op == "call_module":
+        return first if getattr(ctx.module(node), "inplace", False) is True else None
+    if node.op == "call_method":
+        name = str(node.target)
+        return first if name.endswith("_") and not name.startswith("_") else None
+    if node.op != "call_function":
+        return None
+    if node.target in _INPLACE_OPERATORS:  # x += y writes into a tensor x, but rebinds a number
+        return first if _tensor_like(first) else None
+    if getattr(node.target, "__name__", "").endswith("_") and not node.target.__name__.startswith("_"):
+        return first  # torch.relu_(x), F.relu_(x)
+    try:
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+    except (TypeError, ValueError):
+        return None
+    return first if bound.arguments.get("inplace") is True else None
+
+
+def _copies(inputs: tuple) -> tuple:
+    """The example inputs, cloned (a forward that writes into its input must not change them for the next run)."""
+    return tuple(x.clone() if isinstance(x, Tensor) else x for x in inputs)
+
+
+def _check_trace(model: nn.Module, inputs: tuple, traced: Any) -> None:
+    """The traced dataflow must compute what the module's forward computes on ``example_input``; a forward doing
+    something ``torch.fx`` does not record (state kept between calls, a write into memory another name holds
+    that tracing cannot see) would otherwise give a graph of another function."""
+    with torch.no_grad():
+        eager = model(*_copies(inputs))
+    got = [t for t in torch.utils._pytree.tree_leaves(traced) if isinstance(t, Tensor)]
+    want = [t for t in torch.utils._pytree.tree_leaves(eager) if isinstance(t, Tensor)]
+    for a, b in zip(got, want):
+        scale = float(b.abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() and b.is_floating_point() else 0.0
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6 * scale, equal_nan=True):
+            diff = f"shapes {tuple(a.shape)} / {tuple(b.shape)}" if a.shape != b.shape else \
+                f"max difference {float((a - b).abs().max()):.3g}"
+            raise UnsupportedModuleError(
+                f"<root> ({_type_name(type(model))}): its dataflow traced by torch.fx computes another result than "
+                f"its forward on example_input ({diff}): the forward does something tracing does not record (state "
+                "kept between calls, data-dependent Python control flow, a write into memory that another name "
+                "holds). A graph of the traced dataflow would compute a different function; rewrite that part "
+                "of the forward")
+    if len(got) != len(want):
+        raise UnsupportedModuleError(f"<root> ({_type_name(type(model))}): its traced dataflow returns {len(got)} "
+                                     f"tensors, its forward {len(want)} on example_input")
+
+
+_NUMBER_METHODS = {"size", "dim", "numel", "item", "tolist", "stride", "element_size", "nelement"}
+
+
+def _tensor_like(node: fx.Node) -> bool:
+    """Whether ``node`` holds a tensor (not a size or a number): the type ShapeProp recorded (with
+    ``example_input``), else judged from the operations that produced it."""
+    kind = node.meta.get("type")
+    if isinstance(kind, type):
+        return issubclass(kind, Tensor)
+    if node.op in ("placeholder", "call_module", "get_attr"):
+        return True
+    if node.op == "call_method":
+        return node.target not in _NUMBER_METHODS and isinstance(node.args[0], fx.Node) and _tensor_like(node.args[0])
+    if node.target is getattr:
+        return False
+    if str(getattr(node.target, "__module__", "")).startswith("torch"):
+        return True
+    args = node.args[:1] if node.target is operator.getitem else node.args
+    return any(isinstance(a, fx.Node) and _tensor_like(a) for a in args)
+
+
+def _is_view(ctx: TraceContext, node: fx.Node) -> bool:
+    """Whether ``node``'s result may share the memory of its first argument (a view, or a module that returns
+    its input: ``nn.Identity``, dropout in eval mode)."""
+    if node.op == "call_module":
+        return isinstance(ctx.module(node), (nn.Identity, nn.modules.dropout._DropoutNd))
+    return (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+        node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+
+
+def _inplace_writes(ctx: TraceContext, graph: fx.Graph) -> None:
+    """Make in-place writes explicit in the dataflow: ``torch.fx`` records ``relu(h, inplace=True)`` as a new node,
+    but every later reader of ``h`` reads the written value. Those readers are pointed at the writing node, so
+    ``y = relu_(h); z = h + 1`` converts as ``z = relu(h) + 1``, as torch computes it. A write into a view of a
+    tensor that is read again elsewhere (through another alias: ``x[:, :2].relu_()``, then ``x``) is refused."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        target = _mutated(ctx, node)
+        if target is None:
+            continue
+        later = [u for u in target.users if order[u] > order[node]]
+        # other names of the written memory: the tensors target is a view of, and the views taken of them before
+        aliases, stack = set(), [target]
+        while stack:
+            n = stack.pop()
+            near = ([n.args[0]] if _is_view(ctx, n) and n.args and isinstance(n.args[0], fx.Node) else []) + \
+                [u for u in n.users if _is_view(ctx, u) and order[u] < order[node]]
+            for m in near:
+                if m is not target and m not in aliases:
+                    aliases.add(m)
+                    stack.append(m)
+        for alias in aliases:
+            readers = [u for u in alias.users if order[u] > order[node] and u not in aliases]
+            if readers:
+                raise ctx.unsupported(node, f"writes in place into {target.name}, which shares its memory with "
+                                            f"{alias.name}, read again by {readers[0].name}; the graph records "
+                                            "values, not memory: write it out of place (inplace=False, x = x + y)")
+        for user in later:
+            user.args = fx.node.map_arg(user.args, lambda n: node if n is target else n)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda n: node if n is target else n)
 
 
 def _reads(user: fx.Node, v: Val, shape: Sequence | None) -> Tensor:

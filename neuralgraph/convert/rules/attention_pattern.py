@@ -319,11 +319,15 @@ def _packed_branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], walks: li
     """The three branches of one packed projection ``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)``
     split by ``unbind(0)`` (or indexing), and the shared nodes (reshape, permute, unbind, the three parts)."""
     selects = [_packed_select(ctx, head) for head, _ in walks]
-    t, unbind = selects[0][0], selects[0][2]
-    if any(sel is None or sel[0] is not t for sel in selects) or sorted(sel[1] for sel in selects) != [0, 1, 2]:
+    if any(sel is None or sel[0] is not selects[0][0] for sel in selects) or \
+            sorted(sel[1] for sel in selects) != [0, 1, 2]:
+        reads = ", ".join(f"{role} {head.name}" for (head, _), (role, _) in zip(walks, roles))
         raise _fail(ctx, site, "query, key and value must be three separate nn.Linear projections or the three "
                                "parts of one packed projection (qkv(x).reshape(B, T, 3, heads, head_dim)"
-                               ".permute(2, 0, 3, 1, 4).unbind(0))")
+                               f".permute(2, 0, 3, 1, 4).unbind(0)); here they are {reads} (a key / value "
+                               "projection packed without the query, kv(x).reshape(B, T, 2, heads, head_dim), is not "
+                               "supported)")
+    t, unbind = selects[0][0], selects[0][2]
     shared, n = [], t
     while op_kind(ctx, n) != "linear":
         if op_kind(ctx, n) not in ("view", "transpose", "permute", "id") or _data_arg(ctx, n) is None:

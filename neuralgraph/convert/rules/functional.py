@@ -93,9 +93,13 @@ def _shift(ctx, nodes, shift) -> None:
 
 def per_channel(ctx, node, v: Val, p: Param, what: str) -> tuple[str, torch.Tensor]:
     """``(name, elem)`` of a parameter that broadcasts against ``v`` with one value per channel (a ``[C, 1, 1]``
-    or ``[1, C, 1, 1]`` scale of a map, a ``[C]`` / ``[1, 1, C]`` one of features or tokens); refused otherwise."""
+    or ``[1, C, 1, 1]`` scale of a map, a ``[C]`` / ``[1, 1, C]`` one of features or tokens), or with one value for
+    all (a ``[1]`` learnable scalar, HGNetV2's ``LearnableAffineBlock``: element 0 on every channel, read back from
+    its first copy like a tied weight); refused otherwise."""
     v = ctx.materialize(node, node.all_input_nodes[0], v)
     shape = tuple(p.shape)
+    if math.prod(shape) == 1:
+        return p.name, torch.zeros(v.channels, dtype=torch.long)
     while shape and shape[0] == 1 and len(shape) > 1:
         shape = shape[1:]
     c = v.channels
@@ -107,7 +111,7 @@ def per_channel(ctx, node, v: Val, p: Param, what: str) -> tuple[str, torch.Tens
     if not ok:
         raise ctx.unsupported(node, f"{what} of a {c}-channel {v.kind} value by parameter {p.name!r} of shape "
                                     f"{p.shape}: only one value per channel (shape [C, 1, 1] for a map, [C] for "
-                                    "features) can be stored on the graph")
+                                    "features) or one for all ([1]) can be stored on the graph")
     return p.name, torch.arange(c)
 
 
@@ -139,6 +143,23 @@ def _mul(ctx, node, a, b) -> Val:
             return affine(ctx, node, v, scale=per_channel(ctx, node, v, p, "a product"))
     v, c = _constant_operand(ctx, node, a, b, "a product")
     return affine(ctx, node, v, scale=c)
+
+
+@function_rule(torch.addcmul)
+@method_rule("addcmul")
+@takes_params
+def _addcmul(ctx, node, base, t1, t2, value=1) -> Val:
+    """``torch.addcmul(beta, alpha, x)`` = ``beta + alpha * x`` with per-channel parameters (ResMLP's ``Affine``):
+    the element-wise layer of :func:`affine` with ``alpha`` on the edges and ``beta`` as the bias."""
+    v = t2 if isinstance(t2, Val) else t1
+    scale = t1 if v is t2 else t2
+    if not (isinstance(v, Val) and isinstance(scale, Param) and isinstance(base, Param)) or value != 1:
+        raise ctx.unsupported(node, "addcmul is supported as torch.addcmul(beta, alpha, x) with per-channel "
+                                    "parameters beta, alpha and value=1 (an affine layer); write other uses as "
+                                    "separate operations")
+    v = ctx.materialize(node, node.all_input_nodes[-1 if v is t2 else 1], v)  # inputs: beta, alpha, x
+    return affine(ctx, node, v, scale=per_channel(ctx, node, v, scale, "a product"),
+                  shift=per_channel(ctx, node, v, base, "a sum"))
 
 
 def product(ctx, node, a: Val, b: Val) -> Val:
@@ -174,9 +195,12 @@ def _div(ctx, node, a, b, **kwargs) -> Val:
 @function_rule(operator.sub, operator.isub, torch.sub)
 @method_rule("sub", "sub_")
 def _sub(ctx, node, a, b, **kwargs) -> Val:
-    """``x - c`` (a shift) or ``c - x`` (scale -1, then a shift)."""
+    """``x - c`` (a shift), ``c - x`` (scale -1, then a shift) or ``x - y`` of two neuron values (PoolFormer's
+    ``pool(x) - x``: :func:`add` with the subtrahend's edges carrying -1)."""
     if kwargs.get("alpha", 1) != 1:
         raise ctx.unsupported(node, "torch.sub with alpha != 1 is not supported")
+    if isinstance(a, Val) and isinstance(b, Val):
+        return add(ctx, node, a, b, sign=-1.0)
     v, c = _constant_operand(ctx, node, a, b, "a difference")
     return affine(ctx, node, v, shift=-c) if v is a else affine(ctx, node, v, scale=-1.0, shift=c)
 
@@ -190,9 +214,10 @@ def _neg(ctx, node, x: Val) -> Val:
 @function_rule(operator.add, operator.iadd, torch.add)
 @method_rule("add", "add_")
 @takes_params
-def add(ctx, node, a, b, **kwargs) -> Val:
+def add(ctx, node, a, b, sign: float = 1.0, **kwargs) -> Val:
     """``a + b``: identity (residual) edges from one operand's neurons into the other's; ``x + c`` with a
-    Python number is a constant shift (:func:`affine`).
+    Python number is a constant shift (:func:`affine`). ``sign=-1``: the difference ``a - b`` of two neuron
+    values, ``b``'s edges are ``identity`` edges carrying -1 (``b`` is never the neurons written into).
 
     The skipped operand feeds the other operand's neurons directly when those are still open (their
     pre-activation value not read anywhere else); otherwise a new layer of sum neurons is added.
@@ -217,14 +242,23 @@ def add(ctx, node, a, b, **kwargs) -> Val:
     if a.kind != b.kind and "flat" not in (a.kind, b.kind):
         raise ctx.unsupported(node, f"adds a {a.kind} value and a {b.kind} value")
     disjoint = not set(a.nodes.tolist()) & set(b.nodes.tolist())
-    for target, skip in ((a, b), (b, a)):
+    for target, skip in ((a, b), (b, a)) if sign == 1.0 else ((a, b),):
         if disjoint and bld.is_open(target.nodes):
             bld.deepen(target.nodes, bld.next_layer(skip.nodes))
-            bld.add_identity_edges(skip.nodes, target.nodes, "residual")
+            _skip_edges(bld, skip.nodes, target.nodes, sign)
             return Val(target.nodes, target.kind, target.sdims, target.positions)
     out = bld.add_nodes(a.channels, bld.next_layer(a.nodes, b.nodes))
-    bld.add_identity_edges(torch.cat([a.nodes, b.nodes]), out.repeat(2), "residual")
+    bld.add_identity_edges(a.nodes, out, "residual")
+    _skip_edges(bld, b.nodes, out, sign)
     return Val(out, a.kind, a.sdims, a.positions)
+
+
+def _skip_edges(bld, src, dst, sign: float) -> None:
+    """``dst += sign * src``: residual edges (1), or identity edges carrying the constant -1."""
+    if sign == 1.0:
+        bld.add_identity_edges(src, dst, "residual")
+    else:
+        bld.add_edges(src, dst, "identity", const=sign)
 
 
 # ------------------------------------------------------------------------------------ channels

@@ -81,6 +81,8 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
     (``x.reshape(B, C, H * W)``, ``x.flatten(2)``), splitting its channels in two (the first reshape of a channel
     shuffle) and merging them back (the last one)."""
     out = ctx.shape(node)
+    if x.kind == "vec":
+        return unit_map(ctx, node, x, tuple(out) if out is not None else shape)
     if x.kind == "groups":
         rank = len(out) if out is not None else len(shape)
         if rank == 2 + x.sdims and (out is None or out[1] == x.channels):
@@ -105,6 +107,54 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
         if isinstance(per, int) and per > 0 and c % per == 0 and not isinstance(g, int):
             return Val(x.nodes.view(c // per, per), "groups", x.sdims, x.positions)
     return None
+
+
+def _features(ctx, arg, x: Val) -> bool:
+    """Whether ``x`` holds ``[B, C]`` features, possibly viewed with trailing size-1 dims (``[B, C, 1, 1]``)."""
+    shape = ctx.shape(arg)
+    if x.kind != "vec":
+        return False
+    if shape is None:
+        return x.positions is None
+    return len(shape) >= 2 and shape[1] == x.channels and all(s == 1 for s in shape[2:])
+
+
+def unit_map(ctx, node, x: Val, shape: tuple) -> Val | None:
+    """``[B, C]`` features viewed with trailing size-1 dims, ``[B, C, 1, 1]`` (an SE gate computed by ``nn.Linear``
+    layers, ``fc(y).view(B, C, 1, 1)``, before ``x * gate``): the same feature neurons, which a product broadcasts
+    over a map's positions as torch does; ``None`` for any other shape. (A convolution does not read them: it needs
+    a map.)"""
+    if not _features(ctx, node.all_input_nodes[0], x):
+        return None  # token sequences, channel-last maps
+    if len(shape) < 3 or shape[1] not in (x.channels, -1) or not all(s == 1 for s in shape[2:]):
+        return None
+    return Val(x.nodes, "vec")
+
+
+@function_rule(torch.unsqueeze)
+@method_rule("unsqueeze")
+def _unsqueeze(ctx, node, x: Val, dim: int) -> Val:
+    """``y.unsqueeze(-1)`` of ``[B, C]`` features (twice: ``[B, C, 1, 1]``): :func:`unit_map`; other dims are
+    refused."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    shape = ctx.shape(node.all_input_nodes[0])
+    rank = len(shape) if shape is not None else 2
+    if not _features(ctx, node.all_input_nodes[0], x) or not isinstance(dim, int) or dim % (rank + 1) != rank:
+        raise ctx.unsupported(node, f"unsqueeze({dim}) of a {x.kind} value is not supported; only adding trailing "
+                                    "size-1 dims to [B, C] features (a gate viewed as [B, C, 1, 1]) is")
+    return Val(x.nodes, "vec")
+
+
+@method_rule("expand", "expand_as")
+def _expand(ctx, node, x: Val, *sizes) -> Val:
+    """``gate.expand_as(x)`` of ``[B, C, 1, 1]`` features (the SE reference implementation's ``x * y.expand_as(x)``):
+    the same feature neurons, which the product broadcasts; expanding anything else (a map's positions, tokens)
+    is refused."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    if not _features(ctx, node.all_input_nodes[0], x):
+        raise ctx.unsupported(node, f"expands a {x.kind} value; only [B, C, 1, 1] features (a gate) can be "
+                                    "expanded, for a product that broadcasts them anyway")
+    return Val(x.nodes, "vec")
 
 
 def merge_spatial(ctx, node, x: Val) -> Val:

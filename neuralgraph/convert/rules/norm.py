@@ -91,6 +91,13 @@ def normalize(ctx, node, x: Val, c: int, kind: str, weight: str | None, bias: st
         raise ctx.unsupported(node, "LayerNorm on a feature map normalizes its last spatial dim; only "
                                     "feature-dim LayerNorm is supported (a channel LayerNorm over a map is "
                                     "x.permute(0, 2, 3, 1), LayerNorm, x.permute(0, 3, 1, 2))")
+    shape = ctx.shape(node.all_input_nodes[0])
+    if kind != "layernorm" and x.kind == "vec" and ((shape is not None and len(shape) > 2) or (
+            shape is None and x.positions is not None)):
+        raise ctx.unsupported(node, f"{kind} normalises dim 1 of its input, which here is not the channel dim but the "
+                                    "tokens of a [B, T, C] sequence or a spatial dim of a channel-last map (torch then "
+                                    "keeps statistics per token / position); move the channels to dim 1 first "
+                                    "(x.transpose(1, 2) / x.permute(0, 3, 1, 2)) or use LayerNorm")
     if x.channels != c:
         raise ctx.unsupported(node, f"expects {c} channels but receives {x.channels}")
     out = b.add_nodes(c, b.next_layer(x.nodes))

@@ -8,6 +8,8 @@
   ``o * stride + offset .. + fill`` (nearest: offset 0, fill = stride; pixel shuffle: the offset of the input
   channel's sub-position, fill 1).
 * ``nn.PixelUnshuffle(r)``: ``subsample`` edges (every ``r``-th position from an offset), as a patch embedding.
+* ``F.pad`` / ``nn.ZeroPad2d`` / ``nn.ConstantPad2d(p, 0)`` (zero padding, also asymmetric; negative amounts crop):
+  one ``subsample`` edge per channel (stride 1, the padding and an offset).
 """
 from __future__ import annotations
 
@@ -100,8 +102,10 @@ def _scale(ctx, node, x: Val, size, scale_factor, mode: str, align_corners=None,
     if scale_factor is not None:
         factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * sd
     else:
-        shape = ctx.shape(node.all_input_nodes[0])
+        shape, out = ctx.shape(node.all_input_nodes[0]), ctx.shape(node)
         sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * sd
+        if out is not None and not all(isinstance(s, int) for s in sizes):
+            sizes = tuple(out[2:])  # read off another tensor (size=y.shape[-2:]): the traced output's size
         if shape is None or not all(isinstance(s, int) for s in sizes):
             raise ctx.unsupported(node, f"upsamples to size={size!r} from an input size known only at run time; pass "
                                         "example_input=... to to_neural_graph, or use scale_factor")
@@ -180,3 +184,45 @@ def _pixel_shuffle(ctx, node, x: Val, upscale_factor) -> Val:
 @function_rule(F.pixel_unshuffle, torch.pixel_unshuffle)
 def _pixel_unshuffle(ctx, node, x: Val, downscale_factor) -> Val:
     return pixel_unshuffle(ctx, node, x, _factor(ctx, node, downscale_factor))
+
+
+def zero_pad(ctx, node, x: Val, pads, mode: str = "constant", value=None) -> Val:
+    """``F.pad(x, (left, right, top, bottom, ...), value=0)`` of a map (negative amounts crop): one ``subsample``
+    edge per channel reading ``in[y - left]`` per dim (zero outside the input): stride 1, padding
+    ``p = max(left, right, 0)``, offset ``p - left``, span ``2p - left - right + 1``, so the output has
+    ``n + left + right`` positions. Other modes (reflect, replicate, circular), other values and padding of the
+    channel or batch dims are refused."""
+    x = _map(ctx, node, x, "a padding")
+    if mode != "constant" or (value is not None and value != 0):
+        raise ctx.unsupported(node, f"padding with mode={mode!r}, value={value!r} is not supported; only zero padding "
+                                    "(mode='constant', value=0) converts (a shifted map is zero outside its input)")
+    pads = tuple(pads)
+    if not all(isinstance(p, int) for p in pads) or len(pads) % 2 or len(pads) > 2 * x.sdims:
+        raise ctx.unsupported(node, f"padding {pads!r} is not constant ints over the {x.sdims} spatial dims (the "
+                                    "channel and batch dims cannot be padded)")
+    sd, lead = x.sdims, _lead(ctx, x.sdims)
+    per_dim = [(0, 0)] * sd
+    for k in range(len(pads) // 2):  # F.pad lists the last dim first
+        per_dim[sd - 1 - k] = (pads[2 * k], pads[2 * k + 1])
+    p = tuple(max(lo, hi, 0) for lo, hi in per_dim)
+    offset = tuple(q - lo for q, (lo, _) in zip(p, per_dim))
+    span = tuple(2 * q - lo - hi + 1 for q, (lo, hi) in zip(p, per_dim))
+    b = ctx.builder
+    new = b.add_nodes(x.channels, b.next_layer(x.nodes))
+    geometry = (1,) * lead + (1,) * sd + (0,) * lead + offset + (0,) * lead + p + (1,) * lead + span
+    b.add_edges(x.nodes, new, "subsample", geometry=geometry, const=1.0)
+    return Val(new, "map", sd)
+
+
+@function_rule(F.pad)
+def _pad(ctx, node, x: Val, pad, mode: str = "constant", value=None) -> Val:
+    return zero_pad(ctx, node, x, pad, mode, value)
+
+
+@module_rule(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+             nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+             nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+def _pad_module(ctx, node, x: Val) -> Val:
+    mod = ctx.module(node)
+    mode = "constant" if isinstance(mod, (nn.modules.padding._ConstantPadNd)) else type(mod).__name__
+    return zero_pad(ctx, node, x, mod.padding, mode, getattr(mod, "value", None))

@@ -1,0 +1,572 @@
+"""Blocks found by the sweep over real architectures (timm / torchvision models beyond the coverage table), as
+small faithful replicas in plain torch: each is checked against the executor, the exact round trip and a
+symmetry (hidden neurons of the torch module permuted, the function checked unchanged, both converted and
+compared)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
+from neuralgraph.data.graph import EDGE_KIND
+from tests.convert.test_blocks import check, randomize
+from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
+                                   permute_in, permute_out, permuted_copy)
+
+
+# ------------------------------------------------------------------------ PoolFormer (timm metaformer)
+class Pooling(nn.Module):
+    """timm's ``metaformer.Pooling`` token mixer: ``pool(x) - x``, a difference of two neuron values."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+
+    def forward(self, x):
+        return self.pool(x) - x
+
+
+class Scale(nn.Module):
+    """timm's ``metaformer.Scale``: a layer scale ``x * scale.view(C, 1, 1)``."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return x * self.scale.view(-1, 1, 1)
+
+
+class PoolFormer(nn.Module):
+    """A stem, one PoolFormer block (GroupNorm(1, C), pooling mixer, 1x1-conv MLP, layer scales) and a head."""
+
+    def __init__(self, c: int = 6, hidden: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.norm1, self.mixer, self.ls1 = nn.GroupNorm(1, c), Pooling(), Scale(c)
+        self.norm2, self.ls2 = nn.GroupNorm(1, c), Scale(c)
+        self.fc1, self.act, self.fc2 = nn.Conv2d(c, hidden, 1), nn.GELU(), nn.Conv2d(hidden, c, 1)
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.ls1(self.mixer(self.norm1(x)))
+        x = x + self.ls2(self.fc2(self.act(self.fc1(self.norm2(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def permute_poolformer(m: PoolFormer, stream: torch.Tensor, hidden: torch.Tensor) -> None:
+    """Permute the residual stream's channels (through the pooling difference) and the MLP's hidden channels."""
+    permute_out(m.stem, stream)
+    for norm in (m.norm1, m.norm2):
+        permute_features(norm, stream)
+    with torch.no_grad():
+        for ls in (m.ls1, m.ls2):
+            ls.scale.copy_(ls.scale[stream])
+    permute_in(m.fc1, stream), permute_out(m.fc1, hidden), permute_in(m.fc2, hidden), permute_out(m.fc2, stream)
+    permute_in(m.head, stream)
+
+
+def test_poolformer_difference_of_values():
+    m = randomize(PoolFormer())
+    x = torch.randn(2, 3, 8, 8)
+    g = check(m, x)
+    minus = (g.edge_kind == EDGE_KIND["identity"]) & (g.edge_attr[:, g.edge_attr.size(1) // 2] == -1)
+    assert int(minus.sum()) == 6  # pool(x) - x: one -1 edge per channel, from x into the pooled copy's difference
+    gen = torch.Generator().manual_seed(1)
+    other = permuted_copy(m, lambda s: permute_poolformer(s, torch.randperm(6, generator=gen),
+                                                          torch.randperm(10, generator=gen)))
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
+
+
+class Differences(nn.Module):
+    """``a - b`` in both operand orders and kinds: into open neurons (``fc(x) - x``), onto new neurons when the
+    minuend is read again, and ``x - x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 5)
+
+    def forward(self, x):
+        h = self.a(x) - x                # the minuend is open: x's -1 edges go into fc's neurons
+        u = torch.relu(h)
+        v = u - self.b(u)                # the subtrahend is open but is not negated in place: new neurons
+        return torch.sub(v, h) + (v - v)
+
+
+def test_differences_of_values():
+    m = randomize(Differences())
+    g = check(m, torch.randn(7, 5))
+    assert int(((g.edge_kind == EDGE_KIND["identity"]) & (g.edge_attr[:, g.edge_attr.size(1) // 2] == -1)).sum()) \
+        == 5 * 4
+
+
+def test_a_difference_of_values_with_other_channels_is_refused():
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.a(x) - x
+
+    with pytest.raises(UnsupportedModuleError, match="3 and 5 channels"):
+        to_neural_graph(Bad())
+
+
+# ------------------------------------------------------------------------ ResMLP's Affine (timm mlp_mixer)
+class Affine(nn.Module):
+    """timm's ``mlp_mixer.Affine``: ``torch.addcmul(beta, alpha, x)`` = ``beta + alpha * x`` per channel."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones((1, 1, dim)))
+        self.beta = nn.Parameter(torch.zeros((1, 1, dim)))
+
+    def forward(self, x):
+        return torch.addcmul(self.beta, self.alpha, x)
+
+
+class ResMLPChannelBlock(nn.Module):
+    """A patch embedding, the channel half of a ResMLP block on its ``[B, T, C]`` tokens
+    (``x + ls * mlp(affine(x))``) and a head."""
+
+    def __init__(self, c: int = 6, hidden: int = 12):
+        super().__init__()
+        self.embed = nn.Conv2d(3, c, 2, stride=2)
+        self.norm, self.fc1, self.fc2 = Affine(c), nn.Linear(c, hidden), nn.Linear(hidden, c)
+        self.ls = nn.Parameter(torch.ones(c))
+        self.out_norm, self.head = Affine(c), nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = x + self.ls * self.fc2(torch.relu(self.fc1(self.norm(x))))
+        return self.head(self.out_norm(x).mean(1))
+
+
+def test_resmlp_affine_is_a_per_channel_scale_and_shift():
+    m = randomize(ResMLPChannelBlock())
+    x = torch.randn(2, 3, 4, 4)
+    g = check(m, x, example=True)  # the patch grid's size
+    assert int((g.edge_kind == EDGE_KIND["scale"]).sum()) == 6 + 6 + 6  # two Affines and the layer scale
+    hidden = torch.randperm(12, generator=torch.Generator().manual_seed(2))
+    other = permuted_copy(m, lambda s: (permute_out(s.fc1, hidden), permute_in(s.fc2, hidden)))
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other, example_input=x))
+
+
+@pytest.mark.parametrize("forward", [
+    lambda self, x: torch.addcmul(self.beta, self.alpha, x, value=0.5),
+    lambda self, x: torch.addcmul(x, self.alpha, self.beta),
+])
+def test_other_addcmul_uses_are_refused(forward):
+    class Other(Affine):
+        pass
+
+    Other.forward = forward
+    with pytest.raises(UnsupportedModuleError, match="addcmul"):
+        to_neural_graph(nn.Sequential(nn.Linear(3, 4), Other(4)))
+
+
+# ------------------------------------------------------------------------ HGNetV2's LearnableAffineBlock (timm hgnet)
+class LearnableAffine(nn.Module):
+    """timm's ``hgnet.LearnableAffineBlock``: ``scale * x + bias`` with one learnable scalar each (shape ``[1]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.tensor([1.0])), nn.Parameter(torch.tensor([0.0]))
+
+    def forward(self, x):
+        return self.scale * x + self.bias
+
+
+class HGStem(nn.Module):
+    """conv-BN-ReLU-affine twice, global pooling, a head (HGNetV2's ConvBNAct with ``use_lab=True``)."""
+
+    def __init__(self, c: int = 5):
+        super().__init__()
+        self.c1, self.n1, self.lab1 = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), LearnableAffine()
+        self.c2, self.n2, self.lab2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), LearnableAffine()
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        x = self.lab1(torch.relu(self.n1(self.c1(x))))
+        x = self.lab2(torch.relu(self.n2(self.c2(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_learnable_scalar_affine_is_shared_by_every_channel():
+    m = randomize(HGStem())
+    x = torch.randn(2, 3, 6, 6)
+    g = check(m, x)
+    scale = g.edge_kind == EDGE_KIND["scale"]
+    centre = g.edge_attr.size(1) // 2
+    assert int(scale.sum()) == 10 and set(g.edge_attr[scale, centre].tolist()) == {
+        float(m.lab1.scale), float(m.lab2.scale)}
+    hidden = torch.randperm(5, generator=torch.Generator().manual_seed(3))
+
+    def permute(s):
+        permute_out(s.c1, hidden), permute_features(s.n1, hidden), permute_in(s.c2, hidden)
+
+    other = permuted_copy(m, permute)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
+
+
+def test_a_scalar_affine_that_disagrees_between_copies_is_refused_on_read_back():
+    m = randomize(HGStem())
+    g = to_neural_graph(m)
+    scale = (g.edge_kind == EDGE_KIND["scale"]).nonzero().view(-1)
+    g.edge_attr[scale[1], g.edge_attr.size(1) // 2] += 1.0   # one channel's copy of lab1.scale changed
+    with pytest.raises(ValueError, match="lab1.scale"):
+        from_neural_graph(g, HGStem())
+
+
+# ------------------------------------------------------------------------ GhostNetV2's DFC attention (timm ghostnet)
+class DFCGate(nn.Module):
+    """GhostNetV2's decoupled fully connected attention: a gate computed on a 2x average-pooled map, upsampled back
+    to the size of the gated map read off that tensor (``F.interpolate(g, size=(out.shape[-2], out.shape[-1]))``)."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.primary, self.short = nn.Conv2d(3, c, 1), nn.Conv2d(3, c, 3, padding=1)
+        self.head = nn.Linear(c, 2)
+
+    def forward(self, x):
+        out = torch.relu(self.primary(x))
+        g = torch.sigmoid(self.short(torch.nn.functional.avg_pool2d(x, 2, 2)))
+        g = torch.nn.functional.interpolate(g, size=(out.shape[-2], out.shape[-1]), mode="nearest")
+        return self.head((out * g).mean((2, 3)))
+
+
+def test_an_upsampling_to_the_size_of_another_tensor():
+    m = randomize(DFCGate())
+    x = torch.randn(2, 3, 6, 8)
+    g = check(m, x, example=True)
+    assert int((g.edge_kind == EDGE_KIND["upsample"]).sum()) == 4
+    with pytest.raises(UnsupportedModuleError, match="pass example_input"):
+        to_neural_graph(m)  # the size is a run-time value without it
+
+
+# ------------------------------------------------------------------------ Squeeze-and-Excitation, reference form
+class SELayer(nn.Module):
+    """The SE block as the SENet reference implementation writes it: ``nn.Linear`` layers on the pooled features,
+    ``fc(y).view(b, c, 1, 1)`` and ``x * y.expand_as(x)``."""
+
+    def __init__(self, c: int, r: int = 2, unsqueeze: bool = False):
+        super().__init__()
+        self.avg_pool, self.unsqueeze = nn.AdaptiveAvgPool2d(1), unsqueeze
+        self.fc = nn.Sequential(nn.Linear(c, c // r, bias=False), nn.ReLU(inplace=True), nn.Linear(c // r, c),
+                                nn.Sigmoid())
+
+    def forward(self, x):
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        if self.unsqueeze:
+            return x * self.fc(y).unsqueeze(-1).unsqueeze(-1)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+class SENet(nn.Module):
+    def __init__(self, c: int = 6, unsqueeze: bool = False):
+        super().__init__()
+        self.conv, self.se, self.head = nn.Conv2d(3, c, 3, padding=1), SELayer(c, unsqueeze=unsqueeze), nn.Linear(c, 2)
+
+    def forward(self, x):
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.se(torch.relu(self.conv(x))), 1), 1))
+
+
+@pytest.mark.parametrize("unsqueeze", [False, True])
+def test_reference_squeeze_excitation_with_linear_layers(unsqueeze):
+    m = randomize(SENet(unsqueeze=unsqueeze))
+    x = torch.randn(2, 3, 5, 5)
+    g = check(m, x, example=True)  # view(b, c) with b, c = x.size(): sizes known from example_input
+    assert int((g.edge_kind == EDGE_KIND["product"]).sum()) == 2 * 6
+    gen = torch.Generator().manual_seed(4)
+    stream, hidden = torch.randperm(6, generator=gen), torch.randperm(3, generator=gen)
+
+    def permute(s):
+        permute_out(s.conv, stream), permute_in(s.se.fc[0], stream), permute_out(s.se.fc[0], hidden)
+        permute_in(s.se.fc[2], hidden), permute_out(s.se.fc[2], stream), permute_in(s.head, stream)
+
+    other = permuted_copy(m, permute)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other, example_input=x))
+
+
+def test_features_viewed_as_a_map_are_not_read_by_a_convolution():
+    class ConvOnFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.conv = nn.Linear(3, 4), nn.Conv2d(4, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.fc(x).view(x.size(0), 4, 1, 1).expand(-1, -1, 3, 3)).flatten(1)
+
+    with pytest.raises(UnsupportedModuleError, match="expands a vec value|needs a feature map input"):
+        to_neural_graph(ConvOnFeatures(), example_input=torch.randn(2, 3))
+
+
+# ------------------------------------------------------------------------ zero padding (HGNetV2's StemV2, ZeroPad2d)
+class PaddedStem(nn.Module):
+    """HGNetV2's stem: ``F.pad(x, (0, 1, 0, 1))`` before a 2x2 conv and a ``MaxPool2d(2, 1, ceil_mode=True)``
+    branch; then a ``nn.ZeroPad2d`` before a strided conv (TF-style asymmetric "same" padding), and a crop."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.stem, self.conv2 = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c, 2)
+        self.pool, self.zpad = nn.MaxPool2d(2, 1, ceil_mode=True), nn.ZeroPad2d((0, 1, 1, 0))
+        self.down, self.head = nn.Conv2d(2 * c, c, 3, stride=2), nn.Linear(c * 2 * 3, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.nn.functional.pad(x, (0, 1, 0, 1))
+        x = torch.cat([torch.relu(self.conv2(x)), self.pool(x)], 1)
+        x = self.down(self.zpad(x))
+        return self.head(torch.nn.functional.pad(x, (-1, 0, 0, -1)).flatten(1))  # crop one column / row
+
+
+def test_zero_padding_also_asymmetric_and_cropping():
+    m = randomize(PaddedStem())
+    x = torch.randn(2, 3, 6, 8)
+    g = check(m, x, example=True)
+    assert int((g.edge_kind == EDGE_KIND["subsample"]).sum()) == 4 + 8 + 4
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(5))
+
+    def permute(s):
+        permute_out(s.stem, perm), permute_in(s.conv2, torch.arange(4)[perm])
+        permute_in(s.down, torch.cat([torch.arange(4), 4 + perm]))
+
+    other = permuted_copy(m, permute)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other, example_input=x))
+
+
+@pytest.mark.parametrize("pad, match", [
+    (lambda x: torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), "mode=.reflect."),
+    (lambda x: torch.nn.functional.pad(x, (1, 1), value=1.0), "value=1.0"),
+    (lambda x: torch.nn.functional.pad(x, (0, 0, 0, 0, 1, 1)), "channel and batch dims cannot be padded"),
+    (nn.ReflectionPad2d(1), "ReflectionPad2d"),
+])
+def test_other_paddings_are_refused(pad, match):
+    class Padded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pad = nn.Conv2d(3, 2, 1), pad
+
+        def forward(self, x):
+            return self.pad(self.conv(x)).flatten(1)
+
+    with pytest.raises(UnsupportedModuleError, match=match):
+        to_neural_graph(Padded(), example_input=torch.randn(1, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)
+class KVAttention(nn.Module):
+    """timm's ``pvt_v2.Attention`` (``sr_ratio=1``): a query projection and a key / value projection packed in
+    one ``nn.Linear`` (``kv(x).reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)``)."""
+
+    def __init__(self, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.heads, C // self.heads).permute(0, 2, 1, 3)
+        k, v = self.kv(x).reshape(B, -1, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+def test_a_key_value_projection_packed_without_the_query_is_refused_by_name():
+    with pytest.raises(UnsupportedModuleError, match=r"^1 \(.*KVAttention\).*packed without the query"):
+        to_neural_graph(nn.Sequential(nn.Linear(4, 8), KVAttention()), example_input=torch.randn(2, 5, 4))
+
+
+# ------------------------------------------------------------------------ normalizations of dim 1 on tokens
+class TokenNorm(nn.Module):
+    """A patch embedding into ``[B, T, C]`` tokens, then a normalization module applied to the tokens as they are:
+    BatchNorm1d / InstanceNorm1d / GroupNorm normalise dim 1, the tokens (T == C here, so torch accepts it), which a
+    per-channel graph layer would get wrong; permuted back (``channel_first``), dim 1 is the channels again."""
+
+    def __init__(self, norm: nn.Module, channel_first: bool = False):
+        super().__init__()
+        self.embed, self.norm, self.head = nn.Conv2d(3, 6, 1), norm, nn.Linear(6, 2)
+        self.channel_first = channel_first
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)                          # [B, T = 6, C = 6]
+        t = self.norm(t.transpose(1, 2)).transpose(1, 2) if self.channel_first else self.norm(t)
+        return self.head(t.mean(1))
+
+
+class ChannelLastNorm(nn.Module):
+    """BatchNorm2d applied to a channel-last map ``[B, H, W, C]`` (H == C): it normalises dim 1, the rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.head = nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.norm(self.embed(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+NORMS = [lambda: nn.BatchNorm1d(6), lambda: nn.InstanceNorm1d(6, affine=True), lambda: nn.GroupNorm(2, 6)]
+
+
+@pytest.mark.parametrize("make", NORMS)
+def test_a_norm_of_dim_1_on_tokens_is_refused(make):
+    m = randomize(TokenNorm(make()))
+    x = torch.randn(2, 3, 2, 3)
+    m(x)  # torch accepts it: dim 1 has 6 entries
+    with pytest.raises(UnsupportedModuleError, match=r"^norm \(.*normalises dim 1 of its input, which here is not"):
+        to_neural_graph(m, example_input=x)
+
+
+@pytest.mark.parametrize("make", NORMS)
+def test_a_norm_of_the_channels_of_tokens_converts(make):
+    check(randomize(TokenNorm(make(), channel_first=True)), torch.randn(2, 3, 2, 3), example=True)
+
+
+def test_a_batchnorm_on_a_channel_last_map_is_refused():
+    m = randomize(ChannelLastNorm())
+    with pytest.raises(UnsupportedModuleError, match=r"^norm \(.*BatchNorm2d\): batchnorm normalises dim 1"):
+        to_neural_graph(m, example_input=torch.randn(2, 3, 6, 6))
+
+
+# ------------------------------------------------------------------------ in-place writes
+class PreActInplace(nn.Module):
+    """A pre-activation block whose ``nn.ReLU(inplace=True)`` (or ``F.relu(h, inplace=True)``) also rewrites the
+    shortcut, the same tensor: torch computes ``conv(relu(h)) + relu(h)``. ``how="explicit"`` writes that out."""
+
+    def __init__(self, how: str = "module"):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.act, self.head, self.how = nn.ReLU(inplace=how == "module"), nn.Linear(4, 2), how
+
+    def forward(self, x):
+        h = self.stem(x)
+        if self.how == "explicit":
+            h = torch.relu(h)
+            shortcut = out = h
+        else:
+            shortcut = h
+            out = torch.nn.functional.relu(h, inplace=True) if self.how == "functional" else self.act(h)
+        return self.head((self.conv(out) + shortcut).mean((2, 3)))
+
+
+class AugmentedInplace(nn.Module):
+    """``h += b(x)`` on a tensor another name still holds: both names see the sum (``how="explicit"``: written
+    out)."""
+
+    def __init__(self, how: str = "inplace"):
+        super().__init__()
+        self.a, self.b, self.head, self.how = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(8, 2), how
+
+    def forward(self, x):
+        h = self.a(x)
+        s = h
+        h += self.b(x)
+        if self.how == "explicit":
+            s = h
+        return self.head(torch.cat([h, torch.tanh(s)], 1))
+
+
+@pytest.mark.parametrize("make, x", [(lambda how="module": PreActInplace(how), torch.randn(2, 3, 5, 5)),
+                                     (lambda how="functional": PreActInplace(how), torch.randn(2, 3, 5, 5)),
+                                     (lambda how="inplace": AugmentedInplace(how), torch.randn(4, 3))])
+@pytest.mark.parametrize("example", [True, False])
+def test_readers_after_an_in_place_write_read_the_written_value(make, x, example):
+    m = randomize(make())
+    g = check(m, x, example=example)
+    explicit = make("explicit")
+    explicit.load_state_dict(m.state_dict())
+    assert_isomorphic(g, to_neural_graph(explicit, example_input=x if example else None))
+
+
+def test_an_in_place_write_into_a_view_read_through_another_alias_is_refused():
+    class ViewWrite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            h[:, :2].relu_()        # changes h's first two features
+            return h
+
+    with pytest.raises(UnsupportedModuleError, match="writes in place into getitem.*read again by output"):
+        to_neural_graph(ViewWrite())
+
+
+class Counting(nn.Module):
+    """A forward whose result depends on state kept between calls: the trace records the first call's constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.calls = nn.Linear(3, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x) * self.calls
+
+
+def test_a_trace_that_does_not_reproduce_the_forward_is_refused():
+    with pytest.raises(UnsupportedModuleError, match=r"^<root> \(.*Counting\): its dataflow traced by torch.fx "
+                                                     r"computes another result than its forward on example_input"):
+        to_neural_graph(Counting().eval(), example_input=torch.randn(2, 3))
+
+
+def test_the_trace_check_accepts_a_nan_filled_model():
+    """Reading a graph back into a NaN-filled copy with example_input traces that copy: NaN outputs agree."""
+    m = randomize(PoolFormer())
+    x = torch.randn(2, 3, 8, 8)
+    g = to_neural_graph(m, example_input=x)
+    blank = PoolFormer()
+    with torch.no_grad():
+        for t in list(blank.parameters()) + list(blank.buffers()):
+            t.fill_(float("nan"))
+    assert_same_function(m, from_neural_graph(g, blank, example_input=x), x)
+
+
+class RepeatedOutputs(nn.Module):
+    """Returns some neurons twice (``torch.cat([h, h[:, :2]], 1)`` pooled): each output position is a neuron."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return torch.cat([h, h[:, :2]], 1).mean((2, 3))
+
+
+def test_an_output_neuron_returned_twice_gets_a_copy():
+    m = randomize(RepeatedOutputs())
+    g = check(m, torch.randn(2, 3, 5, 5))
+    assert g.num_nodes == 3 + 4 + 2 and int((g.edge_kind == EDGE_KIND["identity"]).sum()) == 2
+
+
+def test_converting_a_training_mode_model_with_example_input_leaves_it_unchanged():
+    """The shape run on example_input of a training-mode model (it warns and converts the eval-mode function)
+    must not update its BatchNorm statistics, and dropout's randomness is no reason to refuse it."""
+    m = randomize(SENet()).train()
+    m.conv = nn.Sequential(m.conv, nn.BatchNorm2d(6), nn.Dropout(0.5))
+    randomize(m.conv[1]).train()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(4, 3, 5, 5)
+    with pytest.warns(UserWarning, match="training mode"):
+        g = to_neural_graph(m, example_input=x)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    m.eval()
+    torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)

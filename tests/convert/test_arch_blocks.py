@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
+from neuralgraph.convert import activation_id
 from neuralgraph.data.graph import EDGE_KIND
 from tests.convert.test_blocks import check, randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
@@ -367,6 +368,63 @@ def test_other_paddings_are_refused(pad, match):
 
     with pytest.raises(UnsupportedModuleError, match=match):
         to_neural_graph(Padded(), example_input=torch.randn(1, 3, 4, 4))
+
+
+# ------------------------------------------------------------------------ MetaFormer's StarReLU (timm metaformer)
+class StarReLU(nn.Module):
+    """timm's ``metaformer.StarReLU``: ``scale * relu(x) ** 2 + bias`` with learnable scalars."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale, self.bias = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return self.scale * torch.relu(x) ** 2 + self.bias
+
+
+class StarMLP(nn.Module):
+    """A ConvFormer-style MLP block on tokens: ``x + fc2(star(fc1(x)))``, torch.square and x.pow(2) spellings too."""
+
+    def __init__(self, spelling: str = "**"):
+        super().__init__()
+        self.embed, self.fc1, self.act, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 8), StarReLU(), nn.Linear(8, 4)
+        self.head, self.spelling = nn.Linear(4, 2), spelling
+
+    def forward(self, x):
+        x = self.embed(x)
+        h = self.act(self.fc1(x))
+        if self.spelling == "square":
+            h = torch.square(h)
+        elif self.spelling == "pow":
+            h = h.pow(2)
+        return self.head(x + self.fc2(h))
+
+
+@pytest.mark.parametrize("spelling", ["**", "square", "pow"])
+def test_star_relu_squares_its_neurons(spelling):
+    m = randomize(StarMLP(spelling))
+    x = torch.randn(5, 3)
+    g = check(m, x)
+    assert int((g.node_act == activation_id("square")).sum()) == (8 if spelling == "**" else 16)
+    hidden = torch.randperm(8, generator=torch.Generator().manual_seed(6))
+    other = permuted_copy(m, lambda s: (permute_out(s.fc1, hidden), permute_in(s.fc2, hidden)))
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
+
+
+@pytest.mark.parametrize("forward", [lambda x: x ** 3, lambda x: torch.pow(x, 0.5), lambda x: 2 ** x])
+def test_other_powers_are_refused(forward):
+    class Power(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return forward(self.fc(x))
+
+    with pytest.raises(UnsupportedModuleError, match="a power with exponent"):
+        to_neural_graph(Power())
 
 
 # ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)

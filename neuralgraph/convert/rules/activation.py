@@ -3,6 +3,7 @@ the neurons they are applied to (``node_act``), not a layer. The tracer calls :f
 module, function or method in the activation vocabulary (:mod:`neuralgraph.convert.activations`)."""
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import fx, nn
 
 from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.registry import module_rule
+from neuralgraph.convert.registry import function_rule, method_rule, module_rule
 
 
 #: activations that normalise over the neurons of a layer (the feature / channel dim), not element-wise
@@ -59,6 +60,18 @@ def _check_feature_dim(ctx, node: fx.Node, v: Val, family: str, dim: Any) -> Non
                                     f"only a {family} over the {what} (across the neurons of a layer) can be "
                                     "represented")
 
+
+
+@function_rule(operator.pow, torch.pow)
+@method_rule("pow")
+def square(ctx, node, x, exponent) -> Val:
+    """``x ** 2`` / ``torch.pow(x, 2)``: the activation ``square`` (MetaFormer's ``StarReLU``, ``s * relu(x) ** 2 + b``);
+    other exponents (and a neuron value as the exponent) are refused."""
+    if not isinstance(x, Val) or isinstance(exponent, bool) or exponent != 2:
+        raise ctx.unsupported(node, f"a power with exponent {exponent!r} is not supported; only x ** 2 (the "
+                                    "activation 'square') is; register other element-wise functions with "
+                                    "neuralgraph.convert.register_activation")
+    return activation(ctx, node, x, "square")
 
 
 @module_rule(nn.PReLU)

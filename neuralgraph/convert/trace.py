@@ -70,6 +70,8 @@ class _Proxy(fx.Proxy):
     which loses that every other name of ``x`` sees the sum too; see :func:`_inplace_writes`)."""
 
     def _inplace(self, op, other):
+        if not _tensor_like(self.node):  # a size (n += 1) rebinds a number: record it as n = n + 1
+            return getattr(operator, op.__name__.replace("i", "", 1))(self, other)
         return self.tracer.create_proxy("call_function", op, (self, other), {})
 
     def __iadd__(self, other):
@@ -450,7 +452,8 @@ def _check_trace(model: nn.Module, inputs: tuple, traced: Any) -> None:
     want = [t for t in torch.utils._pytree.tree_leaves(eager) if isinstance(t, Tensor)]
     for a, b in zip(got, want):
         scale = float(b.abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() and b.is_floating_point() else 0.0
-        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-5, atol=1e-6 * scale, equal_nan=True):
+        # loose: the same operations run twice (a device may pick other kernels); what it catches differs by O(1)
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * scale, equal_nan=True):
             diff = f"shapes {tuple(a.shape)} / {tuple(b.shape)}" if a.shape != b.shape else \
                 f"max difference {float((a - b).abs().max()):.3g}"
             raise UnsupportedModuleError(

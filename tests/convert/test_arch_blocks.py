@@ -10,6 +10,7 @@ from torch import nn
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import activation_id
+from neuralgraph.convert.trace import fx_trace
 from neuralgraph.data.graph import EDGE_KIND
 from tests.convert.test_blocks import check, randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
@@ -628,3 +629,23 @@ def test_converting_a_training_mode_model_with_example_input_leaves_it_unchanged
         assert torch.equal(v, state[k]), k
     m.eval()
     torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
+
+
+def test_augmented_assignment_on_a_size_rebinds_a_number():
+    """``n += 1`` on a size read from the input is n = n + 1 (numbers are immutable): the other name keeps n."""
+
+    class Sizes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            n = x.size(1)
+            m = n
+            m += 1  # recorded in place, the traced program would rebind n too and view(B, n + 1) would fail
+            return self.fc(x).view(x.size(0), n)
+
+    m, x = randomize(Sizes()), torch.randn(3, 4)
+    check(m, x, example=True)
+    # the traced program as code (probe features run it): recorded in place, `size += 1` would rebind n
+    torch.testing.assert_close(torch.fx.GraphModule(m, fx_trace(m))(x), m(x))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import GraphTooLargeError
-from neuralgraph.data.graph import EDGE_KIND, ROLE, compact_field
+from neuralgraph.data.graph import EDGE_KIND, ROLE, compact_field, plain_geometry
 
 
 class Sym:
@@ -239,9 +239,6 @@ class GraphBuilder:
         ceil_mode 0, count_include_pad 1, divisor_override 0."""
         return (1,) * self.dims + (1,) * self.dims + (0,) * self.dims + (1,) * self.dims + (0, 1, 0)
 
-    def default_geometry(self) -> tuple[int, ...]:
-        return (1,) * self.dims + (0,) * self.dims + (1,) * self.dims + (1,) * self.dims
-
     def add_edges(self, src: Tensor, dst: Tensor, kind: str, *, geometry: tuple[int, ...] | None = None,
                   const: float | None = None, sources: list[tuple[str, Tensor, Tensor]] | None = None,
                   tap_consts: tuple[tuple[int, float], ...] = ()) -> None:
@@ -256,7 +253,7 @@ class GraphBuilder:
                 self.read[i] = True
         for i in self._distinct(dst):
             self.touched[i] += 1
-        self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or self.default_geometry(),
+        self.edges.append(EdgeBlock(src.long(), dst.long(), EDGE_KIND[kind], geometry or plain_geometry(self.dims),
                                     const, sources or [], tuple(tap_consts)))
         self.num_edges += src.numel()
         self.num_taps += sum(elem.numel() for _, elem, _ in sources or [])

@@ -88,8 +88,8 @@ CASES = [
     Case("timm/hgnetv2_b0"),  # [1]-shaped scale / shift parameters, zero padding
     Case("timm/ghostnetv2_100", size=64),  # nearest upsampling to another tensor's size
     Case("timm/inception_v3", size=75),
-    Case("timm/vit_small_patch14_reg4_dinov2", kwargs={"img_size": 28}),  # register tokens
-    Case("timm/mixer_s16_224"),  # refused: a Linear over the tokens
+    Case("timm/vit_small_patch14_reg4_dinov2", size=28, kwargs={"img_size": 28}),  # register tokens
+    Case("timm/mixer_s16_224", kwargs={"img_size": 32}),  # refused: a Linear over the tokens
     Case("timm/nf_resnet26"),  # refused: weight standardisation computed from the parameter in forward
 ]
 

@@ -1,7 +1,7 @@
 """The result tables of the issues: every run of a table set, in priority order, resumable.
 
     python -m benchmarks.tables run   SET [--seeds 0 1 2] [--only TASK] [--rows LABEL ...] [--results DIR]
-                                          [--device cpu|cuda] [--dry-run]
+                                          [--device cpu|cuda] [--jobs N] [--dry-run]
     python -m benchmarks.tables table SET [--results DIR] [--write docs/results.md]
 
 Sets (:data:`TABLES`): ``inr`` (issue 16: ``inr-cls`` / ``inr-edit`` on the ``inr-glyphs`` zoo) and ``zoo``
@@ -9,9 +9,10 @@ Sets (:data:`TABLES`): ``inr`` (issue 16: ``inr-cls`` / ``inr-edit`` on the ``in
 
 ``run`` works through a set's rows task by task and seed by seed (every row of the first task at seed 0,
 then seeds 1 and 2, then the next task), one ``python -m benchmarks.run`` process per (row, seed) with one
-torch thread. A (row, seed) whose ``metrics.json`` exists is skipped; an interrupted one resumes from its
-checkpoint (the runner's own resume), so the same command continues where the last session stopped. Each
-finished (row, seed) appends one JSON line (task, row, seed, git commit, wall seconds) to
+torch thread, ``--jobs N`` of them at once. A (row, seed) whose ``metrics.json`` exists is skipped; an
+interrupted one resumes from its checkpoint (the runner's own resume), so the same command continues where the
+last session stopped; one that another driver is running (a ``.tables-lock`` file naming a live process) is
+left to it. Each finished (row, seed) appends one JSON line (task, row, seed, git commit, wall seconds) to
 ``<results>/tables.jsonl``.
 
 ``table`` renders what is complete as markdown: for ``inr`` one table per task (mean ± std over the seeds
@@ -159,31 +160,88 @@ def _log(results: str) -> str:
     return os.path.join(results, "tables.jsonl")
 
 
+def _claim(path: str) -> str | None:
+    """Take the lock file of one (row, seed) result directory for this process, or ``None`` when a live process
+    (another driver) holds it; a lock left by a dead process is taken over."""
+    os.makedirs(path, exist_ok=True)
+    lock = os.path.join(path, ".tables-lock")
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    pid = int(f.read().strip() or 0)
+                os.kill(pid, 0)  # raises if no such process
+                return None
+            except (ProcessLookupError, ValueError):
+                os.remove(lock)  # stale: its driver died
+                continue
+            except PermissionError:  # a live process of another user
+                return None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return lock
+    return None
+
+
 def run(name: str, results: str, seeds: list[int], only: str | None = None, dry_run: bool = False,
-        rows: list[str] | None = None, device: str = "cpu") -> None:
+        rows: list[str] | None = None, device: str = "cpu", jobs: int = 1) -> None:
     """Run (or resume) the unfinished (row, seed) pairs of table set ``name``: task by task, seed by seed.
     ``only``: one task of the set; ``rows``: only rows with these labels (still in order); ``device``: where
-    each run trains (``cuda``: the same budgets, one run at a time on the GPU)."""
+    each run trains (``cuda``: the same budgets, one run at a time on the GPU); ``jobs``: runs at once (one
+    torch thread each: ``--jobs 2`` on two cores). A (row, seed) another driver is running (its directory's
+    lock file names a live process) is left to it, so several drivers can share one results directory."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     table_rows = TABLES[name]
     tasks = list(dict.fromkeys(r.task for r in table_rows))
     if only is not None and only not in tasks:
         raise SystemExit(f"--only {only}: the {name} tables have the tasks {tasks}")
-    for task in (t for t in tasks if only is None or t == only):
-        for seed in seeds:
-            for row in (r for r in table_rows if r.task == task and (rows is None or r.label in rows)):
-                if os.path.exists(os.path.join(seed_dir(results, row, seed), "metrics.json")):
-                    continue
-                cmd = command(row, seed, results, device)
-                print(" ".join(cmd[1:]), flush=True)
-                if dry_run:
-                    continue
-                t0 = time.time()
-                subprocess.run(cmd, env=env, check=True)
-                line = {"task": row.task, "row": row.label, "dir": row.subdir or row.task, "seed": seed,
-                        "commit": _commit(), "wall_s": round(time.time() - t0, 1)}
-                with open(_log(results), "a") as f:
-                    f.write(json.dumps(line) + "\n")
+    if jobs < 1:
+        raise SystemExit(f"--jobs {jobs}: at least 1")
+    todo = [(row, seed) for task in tasks if only is None or task == only for seed in seeds
+            for row in table_rows if row.task == task and (rows is None or row.label in rows)]
+    running: dict[subprocess.Popen, tuple[Row, int, float, str]] = {}
+    failed: list[str] = []
+
+    def finish(proc: subprocess.Popen) -> None:
+        row, seed, t0, lock = running.pop(proc)
+        os.remove(lock)
+        if proc.returncode != 0:
+            failed.append(f"{row.label} seed {seed} (exit {proc.returncode})")
+            return
+        line = {"task": row.task, "row": row.label, "dir": row.subdir or row.task, "seed": seed,
+                "commit": _commit(), "wall_s": round(time.time() - t0, 1)}
+        with open(_log(results), "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def wait_below(n: int) -> None:
+        while len(running) > n:
+            for proc in [p for p in running if p.poll() is not None]:
+                finish(proc)
+            if len(running) > n:
+                time.sleep(1.0)
+
+    for row, seed in todo:
+        path = seed_dir(results, row, seed)
+        if os.path.exists(os.path.join(path, "metrics.json")):
+            continue
+        cmd = command(row, seed, results, device)
+        if dry_run:
+            print(" ".join(cmd[1:]), flush=True)
+            continue
+        wait_below(jobs - 1)
+        if failed:
+            break
+        lock = _claim(path)
+        if lock is None:
+            print(f"skipped (another driver is running it): {row.label} seed {seed}", flush=True)
+            continue
+        print(" ".join(cmd[1:]), flush=True)
+        running[subprocess.Popen(cmd, env=env)] = (row, seed, time.time(), lock)
+    wait_below(0)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)} (rerun the same command to resume)")
 
 
 def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
@@ -297,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--results", default="results")
     r.add_argument("--dry-run", action="store_true", help="print the commands only")
     r.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where each run trains")
+    r.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each (2 on two cores)")
     t = sub.add_parser("table", help="render the finished runs as markdown")
     t.add_argument("set", choices=sorted(TABLES))
     t.add_argument("--results", default="results")
@@ -304,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   "this file")
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        run(args.set, args.results, args.seeds, args.only, args.dry_run, args.rows, args.device)
+        run(args.set, args.results, args.seeds, args.only, args.dry_run, args.rows, args.device, args.jobs)
     else:
         text = RENDER[args.set](args.results)
         if args.write:

@@ -86,3 +86,47 @@ def test_device_reaches_every_run_and_wildpark_reports_both_readouts(capsys):
     assert {"ng-gnn", "ng-t", "ng-gnn+mean-readout", "ng-t+mean-readout"} <= labels
     mean_rows = [r for r in T.ZOO_ROWS if r.tag == "mean-readout"]
     assert all("model.readout=mean" in r.sets for r in mean_rows)
+
+
+def _fake_runs(monkeypatch, tmp_path, seconds: float = 0.3):
+    """Replace each (row, seed) run by a short process that writes its metrics.json (and records overlap)."""
+    import sys
+
+    def command(row, seed, results, device="cpu"):
+        out = os.path.join(T.seed_dir(results, row, seed), "metrics.json")
+        code = (f"import json, os, time; open({str(tmp_path / 'starts')!r}, 'a').write(f'{{time.time()}}\\n'); "
+                f"time.sleep({seconds}); json.dump({{'test': {{}}}}, open({out!r}, 'w')); "
+                f"open({str(tmp_path / 'ends')!r}, 'a').write(f'{{time.time()}}\\n')")
+        return [sys.executable, "-c", code]
+    monkeypatch.setattr(T, "command", command)
+
+
+def test_jobs_run_pairs_at_once_and_a_live_lock_is_left_to_its_driver(tmp_path, monkeypatch, capsys):
+    _fake_runs(monkeypatch, tmp_path)
+    rows = ["mlp", "statnn", "nfn-np"]
+    held = T.seed_dir(str(tmp_path), next(r for r in T.INR_ROWS if r.label == "nfn-np"), 0)
+    os.makedirs(held)
+    with open(os.path.join(held, ".tables-lock"), "w") as f:
+        f.write(str(os.getppid()))  # a live process: another driver
+    T.run("inr", str(tmp_path), [0], "inr-cls", rows=rows, jobs=2)
+    assert "skipped (another driver is running it): nfn-np seed 0" in capsys.readouterr().out
+    starts = sorted(map(float, (tmp_path / "starts").read_text().split()))
+    ends = sorted(map(float, (tmp_path / "ends").read_text().split()))
+    assert len(starts) == 2 and starts[1] < ends[0]  # the two ran at the same time
+    done = [json.loads(line)["row"] for line in open(tmp_path / "tables.jsonl")]
+    assert sorted(done) == ["mlp", "statnn"] and not os.path.exists(os.path.join(held, "metrics.json"))
+    assert not any(p.name == ".tables-lock" for p in tmp_path.rglob("*") if "nfn-np" not in str(p))
+    # a lock left by a dead process is taken over
+    with open(os.path.join(held, ".tables-lock"), "w") as f:
+        f.write("999999999")
+    T.run("inr", str(tmp_path), [0], "inr-cls", rows=rows, jobs=2)
+    assert os.path.exists(os.path.join(held, "metrics.json")) and not os.path.exists(os.path.join(held, ".tables-lock"))
+
+
+def test_a_failed_run_stops_the_driver_with_its_name(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setattr(T, "command",
+                        lambda row, seed, results, device="cpu": [sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(SystemExit, match=r"failed: mlp seed 0 \(exit 3\)"):
+        T.run("inr", str(tmp_path), [0], "inr-cls", rows=["mlp", "statnn"])
+    assert not list(tmp_path.rglob(".tables-lock"))

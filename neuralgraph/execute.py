@@ -90,7 +90,9 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         max_kernel (tuple[int, ...], optional): the converter's ``max_kernel``; inferred when the edge
             features are a cube of the spatial dims (``(7, 7)`` from 49 taps). (default: ``None``)
         tokens (bool, optional): read ``x`` as token sequences; by default when the graph has attention
-            edges and its inputs are not read as maps (a ViT embeds an image). (default: ``None``)
+            edges and its inputs are not read as maps (a ViT embeds an image). A graph whose inputs feed a
+            Linear directly, run on a rank >= 3 input, must be told (an MLP on ``[B, T, d]`` and a map permuted
+            channel-last inside the module give the same graph). (default: ``None``)
 
     Returns:
         Tensor: the outputs, ``[B, n_out]`` (``[B, n_out, *S]`` for unpooled maps, ``[B, T, n_out]`` for token
@@ -149,10 +151,19 @@ class _Run:
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
         inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())].cpu()
         maps = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "map"])
-        self.maps_in = bool(torch.isin(inputs_read, maps).any())  # an input is read as a map (not tokens)
+        # an input is read as a map (not tokens): by a map edge, or as flatten="repeat" copies of its positions
+        self.maps_in = bool(torch.isin(inputs_read, maps).any()) or bool((g.node_spatial[g.input_nodes()] > 0).any())
         if tokens is None:
             # a network with attention reads token sequences [B, T, d], unless it embeds an image
             tokens = not self.maps_in and bool((g.edge_kind == EDGE_KIND["attention"]).any())
+            linear = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "linear"])
+            if not tokens and not self.maps_in and any(t.dim() >= 3 for t in self.xs) and bool(
+                    torch.isin(inputs_read, linear).any()):
+                # a Linear reads the input directly: [B, T, d] (torch applies it to the last dim) and a map
+                # [B, C, *S] permuted channel-last inside the module give the same graph
+                raise ValueError(f"execute: the graph's inputs feed a Linear directly and the input has shape "
+                                 f"{tuple(self.xs[0].shape)}: pass tokens=True for [B, T, d] sequences (features "
+                                 "last) or tokens=False for [B, C, *S] maps (channels at dim 1)")
         self.tokens = tokens
         self.batch = self.xs[0].size(0)
         self.role, self.pool = g.node_role.tolist(), g.node_pool.tolist()

@@ -27,11 +27,12 @@ def randomize(m: nn.Module, seed: int = 0) -> nn.Module:
     return m.eval()
 
 
-def check(m: nn.Module, x: torch.Tensor, example: bool = False):
-    """The graph runs like the module and reads back into it exactly; returns the graph."""
+def check(m: nn.Module, x: torch.Tensor, example: bool = False, **run):
+    """The graph runs like the module (``run``: options of :func:`execute`) and reads back into it exactly; returns
+    the graph."""
     g = to_neural_graph(m, example_input=x if example else None)
     with torch.no_grad():
-        torch.testing.assert_close(execute(g, x), m(x).reshape(x.size(0), -1) if m(x).dim() == 2 else m(x),
+        torch.testing.assert_close(execute(g, x, **run), m(x).reshape(x.size(0), -1) if m(x).dim() == 2 else m(x),
                                    atol=1e-5, rtol=1e-4)
     blank = copy.deepcopy(m)
     with torch.no_grad():
@@ -307,7 +308,11 @@ def test_a_channel_linear_is_a_1x1_convolution():
             return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).mean((2, 3))
 
     m = randomize(ChannelsLast())
-    check(m, torch.randn(2, 3, 4, 4), example=True)  # the raw input's rank is known only from an example
+    x = torch.randn(2, 3, 4, 4)
+    g = check(m, x, example=True, tokens=False)  # the raw input's rank is known only from an example
+    # the same graph is an MLP on [B, T, d] sequences: which layout x has, the caller says
+    with pytest.raises(ValueError, match="pass tokens=True for .* or tokens=False"):
+        execute(g, x)
 
 
 @pytest.mark.parametrize("forward,match", [

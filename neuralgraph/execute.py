@@ -104,8 +104,9 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
     Raises:
         ValueError: a batch of graphs, a graph that is not feed-forward (self-loops, edges into input neurons or
             edges that do not go forward in ``node_layer``: what message-passing transforms add), a ``max_kernel``
-            that does not match the graph, or an input whose channel count (dim 1, or the last dim of token
-            sequences) differs from the graph's input channels.
+            that does not match the graph, an input whose channel count (dim 1, or the last dim of token
+            sequences) differs from the graph's input channels, or an input layout the graph leaves open (see
+            ``tokens``).
     """
     if getattr(graph, "num_graphs", 1) > 1:
         raise ValueError(f"execute runs one graph; got a batch of {graph.num_graphs}: run "
@@ -150,15 +151,16 @@ class _Run:
             self.centre = self.centre * k + k // 2
         self.xs = list(x) if isinstance(x, (tuple, list)) else [x]
         inputs_read = g.edge_kind[torch.isin(g.edge_index[0], g.input_nodes())].cpu()
-        maps = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "map"])
+
+        def inputs_read_as(how: str) -> bool:
+            return bool(torch.isin(inputs_read, torch.tensor(
+                [i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == how])).any())
         # an input is read as a map (not tokens): by a map edge, or as flatten="repeat" copies of its positions
-        self.maps_in = bool(torch.isin(inputs_read, maps).any()) or bool((g.node_spatial[g.input_nodes()] > 0).any())
+        self.maps_in = inputs_read_as("map") or bool((g.node_spatial[g.input_nodes()] > 0).any())
         if tokens is None:
             # a network with attention reads token sequences [B, T, d], unless it embeds an image
             tokens = not self.maps_in and bool((g.edge_kind == EDGE_KIND["attention"]).any())
-            linear = torch.tensor([i for i, k in enumerate(EDGE_KIND_TABLE) if k.reads == "linear"])
-            if not tokens and not self.maps_in and any(t.dim() >= 3 for t in self.xs) and bool(
-                    torch.isin(inputs_read, linear).any()):
+            if not tokens and not self.maps_in and any(t.dim() >= 3 for t in self.xs) and inputs_read_as("linear"):
                 # a Linear reads the input directly: [B, T, d] (torch applies it to the last dim) and a map
                 # [B, C, *S] permuted channel-last inside the module give the same graph
                 raise ValueError(f"execute: the graph's inputs feed a Linear directly and the input has shape "

@@ -380,9 +380,8 @@ class ConversionPlan:
         value per slot, the constants in the same channel (their slots hold no parameter); ``C``: ``C + 1``
         channels per slot, the constants in channel 0, the ``[*shape, C]`` tensors' features after them."""
         t = self._on(tensors[0].device)
-        width = 1 if channels is None else channels + 1  # channels per slot
-        lo = width - (1 if channels is None else channels)  # first channel of the parameters' values
-        n_vals = width - lo
+        lo, n_vals = (0, 1) if channels is None else (1, channels)  # first channel and count of the values
+        width = lo + n_vals  # channels per slot
         x = t["x0"].to(dtype).reshape(-1, 1)
         x = x.clone() if width == 1 else torch.cat([x, x.new_zeros(x.size(0), width - 1)], 1)  # [N F_node, width]
         ea = torch.zeros(self.num_edges * self.config.edge_dim, width, dtype=dtype, device=x.device)

@@ -381,16 +381,20 @@ class _Run:
     def _tokens(self, e: Tensor, add) -> None:
         """Token edges (``tokens``, ``position``): ``w`` times the source read as a token sequence (a map's positions
         flattened, a ``[B]`` value one token), target token ``t < length`` reading source token ``start + t`` (zero
-        outside it); ``drop``: the one token as a feature ``[B]`` (geometry ``data.graph.token_geometry``)."""
+        outside it); ``drop``: the one token as a feature ``[B]``; a map shape: the ``length`` tokens as a map of
+        that shape, row-major (geometry ``data.graph.token_geometry``)."""
         w_all = self.g.edge_attr[e, self.centre]
-        for row, eg in self._geometries(e, columns=3):
-            start, length, drop = row.tolist()
+        for row, eg in self._geometries(e, columns=3 + len(self.mk)):
+            start, length, drop, *shape = row.tolist()
+            shape = [s for s in shape if s > 0]
             for sel, udst, sl, dl, stack in self._split(e[eg], "value"):
                 seq = stack.reshape(stack.size(0), stack.size(1), -1)                  # [Cs, B, P]
                 left, right = max(0, -start), max(0, start + length - seq.size(2))
                 seq = F.pad(seq, (left, right))[:, :, start + left:start + left + length]  # [Cs, B, length]
                 if drop:
                     seq = seq[:, :, 0]                                                # [Cs, B]
+                elif shape:
+                    seq = seq.reshape(*seq.shape[:2], *shape)                         # [Cs, B, *shape]
                 w = w_all[eg[sel]].to(seq.dtype).view(-1, *([1] * (seq.dim() - 1)))
                 out = seq.new_zeros(len(udst), *seq.shape[1:]).index_add_(0, dl, w * seq[sl])
                 add(udst, out)

@@ -91,6 +91,11 @@ CASES = [
     Case("timm/vit_small_patch14_reg4_dinov2", size=28, kwargs={"img_size": 28}),  # register tokens
     Case("timm/mixer_s16_224", kwargs={"img_size": 32}),  # refused: a Linear over the tokens
     Case("timm/nf_resnet26"),  # refused: weight standardisation computed from the parameter in forward
+    # session 8: tokens back to a map, PVT's packed key / value projection over spatially reduced keys
+    Case("timm/pvt_v2_b0"),
+    Case("timm/twins_pcpvt_small", size=64),
+    Case("timm/fastvit_sa12", size=64),
+    Case("timm/caformer_s18", size=64, convert={"max_kernel": (3, 3)}),
 ]
 
 

@@ -36,11 +36,13 @@ field            shape/dtype   meaning
                                ``subsample``: stride, offset (padding columns), zero padding
                                (dilation columns), span (kernel columns); ``upsample``: stride,
                                offset, (unused), fill size; ``tokens`` / ``position`` edges: start,
-                               length, drop, then zeros (:func:`token_geometry`)
+                               length, drop, the target map's spatial shape (zeros: a token
+                               sequence), then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +114,7 @@ EDGE_KIND_TABLE = (
              "a per-channel scale parameter read in forward (a layer scale gamma * x) on the centre"),
     EdgeKind("tokens", False, True, "tokens", "value", ("tab:brown", "--"),
              "a token-sequence layout: the source's tokens (a map's positions, flattened) shifted by start, the "
-             "target's length; token selection x[:, i] (geometry: its first three columns)"),
+             "target's length; token selection x[:, i]; tokens back to a map of the geometry's shape"),
     EdgeKind("position", True, True, "tokens", "value", ("tab:olive", ":"),
              "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
              "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
@@ -137,7 +139,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 12
+FORMAT_VERSION = 13
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -153,11 +155,16 @@ def plain_geometry(dims: int) -> tuple[int, ...]:
     return (1,) * dims + (0,) * dims + (1,) * dims + (1,) * dims
 
 
-def token_geometry(start: int, length: int, drop: bool, dims: int) -> tuple[int, ...]:
+def token_geometry(start: int, length: int, drop: bool, dims: int, shape: tuple[int, ...] = ()) -> tuple[int, ...]:
     """``geometry`` row of a ``tokens`` / ``position`` edge: target token ``t`` (``0 <= t < length``) reads
     source token ``start + t`` (zero outside the source); ``drop``: the target is that one token as a feature
-    (``x[:, i]``, ``length`` 1). Zeros fill the remaining ``4 * dims - 3`` columns."""
-    return (start, length, int(drop)) + (0,) * (4 * dims - 3)
+    (``x[:, i]``, ``length`` 1); ``shape``: the target is a map of that spatial shape (``length`` tokens in
+    row-major order: a token sequence back to a map, ``x.transpose(1, 2).reshape(B, C, H, W)``), at most
+    ``dims`` dims. Zeros fill the remaining columns."""
+    if len(shape) > dims or any(s < 1 for s in shape) or (shape and (drop or math.prod(shape) != length)):
+        raise ValueError(f"token geometry: map shape {shape} does not hold {length} tokens in at most {dims} dims"
+                         + (" (and a dropped token is a feature, not a map)" if drop and shape else ""))
+    return (start, length, int(drop), *shape) + (0,) * (4 * dims - 3 - len(shape))
 
 
 def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:

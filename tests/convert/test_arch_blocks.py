@@ -4,8 +4,11 @@ symmetry (hidden neurons of the torch module permuted, the function checked unch
 compared)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
@@ -13,8 +16,8 @@ from neuralgraph.convert import activation_id
 from neuralgraph.convert.trace import fx_trace
 from neuralgraph.data.graph import EDGE_KIND
 from tests.convert.test_blocks import check, randomize
-from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, permute_features,
-                                   permute_in, permute_out, permuted_copy)
+from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, head_permutation,
+                                   permute_features, permute_in, permute_out, permuted_copy)
 
 
 # ------------------------------------------------------------------------ PoolFormer (timm metaformer)
@@ -430,25 +433,74 @@ def test_other_powers_are_refused(forward):
 
 # ------------------------------------------------------------------------ PVT-v2's attention (timm pvt_v2)
 class KVAttention(nn.Module):
-    """timm's ``pvt_v2.Attention`` (``sr_ratio=1``): a query projection and a key / value projection packed in
-    one ``nn.Linear`` (``kv(x).reshape(B, N, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)``)."""
+    """timm's ``pvt_v2.Attention``: a query projection and a key / value projection packed in one ``nn.Linear``
+    (``kv(x).reshape(B, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)``); with ``sr > 1`` the keys and
+    values read a spatially reduced sequence (tokens back to the map, a strided conv, a LayerNorm: fewer key
+    tokens than queries)."""
 
-    def __init__(self, dim: int = 8, heads: int = 2):
+    def __init__(self, dim: int = 8, heads: int = 2, sr: int = 1):
         super().__init__()
-        self.heads = heads
+        self.heads, self.head_dim = heads, dim // heads
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.sr = nn.Conv2d(dim, dim, sr, sr) if sr > 1 else None
+        self.norm = nn.LayerNorm(dim) if sr > 1 else None
 
-    def forward(self, x):
+    def forward(self, x, H: int, W: int):
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.heads, C // self.heads).permute(0, 2, 1, 3)
-        k, v = self.kv(x).reshape(B, -1, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        q = self.q(x).reshape(B, N, self.heads, -1).permute(0, 2, 1, 3)
+        if self.sr is not None:
+            x = x.permute(0, 2, 1).reshape(B, C, H, W)
+            x = self.norm(self.sr(x).reshape(B, C, -1).permute(0, 2, 1))
+        k, v = self.kv(x).reshape(B, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
-def test_a_key_value_projection_packed_without_the_query_is_refused_by_name():
-    with pytest.raises(UnsupportedModuleError, match=r"^1 \(.*KVAttention\).*packed without the query"):
-        to_neural_graph(nn.Sequential(nn.Linear(4, 8), KVAttention()), example_input=torch.randn(2, 5, 4))
+class PVTStage(nn.Module):
+    def __init__(self, sr: int, dim: int = 8):
+        super().__init__()
+        self.embed, self.attn, self.head = nn.Conv2d(3, dim, 2, 2), KVAttention(dim, 2, sr), nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        H, W = x.shape[2:]
+        t = x.flatten(2).transpose(1, 2)
+        return self.head((t + self.attn(t, H, W)).mean(1))
+
+
+@pytest.mark.parametrize("sr", [1, 2])
+def test_a_packed_key_value_projection_with_spatial_reduction(sr):
+    """PVT-v2's attention (a separate query, a packed key / value projection, the keys from a 2x-reduced map: 4 key
+    tokens for 16 queries): the executor reproduces it, the round trip is exact, and permuting its heads (the q
+    rows, both halves of kv, the output projection's columns) gives an isomorphic graph."""
+    m = randomize(PVTStage(sr)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    g = check(m, x, example=True)
+    p = copy.deepcopy(m)
+    a = p.attn
+    rows = head_permutation(a.heads, a.head_dim, torch.Generator().manual_seed(0))
+    permute_out(a.q, rows)
+    permute_out(a.kv, torch.cat([rows, rows + 8]))
+    permute_in(a.proj, rows)
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p, example_input=x))
+
+
+def test_only_keys_or_values_packed_with_the_query_is_refused_by_name():
+    class QKPacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qk, self.v, self.proj = nn.Linear(8, 16), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            B, N, C = x.shape
+            q, k = self.qk(x).reshape(B, N, 2, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+            v = self.v(x).reshape(B, N, 2, 4).transpose(1, 2)
+            return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+    with pytest.raises(UnsupportedModuleError, match=r"only the query, key come from a packed projection"):
+        to_neural_graph(nn.Sequential(nn.Linear(4, 8), QKPacked()), example_input=torch.randn(2, 5, 4))
 
 
 # ------------------------------------------------------------------------ normalizations of dim 1 on tokens

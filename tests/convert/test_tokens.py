@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
-from neuralgraph.data.graph import EDGE_KIND
+from neuralgraph.data.graph import EDGE_KIND, token_geometry
 from tests.helpers.nets import randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function,
                                    assert_state_equal, head_permutation, isomorphic, permute_features, permute_in,
@@ -295,3 +295,86 @@ def test_mixed_token_and_feature_indexing_is_refused():
     with pytest.raises(UnsupportedModuleError, match=r"rank-3 feature value is not supported; only slices of its "
                                                      r"last dim"):
         to_neural_graph(Both(), example_input=torch.randn(2, 5, 4))
+
+
+class Hybrid(nn.Module):
+    """Tokens and maps interleaved, as PVT / Twins / FastViT / MetaFormer stages do: attention on a conv stem's
+    tokens, the tokens back to a (non-square) map for a depthwise conv, the map channel-last for an MLP, its
+    positions merged into tokens again for a second attention, each step in one of its spellings."""
+
+    def __init__(self, spelling: str, dim: int = 8, hidden: int = 12):
+        super().__init__()
+        self.spelling = spelling
+        self.stem = nn.Conv2d(3, dim, 2, 2)
+        self.norm, self.attn = nn.LayerNorm(dim), PackedAttention(dim, 2)
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.attn(self.norm(t))
+        if self.spelling == "reshape":
+            m = t.transpose(1, 2).reshape(B, C, H, W)
+        elif self.spelling == "unflatten":
+            m = t.transpose(1, 2).unflatten(2, (H, W))
+        else:
+            m = t.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        m = m + self.pos(m)
+        cl = m.permute(0, 2, 3, 1)
+        cl = cl + self.fc2(F.gelu(self.fc1(cl)))
+        t = cl.reshape(B, H * W, C) if self.spelling == "channel-last" else cl.flatten(1, 2)
+        t = t + self.attn(self.norm(t))
+        return self.head(t.mean(1))
+
+
+@pytest.mark.parametrize("spelling", ["reshape", "unflatten", "channel-last"])
+def test_tokens_back_to_a_map_and_channel_last_maps_as_tokens(spelling):
+    """x.transpose(1, 2).reshape(B, C, H, W), .unflatten(2, (H, W)), x.reshape(B, H, W, C) and back
+    (x.reshape(B, H * W, C), x.flatten(1, 2)) on a 2 x 3 map: the executor reproduces the module (row-major
+    positions), the round trip is exact, the tokens edges hold the map's shape, and permuting the MLP's hidden
+    neurons gives an isomorphic graph."""
+    m = randomize(Hybrid(spelling)).eval()
+    x = torch.randn(3, 3, 4, 6)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        assert torch.allclose(execute(g, x), m(x), atol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, _blank(m)))
+    rows = g.geometry[g.edge_geom[g.edge_kind == EDGE_KIND["tokens"]].long()]
+    assert {tuple(r[:5].tolist()) for r in rows} == {(0, 6, 0, 0, 0), (0, 6, 0, 2, 3)}  # to tokens, to a 2 x 3 map
+    p = copy.deepcopy(m)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    permute_out(p.fc1, perm)
+    permute_in(p.fc2, perm)
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p, example_input=x))
+
+
+def test_one_token_back_to_a_1x1_map():
+    """PVT-v2's last stage at a small input: one token, ``x.transpose(1, 2).view(B, C, 1, 1)`` is a 1 x 1 map for
+    the depthwise conv (not a channel shuffle of C groups of one channel)."""
+    m = randomize(Hybrid("reshape")).eval()
+    x = torch.randn(3, 3, 2, 2)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        assert torch.allclose(execute(g, x), m(x), atol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, _blank(m)))
+
+
+def test_a_reshape_mixing_tokens_and_channels_is_refused():
+    class Mixing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(2, 1)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            return self.fc2(self.fc1(x).reshape(B, T * 2, 2)).mean(1)
+
+    with pytest.raises(UnsupportedModuleError, match=r"reshape to .* is not supported; .*laying the positions"):
+        to_neural_graph(Mixing(), example_input=torch.randn(2, 6, 4))
+    with pytest.raises(ValueError, match="does not hold 6 tokens"):
+        token_geometry(0, 6, False, 2, (2, 2))

@@ -1,7 +1,8 @@
 """Hand-written attention: a ``torch.fx`` pattern matcher that proves a block is multi-head attention.
 
 Three ``nn.Linear`` projections, the head split ``.view(B, T, H, d).transpose(1, 2)`` (or one packed projection
-``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)``, timm's ``Attention``),
+``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)``, timm's ``Attention``, or a query projection
+and a packed key / value one ``kv(x_).reshape(B, -1, 2, H, d)...``, PVT's, whose keys may be fewer tokens),
 ``F.scaled_dot_product_attention(q, k, v)`` or ``softmax(q @ k.transpose(-2, -1) * scale, -1) @ v``, and the merge
 ``.transpose(1, 2).reshape(B, T, C)``. Tensor dims are tracked by labels (batch, tokens, heads, head dim,
 features) and scalar expressions of sizes (``q.size(-1) ** -0.5``) evaluated, so a block is accepted only if it
@@ -201,7 +202,7 @@ class _Branch:
     heads: int
     head_dim: int
     scalars: list[fx.Node]  # multiplications / divisions by numbers on the way
-    part: int = 0  # which third (q, k, v order) of a packed projection it is (qkv(x).reshape(B, T, 3, H, d))
+    part: int = 0  # which part of a packed projection it is (qkv(x).reshape(B, T, 3, H, d): q, k, v order)
 
 
 @dataclass
@@ -214,7 +215,7 @@ class _Match:
     v: _Branch
     inner: list[fx.Node]  # scores, scaling, softmax, dropout (the softmax(q kᵀ) v form)
     merge: list[fx.Node]  # from the attention output to the merged [B, T, C] value
-    packed: list[fx.Node] = field(default_factory=list)  # a packed projection's split, permute and unbind
+    packed: list[fx.Node] = field(default_factory=list)  # packed projections' splits, permutes and unbinds
     src: dict[str, Tensor] = field(default_factory=dict)
     heads: Tensor | None = None
 
@@ -316,17 +317,17 @@ def _packed_select(ctx, n: Any) -> tuple[fx.Node, int, fx.Node | None] | None:
 
 
 def _packed_branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], walks: list, roles) -> tuple[list, list]:
-    """The three branches of one packed projection ``qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)``
-    split by ``unbind(0)`` (or indexing), and the shared nodes (reshape, permute, unbind, the three parts)."""
+    """The branches of one packed projection split by ``unbind(0)`` (or indexing): ``qkv(x).reshape(B, T, 3, H,
+    d).permute(2, 0, 3, 1, 4)`` (query, key and value) or ``kv(x).reshape(B, T, 2, H, d)...`` (key and value),
+    and the shared nodes (reshape, permute, unbind, the parts)."""
     selects = [_packed_select(ctx, head) for head, _ in walks]
     if any(sel is None or sel[0] is not selects[0][0] for sel in selects) or \
-            sorted(sel[1] for sel in selects) != [0, 1, 2]:
+            sorted(sel[1] for sel in selects) != list(range(len(walks))):
         reads = ", ".join(f"{role} {head.name}" for (head, _), (role, _) in zip(walks, roles))
-        raise _fail(ctx, site, "query, key and value must be three separate nn.Linear projections or the three "
-                               "parts of one packed projection (qkv(x).reshape(B, T, 3, heads, head_dim)"
-                               f".permute(2, 0, 3, 1, 4).unbind(0)); here they are {reads} (a key / value "
-                               "projection packed without the query, kv(x).reshape(B, T, 2, heads, head_dim), is not "
-                               "supported)")
+        raise _fail(ctx, site, "query, key and value must be separate nn.Linear projections or the parts of a "
+                               "packed one (qkv(x).reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4)"
+                               ".unbind(0), or keys and values as kv(x).reshape(B, T, 2, heads, head_dim)...); "
+                               f"here {reads} are not the parts of one packed projection")
     t, unbind = selects[0][0], selects[0][2]
     shared, n = [], t
     while op_kind(ctx, n) != "linear":
@@ -352,7 +353,7 @@ def _packed_branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], walks: li
         if op_kind(ctx, n) == "view":
             if cur != ("B", "T", "F"):
                 raise _fail(ctx, site, f"{n.name} reshapes the packed projection again after splitting it")
-            heads, head_dim = _packed_split(ctx, site, n, linear, width, known | labels)
+            heads, head_dim = _packed_split(ctx, site, n, linear, width, len(walks), known | labels)
             cur = ("B", "T", "S", "H", "D")
         elif op_kind(ctx, n) in ("transpose", "permute"):
             if len(cur) != 5:
@@ -360,8 +361,9 @@ def _packed_branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], walks: li
             cur = _permuted(ctx, site, n, cur)
         labels[n] = cur
     if heads is None or cur[0] != "S":
-        raise _fail(ctx, site, f"the packed projection {linear.name} is not split into (3, batch, heads, tokens, "
-                               "head_dim): use .reshape(B, T, 3, heads, head_dim).permute(2, 0, 3, 1, 4)")
+        raise _fail(ctx, site, f"the packed projection {linear.name} is not split into ({len(walks)}, batch, heads, "
+                               f"tokens, head_dim): use .reshape(B, T, {len(walks)}, heads, head_dim)"
+                               ".permute(2, 0, 3, 1, 4)")
     branches = []
     for (head, chain), sel, (role, tok) in zip(walks, selects, roles):
         lab = tuple(tok if x == "T" else x for x in cur[1:])
@@ -370,24 +372,25 @@ def _packed_branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple], walks: li
     return branches, shared + ([unbind] if unbind is not None else []) + parts
 
 
-def _packed_split(ctx, site, n: fx.Node, linear: fx.Node, width: int, labels: dict[fx.Node, tuple]) -> tuple[int, int]:
-    """``(heads, head_dim)`` of ``reshape(B, T, 3, heads, head_dim)``, proving it splits only the feature dim."""
+def _packed_split(ctx, site, n: fx.Node, linear: fx.Node, width: int, parts: int,
+                  labels: dict[fx.Node, tuple]) -> tuple[int, int]:
+    """``(heads, head_dim)`` of ``reshape(B, T, parts, heads, head_dim)``, proving it splits only the feature dim."""
     shape = _shape_args(n)
-    if len(shape) != 5 or shape[2] != 3:
+    if len(shape) != 5 or shape[2] != parts:
         raise _fail(ctx, site, f"{n.name} reshapes the packed projection to {shape}; expected "
-                               ".reshape(B, T, 3, heads, head_dim)")
+                               f".reshape(B, T, {parts}, heads, head_dim)")
     h, d = _posint(shape[3]), _posint(shape[4])
-    if h is None and d is not None and (width // 3) % d == 0:
-        h = width // 3 // d
-    if d is None and h is not None and (width // 3) % h == 0:
-        d = width // 3 // h
-    if h is None or d is None or 3 * h * d != width:
-        raise _fail(ctx, site, f"{n.name} does not split {width} features into 3 x heads x head_dim")
+    if h is None and d is not None and (width // parts) % d == 0:
+        h = width // parts // d
+    if d is None and h is not None and (width // parts) % h == 0:
+        d = width // parts // h
+    if h is None or d is None or parts * h * d != width:
+        raise _fail(ctx, site, f"{n.name} does not split {width} features into {parts} x heads x head_dim")
     lead = (_dim_label(shape[0], labels), _dim_label(shape[1], labels))
     ok = lead == ("B", "T") or lead in (("B", -1), (-1, "T"))
     if not ok:
         si, so = ctx.shape(linear), ctx.shape(n)
-        ok = si is not None and so is not None and len(si) == 3 and so == (si[0], si[1], 3, h, d)
+        ok = si is not None and so is not None and len(si) == 3 and so == (si[0], si[1], parts, h, d)
     if not ok:
         raise _fail(ctx, site, f"cannot prove that {n.name} splits only the feature dim: read B and T from the "
                                "input (B, T, C = x.shape) or pass example_input=... to to_neural_graph")
@@ -396,15 +399,28 @@ def _packed_split(ctx, site, n: fx.Node, linear: fx.Node, width: int, labels: di
 
 def _branches(ctx, site: fx.Node, labels: dict[fx.Node, tuple],
               *reads: tuple[fx.Node, Any]) -> tuple[list[_Branch], list[fx.Node]]:
-    """The query, key and value branches, and the nodes they share (a packed projection's split); ``reads``:
-    (consumer, tensor) of each."""
+    """The query, key and value branches, and the nodes packed projections share (their splits); ``reads``:
+    (consumer, tensor) of each. Branches read from ``nn.Linear`` projections of their own, or are the parts of
+    one packed projection: all three, or the key and value with a separate query."""
     roles = (("query", "Tq"), ("key", "Tk"), ("value", "Tk"))
     walks = [_walk(ctx, site, consumer, start, role) for (consumer, start), (role, _) in zip(reads, roles)]
-    if any(op_kind(ctx, head) != "linear" for head, _ in walks):
-        return _packed_branches(ctx, site, labels, walks, roles)
-    batch = set().union(*(_same_leading(ctx, linear.args[0]) for linear, _ in walks))
-    return [_branch(ctx, site, linear, chain, role, tok, labels, batch)
-            for (linear, chain), (role, tok) in zip(walks, roles)], []
+    own = [i for i, (head, _) in enumerate(walks) if op_kind(ctx, head) == "linear"]
+    packed = [i for i in range(3) if i not in own]
+    if packed not in ([], [1, 2], [0, 1, 2]):
+        which = ", ".join(roles[i][0] for i in packed)
+        raise _fail(ctx, site, f"only the {which} come from a packed projection; pack all three (qkv) or the key "
+                               "and value (kv), or use separate nn.Linear projections")
+    out: list[_Branch | None] = [None] * 3
+    shared: list[fx.Node] = []
+    if packed:
+        branches, shared = _packed_branches(ctx, site, labels, [walks[i] for i in packed], [roles[i] for i in packed])
+        for i, br in zip(packed, branches):
+            out[i] = br
+    batch = set().union(*(_same_leading(ctx, walks[i][0].args[0]) for i in own))
+    for i in own:
+        linear, chain = walks[i]
+        out[i] = _branch(ctx, site, linear, chain, *roles[i], labels, batch)
+    return out, shared
 
 
 def _shape_args(n: fx.Node) -> tuple:
@@ -528,9 +544,9 @@ def match_attention(ctx, site: fx.Node) -> _Match:
             raise _fail(ctx, site, f"its {role} has dims {_dims(got)}, expected {_dims(want[role])}")
     if len({(br.heads, br.head_dim) for br in (q, k, v)}) != 1:
         raise _fail(ctx, site, "query, key and value must have the same heads and head size")
-    if len({q.linear, k.linear, v.linear}) != 3 and not packed:
-        raise _fail(ctx, site, "query, key and value must come from three separate nn.Linear calls or one packed "
-                               "projection split into three")
+    if len({(br.linear, br.part) for br in (q, k, v)}) != 3:
+        raise _fail(ctx, site, "query, key and value must come from separate nn.Linear calls or the parts of one "
+                               "packed projection")
     sizes = {"H": q.heads, "D": q.head_dim, "F": q.heads * q.head_dim}
     for n in scalars:
         other = [a for a in n.args[:2] if a is not _data_arg(ctx, n)]
@@ -603,7 +619,8 @@ def _claim(ctx, match: _Match) -> None:
         if CLAIM in n.meta:
             raise _fail(ctx, match.site, f"{n.name} belongs to two attention patterns")
     for role, br in (("q", match.q), ("k", match.k), ("v", match.v)):
-        br.linear.meta[CLAIM] = partial(_project, match, "qkv" if match.packed else role)
+        serves = "".join(r for r, b in (("q", match.q), ("k", match.k), ("v", match.v)) if b.linear is br.linear)
+        br.linear.meta[CLAIM] = partial(_project, match, serves)
         for n in br.chain:
             n.meta[CLAIM] = _deferred
     for n in match.inner + match.merge[:-1] + match.packed:
@@ -622,7 +639,7 @@ def _project(match: _Match, role: str, ctx, node, x: Val, *args, **kwargs) -> Va
     """A q / k / v projection: remember the neurons it reads (their value now is what it reads)."""
     src = ctx.as_features(node, x, ctx.module(node).in_features)
     ctx.builder.observe(src)
-    for r in (("q", "k", "v") if role == "qkv" else (role,)):
+    for r in role:  # the roles this projection serves: "q", "kv", "qkv", ...
         match.src[r] = src
     return Val(None, "attention")
 
@@ -631,9 +648,9 @@ def _attend(match: _Match, ctx, node, *args, **kwargs) -> Val:
     projs = []
     for role, br in (("q", match.q), ("k", match.k), ("v", match.v)):
         weight, bias = ctx.param(br.linear, "weight"), ctx.param(br.linear, "bias")
-        if br.part == 0 or not match.packed:
+        if br.part == 0:  # one layer per projection (a packed one's first part)
             ctx.builder.layers.append((weight, bias))
-        e = br.heads * br.head_dim  # a packed projection holds q, k, v as consecutive blocks of E rows
+        e = br.heads * br.head_dim  # a packed projection holds its parts as consecutive blocks of E rows
         projs.append(Projection(match.src[role], weight, br.part * e * match.src[role].numel(), bias, br.part * e))
     match.heads = attention_heads(ctx, node, match.q.heads, match.q.head_dim, *projs)
     return Val(None, "attention")

@@ -396,8 +396,25 @@ def _flatten(ctx, node, x: Val, start_dim: int = 0, end_dim: int = -1) -> Val:
     if start_dim == 2 and end_dim == -1 and x.kind == "map":
         return layout.merge_spatial(ctx, node, x)
     if start_dim != 1 or end_dim != -1:
-        raise ctx.unsupported(node, "flatten must keep the batch dim and flatten the rest: flatten(x, 1)")
+        moved = layout.respaced(ctx, node, ctx.materialize(node, node.all_input_nodes[0], x), ctx.shape(node))
+        if moved is None:
+            raise ctx.unsupported(node, "flatten must keep the batch dim and flatten the rest (flatten(x, 1)), merge "
+                                        "a map's spatial dims (flatten(2)) or a channel-last map's (flatten(1, 2))")
+        return moved
     return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
+
+
+@function_rule(torch.unflatten)
+@method_rule("unflatten")
+def _unflatten(ctx, node, x: Val, dim: int, sizes) -> Val:
+    """``x.unflatten(2, (H, W))`` of a ``[B, C, T]`` map, ``x.unflatten(1, (H, W))`` of ``[B, T, C]`` tokens: the
+    positions laid out as a map (:func:`~.layout.respaced`)."""
+    moved = layout.respaced(ctx, node, ctx.materialize(node, node.all_input_nodes[0], x), ctx.shape(node))
+    if moved is None:
+        raise ctx.unsupported(node, f"unflatten({dim}, {sizes!r}) of a {x.kind} value is not supported; only "
+                                    "splitting the positions of a map or token sequence into a map is (shapes "
+                                    "known: pass example_input=...)")
+    return moved
 
 
 @method_rule("view", "reshape")
@@ -417,8 +434,10 @@ def _reshape(ctx, node, x: Val, *shape) -> Val:
         if moved is not None:
             return moved
         raise ctx.unsupported(node, f"reshape to {shape} is not supported; only the batch-keeping flatten "
-                                    "x.view(x.size(0), -1), merging the spatial dims of a map (x.reshape(B, C, -1)) "
-                                    "and a channel shuffle (x.view(B, g, C // g, H, W).transpose(1, 2)"
+                                    "x.view(x.size(0), -1), laying the positions of a map or token sequence out anew "
+                                    "with the batch and channels kept (x.reshape(B, C, -1), x.transpose(1, 2)"
+                                    ".reshape(B, C, H, W), x.reshape(B, H, W, C) of [B, T, C] tokens; with "
+                                    "example_input=... when shapes are symbolic) and a channel shuffle (x.view(B, g, C // g, H, W).transpose(1, 2)"
                                     ".reshape(B, C, H, W)) are")
     return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
 

@@ -18,7 +18,7 @@ import torch
 
 from neuralgraph.convert.builder import Val
 from neuralgraph.convert.registry import function_rule, method_rule
-from neuralgraph.convert.rules.tokens import to_tokens
+from neuralgraph.convert.rules.tokens import respace, to_tokens
 
 
 def _ints(args) -> tuple | None:
@@ -77,12 +77,13 @@ def _transpose(ctx, node, x: Val, dim0: int, dim1: int) -> Val:
 
 
 def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
-    """Channel-preserving reshapes of a map, ``None`` if ``shape`` is none of them: merging its spatial dims
-    (``x.reshape(B, C, H * W)``, ``x.flatten(2)``), splitting its channels in two (the first reshape of a channel
-    shuffle) and merging them back (the last one)."""
+    """Channel-preserving reshapes, ``None`` if ``shape`` is none of them: laying a map's or a token sequence's
+    positions out anew (:func:`respaced`), splitting a map's channels in two (the first reshape of a channel
+    shuffle) and merging them back (the last one), viewing ``[B, C]`` features as ``[B, C, 1, 1]``."""
     out = ctx.shape(node)
     if x.kind == "vec":
-        return unit_map(ctx, node, x, tuple(out) if out is not None else shape)
+        unit = unit_map(ctx, node, x, tuple(out) if out is not None else shape)
+        return unit if unit is not None else respaced(ctx, node, x, out)
     if x.kind == "groups":
         rank = len(out) if out is not None else len(shape)
         if rank == 2 + x.sdims and (out is None or out[1] == x.channels):
@@ -93,11 +94,9 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
     c, rank = x.channels, 2 + x.sdims
     if out is not None:
         inp = ctx.shape(node.all_input_nodes[0])
-        if len(out) == 3 and out[1] == c and rank > 3:
-            return merge_spatial(ctx, node, x)
-        if len(out) == rank + 1 and out[1] * out[2] == c and out[3:] == inp[2:]:
+        if len(out) == rank + 1 and out[1] * out[2] == c and out[2] > 1 and out[3:] == inp[2:]:
             return Val(x.nodes.view(out[1], out[2]), "groups", x.sdims, x.positions)
-        return None
+        return respaced(ctx, node, x, out)  # [B, C, 1] -> [B, C, 1, 1] too (not C groups of one channel)
     if len(shape) == 3 and shape[1] == c and rank > 3:
         return merge_spatial(ctx, node, x)
     if len(shape) == rank + 1:
@@ -155,6 +154,29 @@ def _expand(ctx, node, x: Val, *sizes) -> Val:
         raise ctx.unsupported(node, f"expands a {x.kind} value; only [B, C, 1, 1] features (a gate) can be "
                                     "expanded, for a product that broadcasts them anyway")
     return Val(x.nodes, "vec")
+
+
+def respaced(ctx, node, x: Val, out: tuple | None) -> Val | None:
+    """A reshape to ``out`` that keeps the batch and the channels (dim 1 of a map, the last dim of a token
+    sequence or channel-last map) and lays the positions out in another shape, row-major, else ``None``: a map's
+    spatial dims merged into tokens (``x.reshape(B, C, H * W)``), a token sequence back to a map
+    (``x.transpose(1, 2).reshape(B, C, H, W)``, ``x.reshape(B, H, W, C)``), a channel-last map's positions as
+    tokens (``x.reshape(B, H * W, C)``). Needs the shapes (``example_input``)."""
+    inp = ctx.shape(node.all_input_nodes[0])
+    if out is None or inp is None or len(out) < 3 or len(inp) < 3 or out[0] != inp[0]:
+        return None
+    c = x.channels
+    if x.kind == "vec" and inp[-1] == c and out[-1] == c:
+        old, new, channel_last = tuple(inp[1:-1]), tuple(out[1:-1]), True
+    elif x.kind == "map" and inp[1] == c and out[1] == c:
+        old, new, channel_last = tuple(inp[2:]), tuple(out[2:]), False
+    else:
+        return None
+    if math.prod(old) != math.prod(new):
+        return None
+    if old == new:
+        return x
+    return respace(ctx, node, x, new, channel_last)
 
 
 def merge_spatial(ctx, node, x: Val) -> Val:

@@ -1,9 +1,9 @@
-"""Token sequences: a map's positions as tokens, tokens concatenated (a class token), a learned position
-embedding added, and tokens selected (``x[:, 0]``, ``x[:, 1:]``).
+"""Token sequences: a map's positions as tokens and tokens back to a map, tokens concatenated (a class token),
+a learned position embedding added, and tokens selected (``x[:, 0]``, ``x[:, 1:]``).
 
 A neuron's value in a token sequence is ``[B, T]``; these operations move values between tokens, so each adds
 new neurons fed by ``tokens`` edges whose geometry (``data.graph.token_geometry``: ``start``, ``length``,
-``drop``) says which source token each target token reads. A parameter used as tokens (a class token
+``drop``, the target's map shape) says which source token each target token reads. A parameter used as tokens (a class token
 ``[1, 1, C]``, register tokens ``[1, R, C]``, a position embedding ``[1, T, C]``) is stored on ``position``
 edges: one **token constant neuron** per token it fills (role virtual, constant 1 in ``x[:, 0]``, no inputs,
 ``node_spatial`` = 1 + that token), with an edge to each channel's neuron carrying the parameter's entry on the
@@ -11,6 +11,8 @@ centre tap and placing it at that token. Parameters stay on edges, so the round 
 channels of a transformer moves them with the channel neurons.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -31,8 +33,8 @@ def token_count(ctx, arg, v: Val | Param) -> int | None:
     return v.positions if v.kind == "vec" else None
 
 
-def _geometry(ctx, start: int, length: int, drop: bool = False) -> tuple[int, ...]:
-    return token_geometry(start, length, drop, len(ctx.config.max_kernel))
+def _geometry(ctx, start: int, length: int, drop: bool = False, shape: tuple[int, ...] = ()) -> tuple[int, ...]:
+    return token_geometry(start, length, drop, len(ctx.config.max_kernel), shape)
 
 
 def _layer(b, *sources: Tensor) -> int:
@@ -62,10 +64,23 @@ def to_tokens(ctx, node, x: Val) -> Val:
     p = x.positions if x.positions is not None else (None if shape is None else int(torch.Size(shape[2:]).numel()))
     if p is None:
         raise ctx.unsupported(node, f"merges the positions of a feature map into tokens; {_EXAMPLE}")
-    b = ctx.builder
+    return respace(ctx, node, x, (p,), channel_last=False)
+
+
+def respace(ctx, node, x: Val, shape: tuple[int, ...], channel_last: bool) -> Val:
+    """The same channels with their positions laid out in another spatial ``shape``, row-major: a token sequence
+    back to a map (``x.transpose(1, 2).reshape(B, C, H, W)``, ``x.reshape(B, H, W, C)``: channel-last) or a
+    channel-last map's positions as tokens (``x.reshape(B, H * W, C)``, ``x.flatten(1, 2)``; ``shape`` of one
+    dim). New neurons, one ``tokens`` edge each whose geometry holds the target's shape (none for tokens)."""
+    dims = len(ctx.config.max_kernel)
+    if len(shape) > dims:
+        raise ctx.unsupported(node, f"lays out positions as a {len(shape)}-d map {tuple(shape)}, beyond the "
+                                    f"{dims}-d max_kernel of this conversion; pass max_kernel with {len(shape)} dims")
+    b, length = ctx.builder, math.prod(shape)
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
-    b.add_edges(x.nodes, new, "tokens", geometry=_geometry(ctx, 0, p), const=1.0)
-    return Val(new, "map", 1, p)
+    b.add_edges(x.nodes, new, "tokens", const=1.0,
+                geometry=_geometry(ctx, 0, length, shape=tuple(shape) if len(shape) > 1 else ()))
+    return Val(new, "vec", 0, length) if channel_last else Val(new, "map", len(shape), length)
 
 
 def cat_tokens(ctx, node, args: list, operands: list) -> Val:

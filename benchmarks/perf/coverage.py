@@ -96,6 +96,7 @@ CASES = [
     Case("timm/twins_pcpvt_small", size=64),
     Case("timm/fastvit_sa12", size=64),
     Case("timm/caformer_s18", size=64, convert={"max_kernel": (3, 3)}),
+    Case("timm/pit_ti_224", size=64, kwargs={"img_size": 64}),  # a [1, C, H, W] position embedding
 ]
 
 

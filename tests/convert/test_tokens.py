@@ -364,6 +364,66 @@ def test_one_token_back_to_a_1x1_map():
     assert_state_equal(m, from_neural_graph(g, _blank(m)))
 
 
+class PiT(nn.Module):
+    """timm's PiT in small: a position embedding with one value per channel and map position (``[1, C, H, W]``)
+    added to the conv stem's map, class tokens concatenated, attention, the tokens split back with bounds read off
+    the class tokens' traced shape (``x[:, :n]``, ``x[:, n:]``), the patch tokens back to the map for a strided
+    depthwise conv, the class tokens through a Linear."""
+
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 2, 2)
+        self.pos_embed = nn.Parameter(torch.randn(1, dim, 2, 3))
+        self.cls_token = nn.Parameter(torch.randn(1, 2, dim))
+        self.block = Block(dim, 2, 2 * dim)
+        self.pool, self.fc = nn.Conv2d(dim, dim, 3, 2, 1, groups=dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.stem(x) + self.pos_embed
+        B, C, H, W = x.shape
+        cls = self.cls_token.expand(B, -1, -1)
+        n = cls.shape[1]
+        x = self.block(torch.cat([cls, x.flatten(2).transpose(1, 2)], 1))
+        cls, x = x[:, :n], x[:, n:]
+        x = self.pool(x.transpose(1, 2).reshape(B, C, H, W))
+        return self.head(self.fc(cls).mean(1) + x.mean((2, 3)))
+
+
+def test_a_position_embedding_per_map_position_and_traced_token_bounds():
+    """PiT: the ``[1, C, H, W]`` position embedding is stored on ``position`` edges placed at map positions (a 2 x 3
+    map), the traced bounds resolve, the executor reproduces the module and the round trip is exact; swapping two
+    positions' embeddings changes the function and the graph."""
+    m = randomize(PiT()).eval()
+    x = torch.randn(3, 3, 4, 6)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        assert torch.allclose(execute(g, x), m(x), atol=1e-5)
+    assert_state_equal(m, from_neural_graph(g, _blank(m)))
+    rows = g.geometry[g.edge_geom[g.edge_kind == EDGE_KIND["position"]].long()]
+    assert {tuple(r[3:5].tolist()) for r in rows} == {(0, 0), (2, 3)}  # class tokens; the map's positions
+    p = copy.deepcopy(m)
+    with torch.no_grad():
+        p.pos_embed.copy_(p.pos_embed[..., [1, 0, 2]])
+        assert not torch.allclose(m(x), p(x), atol=1e-4)
+    assert not isomorphic(g, to_neural_graph(p, example_input=x))
+
+
+def test_token_slices_with_two_traced_bounds_are_refused():
+    class Window(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            a, b = x.shape[1] // 4, x.shape[1] // 2
+            return h[:, a:b].mean(1)
+
+    with pytest.raises(UnsupportedModuleError, match="bounds computed in forward; only one computed bound"):
+        to_neural_graph(Window(), example_input=torch.randn(2, 8, 4))
+
+
 def test_a_reshape_mixing_tokens_and_channels_is_refused():
     class Mixing(nn.Module):
         def __init__(self):

@@ -227,8 +227,9 @@ def add(ctx, node, a, b, sign: float = 1.0, **kwargs) -> Val:
     for k, (v, p) in enumerate(((a, b), (b, a))):
         if isinstance(v, Val) and isinstance(p, Param):
             v = ctx.materialize(node, node.args[k], v)
-            if tokens.position_table(ctx, node.args[k], v, p):  # x + pos_embed: one value per token and channel
-                return tokens.add_positions(ctx, node, v, p)
+            table = tokens.position_table(ctx, node.args[k], v, p)  # x + pos_embed: one value per position, channel
+            if table is not None:
+                return tokens.add_positions(ctx, node, v, p, table)
             return affine(ctx, node, v, shift=per_channel(ctx, node, v, p, "a sum"))
     if not (isinstance(a, Val) and isinstance(b, Val)):
         v, c = _constant_operand(ctx, node, a, b, "a sum")

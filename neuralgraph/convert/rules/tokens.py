@@ -42,17 +42,25 @@ def _layer(b, *sources: Tensor) -> int:
     return max(b.next_layer(*sources), 2)
 
 
-def _place(ctx, p: Param, first: int, count: int, offset: int, length: int, targets: Tensor, layer: int) -> None:
-    """Rows ``first .. first + count`` of parameter ``p`` (``[..., R, C]``) as tokens ``offset ..`` of ``targets``'
-    sequences of ``length`` tokens: one token constant neuron per row, ``position`` edges to the channels."""
+def _place(ctx, p: Param, rows: Tensor, offset: int, targets: Tensor, layer: int, shape: tuple[int, ...] = (),
+           channel_stride: int = 1) -> None:
+    """Parameter ``p``'s entries as tokens ``offset ..`` of ``targets``' sequences of ``prod(shape)`` tokens (a map
+    of ``shape`` when it has 2+ dims): one token constant neuron per token ``r``, with ``position`` edges to the
+    channels carrying flat element ``rows[r] + c * channel_stride`` of ``p`` for channel ``c``."""
     b, c = ctx.builder, targets.numel()
-    for r in range(count):
+    length = math.prod(shape)
+    for r, first in enumerate(rows.tolist()):
         t = offset + r
         k = b.add_nodes(1, layer - 1, role="virtual", spatial=t + 1)
         b.add_node_const(k, 1.0)
-        elem = ((first + r) * c + torch.arange(c)).view(-1, 1)
-        b.add_edges(k.repeat(c), targets, "position", geometry=_geometry(ctx, -t, length),
+        elem = (first + torch.arange(c) * channel_stride).view(-1, 1)
+        b.add_edges(k.repeat(c), targets, "position", geometry=_geometry(ctx, -t, length, shape=_map(shape)),
                     sources=[(p.name, elem, torch.tensor([ctx.config.centre_tap]))])
+
+
+def _map(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The map shape a token geometry records: none for a sequence (one dim)."""
+    return tuple(shape) if len(shape) > 1 else ()
 
 
 def to_tokens(ctx, node, x: Val) -> Val:
@@ -78,8 +86,7 @@ def respace(ctx, node, x: Val, shape: tuple[int, ...], channel_last: bool) -> Va
                                     f"{dims}-d max_kernel of this conversion; pass max_kernel with {len(shape)} dims")
     b, length = ctx.builder, math.prod(shape)
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
-    b.add_edges(x.nodes, new, "tokens", const=1.0,
-                geometry=_geometry(ctx, 0, length, shape=tuple(shape) if len(shape) > 1 else ()))
+    b.add_edges(x.nodes, new, "tokens", const=1.0, geometry=_geometry(ctx, 0, length, shape=_map(shape)))
     return Val(new, "vec", 0, length) if channel_last else Val(new, "map", len(shape), length)
 
 
@@ -110,27 +117,35 @@ def cat_tokens(ctx, node, args: list, operands: list) -> Val:
     offset = 0
     for v, n in zip(operands, counts):
         if isinstance(v, Param):
-            _place(ctx, v, 0, n, offset, length, new, layer)
+            _place(ctx, v, torch.arange(n) * c, offset, new, layer, (length,))
         else:
             b.add_edges(v.nodes, new, "tokens", geometry=_geometry(ctx, -offset, length), const=1.0)
         offset += n
     return Val(new, "vec", 0, length)
 
 
-def position_table(ctx, arg, v: Val, p: Param) -> bool:
-    """Whether parameter ``p`` added to ``v`` is a table of one value per token and channel (``[1, T, C]``)."""
+def position_table(ctx, arg, v: Val, p: Param) -> tuple[int, ...] | None:
+    """The positions' shape if parameter ``p`` added to ``v`` is a table of one value per position and channel:
+    ``(T,)`` for ``[1, T, C]`` on a token sequence, ``(H, W)`` for ``[1, C, H, W]`` on a map (PiT's position
+    embedding); else ``None``."""
     shape = tuple(p.shape)
     while len(shape) > 2 and shape[0] == 1:
         shape = shape[1:]
-    return (v.kind == "vec" and len(shape) == 2 and shape[1] == v.channels and shape[0] > 1
-            and token_count(ctx, arg, v) == shape[0])
+    if v.kind == "vec" and len(shape) == 2 and shape[1] == v.channels and shape[0] > 1 and \
+            token_count(ctx, arg, v) == shape[0]:
+        return shape[:1]
+    spatial = ctx.shape(arg)
+    if v.kind == "map" and spatial is not None and len(shape) == len(spatial) - 1 and shape[0] == v.channels and \
+            shape[1:] == tuple(spatial[2:]) and math.prod(shape[1:]) > 1:
+        return shape[1:]
+    return None
 
 
-def add_positions(ctx, node, v: Val, p: Param) -> Val:
-    """``x + pos_embed`` with a ``[1, T, C]`` table: ``position`` edges into ``x``'s neurons if they are still
-    open, else into new neurons fed by identity edges."""
+def add_positions(ctx, node, v: Val, p: Param, shape: tuple[int, ...]) -> Val:
+    """``x + pos_embed`` with a table of one value per position and channel (:func:`position_table`):
+    ``position`` edges into ``x``'s neurons if they are still open, else into new neurons fed by identity
+    edges."""
     b = ctx.builder
-    length = p.shape[-2]
     if b.is_open(v.nodes) and min(b.layer[i] for i in v.nodes.tolist()) >= 2:
         target = v.nodes
         layer = min(b.layer[i] for i in target.tolist())
@@ -138,7 +153,11 @@ def add_positions(ctx, node, v: Val, p: Param) -> Val:
         layer = _layer(b, v.nodes)
         target = b.add_nodes(v.channels, layer)
         b.add_identity_edges(v.nodes, target, "identity")
-    _place(ctx, p, 0, length, 0, length, target, layer)
+    length = math.prod(shape)
+    if v.kind == "map":  # [C, *S]: position t of channel c is element c * length + t
+        _place(ctx, p, torch.arange(length), 0, target, layer, shape, channel_stride=length)
+        return Val(target, "map", v.sdims, length)
+    _place(ctx, p, torch.arange(length) * v.channels, 0, target, layer, shape)  # [T, C]: t * C + c
     return Val(target, "vec", 0, length)
 
 
@@ -155,6 +174,7 @@ def select_tokens(ctx, node, x: Val, index, count: int | None) -> Val:
     else:
         if count is None:
             raise ctx.unsupported(node, f"slices tokens {index!r} of a sequence of unknown length; {_EXAMPLE}")
+        index = _traced_bounds(ctx, node, index, count)
         start, stop, step = index.indices(count)
         if step != 1 or stop <= start:
             raise ctx.unsupported(node, f"slices tokens {index!r}; only a non-empty range of consecutive tokens "
@@ -163,3 +183,24 @@ def select_tokens(ctx, node, x: Val, index, count: int | None) -> Val:
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
     b.add_edges(x.nodes, new, "tokens", geometry=_geometry(ctx, start, length, drop), const=1.0)
     return Val(new, "vec", 0, None if drop else length)
+
+
+def _traced_bounds(ctx, node, index: slice, count: int) -> slice:
+    """``index`` with a bound that is a traced size (PiT's ``x[:, :n]``, ``x[:, n:]`` with ``n = cls.shape[1]``)
+    replaced by the number the traced output length implies; refused when both bounds are traced sizes."""
+    def known(v) -> bool:
+        return v is None or isinstance(v, int)
+
+    if known(index.start) and known(index.stop) and known(index.step):
+        return index
+    out = ctx.shape(node)
+    if out is None or len(out) != 3 or index.step not in (None, 1) or (not known(index.start) and
+                                                                        not known(index.stop)):
+        raise ctx.unsupported(node, "slices tokens with bounds computed in forward; only one computed bound, "
+                                    f"with the other constant and step 1, is supported ({_EXAMPLE})")
+    n = out[1]
+    if known(index.start):
+        start = slice(index.start, None).indices(count)[0]
+        return slice(start, start + n)
+    stop = slice(None, index.stop).indices(count)[1]
+    return slice(stop - n, stop)

@@ -436,5 +436,16 @@ def test_a_reshape_mixing_tokens_and_channels_is_refused():
 
     with pytest.raises(UnsupportedModuleError, match=r"reshape to .* is not supported; .*laying the positions"):
         to_neural_graph(Mixing(), example_input=torch.randn(2, 6, 4))
+    class Windows(nn.Module):  # MaxViT's window partition starts by splitting each spatial dim in two
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            B, C, H, W = x.shape
+            return self.conv(x).view(B, 4, H // 2, 2, W // 2, 2).mean((2, 3, 4, 5))
+
+    with pytest.raises(UnsupportedModuleError, match=r"4-d map \(2, 2, 2, 2\), beyond the 2-d maps .*window"):
+        to_neural_graph(Windows(), example_input=torch.randn(2, 3, 4, 4))
     with pytest.raises(ValueError, match="does not hold 6 tokens"):
         token_geometry(0, 6, False, 2, (2, 2))

@@ -83,7 +83,8 @@ def respace(ctx, node, x: Val, shape: tuple[int, ...], channel_last: bool) -> Va
     dims = len(ctx.config.max_kernel)
     if len(shape) > dims:
         raise ctx.unsupported(node, f"lays out positions as a {len(shape)}-d map {tuple(shape)}, beyond the "
-                                    f"{dims}-d max_kernel of this conversion; pass max_kernel with {len(shape)} dims")
+                                    f"{dims}-d maps of this conversion (max_kernel); splitting a map into windows "
+                                    "(Swin / MaxViT window partitions) is not supported")
     b, length = ctx.builder, math.prod(shape)
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
     b.add_edges(x.nodes, new, "tokens", const=1.0, geometry=_geometry(ctx, 0, length, shape=_map(shape)))

@@ -1,16 +1,19 @@
 """Discover a module's dataflow with ``torch.fx`` and walk it, calling one rule per operation."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
 import math
 import operator
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
@@ -144,7 +147,53 @@ def _sequential_graph(model: nn.Module, tracer: _Tracer) -> fx.Graph | None:
     return graph
 
 
-def fx_trace(model: nn.Module) -> fx.Graph:
+class _ShapeProxy(_Proxy, MetaProxy):
+    """A traced value that knows its shape (a meta tensor of the example input's run): ``x.shape``, ``x.size(d)``
+    and ``x.dim()`` are numbers, so Python arithmetic and branches on sizes run; its values stay unknown."""
+
+    def size(self, dim: int | None = None) -> Any:
+        meta = getattr(self, "_tensor_meta", None)
+        if meta is None:
+            return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
+        return meta.size() if dim is None else meta.size(dim)
+
+    @property
+    def ndim(self) -> Any:
+        meta = getattr(self, "_tensor_meta", None)
+        return self.dim() if meta is None else meta.dim()
+
+
+class _ShapeTracer(_Tracer, MetaTracer):
+    """:class:`_Tracer` specialised to the example input's sizes (``torch.fx``'s meta tracing): used when a forward
+    computes with or branches on sizes (``math.ceil(ih / stride)`` of TF "same" padding, ``if H % window``)."""
+
+    proxy_buffer_attributes = True  # buffers read in forward (F.batch_norm's statistics) get sizes too
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ShapeProxy(node, self)
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        return fx.Tracer.path_of_module(self, mod)  # never adds a module to the user's model
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        if self.is_leaf_module(m, self.path_of_module(m)):  # its output's sizes: from a meta copy of it
+            if m not in self._meta_copies:
+                self._meta_copies[m] = copy.deepcopy(m).to("meta")
+            forward = self._meta_copies[m].forward
+        return super().call_module(m, forward, args, kwargs)
+
+    def trace(self, root, meta_args, concrete_args=None):
+        self._meta_copies: dict[nn.Module, nn.Module] = {}
+        try:
+            return super().trace(root, meta_args, concrete_args)
+        finally:
+            self._meta_copies.clear()
+
+
+def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
+    """The dataflow of ``model`` as an fx graph. Traced symbolically (for any input size); a forward that computes
+    with sizes in Python is traced again with ``example_input``'s sizes as numbers, which the graph then holds
+    (the converted graph is that input size's; ``trace_module`` checks it reproduces the forward there)."""
     tracer = _Tracer()
     graph = _sequential_graph(model, tracer)
     if graph is not None:
@@ -157,12 +206,16 @@ def fx_trace(model: nn.Module) -> fx.Graph:
     try:
         graph = tracer.trace(model, concrete_args=constants)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
-        path, mod = tracer.failed_at or ("<root>", model)
-        raise UnsupportedModuleError(
-            f"{path or '<root>'} ({_type_name(type(mod))}) cannot be traced by torch.fx: "
-            f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
-            f"or register a leaf rule for it (see CONTRIBUTING.md)."
-        ) from err
+        graph = _shape_trace(model, example_input, constants)
+        if graph is None:
+            path, mod = tracer.failed_at or ("<root>", model)
+            raise UnsupportedModuleError(
+                f"{path or '<root>'} ({_type_name(type(mod))}) cannot be traced by torch.fx: "
+                f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
+                f"or register a leaf rule for it (see CONTRIBUTING.md)"
+                + ("; if it only computes with input sizes, pass example_input=..." if example_input is None
+                   else "") + "."
+            ) from err
     if constants:  # fx keeps a placeholder per constant argument: put the constant into its users instead
         holders = [n for n in graph.nodes if n.op == "placeholder"]
         names = list(inspect.signature(model.forward).parameters)
@@ -174,6 +227,24 @@ def fx_trace(model: nn.Module) -> fx.Graph:
                                                   lambda n, ph=ph, v=constants[name]: v if n is ph else n)
                 graph.erase_node(ph)
     return graph
+
+
+def _shape_trace(model: nn.Module, example_input: Any, constants: dict[str, Any] | None) -> fx.Graph | None:
+    """``model`` traced with ``example_input``'s sizes as numbers (:class:`_ShapeTracer`), ``None`` if there is no
+    example input or this fails too (a branch on tensor values, an unsupported construct)."""
+    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    if example_input is None or not all(isinstance(t, Tensor) for t in inputs):
+        return None
+    names = [n for n in inspect.signature(model.forward).parameters if n not in (constants or {})]
+    if len(names) < len(inputs):
+        return None
+    meta = {n: t.to("meta") for n, t in zip(names, inputs)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "could not compute metadata": that value's sizes stay symbolic
+            return _ShapeTracer().trace(model, meta, concrete_args=constants)
+    except Exception:  # noqa: BLE001 - the symbolic trace's error names the culprit
+        return None
 
 
 def _constant_defaults(model: nn.Module) -> dict[str, Any] | None:
@@ -335,7 +406,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
     """Trace ``model`` and run every rule; returns the filled :class:`GraphBuilder`. ``for_graph``: a graph will be
     built from it (its ``edge_attr`` counts in the memory check); ``False`` for a plan that only reads graphs
     back."""
-    graph = fx_trace(model)
+    graph = fx_trace(model, example_input)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
         training = any(m.training for m in model.modules())

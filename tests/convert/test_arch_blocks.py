@@ -5,6 +5,7 @@ compared)."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -501,6 +502,52 @@ def test_only_keys_or_values_packed_with_the_query_is_refused_by_name():
 
     with pytest.raises(UnsupportedModuleError, match=r"only the query, key come from a packed projection"):
         to_neural_graph(nn.Sequential(nn.Linear(4, 8), QKPacked()), example_input=torch.randn(2, 5, 4))
+
+
+# ------------------------------------------------------------------------ TF "same" padding (timm Conv2dSame)
+class SameConv(nn.Conv2d):
+    """timm's ``Conv2dSame`` (TensorFlow "same" padding): the padding is computed in Python from the input's sizes
+    (``math.ceil`` of a size fails symbolic tracing), then a strided conv without padding; the head branches on a
+    size."""
+
+    def forward(self, x):
+        ih, iw = x.size()[-2:]
+        kh, kw = self.weight.shape[-2:]
+        pad_h = max((math.ceil(ih / self.stride[0]) - 1) * self.stride[0] + kh - ih, 0)
+        pad_w = max((math.ceil(iw / self.stride[1]) - 1) * self.stride[1] + kw - iw, 0)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class SameNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = SameConv(3, 4, 3, stride=2)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        if h.shape[-1] > 1:  # a branch on a size
+            h = h.mean((2, 3))
+        else:
+            h = h.flatten(1)
+        return self.head(h)
+
+
+def test_a_forward_computing_with_sizes_is_traced_at_the_example_inputs_sizes():
+    """Without example_input the size arithmetic cannot be traced (refused, naming the fix); with it the sizes are
+    numbers (the graph is that input size's): the executor reproduces the module (asymmetric padding at 7 x 7),
+    the round trip is exact, and the model is left as it was (no module added, parameters untouched)."""
+    m = randomize(SameNet()).eval()
+    with pytest.raises(UnsupportedModuleError, match=r"conv \(.*SameConv\) cannot be traced .*pass example_input"):
+        to_neural_graph(m)
+    x = torch.randn(2, 3, 7, 7)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    modules = [n for n, _ in m.named_modules()]
+    to_neural_graph(m, example_input=x)
+    assert [n for n, _ in m.named_modules()] == modules
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    check(m, x, example=True)
 
 
 # ------------------------------------------------------------------------ normalizations of dim 1 on tokens

@@ -65,6 +65,9 @@ class Branchy(nn.Module):
 def test_untraceable_forward_names_the_module():
     with pytest.raises(UnsupportedModuleError, match=r"block \(.*Branchy\) cannot be traced by torch\.fx"):
         to_neural_graph(DataDependent())
+    # a branch on tensor values stays refused when sizes are known: only sizes become numbers
+    with pytest.raises(UnsupportedModuleError, match=r"block \(.*Branchy\) cannot be traced by torch\.fx"):
+        to_neural_graph(DataDependent(), example_input=torch.randn(2, 3))
 
 
 class Gated(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 ACTIVATIONS: list[str] = [
     "none", "unknown", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "silu", "elu", "selu", "celu",
     "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "relu6", "softsign", "tanhshrink",
-    "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh", "sine", "square",
+    "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh", "sine", "square", "sqrt", "reciprocal",
 ]
 
 #: changes with every registration (part of the conversion plan cache key)
@@ -48,16 +48,17 @@ FUNCTION_ACTIVATIONS: dict[Callable, str] = {
     torch.sin: "sin", F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax",
     torch.log_softmax: "log_softmax",
     # element-wise functions without a name of their own
-    torch.square: "square",
+    torch.square: "square", torch.sqrt: "sqrt", torch.reciprocal: "reciprocal",
     torch.exp: "unknown", torch.abs: "unknown", torch.erf: "unknown",
-    torch.cos: "unknown", torch.sqrt: "unknown", torch.log1p: "unknown",
+    torch.cos: "unknown", torch.log1p: "unknown",
 }
 
 #: tensor method name -> activation name (``x.relu()``, ``x.sigmoid()``, ...)
 METHOD_ACTIVATIONS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
     "sigmoid_": "sigmoid", "sin": "sin", "softmax": "softmax", "log_softmax": "log_softmax",
-    "square": "square", "exp": "unknown", "abs": "unknown", "cos": "unknown", "sqrt": "unknown",
+    "square": "square", "sqrt": "sqrt", "reciprocal": "reciprocal", "exp": "unknown", "abs": "unknown",
+    "cos": "unknown",
 }
 
 

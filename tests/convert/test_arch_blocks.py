@@ -550,6 +550,94 @@ def test_a_forward_computing_with_sizes_is_traced_at_the_example_inputs_sizes():
     check(m, x, example=True)
 
 
+# ------------------------------------------------------------------------ GRN (ConvNeXt-V2, timm GlobalResponseNorm)
+class GRN(nn.Module):
+    """timm's ``GlobalResponseNorm``: each channel's L2 norm over the positions, divided by its mean over the
+    channels, gates the input: ``x + addcmul(bias, weight, x * x_n)`` (channel-last or channel-first)."""
+
+    def __init__(self, dim: int, channels_last: bool):
+        super().__init__()
+        self.spatial, self.channel = ((1, 2), -1) if channels_last else ((2, 3), 1)
+        self.shape = (1, 1, 1, -1) if channels_last else (1, -1, 1, 1)
+        self.weight, self.bias = nn.Parameter(torch.randn(dim)), nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        x_g = x.norm(p=2, dim=self.spatial, keepdim=True)
+        x_n = x_g / (x_g.mean(dim=self.channel, keepdim=True) + 1e-6)
+        return x + torch.addcmul(self.bias.view(self.shape), self.weight.view(self.shape), x * x_n)
+
+
+class ConvNeXtV2Block(nn.Module):
+    """A ConvNeXt-V2 block in small: depthwise conv, channel-last LayerNorm, Linear up, GELU, GRN, Linear down,
+    residual; ``channels_last=False`` runs the MLP as 1x1 convs with a channel-first GRN."""
+
+    def __init__(self, dim: int = 4, hidden: int = 8, channels_last: bool = True):
+        super().__init__()
+        self.channels_last = channels_last
+        self.stem = nn.Conv2d(3, dim, 2, 2)
+        self.dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, hidden) if channels_last else nn.Conv2d(dim, hidden, 1)
+        self.grn = GRN(hidden, channels_last)
+        self.down = nn.Linear(hidden, dim) if channels_last else nn.Conv2d(hidden, dim, 1)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        if not self.channels_last:
+            h = h.permute(0, 3, 1, 2)
+        h = self.down(self.grn(F.gelu(self.up(h))))
+        if self.channels_last:
+            h = h.permute(0, 3, 1, 2)
+        return self.head((x + h).mean((2, 3)))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_grn_global_response_normalization(channels_last):
+    """GRN: the L2 norm over positions (square, global average pooling, sqrt of P times it), the mean over the
+    channels (one neuron, 1 / C from each), their quotient (reciprocal, a broadcast product): the executor
+    reproduces the block, the round trip is exact, and permuting the hidden channels (up's rows, GRN's weight and
+    bias, down's columns) gives an isomorphic graph."""
+    m = randomize(ConvNeXtV2Block(channels_last=channels_last)).eval()
+    x = torch.randn(2, 3, 6, 8)
+    g = check(m, x, example=True)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    p = copy.deepcopy(m)
+    permute_out(p.up, perm)
+    with torch.no_grad():
+        p.grn.weight.copy_(p.grn.weight[perm])
+        p.grn.bias.copy_(p.grn.bias[perm])
+    permute_in(p.down, perm)
+    assert_params_moved(m, p)
+    assert_same_function(m, p, x)
+    assert_isomorphic(g, to_neural_graph(p, example_input=x))
+
+
+def test_channel_reductions_that_drop_the_channel_dim_or_other_norms_are_refused():
+    class NoKeep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x).mean(1).flatten(1)
+
+    class L1(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x).norm(p=1, dim=(2, 3))
+
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(UnsupportedModuleError, match="mean over the channels without keepdim=True"):
+        to_neural_graph(NoKeep(), example_input=x)
+    with pytest.raises(UnsupportedModuleError, match=r"norm\(p=1, dim=\(2, 3\)\) is not supported"):
+        to_neural_graph(L1(), example_input=x)
+
+
 # ------------------------------------------------------------------------ normalizations of dim 1 on tokens
 class TokenNorm(nn.Module):
     """A patch embedding into ``[B, T, C]`` tokens, then a normalization module applied to the tokens as they are:

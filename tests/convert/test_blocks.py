@@ -131,17 +131,33 @@ def test_a_gate_on_other_channels_is_another_graph():
     assert not isomorphic(to_neural_graph(m), to_neural_graph(other))
 
 
+class Broadcast(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(3, 4), nn.Linear(3, width), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.a(x) * self.b(x))
+
+
 def test_products_of_values_that_do_not_pair_channels_are_refused():
-    class Broadcast(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 4), nn.Linear(3, 1)
+    with pytest.raises(UnsupportedModuleError, match=r"multiplies values with 4 and 2 channels"):
+        to_neural_graph(Broadcast(2))
 
-        def forward(self, x):
-            return self.a(x) * self.b(x)
 
-    with pytest.raises(UnsupportedModuleError, match=r"multiplies values with 4 and 1 channels"):
-        to_neural_graph(Broadcast())
+def test_a_one_channel_factor_is_broadcast_over_the_channels():
+    """``a(x) * b(x)`` with a one-channel ``b``: its neuron feeds every product neuron, as torch broadcasts it;
+    permuting ``a``'s outputs (and the head's inputs) is a symmetry, and the graphs are isomorphic."""
+    m = randomize(Broadcast(1))
+    x = torch.randn(5, 3)
+    g = check(m, x)
+    other = copy.deepcopy(m)
+    perm = torch.tensor([2, 0, 3, 1])
+    permute_out(other.a, perm)
+    permute_in(other.head, perm)
+    assert_params_moved(m, other)
+    assert_same_function(m, other, x)
+    assert_isomorphic(g, to_neural_graph(other))
 
 
 # ------------------------------------------------------------------------ fused norm + activation

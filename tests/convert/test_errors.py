@@ -76,7 +76,7 @@ class Gated(nn.Module):
         self.fc, self.gate = nn.Linear(3, 3), nn.Linear(3, 3)
 
     def forward(self, x):
-        return self.fc(x) / torch.sigmoid(self.gate(x))   # a quotient of two neuron values
+        return torch.div(self.fc(x), torch.sigmoid(self.gate(x)), rounding_mode="floor")  # a rounded quotient
 
 
 class UsesParameterDirectly(nn.Module):
@@ -90,7 +90,8 @@ class UsesParameterDirectly(nn.Module):
 
 
 def test_unsupported_operations_are_named():
-    with pytest.raises(UnsupportedModuleError, match=r"only division of a neuron value by a non-zero Python"):
+    with pytest.raises(UnsupportedModuleError, match=r"only division of a neuron value by a non-zero Python "
+                                                     r"number or by another neuron value"):
         to_neural_graph(Gated())
     with pytest.raises(UnsupportedModuleError, match=r"computes 'exp' on parameter 'scale' in forward"):
         to_neural_graph(UsesParameterDirectly())

@@ -860,7 +860,7 @@ class Bad(nn.Module):
     def forward(self, x):
         k = self.kind
         if k == "quotient":
-            return x / torch.sigmoid(x)  # a quotient of two neuron values
+            return torch.div(x, torch.sigmoid(x), rounding_mode="floor")  # a rounded quotient of neuron values
         if k == "param":
             return x + self.p.exp()  # a value computed from a parameter in forward
         if k == "branch":

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import SYM, Param, Val
 from neuralgraph.convert.registry import function_rule, method_rule, module_rule, takes_params
 from neuralgraph.convert.rules import layout, tokens
+from neuralgraph.convert.rules.activation import activation
 from neuralgraph.data.graph import POOL, ROLE
 
 # ------------------------------------------------------------------------------------ pass-through
@@ -164,21 +166,25 @@ def _addcmul(ctx, node, base, t1, t2, value=1) -> Val:
 
 def product(ctx, node, a: Val, b: Val) -> Val:
     """``a * b`` of two neuron values with the same channels, e.g. a Squeeze-and-Excitation gate
-    ``x * sigmoid(fc(pool(x)))``: one new neuron per channel with a ``product`` edge (1 on the centre tap)
-    from each operand's neuron; a neuron multiplies the values of its product edges (broadcasting a pooled
-    gate over the positions of a map) and adds its other inputs to that."""
+    ``x * sigmoid(fc(pool(x)))``, or of a value and a one-channel value broadcast over its channels (GRN's
+    ``x_g / x_g.mean(-1, keepdim=True)``): one new neuron per channel with a ``product`` edge (1 on the centre
+    tap) from each operand's neuron (the one-channel operand's neuron feeds them all); a neuron multiplies the
+    values of its product edges (broadcasting a pooled gate over the positions of a map) and adds its other
+    inputs to that."""
     bld = ctx.builder
     a = ctx.materialize(node, node.all_input_nodes[0], a)
     b = ctx.materialize(node, node.all_input_nodes[-1], b)
-    if a.channels != b.channels:
+    if a.channels != b.channels and 1 not in (a.channels, b.channels):
         raise ctx.unsupported(node, f"multiplies values with {a.channels} and {b.channels} channels; only a "
                                     "product of values with the same channels (an element-wise or per-channel "
-                                    "gate) is supported")
+                                    "gate) or with a one-channel value is supported")
     kinds = {a.kind, b.kind}
     if len(kinds) > 1 and kinds != {"map", "vec"}:
         raise ctx.unsupported(node, f"multiplies a {a.kind} value and a {b.kind} value")
-    out = bld.add_nodes(a.channels, bld.next_layer(a.nodes, b.nodes))
-    bld.add_identity_edges(torch.cat([a.nodes, b.nodes]), out.repeat(2), "product")
+    c = max(a.channels, b.channels)
+    out = bld.add_nodes(c, bld.next_layer(a.nodes, b.nodes))
+    for v in (a, b):
+        bld.add_identity_edges(v.nodes.expand(c).clone() if v.channels == 1 else v.nodes, out, "product")
     big = a if a.kind == "map" and (a.positions or 0) >= (b.positions or 0) else b
     return Val(out, big.kind, big.sdims, big.positions)
 
@@ -186,9 +192,15 @@ def product(ctx, node, a: Val, b: Val) -> Val:
 @function_rule(operator.truediv, operator.itruediv, torch.div)
 @method_rule("div", "div_")
 def _div(ctx, node, a, b, **kwargs) -> Val:
-    """``x / c``: the constant scale ``1 / c``."""
+    """``x / c``: the constant scale ``1 / c``; ``x / y`` of two neuron values (``y`` with ``x``'s channels or
+    one channel, GRN's ``x_g / (x_g.mean(-1, keepdim=True) + eps)``): the activation ``reciprocal`` on ``y``,
+    then a product (:func:`product`)."""
+    if kwargs.get("rounding_mode") is None and isinstance(a, Val) and isinstance(b, Val):
+        b = ctx.materialize(node, node.all_input_nodes[-1], b)
+        return product(ctx, node, a, activation(ctx, node, b, "reciprocal"))
     if kwargs.get("rounding_mode") is not None or not (isinstance(a, Val) and _number(b)) or b == 0:
-        raise ctx.unsupported(node, "only division of a neuron value by a non-zero Python number is supported")
+        raise ctx.unsupported(node, "only division of a neuron value by a non-zero Python number or by another "
+                                    "neuron value is supported")
     return affine(ctx, node, a, scale=1.0 / float(b))
 
 
@@ -586,10 +598,12 @@ def _lp_pool(ctx, node, x: Val, *args, **kwargs) -> Val:
 @method_rule("mean", "amax")
 def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val:
     """``x.mean((2, 3))``: global pooling when the reduced dims are exactly the spatial dims (or the tokens of a
-    ``[B, T, C]`` sequence, ``x.mean(1)``)."""
+    ``[B, T, C]`` sequence, ``x.mean(1)``); ``x.mean(1, keepdim=True)`` over the channels (:func:`channel_mean`)."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     kind = "max" if getattr(node.target, "__name__", node.target) == "amax" else "avg"
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    if kind == "avg" and len(dims) == 1 and isinstance(dims[0], int) and _is_channel_dim(ctx, node, x, dims[0]):
+        return channel_mean(ctx, node, x, keepdim)
     if x.kind == "vec" and _rank(ctx, node.all_input_nodes[0]) == 3 and len(dims) == 1 and dims[0] in (1, -2) \
             and not keepdim:  # over the tokens of a [B, T, C] sequence (timm's global_pool="avg")
         return Val(_pooled(ctx, x.nodes, f"global_{kind}"), "vec")
@@ -604,3 +618,59 @@ def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val
     if keepdim:
         return Val(nodes, "map", x.sdims, 1)
     return Val(nodes, "vec")
+
+
+def _is_channel_dim(ctx, node, x: Val, dim: int) -> bool:
+    """Whether ``dim`` is ``x``'s channel dim: 1 of a map, the last of features / tokens / a channel-last map."""
+    rank = _rank(ctx, node.all_input_nodes[0])
+    if x.kind == "map":
+        return dim % (2 + x.sdims) == 1
+    return x.kind == "vec" and rank is not None and dim % rank == rank - 1
+
+
+def channel_mean(ctx, node, x: Val, keepdim: bool) -> Val:
+    """The mean over the channels, ``x.mean(1, keepdim=True)`` of a map or ``x.mean(-1, keepdim=True)`` of features /
+    a channel-last map (GRN's ``x_g.mean(-1, keepdim=True)``): one new neuron fed by an ``identity`` edge carrying
+    ``1 / C`` from every channel (a symmetric function of the channels, as a permutation of them requires)."""
+    if not keepdim:
+        raise ctx.unsupported(node, "a mean over the channels without keepdim=True is not supported (the value "
+                                    "loses its channel dim); pass keepdim=True")
+    b = ctx.builder
+    out = b.add_nodes(1, b.next_layer(x.nodes))
+    b.add_edges(x.nodes, out.expand(x.channels).clone(), "identity", const=1.0 / x.channels)
+    return Val(out, x.kind, x.sdims, x.positions)
+
+
+@method_rule("norm")
+@function_rule(torch.norm, torch.linalg.vector_norm)
+def _norm(ctx, node, x: Val, p=2, dim=None, keepdim: bool = False, **kwargs) -> Val:
+    """``x.norm(p=2, dim=(2, 3))`` (``dim=(1, 2)`` of a channel-last map; ``torch.linalg.vector_norm``): the L2
+    norm of each channel over the positions, as neurons: ``square`` on a copy of the channels with a global
+    average pooling, then ``sqrt`` of ``P`` times that (an ``identity`` edge carrying the position count ``P``)."""
+    x = ctx.materialize(node, node.all_input_nodes[0], x)
+    p = kwargs.get("ord", p)
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    shape = ctx.shape(node.all_input_nodes[0])
+    if x.kind == "map":
+        spatial = tuple(range(2, 2 + x.sdims))
+    elif x.kind == "vec" and shape is not None and len(shape) >= 3:
+        spatial = tuple(range(1, len(shape) - 1))
+    else:
+        spatial = None
+    rank = None if shape is None else len(shape)
+    if p not in (2, 2.0, "fro") or dim is None or spatial is None or rank is None or \
+            not all(isinstance(d, int) for d in dims) or sorted(d % rank for d in dims) != list(spatial) or \
+            kwargs.get("dtype") is not None:
+        raise ctx.unsupported(node, f"norm(p={p!r}, dim={dim!r}) is not supported; only the L2 norm of each channel "
+                                    "over all positions of a map (dim=(2, 3); (1, 2) channel-last) is")
+    b, c = ctx.builder, x.channels
+    squares = b.add_nodes(c, b.next_layer(x.nodes))
+    b.add_identity_edges(x.nodes, squares, "identity")
+    b.set_activation(squares, A.activation_id("square"))
+    means = _pooled(ctx, squares, "global_avg")
+    roots = b.add_nodes(c, b.next_layer(means))
+    b.add_edges(means, roots, "identity", const=float(math.prod(shape[d] for d in spatial)))
+    b.set_activation(roots, A.activation_id("sqrt"))
+    if not keepdim:
+        return Val(roots, "vec")
+    return Val(roots, "map", x.sdims, 1) if x.kind == "map" else Val(roots, "vec")

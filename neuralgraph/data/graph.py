@@ -117,7 +117,8 @@ EDGE_KIND_TABLE = (
              "target's length; token selection x[:, i]; tokens back to a map of the geometry's shape"),
     EdgeKind("position", True, True, "tokens", "value", ("tab:olive", ":"),
              "a learned token or position-embedding entry (class token, pos_embed[t, c]) on the centre, placed at "
-             "one token of the target's sequence by its token constant neuron (geometry as tokens)"),
+             "one token of the target's sequence (or position of its map) by its token constant neuron (geometry "
+             "as tokens)"),
     EdgeKind("subsample", False, True, "subsample", "map", ("tab:gray", ":"),
              "every stride-th position of the zero-padded source map from an offset (a large kernel's shifted map "
              "in[c, stride * y + t * dilation - padding], a patch embedding's pixel (i, j) of each patch, "

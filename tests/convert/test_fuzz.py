@@ -53,7 +53,8 @@ from tests.helpers.permute import (assert_isomorphic, assert_state_equal, head_p
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
-FAMILIES = ("mlp", "conv", "residual", "norm", "attention", "concat", "embedding", "flatten", "pooling", "affine")
+FAMILIES = ("mlp", "conv", "residual", "norm", "attention", "concat", "embedding", "flatten", "pooling", "affine",
+            "mix")
 
 #: reasons the executor check is skipped: the graph does not store what the function depends on
 KNOWN_GAPS = {
@@ -221,6 +222,7 @@ class Net:
     sequential: bool = True  # every block is a plain nn.Sequential
     needs_example: bool = False  # converts only with example_input
     token_gap: bool = False  # a known gap: see bad_block
+    map_dims: int = 0  # spatial dims of a map a token sequence is laid out as again (max_kernel must have them)
     vocab: int = 0
 
     def add(self, module: nn.Module, permuter, *layouts: Layout, family: str | None = None,
@@ -842,6 +844,46 @@ def affine_block(draw, v: Value, net: Net) -> Value:
     return Value(v.kind, v.layout, v.spatial)
 
 
+class Mix(nn.Module):
+    """Parameter-free operations that keep a value's shape and commute with permuting its channels: a map's
+    positions as tokens and back (channel-first or channel-last), GRN's normalised gate, a quotient of neuron
+    values, a gate by the mean over the channels."""
+
+    FORMS = {"map": ("tokens", "channel_last", "grn", "quotient", "mean_gate"), "vec": ("quotient", "mean_gate")}
+
+    def __init__(self, form: str, sdims: int):
+        super().__init__()
+        self.form, self.sdims = form, sdims  # spatial dims of the map (0: features)
+
+    def forward(self, x):
+        f = self.form
+        if f == "tokens":                                    # [B, C, *S] -> [B, P, C] -> [B, C, *S]
+            B, C, *S = x.shape
+            return (x.flatten(2).transpose(1, 2) * 2.0).transpose(1, 2).reshape(B, C, *S)
+        if f == "channel_last":                              # [B, H, W, C] -> [B, H * W, C] -> back
+            B, C, H, W = x.shape
+            t = x.permute(0, 2, 3, 1).reshape(B, H * W, C) * 0.5
+            return t.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        if f == "grn":
+            g = x.norm(p=2, dim=tuple(range(2, 2 + self.sdims)), keepdim=True)
+            return x * (g / (g.mean(1, keepdim=True) + 1e-6))
+        if f == "quotient":
+            return x / (torch.sigmoid(x) + 1.0)
+        return x * torch.sigmoid(x.mean(1 if self.sdims else -1, keepdim=True))
+
+
+def mix_block(draw, v: Value, net: Net) -> Value:
+    forms = [f for f in Mix.FORMS[v.kind] if f != "channel_last" or len(v.spatial) == 2]
+    form = draw(st.sampled_from(forms))
+    # layouts, norms and channel reductions of features read the traced shapes; a raw input's kind is unknown
+    net.needs_example |= form in ("tokens", "channel_last", "grn") or (form, v.kind) == ("mean_gate", "vec") or \
+        not net.blocks
+    if form in ("tokens", "channel_last"):
+        net.map_dims = max(net.map_dims, len(v.spatial))
+    net.add(Mix(form, len(v.spatial)), lambda mod, P, gen: None, family="mix", variant=f"mix:{form}:{v.kind}")
+    return Value(v.kind, v.layout, v.spatial)
+
+
 # ================================================================================= unsupported blocks
 class Bad(nn.Module):
     """A shape-preserving operation the converter documents as unsupported."""
@@ -892,6 +934,10 @@ class Bad(nn.Module):
 
 
 def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
+    if not net.blocks and v.kind == "seq":
+        # as in affine_block: a raw rank-3 input that no layer has typed yet reads as a 1-d map [B, C, L], so a
+        # token operation on it would be a channel operation; a sequence gets a layer first
+        v = linear_block(draw, v, net)
     d, bf = v.width, net.batch_first
     common = ["quotient", "branch"] + (["param"] if v.kind != "map" else [])
     if v.kind == "vec":
@@ -947,13 +993,13 @@ def bad_block(draw, v: Value, net: Net, tokens: int) -> Value:
 # ======================================================================================== the strategy
 BLOCKS = {
     "vec": {"linear": linear_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
-            "concat": dense_block, "affine": affine_block},
+            "concat": dense_block, "affine": affine_block, "mix": mix_block},
     "seq": {"linear": linear_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
             "concat": dense_block, "mha": mha_block, "encoder": encoder_block, "handwritten": hand_attention_block,
             "token_pool": token_pool_block, "affine": affine_block},
     "map": {"conv": conv_block, "norm": norm_block, "wildpark": wildpark_block, "resnet": resnet_block,
             "concat": dense_block, "local_pool": local_pool_block, "to_vec": to_vec_block, "affine": affine_block,
-            "resample": resample_block},
+            "resample": resample_block, "mix": mix_block},
 }
 
 
@@ -974,6 +1020,8 @@ class Case:
         if self.net.needs_example and not self.example_input:
             return "needs_example_input"
         mk = self.config.get("max_kernel", (7, 7))
+        if self.net.map_dims > len(mk):
+            return "map_dims_exceed_max_kernel"
         norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
         if math.prod(mk) < 4 and any(isinstance(m, norms) and m.eps != 1e-5 for m in self.module.modules()):
             return "eps_without_tap"

@@ -450,8 +450,8 @@ def _reshape(ctx, node, x: Val, *shape) -> Val:
                                     "x.view(x.size(0), -1), laying the positions of a map or token sequence out anew "
                                     "with the batch and channels kept (x.reshape(B, C, -1), x.transpose(1, 2)"
                                     ".reshape(B, C, H, W), x.reshape(B, H, W, C) of [B, T, C] tokens; with "
-                                    "example_input=... when shapes are symbolic) and a channel shuffle (x.view(B, g, C // g, H, W).transpose(1, 2)"
-                                    ".reshape(B, C, H, W)) are")
+                                    "example_input=... when shapes are symbolic) and a channel shuffle "
+                                    "(x.view(B, g, C // g, H, W).transpose(1, 2).reshape(B, C, H, W)) are")
     return _flat(ctx.materialize(node, node.all_input_nodes[0], x))
 
 

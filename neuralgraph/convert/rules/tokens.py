@@ -1,13 +1,13 @@
 """Token sequences: a map's positions as tokens and tokens back to a map, tokens concatenated (a class token),
 a learned position embedding added, and tokens selected (``x[:, 0]``, ``x[:, 1:]``).
 
-A neuron's value in a token sequence is ``[B, T]``; these operations move values between tokens, so each adds
-new neurons fed by ``tokens`` edges whose geometry (``data.graph.token_geometry``: ``start``, ``length``,
-``drop``, the target's map shape) says which source token each target token reads. A parameter used as tokens (a class token
-``[1, 1, C]``, register tokens ``[1, R, C]``, a position embedding ``[1, T, C]``) is stored on ``position``
-edges: one **token constant neuron** per token it fills (role virtual, constant 1 in ``x[:, 0]``, no inputs,
-``node_spatial`` = 1 + that token), with an edge to each channel's neuron carrying the parameter's entry on the
-centre tap and placing it at that token. Parameters stay on edges, so the round trip is exact, and permuting the
+A neuron's value in a token sequence is ``[B, T]``; these operations move values between tokens, so each adds new
+neurons fed by ``tokens`` edges whose geometry (``data.graph.token_geometry``: ``start``, ``length``, ``drop``, the
+target's map shape) says which source token each target token reads. A parameter used as tokens (a class token
+``[1, 1, C]``, register tokens ``[1, R, C]``, a position embedding ``[1, T, C]``, or ``[1, C, H, W]`` on a map) is stored
+on ``position`` edges: one **token constant neuron** per token it fills (role virtual, constant 1 in ``x[:, 0]``, no
+inputs, ``node_spatial`` = 1 + that token), with an edge to each channel's neuron carrying the parameter's entry on
+the centre tap and placing it at that token. Parameters stay on edges, so the round trip is exact, and permuting the
 channels of a transformer moves them with the channel neurons.
 """
 from __future__ import annotations

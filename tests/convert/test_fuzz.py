@@ -1111,7 +1111,9 @@ def networks(draw) -> Case:
         config["max_kernel"] = draw(st.sampled_from([(5, 5), (3, 5), (7,)]))
     if draw(st.booleans()):
         config["flatten"] = "repeat"
-    return Case(module, inputs, ex, tokens, v.kind == "seq", net, config, draw(st.booleans()), seed)
+    # a network that needs example_input gets one three times in four (else one in two): its conversion is the check
+    example = draw(st.integers(0, 3)) > 0 if net.needs_example else draw(st.booleans())
+    return Case(module, inputs, ex, tokens, v.kind == "seq", net, config, example, seed)
 
 
 def paramfree_case(draw, net: Net, seed: int) -> Case:

@@ -694,6 +694,12 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
         if not plan.param_names:
             raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
                                                                     "converter represents"))
+        unused = [t for t in tensors if t not in plan.param_names]
+        if unused and not read_only:
+            named = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+            warnings.warn(f"{len(unused)} parameter(s) / buffer(s) of {type(model).__name__} are not read by its "
+                          f"forward ({named}; e.g. an auxiliary head used only in training): the graph does not "
+                          "hold them, and from_neural_graph keeps the template's values for them", stacklevel=3)
         if plan.reads_only:  # cannot build graphs: not for the cache, where to_neural_graph would find it
             return plan
         _PLANS[key] = plan
@@ -827,7 +833,9 @@ def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any =
 
     Args:
         graph (NeuralGraph): a graph of ``model``'s architecture.
-        model (nn.Module): the template: any module of that architecture (its parameters are replaced).
+        model (nn.Module): the template: any module of that architecture (its parameters are replaced; those its
+            forward does not read, e.g. an auxiliary head used only in training, are not in the graph and keep
+            the template's values).
         example_input (Tensor or tuple, optional): as for :func:`to_neural_graph`. (default: ``None``)
         allow_nonfinite (bool, optional): read NaN / Inf values back as they are (they round-trip
             exactly) instead of raising, as :func:`to_neural_graph`'s option. (default: ``False``)

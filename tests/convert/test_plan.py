@@ -129,3 +129,23 @@ def test_feature_graph_refuses_mismatched_features():
         plan.feature_graph(feats)
     with pytest.raises(ValueError, match="C >= 1"):
         plan.feature_graph({n: torch.zeros(*p.shape, 0) for n, p in m.named_parameters()})
+
+
+def test_parameters_the_forward_does_not_read_are_named_and_keep_the_templates_values():
+    """An auxiliary head used only in training (torchvision Inception-v3's AuxLogits) is not in the graph: the
+    conversion warns naming it, and reading back keeps the template's values for it (the rest is exact)."""
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    m = WithAux().eval()
+    with pytest.warns(UserWarning, match=r"2 parameter\(s\) / buffer\(s\) of WithAux are not read by its "
+                                         r"forward \(aux.weight, aux.bias;"):
+        g = to_neural_graph(m)
+    template = WithAux()
+    back = from_neural_graph(g, template)
+    assert torch.equal(back.body.weight, m.body.weight) and torch.equal(back.aux.weight, template.aux.weight)

@@ -99,6 +99,7 @@ CASES = [
     Case("timm/pit_ti_224", size=64, kwargs={"img_size": 64}),  # a [1, C, H, W] position embedding
     Case("timm/tf_efficientnetv2_b0"),  # TF "same" padding computed from sizes: traced at the example's sizes
     Case("timm/convnextv2_atto"),  # GRN: an L2 norm over positions divided by its mean over the channels
+    Case("timm/ecaresnet26t"),  # ECA: a Conv1d along the channels of pooled features
 ]
 
 

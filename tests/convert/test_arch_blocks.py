@@ -18,7 +18,7 @@ from neuralgraph.convert.trace import fx_trace
 from neuralgraph.data.graph import EDGE_KIND
 from tests.convert.test_blocks import check, randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, head_permutation,
-                                   permute_features, permute_in, permute_out, permuted_copy)
+                                   isomorphic, permute_features, permute_in, permute_out, permuted_copy)
 
 
 # ------------------------------------------------------------------------ PoolFormer (timm metaformer)
@@ -636,6 +636,58 @@ def test_channel_reductions_that_drop_the_channel_dim_or_other_norms_are_refused
         to_neural_graph(NoKeep(), example_input=x)
     with pytest.raises(UnsupportedModuleError, match=r"norm\(p=1, dim=\(2, 3\)\) is not supported"):
         to_neural_graph(L1(), example_input=x)
+
+
+# ------------------------------------------------------------------------ ECA (timm EcaModule)
+class ECA(nn.Module):
+    """timm's ``EcaModule``: pooled features viewed as a one-channel sequence, a Conv1d along the channels (two with
+    an activation between for ``mlp``), a sigmoid gate viewed back as ``[B, C, 1, 1]``."""
+
+    def __init__(self, k: int = 3, mlp: bool = False, norm: bool = False):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.conv2 = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=True) if mlp else None
+        self.norm = nn.BatchNorm1d(1) if norm else None
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        if self.conv2 is not None:
+            y = self.conv2(F.relu(y))
+        if self.norm is not None:
+            y = self.norm(y)
+        return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x)
+
+
+class ECANet(nn.Module):
+    def __init__(self, **eca):
+        super().__init__()
+        self.conv, self.eca, self.head = nn.Conv2d(3, 5, 3), ECA(**eca), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.eca(torch.relu(self.conv(x)))).mean((2, 3))
+
+
+@pytest.mark.parametrize("mlp", [False, True])
+def test_eca_convolution_over_the_channels(mlp):
+    """ECA: the executor reproduces it and the round trip is exact (the kernel elements are tied over the channel
+    edges); permuting the gated channels changes the function (neighbours differ) and the graph is not isomorphic."""
+    m = randomize(ECANet(mlp=mlp)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    g = check(m, x, example=True)
+    p = copy.deepcopy(m)
+    perm = torch.tensor([2, 0, 1, 4, 3])
+    permute_out(p.conv, perm)
+    permute_in(p.head, perm)
+    with torch.no_grad():
+        assert not torch.allclose(m(x), p(x), atol=1e-4)
+    assert not isomorphic(g, to_neural_graph(p, example_input=x))
+
+
+def test_an_operation_on_channels_laid_out_as_a_sequence_is_refused():
+    """A BatchNorm1d after the channel convolution would normalise the one sequence channel: not the ECA chain, so
+    the view is refused (never converted as per-channel statistics)."""
+    with pytest.raises(UnsupportedModuleError, match=r"reshape to .* is not supported"):
+        to_neural_graph(randomize(ECANet(norm=True)).eval(), example_input=torch.randn(2, 3, 6, 6))
 
 
 # ------------------------------------------------------------------------ normalizations of dim 1 on tokens

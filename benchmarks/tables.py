@@ -97,18 +97,20 @@ INR_ROWS: list[Row] = [
 #: epochs per model on the -large zoos (about 5,000 training checkpoints each), from the measured time of one
 #: core (wildpark seed 0: NG-T sparse 10 epochs 10 min, NG-GNN 10 epochs 12.5 min, StatNN 30 epochs 4 min);
 #: the default configs' 30 epochs with patience 10 do not fit. NG-T runs sparse attention (dense: ~20
-#: graphs/s). SNE: one 32-network step costs ~7 s on one core (wildpark-digits-large), so an epoch is ~20 min
-#: and 18 (row, seed) pairs of it ~6 core-hours: SNE stops after 50 steps (1,600 training members, about a
-#: third of an epoch) and is ranked at that budget only.
+#: graphs/s). SNE gets the same ~10 minutes as steps (an epoch does not fit): one 32-network step costs ~7 s
+#: on one core on wildpark-digits-large (50 steps: 1,600 training members, a third of an epoch) and ~2.6 s on
+#: the Arch1 zoos' smaller CNNs (200 steps: 6,400 members, about 1.5 epochs); it is ranked at that budget only.
 ZOO_EPOCHS = {"ng-t": 10, "ng-gnn": 10, "statnn": 30, "mlp": 30, "nfn-np": 10, "nfn-hnp": 10, "nfn-pt": 10,
               "sne": 1}
-ZOO_MODEL = {"ng-t": ("model.mode=sparse",), "sne": ("train.max_steps=50",)}
+ZOO_MODEL = {"ng-t": ("model.mode=sparse",)}
+SNE_STEPS = {"wildpark": 50, "cnn-zoo": 200, "cross-dataset": 200, "cross-arch": 200}
 CROSS = ("task.large=true", "task.runs=null")  # the cross tasks' <arch>-<dataset>-large zoos, 1,024 runs each
 
 
 def _zoo(task: str, model: str, sets: tuple[str, ...] = (), tag: str | None = None,
          subdir: str | None = None) -> Row:
-    return Row(task, model, tag, (*sets, *_budget(ZOO_EPOCHS[model]), *ZOO_MODEL.get(model, ())), subdir)
+    steps = (f"train.max_steps={SNE_STEPS[task]}",) if model == "sne" else ()
+    return Row(task, model, tag, (*sets, *_budget(ZOO_EPOCHS[model]), *ZOO_MODEL.get(model, ()), *steps), subdir)
 
 
 ZOO_ROWS: list[Row] = [

@@ -683,6 +683,21 @@ def test_eca_convolution_over_the_channels(mlp):
     assert not isomorphic(g, to_neural_graph(p, example_input=x))
 
 
+@pytest.mark.parametrize("k", [5, 7])
+def test_a_channel_convolution_as_wide_as_the_channels_is_refused(k):
+    """Found by review: over 3 channels a kernel of 5 connects every channel pair (a dense layer of tied
+    weights, which neuron permutations would break on reading back), one of 7 has taps reaching no channel (they
+    were not stored: no exact round trip)."""
+    class Narrow(ECANet):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 3, 3), nn.Conv2d(3, 2, 1)
+            self.eca.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    with pytest.raises(UnsupportedModuleError, match=r"reaches every channel from every channel, or past"):
+        to_neural_graph(randomize(Narrow()).eval(), example_input=torch.randn(2, 3, 6, 6))
+
+
 def test_an_operation_on_channels_laid_out_as_a_sequence_is_refused():
     """A BatchNorm1d after the channel convolution would normalise the one sequence channel: not the ECA chain, so
     the view is refused (never converted as per-channel statistics)."""

@@ -145,6 +145,27 @@ def test_products_of_values_that_do_not_pair_channels_are_refused():
         to_neural_graph(Broadcast(2))
 
 
+class Quotient(nn.Module):
+    """``x / y`` where ``y`` shares neurons with ``x`` (found by review: the reciprocal was set on the shared
+    neurons, so the numerator read ``1 / x`` too)."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form, self.conv = form, nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        d = torch.sigmoid(self.conv(x)) + 0.5
+        a, b = d[:, :2], d[:, 2:]
+        return {"self": lambda: d / d, "first": lambda: d / d[:, :1], "shifted": lambda: d[:, :3] / d[:, 1:],
+                "swapped": lambda: torch.cat([a, b], 1) / torch.cat([b, a], 1), "other": lambda: d / (d * d)}[
+            self.form]()
+
+
+@pytest.mark.parametrize("form", ["self", "first", "shifted", "swapped", "other"])
+def test_quotients_of_values_sharing_neurons(form):
+    check(randomize(Quotient(form)).eval(), torch.randn(2, 3, 3, 4))
+
+
 def test_a_one_channel_factor_is_broadcast_over_the_channels():
     """``a(x) * b(x)`` with a one-channel ``b``: its neuron feeds every product neuron, as torch broadcasts it;
     permuting ``a``'s outputs (and the head's inputs) is a symmetry, and the graphs are isomorphic."""
@@ -375,6 +396,13 @@ class ShuffleUnit(nn.Module):
         x1, x2 = x.chunk(2, dim=1)
         out = channel_shuffle(torch.cat((x1, self.branch(x2)), dim=1), self.groups)
         return self.fc(out.mean((2, 3)))
+
+
+@pytest.mark.parametrize("example", [False, True])
+def test_a_shuffle_of_one_channel_groups_converts(example):
+    """groups == channels (one channel per group): an identity shuffle, ``x.view(B, C, 1, H, W)`` must read as the
+    groups of a shuffle (the transpose follows), not as a 3-d map (found by review: refused with example_input)."""
+    check(randomize(ShuffleUnit(c=6, groups=6)), torch.randn(2, 3, 5, 5), example=example)
 
 
 @pytest.mark.parametrize("example", [False, True])

@@ -99,6 +99,13 @@ def _conv_over_channels(mod: nn.Conv1d, ctx, node, x: Val) -> Val:
     b = ctx.builder
     out = b.add_nodes(c, b.next_layer(x.nodes))
     pairs = [(t + j * d - pad, t, j) for t in range(c) for j in range(k) if 0 <= t + j * d - pad < c]
+    if len({j for *_, j in pairs}) < k or (c > 1 and len(pairs) == c * c):
+        # taps that reach no channel would not be stored (no exact round trip); a kernel spanning every channel
+        # makes a dense layer of tied weights, whose channels the graph could not tell apart from a plain one
+        raise ctx.unsupported(node, f"a convolution over the {c} channels with a kernel of {k} (dilation {d}) "
+                                    "reaches every channel from every channel, or past the first and last one: a "
+                                    "dense layer of tied weights; supported when (kernel - 1) * dilation / 2 < "
+                                    f"channels - 1 = {c - 1}, as in ECA")
     src, dst, elem = (torch.tensor(v, dtype=torch.long) for v in zip(*pairs))
     b.register_param(weight, tuple(mod.weight.shape))
     b.add_edges(x.nodes[src], out[dst], "linear",

@@ -14,7 +14,6 @@ from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import SYM, Param, Val
 from neuralgraph.convert.registry import function_rule, method_rule, module_rule, takes_params
 from neuralgraph.convert.rules import layout, tokens
-from neuralgraph.convert.rules.activation import activation
 from neuralgraph.data.graph import POOL, ROLE
 
 # ------------------------------------------------------------------------------------ pass-through
@@ -193,11 +192,18 @@ def product(ctx, node, a: Val, b: Val) -> Val:
 @method_rule("div", "div_")
 def _div(ctx, node, a, b, **kwargs) -> Val:
     """``x / c``: the constant scale ``1 / c``; ``x / y`` of two neuron values (``y`` with ``x``'s channels or
-    one channel, GRN's ``x_g / (x_g.mean(-1, keepdim=True) + eps)``): the activation ``reciprocal`` on ``y``,
-    then a product (:func:`product`)."""
+    one channel, GRN's ``x_g / (x_g.mean(-1, keepdim=True) + eps)``): the activation ``reciprocal`` on a copy of
+    ``y``, then a product (:func:`product`)."""
     if kwargs.get("rounding_mode") is None and isinstance(a, Val) and isinstance(b, Val):
+        a = ctx.materialize(node, node.all_input_nodes[0], a)
         b = ctx.materialize(node, node.all_input_nodes[-1], b)
-        return product(ctx, node, a, activation(ctx, node, b, "reciprocal"))
+        # the reciprocal always on a copy: this operation also reads the numerator, which may share b's neurons
+        # (d / d, d / d[:, :1]), so b's neurons are never free to carry it
+        bld = ctx.builder
+        inverse = bld.add_nodes(b.channels, bld.next_layer(b.nodes))
+        bld.add_identity_edges(b.nodes, inverse, "identity")
+        bld.set_activation(inverse, A.activation_id("reciprocal"))
+        return product(ctx, node, a, Val(inverse, b.kind, b.sdims, b.positions))
     if kwargs.get("rounding_mode") is not None or not (isinstance(a, Val) and _number(b)) or b == 0:
         raise ctx.unsupported(node, "only division of a neuron value by a non-zero Python number or by another "
                                     "neuron value is supported")

@@ -94,9 +94,10 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
     c, rank = x.channels, 2 + x.sdims
     if out is not None:
         inp = ctx.shape(node.all_input_nodes[0])
-        if len(out) == rank + 1 and out[1] * out[2] == c and out[2] > 1 and out[3:] == inp[2:]:
+        if len(out) == rank + 1 and out[1] * out[2] == c and out[3:] == inp[2:] and (
+                out[2] > 1 or _swaps_groups(node)):  # [B, C, 1] -> [B, C, 1, 1] is a map, unless a shuffle follows
             return Val(x.nodes.view(out[1], out[2]), "groups", x.sdims, x.positions)
-        return respaced(ctx, node, x, out)  # [B, C, 1] -> [B, C, 1, 1] too (not C groups of one channel)
+        return respaced(ctx, node, x, out)
     if len(shape) == 3 and shape[1] == c and rank > 3:
         return merge_spatial(ctx, node, x)
     if len(shape) == rank + 1:
@@ -106,6 +107,18 @@ def reshape(ctx, node, x: Val, shape: tuple) -> Val | None:
         if isinstance(per, int) and per > 0 and c % per == 0 and not isinstance(g, int):
             return Val(x.nodes.view(c // per, per), "groups", x.sdims, x.positions)
     return None
+
+
+def _swaps_groups(node) -> bool:
+    """Whether ``node``'s value is read only by ``.transpose(1, 2)`` (the middle step of a channel shuffle)."""
+    users = list(node.users)
+    if len(users) != 1:
+        return False
+    u = users[0]
+    if u.op == "call_method" and u.target in ("transpose", "swapaxes", "swapdims") or (
+            u.op == "call_function" and u.target in (torch.transpose, torch.swapaxes, torch.swapdims)):
+        return sorted(a for a in u.args[1:3] if isinstance(a, int)) == [1, 2]
+    return False
 
 
 def _features(ctx, arg, x: Val) -> bool:

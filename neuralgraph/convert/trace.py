@@ -238,13 +238,54 @@ def _shape_trace(model: nn.Module, example_input: Any, constants: dict[str, Any]
     names = [n for n in inspect.signature(model.forward).parameters if n not in (constants or {})]
     if len(names) < len(inputs):
         return None
-    meta = {n: t.to("meta") for n, t in zip(names, inputs)}
-    try:
+    def trace(batch: int) -> fx.Graph:
+        meta = {n: t.new_empty((batch, *t.shape[1:]), device="meta") for n, t in zip(names, inputs)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "could not compute metadata": that value's sizes stay symbolic
             return _ShapeTracer().trace(model, meta, concrete_args=constants)
+
+    batch = inputs[0].shape[0] if inputs[0].dim() > 0 else None
+    try:
+        graph = trace(batch)
+        # the graph is for these sizes; it must not depend on the batch size, which a graph does not record
+        others = [(b, trace(b)) for b in (1, 2 * batch + 3) if b != batch]
     except Exception:  # noqa: BLE001 - the symbolic trace's error names the culprit
         return None
+    for b, other in others:
+        differs = _first_difference(graph, other, batch, b)
+        if differs is not None:
+            raise UnsupportedModuleError(
+                f"<root> ({_type_name(type(model))}): its forward computes with input sizes and its dataflow depends "
+                f"on the batch size (traced at batch {batch} and {b}, it differs at {differs}); a neural graph "
+                "computes each sample alone, so it cannot represent that")
+    shapes = ", ".join(str(tuple(t.shape[1:])) for t in inputs)
+    warnings.warn(f"{type(model).__name__}'s forward computes with its input's sizes (symbolic tracing failed), so it "
+                  f"was traced at example_input's sizes {shapes} (any batch size): the graph computes the module "
+                  "for inputs of these sizes only", stacklevel=6)
+    return graph
+
+
+def _first_difference(g1: fx.Graph, g2: fx.Graph, b1: int, b2: int) -> str | None:
+    """The first operation where two traces of one forward at batch sizes ``b1`` / ``b2`` differ (other than in the
+    batch size itself), ``None`` if they do not."""
+    def same(u, v) -> bool:
+        if isinstance(u, fx.Node) or isinstance(v, fx.Node):
+            return isinstance(u, fx.Node) and isinstance(v, fx.Node) and u.name == v.name
+        if isinstance(u, (tuple, list)) and isinstance(v, (tuple, list)):
+            return type(u) is type(v) and len(u) == len(v) and all(same(a, b) for a, b in zip(u, v))
+        if isinstance(u, dict) and isinstance(v, dict):
+            return u.keys() == v.keys() and all(same(u[k], v[k]) for k in u)
+        if isinstance(u, slice) and isinstance(v, slice):
+            return same((u.start, u.stop, u.step), (v.start, v.stop, v.step))
+        if isinstance(u, Tensor) or isinstance(v, Tensor):
+            return isinstance(u, Tensor) and isinstance(v, Tensor) and u.shape == v.shape and torch.equal(u, v)
+        return (type(u) is int and type(v) is int and (u, v) == (b1, b2)) or (type(u) is type(v) and u == v)
+
+    n1, n2 = list(g1.nodes), list(g2.nodes)
+    for a, b in zip(n1, n2):
+        if a.op != b.op or a.target != b.target or not same((a.args, a.kwargs), (b.args, b.kwargs)):
+            return a.name
+    return None if len(n1) == len(n2) else (n1 + n2)[min(len(n1), len(n2))].name
 
 
 def _constant_defaults(model: nn.Module) -> dict[str, Any] | None:

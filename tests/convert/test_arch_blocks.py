@@ -544,10 +544,38 @@ def test_a_forward_computing_with_sizes_is_traced_at_the_example_inputs_sizes():
     x = torch.randn(2, 3, 7, 7)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     modules = [n for n, _ in m.named_modules()]
-    to_neural_graph(m, example_input=x)
+    with pytest.warns(UserWarning, match=r"SameNet's forward computes with its input's sizes .* traced at "
+                                         r"example_input's sizes \(3, 7, 7\)"):
+        to_neural_graph(m, example_input=x)
     assert [n for n, _ in m.named_modules()] == modules
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     check(m, x, example=True)
+
+
+class BatchBranch(nn.Module):
+    """A forward whose dataflow depends on the batch size (a branch on ``x.shape[0]``, or a token slice bounded by
+    it): a neural graph computes each sample alone, so it cannot represent either (found by review: converted at
+    the example's batch size, silently wrong at others)."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form, self.conv, self.fc = form, nn.Conv2d(3, 4, 1), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.form == "branch":
+            if h.shape[0] > 1:
+                h = torch.relu(h)
+            return h.mean((2, 3))
+        t = self.fc(h.flatten(2).transpose(1, 2))
+        return t[:, :x.shape[0]].mean(1)
+
+
+@pytest.mark.parametrize("form, batch", [("branch", 1), ("branch", 2), ("slice", 2)])
+def test_a_dataflow_that_depends_on_the_batch_size_is_refused(form, batch):
+    why = "its dataflow depends on the batch size" if form == "branch" else "only a bound that is a token or spatial"
+    with pytest.raises(UnsupportedModuleError, match=why):
+        to_neural_graph(BatchBranch(form).eval(), example_input=torch.randn(batch, 3, 2, 3))
 
 
 # ------------------------------------------------------------------------ GRN (ConvNeXt-V2, timm GlobalResponseNorm)

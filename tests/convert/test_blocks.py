@@ -161,6 +161,32 @@ class Quotient(nn.Module):
             self.form]()
 
 
+class Centred(nn.Module):
+    """A one-channel value added to / subtracted from a value of several channels (torch broadcasts it): a map
+    centred over its channels, tokens centred over their features, and the one-channel operand first."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form, self.conv = form, nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(4, 4) if form == "tokens" else None
+
+    def forward(self, x):
+        h = self.conv(x)
+        if self.form == "map":
+            return h - h.mean(1, keepdim=True)
+        if self.form == "first":
+            return torch.sigmoid(h[:, :1]) + h
+        t = self.fc(h.flatten(2).transpose(1, 2))
+        return (t - t.mean(-1, keepdim=True)).mean(1)
+
+
+@pytest.mark.parametrize("form", ["map", "first", "tokens"])
+def test_a_one_channel_summand_is_broadcast_over_the_channels(form):
+    """The executor reproduces the module and the round trip is exact (found by review: refused, advising to
+    slice both operands)."""
+    check(randomize(Centred(form)).eval(), torch.randn(2, 3, 3, 4), example=True)
+
+
 @pytest.mark.parametrize("form", ["self", "first", "shifted", "swapped", "other"])
 def test_quotients_of_values_sharing_neurons(form):
     check(randomize(Quotient(form)).eval(), torch.randn(2, 3, 3, 4))

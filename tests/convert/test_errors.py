@@ -128,10 +128,10 @@ def test_channel_mismatch_in_add():
 
         def forward(self, x):
             h = torch.relu(self.a(x))
-            return self.b(h) + h[:, :1]  # broadcasting one channel over two
+            return self.b(h) + h[:, :3]  # 2 and 3 channels (torch would not broadcast them either)
 
-    with pytest.raises(UnsupportedModuleError, match=r"adds values with 2 and 1 channels"):
-        to_neural_graph(M())
+    with pytest.raises(UnsupportedModuleError, match=r"adds values with 2 and 3 channels; slice both"):
+        to_neural_graph(M())  # (one channel broadcast over several converts: test_blocks.py)
 
 
 def test_custom_activation_registration():

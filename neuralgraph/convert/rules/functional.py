@@ -235,7 +235,8 @@ def _neg(ctx, node, x: Val) -> Val:
 def add(ctx, node, a, b, sign: float = 1.0, **kwargs) -> Val:
     """``a + b``: identity (residual) edges from one operand's neurons into the other's; ``x + c`` with a
     Python number is a constant shift (:func:`affine`). ``sign=-1``: the difference ``a - b`` of two neuron
-    values, ``b``'s edges are ``identity`` edges carrying -1 (``b`` is never the neurons written into).
+    values, ``b``'s edges are ``identity`` edges carrying -1 (``b`` is never the neurons written into). A
+    one-channel operand is broadcast over the other's channels (new sum neurons, its neuron feeding each).
 
     The skipped operand feeds the other operand's neurons directly when those are still open (their
     pre-activation value not read anywhere else); otherwise a new layer of sum neurons is added.
@@ -255,11 +256,18 @@ def add(ctx, node, a, b, sign: float = 1.0, **kwargs) -> Val:
     bld = ctx.builder
     a = ctx.materialize(node, node.all_input_nodes[0], a)
     b = ctx.materialize(node, node.all_input_nodes[-1], b)
-    if a.channels != b.channels:
+    if a.channels != b.channels and 1 not in (a.channels, b.channels):
         raise ctx.unsupported(node, f"adds values with {a.channels} and {b.channels} channels; slice both "
                                     "to the joined channels first (x[:, :m] + y[:, :m])")
     if a.kind != b.kind and "flat" not in (a.kind, b.kind):
         raise ctx.unsupported(node, f"adds a {a.kind} value and a {b.kind} value")
+    if a.channels != b.channels:  # a one-channel value broadcast over the other's channels (x - x.mean(1, True))
+        c = max(a.channels, b.channels)
+        out = bld.add_nodes(c, bld.next_layer(a.nodes, b.nodes))
+        bld.add_identity_edges(a.nodes.expand(c).clone() if a.channels == 1 else a.nodes, out, "residual")
+        _skip_edges(bld, b.nodes.expand(c).clone() if b.channels == 1 else b.nodes, out, sign)
+        big = a if a.channels == c else b
+        return Val(out, big.kind, big.sdims, big.positions)
     disjoint = not set(a.nodes.tolist()) & set(b.nodes.tolist())
     for target, skip in ((a, b), (b, a)) if sign == 1.0 else ((a, b),):
         if disjoint and bld.is_open(target.nodes):

@@ -12,10 +12,12 @@ channels of a transformer moves them with the channel neurons.
 """
 from __future__ import annotations
 
+import builtins
 import math
+import operator
 
 import torch
-from torch import Tensor
+from torch import Tensor, fx
 
 from neuralgraph.convert.builder import Param, Val
 from neuralgraph.data.graph import token_geometry
@@ -199,9 +201,33 @@ def _traced_bounds(ctx, node, index: slice, count: int) -> slice:
                                                                         not known(index.stop)):
         raise ctx.unsupported(node, "slices tokens with bounds computed in forward; only one computed bound, "
                                     f"with the other constant and step 1, is supported ({_EXAMPLE})")
+    raw = node.args[1][1] if isinstance(node.args[1], tuple) else node.args[1]
+    bound = raw.stop if known(index.start) else raw.start
+    if not _token_size(ctx, bound):
+        raise ctx.unsupported(node, f"slices tokens up to / from {getattr(bound, 'name', bound)}, a value computed in "
+                              "forward; only a bound that is a token or spatial size of a tensor (y.shape[1], "
+                              "y.size(1)) is supported: the graph is built for the traced sizes, and a bound from "
+                              "the batch size or from arithmetic would change with the input")
     n = out[1]
     if known(index.start):
         start = slice(index.start, None).indices(count)[0]
         return slice(start, start + n)
     stop = slice(None, index.stop).indices(count)[1]
     return slice(stop - n, stop)
+
+
+def _token_size(ctx, n) -> bool:
+    """Whether the fx node ``n`` reads one non-batch size of a tensor: ``y.shape[k]`` / ``y.size(k)``, ``k`` not 0."""
+    if not isinstance(n, fx.Node):
+        return False
+    if n.op == "call_method" and n.target == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+        src, dim = n.args[0], n.args[1]
+    elif n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int) and \
+            isinstance(n.args[0], fx.Node) and (
+            (n.args[0].op == "call_function" and n.args[0].target is builtins.getattr and n.args[0].args[1] == "shape")
+            or (n.args[0].op == "call_method" and n.args[0].target == "size" and len(n.args[0].args) == 1)):
+        src, dim = n.args[0].args[0], n.args[1]
+    else:
+        return False
+    shape = ctx.shape(src) if isinstance(src, fx.Node) else None
+    return shape is not None and dim % len(shape) != 0

@@ -206,7 +206,7 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
     try:
         graph = tracer.trace(model, concrete_args=constants)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
-        graph = _shape_trace(model, example_input, constants)
+        graph, again = _shape_trace(model, example_input, constants)
         if graph is None:
             path, mod = tracer.failed_at or ("<root>", model)
             raise UnsupportedModuleError(
@@ -214,7 +214,7 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
                 f"{type(err).__name__}: {err}. Write its forward without control flow on tensor values, "
                 f"or register a leaf rule for it (see CONTRIBUTING.md)"
                 + ("; if it only computes with input sizes, pass example_input=..." if example_input is None
-                   else "") + "."
+                   else f"; traced again at example_input's sizes it failed too: {again}") + "."
             ) from err
     if constants:  # fx keeps a placeholder per constant argument: put the constant into its users instead
         holders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -229,28 +229,29 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
     return graph
 
 
-def _shape_trace(model: nn.Module, example_input: Any, constants: dict[str, Any] | None) -> fx.Graph | None:
-    """``model`` traced with ``example_input``'s sizes as numbers (:class:`_ShapeTracer`), ``None`` if there is no
-    example input or this fails too (a branch on tensor values, an unsupported construct)."""
+def _shape_trace(model: nn.Module, example_input: Any,
+                 constants: dict[str, Any] | None) -> tuple[fx.Graph | None, str | None]:
+    """``model`` traced with ``example_input``'s sizes as numbers (:class:`_ShapeTracer`); ``(None, why)`` if there
+    is no example input (of tensors) or this fails too (a branch on tensor values, an unsupported construct)."""
     inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    if example_input is None or not all(isinstance(t, Tensor) for t in inputs):
-        return None
+    if example_input is None or not all(isinstance(t, Tensor) and t.dim() > 0 for t in inputs):
+        return None, "example_input is not one or more tensors with a batch dim"
     names = [n for n in inspect.signature(model.forward).parameters if n not in (constants or {})]
     if len(names) < len(inputs):
-        return None
+        return None, f"forward takes fewer arguments than the {len(inputs)} example inputs"
     def trace(batch: int) -> fx.Graph:
         meta = {n: t.new_empty((batch, *t.shape[1:]), device="meta") for n, t in zip(names, inputs)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "could not compute metadata": that value's sizes stay symbolic
             return _ShapeTracer().trace(model, meta, concrete_args=constants)
 
-    batch = inputs[0].shape[0] if inputs[0].dim() > 0 else None
+    batch = inputs[0].shape[0]
     try:
         graph = trace(batch)
         # the graph is for these sizes; it must not depend on the batch size, which a graph does not record
         others = [(b, trace(b)) for b in (1, 2 * batch + 3) if b != batch]
-    except Exception:  # noqa: BLE001 - the symbolic trace's error names the culprit
-        return None
+    except Exception as err:  # noqa: BLE001 - reported with the symbolic trace's error, which names the culprit
+        return None, f"{type(err).__name__}: {err}"
     for b, other in others:
         differs = _first_difference(graph, other, batch, b)
         if differs is not None:
@@ -262,7 +263,7 @@ def _shape_trace(model: nn.Module, example_input: Any, constants: dict[str, Any]
     warnings.warn(f"{type(model).__name__}'s forward computes with its input's sizes (symbolic tracing failed), so it "
                   f"was traced at example_input's sizes {shapes} (any batch size): the graph computes the module "
                   "for inputs of these sizes only", stacklevel=6)
-    return graph
+    return graph, None
 
 
 def _first_difference(g1: fx.Graph, g2: fx.Graph, b1: int, b2: int) -> str | None:

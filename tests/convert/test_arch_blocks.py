@@ -729,7 +729,8 @@ def test_a_channel_convolution_as_wide_as_the_channels_is_refused(k):
 def test_an_operation_on_channels_laid_out_as_a_sequence_is_refused():
     """A BatchNorm1d after the channel convolution would normalise the one sequence channel: not the ECA chain, so
     the view is refused (never converted as per-channel statistics)."""
-    with pytest.raises(UnsupportedModuleError, match=r"reshape to .* is not supported"):
+    with pytest.raises(UnsupportedModuleError, match=r"views features as a one-channel sequence \[B, 1, C\]; this "
+                                                     r"converts only as ECA's chain"):
         to_neural_graph(randomize(ECANet(norm=True)).eval(), example_input=torch.randn(2, 3, 6, 6))
 
 

@@ -187,6 +187,23 @@ def test_a_one_channel_summand_is_broadcast_over_the_channels(form):
     check(randomize(Centred(form)).eval(), torch.randn(2, 3, 3, 4), example=True)
 
 
+class ChannelLastPool(nn.Module):
+    """Global pooling of a channel-last map over its positions, ``t.mean((1, 2))`` / ``t.amax((-3, -2))`` (found by
+    review: refused as if (1, 2) were not the spatial dims)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        t = self.fc(self.conv(x).permute(0, 2, 3, 1))
+        return self.head(t.mean((1, 2))) + self.head(t.amax((-3, -2)))
+
+
+def test_global_pooling_of_a_channel_last_map():
+    check(randomize(ChannelLastPool()).eval(), torch.randn(2, 3, 5, 6), example=True)
+
+
 @pytest.mark.parametrize("form", ["self", "first", "shifted", "swapped", "other"])
 def test_quotients_of_values_sharing_neurons(form):
     check(randomize(Quotient(form)).eval(), torch.randn(2, 3, 3, 4))

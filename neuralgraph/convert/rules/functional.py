@@ -460,6 +460,12 @@ def _reshape(ctx, node, x: Val, *shape) -> Val:
         moved = layout.reshape(ctx, node, x, shape)
         if moved is not None:
             return moved
+        if out_shape is not None and in_shape is not None and len(in_shape) == 2 and \
+                tuple(out_shape) == (in_shape[0], 1, in_shape[1]):
+            raise ctx.unsupported(node, "views features as a one-channel sequence [B, 1, C]; this converts only as "
+                                        "ECA's chain: the view, one-channel nn.Conv1d layers and element-wise "
+                                        "activations, each read only by the next, then a view back to [B, C, 1, 1] "
+                                        "or [B, C]")
         raise ctx.unsupported(node, f"reshape to {shape} is not supported; only the batch-keeping flatten "
                                     "x.view(x.size(0), -1), laying the positions of a map or token sequence out anew "
                                     "with the batch and channels kept (x.reshape(B, C, -1), x.transpose(1, 2)"
@@ -618,8 +624,10 @@ def _reduce(ctx, node, x: Val, dim=None, keepdim: bool = False, **kwargs) -> Val
     dims = dim if isinstance(dim, (tuple, list)) else (dim,)
     if kind == "avg" and len(dims) == 1 and isinstance(dims[0], int) and _is_channel_dim(ctx, node, x, dims[0]):
         return channel_mean(ctx, node, x, keepdim)
-    if x.kind == "vec" and _rank(ctx, node.all_input_nodes[0]) == 3 and len(dims) == 1 and dims[0] in (1, -2) \
-            and not keepdim:  # over the tokens of a [B, T, C] sequence (timm's global_pool="avg")
+    rank = _rank(ctx, node.all_input_nodes[0])
+    if x.kind == "vec" and rank is not None and rank >= 3 and all(isinstance(d, int) for d in dims) and \
+            sorted(d % rank for d in dims) == list(range(1, rank - 1)) and not keepdim:
+        # over the tokens of a [B, T, C] sequence (timm's global_pool="avg") or the positions of a channel-last map
         return Val(_pooled(ctx, x.nodes, f"global_{kind}"), "vec")
     if x.kind != "map" or dim is None:
         raise ctx.unsupported(node, "only reductions over all spatial dims of a feature map (global "

@@ -239,6 +239,7 @@ def _shape_trace(model: nn.Module, example_input: Any,
     names = [n for n in inspect.signature(model.forward).parameters if n not in (constants or {})]
     if len(names) < len(inputs):
         return None, f"forward takes fewer arguments than the {len(inputs)} example inputs"
+
     def trace(batch: int) -> fx.Graph:
         meta = {n: t.new_empty((batch, *t.shape[1:]), device="meta") for n, t in zip(names, inputs)}
         with warnings.catch_warnings():
@@ -286,7 +287,7 @@ def _first_difference(g1: fx.Graph, g2: fx.Graph, b1: int, b2: int) -> str | Non
     for a, b in zip(n1, n2):
         if a.op != b.op or a.target != b.target or not same((a.args, a.kwargs), (b.args, b.kwargs)):
             return a.name
-    return None if len(n1) == len(n2) else (n1 + n2)[min(len(n1), len(n2))].name
+    return None if len(n1) == len(n2) else max(n1, n2, key=len)[min(len(n1), len(n2))].name
 
 
 def _constant_defaults(model: nn.Module) -> dict[str, Any] | None:

@@ -635,9 +635,11 @@ def _inplace_writes(ctx: TraceContext, graph: fx.Graph) -> None:
         for alias in aliases:
             readers = [u for u in alias.users if order[u] > order[node] and u not in aliases]
             if readers:
-                raise ctx.unsupported(node, f"writes in place into {target.name}, which shares its memory with "
-                                            f"{alias.name}, read again by {readers[0].name}; the graph records "
-                                            "values, not memory: write it out of place (inplace=False, x = x + y)")
+                raise ctx.unsupported(node, f"writes in place into {target.name}, which may share its memory with "
+                                            f"{alias.name} (a view; reshape / flatten copy only a non-contiguous "
+                                            f"input, which the trace cannot tell), read again by {readers[0].name}; "
+                                            "the graph records values, not memory: write it out of place "
+                                            "(inplace=False, x = x + y)")
         for user in later:
             user.args = fx.node.map_arg(user.args, lambda n: node if n is target else n)
             user.kwargs = fx.node.map_arg(user.kwargs, lambda n: node if n is target else n)

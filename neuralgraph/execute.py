@@ -382,14 +382,19 @@ class _Run:
     def _tokens(self, e: Tensor, add) -> None:
         """Token edges (``tokens``, ``position``): ``w`` times the source read as a token sequence (a map's positions
         flattened, a ``[B]`` value one token), target token ``t < length`` reading source token ``start + t`` (zero
-        outside it); ``drop``: the one token as a feature ``[B]``; a map shape: the ``length`` tokens as a map of
-        that shape, row-major (geometry ``data.graph.token_geometry``)."""
+        outside it); mode 1 (drop): the one token as a feature ``[B]``; mode 2 (layout): the source has exactly
+        ``length`` tokens (else the input is not of the conversion's size); a map shape: the ``length`` tokens as a
+        map of that shape, row-major (geometry ``data.graph.token_geometry``)."""
         w_all = self.g.edge_attr[e, self.centre]
         for row, eg in self._geometries(e, columns=3 + len(self.mk)):
-            start, length, drop, *shape = row.tolist()
-            shape = [s for s in shape if s > 0]
+            start, length, mode, *shape = row.tolist()
+            shape, drop = [s for s in shape if s > 0], mode == 1
             for sel, udst, sl, dl, stack in self._split(e[eg], "value"):
                 seq = stack.reshape(stack.size(0), stack.size(1), -1)                  # [Cs, B, P]
+                if mode == 2 and seq.size(2) != length:
+                    raise ValueError(f"the graph lays out {length} positions here, but this input gives "
+                                     f"{seq.size(2)}: it was converted for inputs of another size (the token / "
+                                     "map layouts hold the conversion's sizes); execute it at that size")
                 left, right = max(0, -start), max(0, start + length - seq.size(2))
                 seq = F.pad(seq, (left, right))[:, :, start + left:start + left + length]  # [Cs, B, length]
                 if drop:

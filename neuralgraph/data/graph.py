@@ -36,8 +36,8 @@ field            shape/dtype   meaning
                                ``subsample``: stride, offset (padding columns), zero padding
                                (dilation columns), span (kernel columns); ``upsample``: stride,
                                offset, (unused), fill size; ``tokens`` / ``position`` edges: start,
-                               length, drop, the target map's spatial shape (zeros: a token
-                               sequence), then zeros (:func:`token_geometry`)
+                               length, mode (0 range, 1 drop, 2 layout), the target map's spatial
+                               shape (zeros: a token sequence), then zeros (:func:`token_geometry`)
 ===============  ============  ==============================================================
 """
 from __future__ import annotations
@@ -156,16 +156,20 @@ def plain_geometry(dims: int) -> tuple[int, ...]:
     return (1,) * dims + (0,) * dims + (1,) * dims + (1,) * dims
 
 
-def token_geometry(start: int, length: int, drop: bool, dims: int, shape: tuple[int, ...] = ()) -> tuple[int, ...]:
+def token_geometry(start: int, length: int, drop: bool, dims: int, shape: tuple[int, ...] = (),
+                   layout: bool = False) -> tuple[int, ...]:
     """``geometry`` row of a ``tokens`` / ``position`` edge: target token ``t`` (``0 <= t < length``) reads
     source token ``start + t`` (zero outside the source); ``drop``: the target is that one token as a feature
-    (``x[:, i]``, ``length`` 1); ``shape``: the target is a map of that spatial shape (``length`` tokens in
-    row-major order: a token sequence back to a map, ``x.transpose(1, 2).reshape(B, C, H, W)``), at most
-    ``dims`` dims. Zeros fill the remaining columns."""
-    if len(shape) > dims or any(s < 1 for s in shape) or (shape and (drop or math.prod(shape) != length)):
+    (``x[:, i]``, ``length`` 1); ``layout``: the same positions laid out anew, so the source has exactly
+    ``length`` of them (a map's positions as tokens and back: the graph holds the conversion's sizes); ``shape``:
+    the target is a map of that spatial shape (``length`` tokens in row-major order: a token sequence back to a
+    map, ``x.transpose(1, 2).reshape(B, C, H, W)``), at most ``dims`` dims. Column 2 holds the mode (0 a token
+    range, 1 drop, 2 layout); zeros fill the remaining columns."""
+    if len(shape) > dims or any(s < 1 for s in shape) or (shape and (drop or math.prod(shape) != length)) or \
+            (drop and layout):
         raise ValueError(f"token geometry: map shape {shape} does not hold {length} tokens in at most {dims} dims"
-                         + (" (and a dropped token is a feature, not a map)" if drop and shape else ""))
-    return (start, length, int(drop), *shape) + (0,) * (4 * dims - 3 - len(shape))
+                         + (" (and a dropped token is a feature, not a map or layout)" if drop else ""))
+    return (start, length, 2 if layout else int(drop), *shape) + (0,) * (4 * dims - 3 - len(shape))
 
 
 def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:

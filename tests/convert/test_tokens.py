@@ -343,7 +343,9 @@ def test_tokens_back_to_a_map_and_channel_last_maps_as_tokens(spelling):
         assert torch.allclose(execute(g, x), m(x), atol=1e-5)
     assert_state_equal(m, from_neural_graph(g, _blank(m)))
     rows = g.geometry[g.edge_geom[g.edge_kind == EDGE_KIND["tokens"]].long()]
-    assert {tuple(r[:5].tolist()) for r in rows} == {(0, 6, 0, 0, 0), (0, 6, 0, 2, 3)}  # to tokens, to a 2 x 3 map
+    assert {tuple(r[:5].tolist()) for r in rows} == {(0, 6, 2, 0, 0), (0, 6, 2, 2, 3)}  # to tokens, to a 2 x 3 map
+    with pytest.raises(ValueError, match="lays out 6 positions here, but this input gives 12: it was converted for"):
+        execute(g, torch.randn(3, 3, 4, 12))  # another input size: refused, not padded or cut
     p = copy.deepcopy(m)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
     permute_out(p.fc1, perm)

@@ -2,13 +2,13 @@
 a learned position embedding added, and tokens selected (``x[:, 0]``, ``x[:, 1:]``).
 
 A neuron's value in a token sequence is ``[B, T]``; these operations move values between tokens, so each adds new
-neurons fed by ``tokens`` edges whose geometry (``data.graph.token_geometry``: ``start``, ``length``, ``drop``, the
-target's map shape) says which source token each target token reads. A parameter used as tokens (a class token
-``[1, 1, C]``, register tokens ``[1, R, C]``, a position embedding ``[1, T, C]``, or ``[1, C, H, W]`` on a map) is stored
-on ``position`` edges: one **token constant neuron** per token it fills (role virtual, constant 1 in ``x[:, 0]``, no
-inputs, ``node_spatial`` = 1 + that token), with an edge to each channel's neuron carrying the parameter's entry on
-the centre tap and placing it at that token. Parameters stay on edges, so the round trip is exact, and permuting the
-channels of a transformer moves them with the channel neurons.
+neurons fed by ``tokens`` edges whose geometry (``data.graph.token_geometry``: ``start``, ``length``, the mode
+(range, drop or layout), the target's map shape) says which source token each target token reads. A parameter used
+as tokens (a class token ``[1, 1, C]``, register tokens ``[1, R, C]``, a position embedding ``[1, T, C]``, or
+``[1, C, H, W]`` on a map) is stored on ``position`` edges: one **token constant neuron** per token it fills (role
+virtual, constant 1 in ``x[:, 0]``, no inputs, ``node_spatial`` = 1 + that token), with an edge to each channel's
+neuron carrying the parameter's entry on the centre tap and placing it at that token. Parameters stay on edges, so
+the round trip is exact, and permuting the channels of a transformer moves them with the channel neurons.
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def token_count(ctx, arg, v: Val | Param) -> int | None:
     return v.positions if v.kind == "vec" else None
 
 
-def _geometry(ctx, start: int, length: int, drop: bool = False, shape: tuple[int, ...] = ()) -> tuple[int, ...]:
-    return token_geometry(start, length, drop, len(ctx.config.max_kernel), shape)
+def _geometry(ctx, start: int, length: int, drop: bool = False, shape: tuple[int, ...] = (),
+              layout: bool = False) -> tuple[int, ...]:
+    return token_geometry(start, length, drop, len(ctx.config.max_kernel), shape, layout)
 
 
 def _layer(b, *sources: Tensor) -> int:
@@ -89,7 +90,8 @@ def respace(ctx, node, x: Val, shape: tuple[int, ...], channel_last: bool) -> Va
                                     "(Swin / MaxViT window partitions) is not supported")
     b, length = ctx.builder, math.prod(shape)
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
-    b.add_edges(x.nodes, new, "tokens", const=1.0, geometry=_geometry(ctx, 0, length, shape=_map(shape)))
+    b.add_edges(x.nodes, new, "tokens", const=1.0,
+                geometry=_geometry(ctx, 0, length, shape=_map(shape), layout=True))
     return Val(new, "vec", 0, length) if channel_last else Val(new, "map", len(shape), length)
 
 

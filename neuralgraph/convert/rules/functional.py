@@ -163,6 +163,11 @@ def _addcmul(ctx, node, base, t1, t2, value=1) -> Val:
                   shift=per_channel(ctx, node, v, base, "a sum"))
 
 
+def _broadcast(v: Val, c: int) -> torch.Tensor:
+    """``v``'s neurons for ``c`` channels: a one-channel value's neuron repeated (torch broadcasts it)."""
+    return v.nodes.repeat(c) if v.channels == 1 else v.nodes
+
+
 def product(ctx, node, a: Val, b: Val) -> Val:
     """``a * b`` of two neuron values with the same channels, e.g. a Squeeze-and-Excitation gate
     ``x * sigmoid(fc(pool(x)))``, or of a value and a one-channel value broadcast over its channels (GRN's
@@ -183,7 +188,7 @@ def product(ctx, node, a: Val, b: Val) -> Val:
     c = max(a.channels, b.channels)
     out = bld.add_nodes(c, bld.next_layer(a.nodes, b.nodes))
     for v in (a, b):
-        bld.add_identity_edges(v.nodes.expand(c).clone() if v.channels == 1 else v.nodes, out, "product")
+        bld.add_identity_edges(_broadcast(v, c), out, "product")
     big = a if a.kind == "map" and (a.positions or 0) >= (b.positions or 0) else b
     return Val(out, big.kind, big.sdims, big.positions)
 
@@ -264,8 +269,8 @@ def add(ctx, node, a, b, sign: float = 1.0, **kwargs) -> Val:
     if a.channels != b.channels:  # a one-channel value broadcast over the other's channels (x - x.mean(1, True))
         c = max(a.channels, b.channels)
         out = bld.add_nodes(c, bld.next_layer(a.nodes, b.nodes))
-        bld.add_identity_edges(a.nodes.expand(c).clone() if a.channels == 1 else a.nodes, out, "residual")
-        _skip_edges(bld, b.nodes.expand(c).clone() if b.channels == 1 else b.nodes, out, sign)
+        bld.add_identity_edges(_broadcast(a, c), out, "residual")
+        _skip_edges(bld, _broadcast(b, c), out, sign)
         big = a if a.channels == c else b
         return Val(out, big.kind, big.sdims, big.positions)
     disjoint = not set(a.nodes.tolist()) & set(b.nodes.tolist())

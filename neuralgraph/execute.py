@@ -216,9 +216,20 @@ class _Run:
                 t.dim() >= 3 for t in self.xs) and sum(t.size(-1) for t in self.xs) == n_in else ""
             raise ValueError(f"execute: the graph has {n_in} input channels, the input "
                              f"{[tuple(t.shape) for t in self.xs]} has {len(cols)} along {where}{hint}")
+        dims = len(self.mk)
         for i, channel in zip(inputs, channels):
             pos = self.spatial[i]
             self.val[i] = cols[channel] if pos == 0 else cols[channel].flatten(1)[:, pos - 1]
+            window = g.node_window[i].tolist()
+            if pos == 0 and not any(window[dims:2 * dims]):  # stride 0: the size the graph was traced at
+                held, size = window[:dims], list(self.val[i].shape[1:])
+                while len(held) > max(len(size), 1) and held[0] == 1:  # right-aligned: leading 1s pad it
+                    held = held[1:]
+                if held != size:
+                    raise ValueError(f"execute: the graph was converted at input size {held} (its module's forward "
+                                     f"computes with its input's sizes, so it was traced at example_input's), but "
+                                     f"this input is {list(self.val[i].shape[1:])}: execute it at that size, or "
+                                     "convert again with an example_input of this size")
 
     # ------------------------------------------------------------------------------------------ reads
     def read(self, i: int, how: str) -> Tensor:

@@ -21,7 +21,7 @@ from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
 from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
-from neuralgraph.data.graph import FieldRangeError
+from neuralgraph.data.graph import FieldRangeError, compact_field
 from neuralgraph.convert.registry import (CLAIM, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
                                           find_function_rule, find_module_rule, overridden_rule)
 from neuralgraph.convert.rules.activation import activation
@@ -190,19 +190,20 @@ class _ShapeTracer(_Tracer, MetaTracer):
             self._meta_copies.clear()
 
 
-def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
-    """The dataflow of ``model`` as an fx graph. Traced symbolically (for any input size); a forward that computes
-    with sizes in Python is traced again with ``example_input``'s sizes as numbers, which the graph then holds
-    (the converted graph is that input size's; ``trace_module`` checks it reproduces the forward there)."""
+def fx_trace(model: nn.Module, example_input: Any = None) -> tuple[fx.Graph, bool]:
+    """The dataflow of ``model`` as an fx graph, and whether it holds the input's sizes. Traced symbolically (for
+    any input size); a forward that computes with sizes in Python is traced again with ``example_input``'s sizes
+    as numbers, which the graph then holds (the converted graph is that input size's; ``trace_module`` checks it
+    reproduces the forward there and records the sizes on the input neurons)."""
     tracer = _Tracer()
     graph = _sequential_graph(model, tracer)
     if graph is not None:
-        return graph
+        return graph, False
     if find_module_rule(model) is not None:  # its rule converts calls of it, never its own forward
         raise UnsupportedModuleError(
             f"<root> ({_type_name(type(model))}) is a single layer: convert a module that calls it, e.g. "
             f"to_neural_graph(nn.Sequential(layer)) for a one-input layer")
-    constants = _constant_defaults(model)
+    constants, sized = _constant_defaults(model), False
     try:
         graph = tracer.trace(model, concrete_args=constants)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
@@ -216,6 +217,7 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
                 + ("; if it only computes with input sizes, pass example_input=..." if example_input is None
                    else f"; traced again at example_input's sizes it failed too: {again}") + "."
             ) from err
+        sized = True
     if constants:  # fx keeps a placeholder per constant argument: put the constant into its users instead
         holders = [n for n in graph.nodes if n.op == "placeholder"]
         names = list(inspect.signature(model.forward).parameters)
@@ -226,7 +228,7 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> fx.Graph:
                     user.kwargs = fx.node.map_arg(user.kwargs,
                                                   lambda n, ph=ph, v=constants[name]: v if n is ph else n)
                 graph.erase_node(ph)
-    return graph
+    return graph, sized
 
 
 def _shape_trace(model: nn.Module, example_input: Any,
@@ -449,7 +451,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
     """Trace ``model`` and run every rule; returns the filled :class:`GraphBuilder`. ``for_graph``: a graph will be
     built from it (its ``edge_attr`` counts in the memory check); ``False`` for a plan that only reads graphs
     back."""
-    graph = fx_trace(model, example_input)
+    graph, sized = fx_trace(model, example_input)
     if example_input is not None:
         inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
         training = any(m.training for m in model.modules())
@@ -514,7 +516,30 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
     for node in graph.nodes:
         if node.op == "placeholder" and isinstance(env.get(node), Val):
             builder.record_value(env[node], force=True)
+            if sized:  # the graph is for this input's sizes: the executor refuses others
+                _record_input_size(ctx, node, env[node])
     return builder
+
+
+def _record_input_size(ctx: TraceContext, node: fx.Node, v: Val) -> None:
+    """Hold the spatial size of a graph input traced at ``example_input``'s sizes on its input neurons:
+    ``node_window``'s kernel columns (right-aligned), stride columns 0 (input neurons never pool;
+    :func:`~neuralgraph.execute` reads it)."""
+    shape = ctx.shape(node)
+    if v.nodes is None or shape is None or v.kind not in ("map", "vec") or len(shape) < 3:
+        return  # features [B, C] have no size to hold; embedding indices are looked up per token
+    size = shape[2:] if v.kind == "map" else shape[1:-1]
+    b = ctx.builder
+    if len(size) > b.dims:
+        return  # the rules refused such an input already
+    default = b.default_window()
+    window = (1,) * (b.dims - len(size)) + tuple(size) + (0,) * b.dims + default[2 * b.dims:]
+    try:
+        compact_field("node_window", window, "the input's size")
+    except FieldRangeError as err:
+        raise ctx.unsupported(node, str(err)) from None
+    for i in v.nodes.tolist():
+        b.window[i] = window
 
 
 #: operations whose result shares the memory of their first argument (an in-place write to one changes the other)

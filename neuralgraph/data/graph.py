@@ -25,7 +25,10 @@ field            shape/dtype   meaning
 ``node_pool``    [N] int8      pooling applied to the neuron's output map (:data:`POOLS`)
 ``node_window``  [N, 4*D+3]    local pooling geometry: kernel size (output size for adaptive pooling),
                  int16         stride, padding, dilation per spatial dim, then ceil_mode,
-                               count_include_pad, divisor_override (0: none); defaults otherwise
+                               count_include_pad, divisor_override (0: none); defaults otherwise.
+                               An input neuron (which never pools) of a graph traced at
+                               ``example_input``'s sizes: that input's spatial size in the
+                               kernel columns (right-aligned), stride columns 0
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] int8      :data:`EDGE_KINDS`
 ``edge_geom``    [E] int32     row of ``geometry`` holding the edge's geometry (offset by the rows of

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_geometric.data import Batch
 
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import activation_id
 from neuralgraph.convert.trace import fx_trace
 from neuralgraph.data.graph import EDGE_KIND
+from neuralgraph.transforms import PermuteNeurons
 from tests.convert.test_blocks import check, randomize
 from tests.helpers.permute import (assert_isomorphic, assert_params_moved, assert_same_function, head_permutation,
                                    isomorphic, permute_features, permute_in, permute_out, permuted_copy)
@@ -552,6 +555,51 @@ def test_a_forward_computing_with_sizes_is_traced_at_the_example_inputs_sizes():
     check(m, x, example=True)
 
 
+class SizedTokens(nn.Module):
+    """A token model whose forward computes with the sequence length: it adds ``T`` to every token (a value a graph
+    traced at one length holds as a constant)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(x) + math.sqrt(x.shape[1]))).mean(1)
+
+
+def test_a_graph_traced_at_the_example_inputs_sizes_refuses_other_sizes():
+    """The graph of a size-computing forward is that size's (review finding: at 8 x 8 SameConv pads differently
+    and the graph silently computed the 7 x 7 function): the input neurons hold the size, the executor refuses
+    another one naming both, and the size survives neuron permutation and batching. A symbolically traced graph
+    holds no size and runs at any."""
+    m, x8 = randomize(SameNet()).eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "traced at example_input's sizes" (once per plan)
+        g = to_neural_graph(m, example_input=torch.randn(2, 3, 7, 7))
+        g8 = to_neural_graph(m, example_input=x8)  # at 8 x 8 it converts again, as that size's graph
+    with pytest.raises(ValueError, match=r"converted at input size \[7, 7\].* this input is \[8, 8\]"):
+        execute(g, x8)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g8, x8), m(x8), atol=1e-5, rtol=1e-4)
+    moved = PermuteNeurons(seed=0)(g.clone())
+    batch = Batch.from_data_list([g, moved])
+    for graph in (moved, batch.get_example(1)):
+        with pytest.raises(ValueError, match=r"converted at input size \[7, 7\]"):
+            execute(graph, x8)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(moved, torch.ones(2, 3, 7, 7)), m(torch.ones(2, 3, 7, 7)),
+                                   atol=1e-5, rtol=1e-4)
+    t = SizedTokens().eval()
+    with pytest.warns(UserWarning, match="traced at example_input's sizes"):
+        gt = check(t, torch.randn(2, 5, 3), example=True, tokens=True)
+    with pytest.raises(ValueError, match=r"converted at input size \[5\].* this input is \[6\]"):
+        execute(gt, torch.randn(2, 6, 3), tokens=True)
+    plain = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())).eval()
+    gp = to_neural_graph(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(gp, x8), plain(x8), atol=1e-5, rtol=1e-4)
+
+
 class BatchBranch(nn.Module):
     """A forward whose dataflow depends on the batch size (a branch on ``x.shape[0]``, or a token slice bounded by
     it): a neural graph computes each sample alone, so it cannot represent either (found by review: converted at
@@ -931,4 +979,4 @@ def test_augmented_assignment_on_a_size_rebinds_a_number():
     m, x = randomize(Sizes()), torch.randn(3, 4)
     check(m, x, example=True)
     # the traced program as code (probe features run it): recorded in place, `size += 1` would rebind n
-    torch.testing.assert_close(torch.fx.GraphModule(m, fx_trace(m))(x), m(x))
+    torch.testing.assert_close(torch.fx.GraphModule(m, fx_trace(m)[0])(x), m(x))

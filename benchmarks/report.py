@@ -1,13 +1,14 @@
-"""Render every result under ``results/`` into ``docs/results.md``.
+"""Render every result under a results directory into one Markdown report (``<results>/report.md``).
 
-    python -m benchmarks.report [--results results] [--out docs/results.md]
+    python -m benchmarks.report [--results results] [--out results/report.md]
 
 One table per task (rows: models, columns: the selection metric and R² of each evaluated split, as
 mean ± std over seeds); cross-dataset results become the matrix of SNE's table 1 (rows: training
 zoo, columns: test zoo, plus the average row); cross-arch results one row per dataset.
 
 Everything from the line ``<!-- notes -->`` on (provenance, comparison with the papers) is written by
-hand and kept when the tables are re-rendered.
+hand and kept when the tables are re-rendered. The project's own measured tables (``docs/results.md``) are
+rendered block by block by :mod:`benchmarks.tables` instead.
 """
 from __future__ import annotations
 
@@ -105,10 +106,11 @@ def kept_notes(path: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results")
-    ap.add_argument("--out", default=os.path.join("docs", "results.md"))
+    ap.add_argument("--out", default=None, help="the report file (default: <results>/report.md)")
     args = ap.parse_args(argv)
-    text = render(args.results) + kept_notes(args.out)
-    atomic_write_text(args.out, text)
+    out = args.out or os.path.join(args.results, "report.md")
+    text = render(args.results) + kept_notes(out)
+    atomic_write_text(out, text)
     print(text)
 
 

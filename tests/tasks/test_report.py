@@ -31,3 +31,11 @@ def test_without_marker_only_tables_are_written(tmp_path, capsys):
     out.write_text("# Results\n\nstale text without a marker\n")
     main(["--results", str(results), "--out", str(out)])
     assert "stale text" not in out.read_text()
+
+
+def test_the_default_report_goes_into_the_results_directory(tmp_path, capsys):
+    """docs/results.md belongs to benchmarks.tables: a user's report lands beside their results."""
+    results = tmp_path / "results"
+    _summary(results, 0.7)
+    main(["--results", str(results)])
+    assert "| ng-t | 2 | 0.700 ± 0.010 |" in (results / "report.md").read_text()

@@ -34,7 +34,8 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu, "selu": F.selu, "mish": F.mish,
     "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid, "relu6": F.relu6, "softsign": F.softsign, "tanhshrink": F.tanhshrink,
     "logsigmoid": F.logsigmoid, "sin": torch.sin, "square": torch.square, "sqrt": torch.sqrt,
-    "reciprocal": torch.reciprocal,
+    "reciprocal": torch.reciprocal, "exp": torch.exp, "abs": torch.abs, "erf": torch.erf, "cos": torch.cos,
+    "log1p": torch.log1p,
 }
 #: activations with parameters: ``fn(z, a, b)`` with the neurons' parameter columns ``a``, ``b`` (PARAMETERS order)
 PARAMETRIC_ACTIVATIONS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {

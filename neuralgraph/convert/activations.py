@@ -24,6 +24,7 @@ ACTIVATIONS: list[str] = [
     "none", "unknown", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "silu", "elu", "selu", "celu",
     "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "relu6", "softsign", "tanhshrink",
     "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh", "sine", "square", "sqrt", "reciprocal",
+    "exp", "abs", "erf", "cos", "log1p",
 ]
 
 #: changes with every registration (part of the conversion plan cache key)
@@ -47,18 +48,16 @@ FUNCTION_ACTIVATIONS: dict[Callable, str] = {
     F.relu6: "relu6", F.softsign: "softsign", F.tanhshrink: "tanhshrink", F.logsigmoid: "logsigmoid",
     torch.sin: "sin", F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax",
     torch.log_softmax: "log_softmax",
-    # element-wise functions without a name of their own
-    torch.square: "square", torch.sqrt: "sqrt", torch.reciprocal: "reciprocal",
-    torch.exp: "unknown", torch.abs: "unknown", torch.erf: "unknown",
-    torch.cos: "unknown", torch.log1p: "unknown",
+    torch.square: "square", torch.sqrt: "sqrt", torch.reciprocal: "reciprocal", torch.exp: "exp", torch.abs: "abs",
+    torch.erf: "erf", torch.special.erf: "erf", torch.cos: "cos", torch.log1p: "log1p",
 }
 
 #: tensor method name -> activation name (``x.relu()``, ``x.sigmoid()``, ...)
 METHOD_ACTIVATIONS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
     "sigmoid_": "sigmoid", "sin": "sin", "softmax": "softmax", "log_softmax": "log_softmax",
-    "square": "square", "sqrt": "sqrt", "reciprocal": "reciprocal", "exp": "unknown", "abs": "unknown",
-    "cos": "unknown",
+    "square": "square", "sqrt": "sqrt", "reciprocal": "reciprocal", "exp": "exp", "abs": "abs", "erf": "erf",
+    "cos": "cos", "log1p": "log1p",
 }
 
 

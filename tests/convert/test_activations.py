@@ -2,6 +2,9 @@
 columns 2, 3), so any slope / alpha converts without registration and the graph runs the exact function."""
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +138,51 @@ def test_prelu_slope_is_a_per_neuron_parameter(per_channel):
         assert_params_moved(m, other)
         assert_same_function(m, other, x)
         assert_isomorphic(g, to_neural_graph(other))
+
+
+ELEMENTWISE = [  # (function spelling, tensor-method spelling, family): each named, each run by the executor
+    (torch.exp, lambda h: h.exp(), "exp"),
+    (torch.abs, lambda h: h.abs(), "abs"),
+    (torch.erf, lambda h: h.erf(), "erf"),
+    (torch.cos, lambda h: h.cos(), "cos"),
+    (lambda h: torch.log1p(torch.sigmoid(h)), lambda h: h.sigmoid().log1p(), "log1p"),  # log1p needs h > -1
+]
+
+
+@pytest.mark.parametrize("fn,method,family", ELEMENTWISE, ids=[f for _, _, f in ELEMENTWISE])
+def test_named_elementwise_functions_convert_and_run(fn, method, family):
+    """``exp``, ``abs``, ``erf``, ``cos``, ``log1p`` were one anonymous ``unknown`` id (two networks differing in
+    them gave one graph, which the executor could not run): each has its own id now, both spellings agree, and the
+    graph computes the module."""
+    torch.manual_seed(0)
+    graphs = []
+    for spelling in (fn, method):
+        m = Fn(spelling)
+        g = to_neural_graph(m)
+        assert (g.node_act == A.activation_id(family)).any()
+        x = torch.randn(16, 3)
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-5)
+        graphs.append(g)
+    assert torch.equal(graphs[0].node_act, graphs[1].node_act)
+    assert A.activation_id("unknown") not in graphs[0].node_act.tolist()
+
+
+def test_hand_written_exact_gelu_is_the_function_of_its_parts():
+    """BERT-style ``0.5 * h * (1 + erf(h / sqrt(2)))``: a scale, ``erf`` on a copy, a constant shift and a product
+    of two neuron values; the graph computes ``F.gelu``."""
+    m = Fn(lambda h: 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0))))
+    g = to_neural_graph(m)
+    x = torch.randn(16, 3) * 2
+    torch.testing.assert_close(execute(g, x), nn.Sequential(m.a, nn.GELU(), m.b)(x), atol=1e-5, rtol=1e-5)
+    blank = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in blank.parameters():
+            p.fill_(float("nan"))
+    assert_state_equal(from_neural_graph(g, blank), m)
+
+
+def test_every_named_activation_runs_in_the_executor():
+    from neuralgraph.execute import ACTIVATION_FUNCTIONS, LAYER_ACTIVATIONS, PARAMETRIC_ACTIVATIONS
+
+    runnable = set(ACTIVATION_FUNCTIONS) | set(PARAMETRIC_ACTIVATIONS) | set(LAYER_ACTIVATIONS)
+    assert [a for a in A.ACTIVATIONS if a != "unknown" and a not in runnable] == []

@@ -189,8 +189,32 @@ class _Run:
         self.edges: dict[int, list[tuple[EdgeKind, Tensor]]] = defaultdict(list)
         for k, e in zip(keys.tolist(), order.split(counts.tolist())):
             self.edges[k // n_kinds].append((EDGE_KIND_TABLE[k % n_kinds], e))
+        self.windows = self._windows()
         for layer_id in sorted(by_layer):
             self._run_layer(layer_id, by_layer[layer_id].tolist())
+
+    def _windows(self) -> dict[int, tuple[tuple[int, ...], Tensor]]:
+        """Per virtual head neuron of a window attention: its geometry (window, shift, map size) and its relative
+        position bias ``[2 wh - 1, 2 ww - 1]`` (by offset ``dy, dx``), from its ``window_bias`` edges."""
+        g, out = self.g, {}
+        e = (g.edge_kind == EDGE_KIND["window_bias"]).nonzero().view(-1).cpu()
+        if e.numel() and len(self.mk) != 2:
+            raise ValueError("window_bias edges need a 2-d max_kernel")
+        geom = g.geometry[g.edge_geom[e].long()].long().cpu() if e.numel() else None
+        for h in torch.unique(self.dst_t[e]).tolist():
+            mine = (self.dst_t[e] == h).nonzero().view(-1)
+            rows = geom[mine]
+            spec = rows[:, 2:8].unique(dim=0)
+            wh, ww = spec[0, :2].tolist()
+            offsets = rows[:, :2] + torch.tensor([wh - 1, ww - 1])
+            if spec.size(0) != 1 or mine.numel() != (2 * wh - 1) * (2 * ww - 1) or offsets.unique(dim=0).size(0) != \
+                    mine.numel() or bool((offsets < 0).any()) or bool((offsets >= torch.tensor([2 * wh - 1, 2 * ww - 1])).any()):
+                raise ValueError(f"virtual head neuron {h}: its window_bias edges do not hold one bias per offset of one "
+                                 "window (a corrupt graph)")
+            table = g.edge_attr.new_zeros(2 * wh - 1, 2 * ww - 1)
+            table[offsets[:, 0], offsets[:, 1]] = g.edge_attr[e[mine], self.centre]
+            out[h] = (tuple(spec[0].tolist()), table)
+        return out
 
     # ------------------------------------------------------------------------------------------ inputs
     def _set_inputs(self) -> None:
@@ -559,15 +583,17 @@ class _Run:
     def _attention(self, e: Tensor, add) -> None:
         """Attention edges: per head (the head neurons one virtual neuron feeds) ``softmax(Q K^T / sqrt(d_H)) V``,
         where a head neuron's ``Q, K, V`` are the sums over its attention edges of taps 0, 1, 2 times the source
-        value (1 for the virtual head neuron, whose edges carry the biases)."""
+        value (1 for the virtual head neuron, whose edges carry the biases); a head whose virtual neuron has
+        ``window_bias`` edges attends within windows of a map (:meth:`_window_attention`)."""
         w = self.g.edge_attr[e, :3]
         virtual = torch.tensor([self.role[i] == ROLE["virtual"] for i in self.src_t[e].tolist()], dtype=torch.bool)
         dst, dl = torch.unique(self.dst_t[e], return_inverse=True)
         n = dst.numel()
         head = torch.full((n,), -1, dtype=torch.long)
         head[dl[virtual]] = self.src_t[e][virtual]
-        # the biases (edges from virtual head neurons), then the weighted sources of each shape
-        qkv: list[Tensor] = [w.new_zeros(n).index_add_(0, dl[virtual], w[virtual, r]) for r in range(3)]
+        # the biases (edges from virtual head neurons), then the weighted sums of the sources of each shape
+        bias = [w.new_zeros(n).index_add_(0, dl[virtual], w[virtual, r]) for r in range(3)]
+        sums: list[Tensor | None] = [None] * 3
         real = (~virtual).nonzero().view(-1)
         for sel, udst, sl, dl_, stack in self._split(e[real], "value"):
             rows = real[sel]
@@ -579,12 +605,54 @@ class _Run:
                     continue  # a zero tap adds nothing (query edges have no key / value taps)
                 weight = stack.new_zeros(n, stack.size(0)).index_put_((tgt, sl), wr, accumulate=True)
                 term = (weight @ flat).view(n, *stack.shape[1:])                      # [n, B, T]
-                qkv[r] = term + (qkv[r].view(-1, *([1] * (term.dim() - 1))) if qkv[r].dim() == 1 else qkv[r])
+                sums[r] = term if sums[r] is None else sums[r] + term
         for h in torch.unique(head).tolist():
             idx = (head == h).nonzero().view(-1)
-            q, k, v = (t[idx].movedim(0, -1) for t in qkv)                            # [B, T, d_H]
+            parts = [(torch.zeros_like(bias[r][idx]) if s_ is None else s_[idx], bias[r][idx])
+                     for r, s_ in enumerate(sums)]
+            if h in self.windows:
+                add(dst[idx].tolist(), self._window_attention(parts, *self.windows[h]))
+                continue
+            q, k, v = ((t + b_.view(-1, *([1] * (t.dim() - 1)))).movedim(0, -1) for t, b_ in parts)  # [B, T, d_H]
             out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(idx.numel()), -1) @ v
             add(dst[idx].tolist(), out.movedim(-1, 0))
+
+    def _window_attention(self, parts: list[tuple[Tensor, Tensor]], spec: tuple[int, ...], table: Tensor) -> Tensor:
+        """One head's shifted-window attention over a map (Swin): ``parts`` the (weighted sum of the sources
+        ``[d, B, H, W]``, bias ``[d]``) of q, k and v (the zero-padded positions get the bias alone), ``spec`` the
+        window, shift and map size (``data.graph.window_geometry``), ``table`` the bias by offset; returns
+        ``[d, B, H, W]``."""
+        (wh, ww), shift, size = spec[:2], spec[2:4], spec[4:6]
+        if parts[0][0].dim() != 4 or tuple(parts[0][0].shape[2:]) != tuple(size):
+            raise ValueError(f"the graph's window attention attends over a {size[0]} x {size[1]} map (the "
+                             f"conversion's size), but this input gives {tuple(parts[0][0].shape[2:])}: execute it "
+                             "at that size")
+        d, b, h, w = parts[0][0].shape
+        ph, pw = -h % wh + h, -w % ww + w
+        nh, nw, n = ph // wh, pw // ww, wh * ww
+        windows = []
+        for t, bias in parts:
+            t = F.pad(t, (0, pw - w, 0, ph - h)) + bias.view(-1, 1, 1, 1)              # [d, B, pH, pW]
+            t = torch.roll(t, (-shift[0], -shift[1]), (2, 3)) if any(shift) else t
+            windows.append(t.view(d, b, nh, wh, nw, ww).permute(1, 2, 4, 3, 5, 0).reshape(b, nh * nw, n, d))
+        q, k, v = windows                                                             # [B, nW, N, d]
+        y, x = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        y, x = y.reshape(-1), x.reshape(-1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d) + table[y[:, None] - y[None, :] + wh - 1,
+                                                                 x[:, None] - x[None, :] + ww - 1]
+        if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
+            region = torch.zeros(ph, pw, dtype=torch.long)
+            cuts = [((0, ph - wh), (ph - wh, ph - shift[0]), (ph - shift[0], ph)),
+                    ((0, pw - ww), (pw - ww, pw - shift[1]), (pw - shift[1], pw))]
+            for i, (a0, a1) in enumerate(cuts[0]):
+                for j, (c0, c1) in enumerate(cuts[1]):
+                    region[a0:a1, c0:c1] = 3 * i + j
+            region = region.view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, n)
+            scores = scores + (region[:, :, None] != region[:, None, :]).to(scores.dtype) * -100.0
+        out = torch.softmax(scores, -1) @ v                                           # [B, nW, N, d]
+        out = out.view(b, nh, nw, wh, ww, d).permute(5, 0, 1, 3, 2, 4).reshape(d, b, ph, pw)
+        out = torch.roll(out, tuple(shift), (2, 3)) if any(shift) else out
+        return out[:, :, :h, :w]
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs(self) -> Tensor:

@@ -113,6 +113,7 @@ class GraphBuilder:
         self.spatial: list[int] = []
         self.has_bias: list[int] = []
         self.const: list[float] = []  # a constant added to the neuron (x + c in forward), not a parameter
+        self.guards: dict[str, Tensor] = {}  # buffers read as structure (see guard)
         self.frozen: list[bool] = []
         self.read: list[bool] = []  # read as a value by an edge other than conv / flatten (which read the map)
         self.sourced: list[bool] = []  # read by any edge
@@ -327,6 +328,11 @@ class GraphBuilder:
 
     def register_param(self, name: str, shape: tuple[int, ...]) -> None:
         self.param_shapes[name] = tuple(shape)
+
+    def guard(self, name: str, value: Tensor) -> None:
+        """Record that the graph's structure depends on the value of buffer ``name`` (an index table a rule
+        checked): a cached conversion plan is reused only for models whose buffer holds the same value."""
+        self.guards[name] = value.detach().cpu().clone()
 
     def replicate(self, nodes: Tensor, copies: int) -> Tensor:
         """``copies`` copies of each node (with its incoming edges and node params), copy-major per node.

@@ -216,6 +216,8 @@ class ConversionPlan:
         self.x0 = x0
         self.param_shapes = {p: builder.param_shapes[p] for p in self.param_names}
         self.layers = list(builder.layers)
+        #: buffers a rule read as structure (name -> value): a cached plan serves a model only while they agree
+        self.guards = dict(builder.guards)
         # -- where each kept neuron's value lives in the traced module
         self.fx_graph = _detached_copy(builder.fx_graph)
         self.values = list(builder.values)
@@ -685,6 +687,8 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     arch = architecture_key(model)
     key = (arch, _input_key(example_input), cfg, activations.VERSION)
     plan = _PLANS.get(key)
+    if plan is not None and not all(torch.equal(model.get_buffer(n).cpu(), v) for n, v in plan.guards.items()):
+        plan = None  # a buffer its rules read as structure (an index table) differs: trace this model anew
     if plan is None:
         tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
                                                                if b.is_floating_point()]

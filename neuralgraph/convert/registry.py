@@ -61,6 +61,15 @@ def takes_params(fn: Callable) -> Callable:
     return fn
 
 
+def reads_params_only(fn: Callable) -> Callable:
+    """Mark a function rule as also taking calls whose arguments are parameters alone (no neuron value): a
+    table gathered in forward (Swin's relative position bias) whose result another rule consumes. Calls of
+    every other function on parameters alone may only reshape them."""
+    fn.takes_params = True
+    fn.params_only = True
+    return fn
+
+
 #: Passes over the whole ``torch.fx`` graph, run before the walk as ``fn(ctx, graph)``: they validate and
 #: match patterns that span several operations (hand-written attention: q/k/v Linear, head reshapes,
 #: softmax(q kᵀ) v), and claim the nodes of a match by setting ``node.meta[CLAIM] = rule``; the tracer

@@ -688,6 +688,9 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     has_val = any(isinstance(a, Val) for a in flat)
     params = [a for a in flat if isinstance(a, Param)]
     if params and not has_val:
+        rule = find_function_rule(node.target) if node.op == "call_function" else None
+        if rule is not None and getattr(rule, "params_only", False):
+            return rule(ctx, node, *args, **kwargs)
         return _param_view(ctx, node, args, kwargs, params[0])
     if node.op == "call_module":
         mod = ctx.module(node)

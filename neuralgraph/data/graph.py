@@ -136,6 +136,10 @@ EDGE_KIND_TABLE = (
     EdgeKind("self_loop", False, True, "none", "value", ("black", ":"),
              "a self-loop i -> i added for message passing (stock AddSelfLoops through CheckedTransform): no term "
              "of the network (execute refuses graphs with self-loops); plain geometry"),
+    EdgeKind("window_bias", True, False, "none", "value", ("tab:orange", ":"),
+             "window attention (Swin): the relative position bias of one key -> query offset for one head, on the "
+             "centre, from the offset's constant neuron into the head's virtual neuron; geometry: the offset, the "
+             "window, the shift and the map size (window_geometry)"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -173,6 +177,19 @@ def token_geometry(start: int, length: int, drop: bool, dims: int, shape: tuple[
         raise ValueError(f"token geometry: map shape {shape} does not hold {length} tokens in at most {dims} dims"
                          + (" (and a dropped token is a feature, not a map or layout)" if drop else ""))
     return (start, length, 2 if layout else int(drop), *shape) + (0,) * (4 * dims - 3 - len(shape))
+
+
+def window_geometry(offset: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
+                    size: tuple[int, int], dims: int) -> tuple[int, ...]:
+    """``geometry`` row of a ``window_bias`` edge (needs a 2-d ``max_kernel``): the key -> query offset
+    ``(dy, dx)`` (query minus key position) the bias is added for, the window ``(wh, ww)``, the cyclic shift
+    ``(sh, sw)`` (0 where no shift) and the map size ``(H, W)`` the graph attends over (it holds the
+    conversion's sizes, like a layout: ``execute`` refuses another). The map, zero-padded at the bottom / right
+    to whole windows, is rolled by ``-shift``, cut into windows and attended within each window; positions from
+    different regions of the rolled map get -100 added to their scores (Swin's shifted-window mask)."""
+    if dims != 2:
+        raise ValueError(f"window attention geometry needs a 2-d max_kernel (8 columns), got {dims} dims")
+    return (*offset, *window, *shift, *size)
 
 
 def norm_taps(edge_dim: int, centre: int) -> tuple[int | None, int | None, int | None]:

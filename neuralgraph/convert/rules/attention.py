@@ -83,15 +83,15 @@ class Projection:
 
 
 def attention_heads(ctx, node: fx.Node, heads: int, head_dim: int, q: Projection, k: Projection,
-                    v: Projection) -> Tensor:
-    """Add the head neurons, their virtual head neurons and attention edges; returns the ``H * d_H``
-    head neurons (head-major)."""
+                    v: Projection, min_layer: int = 1) -> tuple[Tensor, Tensor]:
+    """Add the head neurons (at ``min_layer`` or deeper), their virtual head neurons and attention edges;
+    returns the ``H * d_H`` head neurons (head-major) and the ``H`` virtual head neurons."""
     b = ctx.builder
     if ctx.config.edge_dim < len(QKV_TAPS):
         raise ctx.unsupported(node, "attention edges need at least 3 edge features (q, k, v taps); convert "
                                     "with a max_kernel of 3 or more taps")
     e = heads * head_dim
-    layer = b.next_layer(q.src, k.src, v.src)
+    layer = max(b.next_layer(q.src, k.src, v.src), min_layer)
     virtual = b.add_nodes(heads, layer - 1, role="virtual")
     out = b.add_nodes(e, layer)
     # one edge block per distinct set of source neurons, carrying the taps of the roles it feeds
@@ -113,7 +113,7 @@ def attention_heads(ctx, node: fx.Node, heads: int, head_dim: int, q: Projection
     biases = [(p.bias, (p.b_base + torch.arange(e)).view(-1, 1), torch.tensor([t]))
               for t, p in zip(QKV_TAPS, projections) if p.bias is not None]
     b.add_edges(virtual.repeat_interleave(head_dim), out, "attention", sources=biases)
-    return out
+    return out, virtual
 
 
 # ====================================================================== pieces of leaf modules
@@ -169,7 +169,7 @@ def _mha(ctx, node: fx.Node, query: Val, key: Val, value: Val) -> Val:
             weight = ctx.param(node, f"{role}_proj_weight")
             ctx.builder.layers.append((weight, None))  # the biases are packed in in_proj_bias
             projs.append(Projection(s, weight, 0, bias, r * e))
-    heads = attention_heads(ctx, node, mod.num_heads, mod.head_dim, *projs)
+    heads, _ = attention_heads(ctx, node, mod.num_heads, mod.head_dim, *projs)
     return _apply(ctx, node, "out_proj", Val(heads, "vec"))
 
 

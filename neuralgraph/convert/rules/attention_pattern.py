@@ -652,7 +652,7 @@ def _attend(match: _Match, ctx, node, *args, **kwargs) -> Val:
             ctx.builder.layers.append((weight, bias))
         e = br.heads * br.head_dim  # a packed projection holds its parts as consecutive blocks of E rows
         projs.append(Projection(match.src[role], weight, br.part * e * match.src[role].numel(), bias, br.part * e))
-    match.heads = attention_heads(ctx, node, match.q.heads, match.q.head_dim, *projs)
+    match.heads, _ = attention_heads(ctx, node, match.q.heads, match.q.head_dim, *projs)
     return Val(None, "attention")
 
 

@@ -1,0 +1,156 @@
+"""Shifted-window attention and patch merging (torchvision's Swin Transformer).
+
+torchvision's ``ShiftedWindowAttention`` and ``PatchMerging`` call three module-level functions that it wraps for
+``torch.fx`` (each arrives as one ``call_function`` node), so each is one rule here:
+
+* ``_get_relative_position_bias(table, index, window)``: the ``[(2wh - 1)(2ww - 1), heads]`` table of relative
+  position biases, gathered by Swin's relative position index (checked to be that index): handed on as a
+  :class:`RelativeBias` for the attention to store.
+* ``shifted_window_attention(x, qkv_weight, proj_weight, bias, window, heads, shift, ...)`` on a channel-last map
+  ``[B, H, W, C]``: the attention of :mod:`.attention` (head neurons, virtual head neurons, ``attention`` edges
+  from the packed ``qkv`` projection, the output projection as a linear layer), plus per key -> query offset one
+  **offset constant neuron** (role virtual, constant 1) with a ``window_bias`` edge into each virtual head neuron
+  carrying ``table[offset, head]``; the edges' geometry (:func:`~neuralgraph.data.graph.window_geometry`) holds the
+  offset, the window, the shift torchvision applies at this map size (none along a dim the window covers) and the
+  map size. The executor pads the map to whole windows, rolls it by ``-shift``, attends within each window with the
+  bias and Swin's -100 mask between the rolled regions, and rolls back (the padded positions take part as keys
+  with their projection biases, as in torchvision).
+* ``_patch_merging_pad(x)``: the 2 x 2 neighbourhoods of a channel-last map as ``4 C`` channels (zero-padded to
+  an even size), channel ``k * C + c`` the position ``(k % 2, k // 2)`` of each neighbourhood of channel ``c``:
+  one ``subsample`` edge per new channel (stride 2), as ``nn.PixelUnshuffle``.
+
+Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused by name.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from neuralgraph.convert.builder import Param, Val
+from neuralgraph.convert.registry import function_rule, reads_params_only, takes_params
+from neuralgraph.convert.rules.attention import Projection, attention_heads
+from neuralgraph.convert.rules.linear import linear
+from neuralgraph.data.graph import window_geometry
+
+_SWIN = "torchvision.models.swin_transformer."
+
+
+@dataclass
+class RelativeBias:
+    """A relative position bias table read by a window attention: ``table`` (a ``[(2wh - 1)(2ww - 1), heads]``
+    parameter) for windows of ``window``."""
+
+    table: Param
+    window: tuple[int, int]
+
+
+def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
+    """Swin's relative position index of a window: for query ``i`` and key ``j`` (row-major positions), the table
+    row of the offset ``pos(i) - pos(j)``: ``(dy + wh - 1) * (2 ww - 1) + dx + ww - 1``; ``[N * N]``."""
+    wh, ww = window
+    y, x = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+    y, x = y.reshape(-1), x.reshape(-1)
+    return ((y[:, None] - y[None, :] + wh - 1) * (2 * ww - 1) + x[:, None] - x[None, :] + ww - 1).reshape(-1)
+
+
+@function_rule(_SWIN + "_get_relative_position_bias")
+@reads_params_only
+def _relative_position_bias(ctx, node, table, index, window_size) -> RelativeBias:
+    if not isinstance(table, Param) or not isinstance(index, Param):
+        raise ctx.unsupported(node, "the relative position bias table and index must be the module's parameter and "
+                                    "buffer")
+    window = tuple(int(w) for w in window_size)
+    expected = relative_position_index(window)
+    got = ctx.root.get_buffer(index.name)
+    ctx.builder.guard(index.name, got)
+    rows = (2 * window[0] - 1) * (2 * window[1] - 1)
+    if len(window) != 2 or len(table.shape) != 2 or table.shape[0] != rows or not torch.equal(got.cpu(), expected):
+        raise ctx.unsupported(node, f"the relative position index {index.name!r} or table {table.name!r} "
+                                    f"{tuple(table.shape)} is not Swin's for window {window} (a [{rows}, heads] table "
+                                    "indexed by the query - key offset); other indexings have no graph")
+    return RelativeBias(table, window)
+
+
+#: torchvision's ``shifted_window_attention(...)`` arguments, in order
+_SWA_SIGNATURE = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (
+    "input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads", "shift_size",
+    "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")])
+
+
+@function_rule(_SWIN + "shifted_window_attention")
+@takes_params
+def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
+    a = _SWA_SIGNATURE.bind_partial(*args, **kwargs).arguments
+    if a.get("logit_scale") is not None:
+        raise ctx.unsupported(node, "Swin V2's cosine attention (a logit scale, a continuous position bias MLP) "
+                                    "has no graph; Swin V1 converts")
+    if a.get("training") and (a.get("attention_dropout", 0.0) or a.get("dropout", 0.0)):
+        raise ctx.unsupported(node, "window attention with dropout in training mode is random; call model.eval()")
+    x, bias = a["input"], a["relative_position_bias"]
+    params = [a.get(k) for k in ("qkv_weight", "proj_weight")]
+    optional = [a.get(k) for k in ("qkv_bias", "proj_bias")]
+    if not all(isinstance(p, Param) for p in params) or not all(p is None or isinstance(p, Param) for p in optional):
+        raise ctx.unsupported(node, "the window attention's projections must be parameters of the model")
+    if not isinstance(bias, RelativeBias) or not isinstance(x, Val):
+        raise ctx.unsupported(node, "window attention needs torchvision's relative position bias "
+                                    "(_get_relative_position_bias of the module's table) and a neuron value input")
+    shape = ctx.shape(node.args[0] if node.args else node.kwargs["input"])
+    if shape is None or len(shape) != 4:
+        raise ctx.unsupported(node, "window attention needs the traced [B, H, W, C] shape of its input; pass "
+                                    "example_input=... to to_neural_graph")
+    if len(ctx.config.max_kernel) != 2 or ctx.config.edge_dim < 3:
+        raise ctx.unsupported(node, f"window attention needs a 2-d max_kernel (its edges' geometry holds a 2-d "
+                                    f"window), got max_kernel={ctx.config.max_kernel}")
+    _, h, w, c = shape
+    heads, window = int(a["num_heads"]), tuple(int(v) for v in a["window_size"])
+    if window != bias.window or c % heads or bias.table.shape[1] != heads:
+        raise ctx.unsupported(node, f"window {window} / {heads} heads do not match the relative position bias table "
+                                    f"{tuple(bias.table.shape)} of window {bias.window} (or {c} channels do not split "
+                                    "into the heads)")
+    qkv_w, proj_w = params
+    qkv_b, proj_b = (None if p is None else p.name for p in optional)
+    if tuple(qkv_w.shape) != (3 * c, c) or tuple(proj_w.shape) != (c, c):
+        raise ctx.unsupported(node, f"qkv weight {tuple(qkv_w.shape)} / proj weight {tuple(proj_w.shape)} are not "
+                                    f"[3C, C] / [C, C] for C = {c}")
+    b = ctx.builder
+    src = ctx.as_features(node, x, c)
+    b.register_param(qkv_w.name, tuple(qkv_w.shape))
+    b.layers.append((qkv_w.name, qkv_b))
+    projs = [Projection(src, qkv_w.name, r * c * c, qkv_b, r * c) for r in range(3)]
+    # offset constant neurons sit one layer before the virtual head neurons, which sit one before the heads
+    out, virtual = attention_heads(ctx, node, heads, c // heads, *projs, min_layer=3)
+    pad_h, pad_w = -h % window[0] + h, -w % window[1] + w
+    shift = tuple(0 if win >= padded else int(s)
+                  for win, padded, s in zip(window, (pad_h, pad_w), a.get("shift_size") or (0, 0)))
+    b.register_param(bias.table.name, tuple(bias.table.shape))
+    layer = b.layer[int(virtual[0])] - 1
+    wh, ww = window
+    centre = torch.tensor([ctx.config.centre_tap])
+    for row in range((2 * wh - 1) * (2 * ww - 1)):
+        offset = (row // (2 * ww - 1) - (wh - 1), row % (2 * ww - 1) - (ww - 1))
+        k = b.add_nodes(1, layer, role="virtual")
+        b.add_node_const(k, 1.0)
+        b.add_edges(k.repeat(heads), virtual, "window_bias",
+                    geometry=window_geometry(offset, window, shift, (h, w), 2),
+                    sources=[(bias.table.name, (row * heads + torch.arange(heads)).view(-1, 1), centre)])
+    return linear(ctx, node, Val(out, "vec"), proj_w.name, proj_b, (c, c))
+
+
+@function_rule(_SWIN + "_patch_merging_pad")
+def _patch_merging_pad(ctx, node, x: Val) -> Val:
+    shape = ctx.shape(node.args[0])
+    if shape is None or len(shape) != 4 or len(ctx.config.max_kernel) != 2:
+        raise ctx.unsupported(node, "patch merging needs the traced [B, H, W, C] shape of its input (pass "
+                                    "example_input=...) and a 2-d max_kernel")
+    c = shape[-1]
+    src = ctx.as_features(node, x, c)
+    b = ctx.builder
+    new = b.add_nodes(4 * c, b.next_layer(src)).view(4, c)                          # [k, C]: channel k * C + c
+    pad = tuple(n % 2 for n in shape[1:3])  # an odd size is zero-padded at the bottom / right
+    for k, offset in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+        # stride 2, offset (padding columns) shifted by the zero padding, span 2 (3 with padding)
+        geometry = (2, 2) + tuple(o + p for o, p in zip(offset, pad)) + pad + tuple(2 + p for p in pad)
+        b.add_edges(src, new[k], "subsample", geometry=geometry, const=1.0)
+    return Val(new.reshape(-1), "vec")

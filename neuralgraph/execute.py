@@ -623,6 +623,8 @@ class _Run:
         window, shift and map size (``data.graph.window_geometry``), ``table`` the bias by offset; returns
         ``[d, B, H, W]``."""
         (wh, ww), shift, size = spec[:2], spec[2:4], spec[4:6]
+        if parts[0][0].dim() == 2 and tuple(size) == (1, 1):  # a one-position map is read as a feature [d, B]
+            return self._window_attention([(t.view(*t.shape, 1, 1), b_) for t, b_ in parts], spec, table)[..., 0, 0]
         if parts[0][0].dim() != 4 or tuple(parts[0][0].shape[2:]) != tuple(size):
             raise ValueError(f"the graph's window attention attends over a {size[0]} x {size[1]} map (the "
                              f"conversion's size), but this input gives {tuple(parts[0][0].shape[2:])}: execute it "

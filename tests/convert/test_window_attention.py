@@ -149,8 +149,9 @@ def _nan_copy(m):
     return blank
 
 
-@pytest.mark.parametrize("size", [(12, 12), (14, 10), (6, 6), (4, 4)],
-                         ids=["windows-fit", "padded-odd-merge", "shift-on-two-windows", "window-covers-map"])
+@pytest.mark.parametrize("size", [(12, 12), (14, 10), (6, 6), (4, 4), (2, 2)],
+                         ids=["windows-fit", "padded-odd-merge", "shift-on-two-windows", "window-covers-map",
+                              "one-position-map"])
 def test_swin_executes_like_the_module_and_reads_back(size):
     """Maps of whole windows, maps padded to whole windows (and an odd size at the patch merging), two windows per
     dim, and windows covering the map (torchvision then drops the shift): the graph computes the module."""

@@ -71,7 +71,8 @@ CASES = [
     Case("torchvision/alexnet", size=224, convert={"max_kernel": (3, 3)}),  # 11x11 and 5x5 as shifted maps
     Case("torchvision/vgg11", size=224),  # refused at the default max_kernel: about 28 GB
     Case("torchvision/vgg11", size=224, convert={"max_kernel": (3, 3)}),
-    Case("torchvision/swin_t"),
+    Case("torchvision/swin_t"),  # 8 x 8 patches: one padded window per block, no shift
+    Case("torchvision/swin_t", size=64),  # 16 x 16 patches: padded to 21 x 21, shifted windows with masks
     Case("timm/resnet18"),
     Case("timm/resnet50d"),
     Case("timm/efficientnet_b0"),

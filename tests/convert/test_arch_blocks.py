@@ -980,3 +980,36 @@ def test_augmented_assignment_on_a_size_rebinds_a_number():
     check(m, x, example=True)
     # the traced program as code (probe features run it): recorded in place, `size += 1` would rebind n
     torch.testing.assert_close(torch.fx.GraphModule(m, fx_trace(m)[0])(x), m(x))
+
+
+# ------------------------------------------------------------------------ keys / values from pooled tokens (NextViT)
+class PooledKeys(nn.Module):
+    """timm NextViT's ``EfficientAttention``: queries from the tokens, keys / values from the tokens average-pooled
+    along the sequence (``nn.AvgPool1d`` of ``t.transpose(1, 2)``); ``q_first``: the query projection is written
+    before the pooling (as NextViT does)."""
+
+    def __init__(self, q_first: bool):
+        super().__init__()
+        self.q_first = q_first
+        self.conv, self.sr = nn.Conv2d(3, 8, 3, padding=1), nn.AvgPool1d(4, 4)
+        self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        t = self.conv(x).flatten(2).transpose(1, 2)
+        B, N, C = t.shape
+        q = self.q(t).reshape(B, N, 2, 4).transpose(1, 2) if self.q_first else None
+        r = self.sr(t.transpose(1, 2)).transpose(1, 2)
+        if q is None:
+            q = self.q(t).reshape(B, N, 2, 4).transpose(1, 2)
+        k, v = (p(r).reshape(B, -1, 2, 4).transpose(1, 2) for p in (self.k, self.v))
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
+        return o.transpose(1, 2).reshape(B, C, 4, 4)
+
+
+@pytest.mark.parametrize("q_first", [False, True])
+def test_queries_read_the_tokens_their_keys_pool(q_first):
+    """The query projection's read is pending until the attention adds its edges (found by the real-model sweep:
+    with the query written first, the pooling went onto the token neurons themselves, so the queries read the
+    pooled tokens too: a refusal at execute, or a silently different function)."""
+    m = randomize(PooledKeys(q_first)).eval()
+    check(m, torch.randn(2, 3, 4, 4), example=True)

@@ -217,6 +217,7 @@ class _Match:
     merge: list[fx.Node]  # from the attention output to the merged [B, T, C] value
     packed: list[fx.Node] = field(default_factory=list)  # packed projections' splits, permutes and unbinds
     src: dict[str, Tensor] = field(default_factory=dict)
+    held: list[Tensor] = field(default_factory=list)  # projection inputs read at the attention (pending till then)
     heads: Tensor | None = None
 
 
@@ -636,9 +637,13 @@ def _deferred(ctx, node, *args, **kwargs) -> Val:
 
 
 def _project(match: _Match, role: str, ctx, node, x: Val, *args, **kwargs) -> Val:
-    """A q / k / v projection: remember the neurons it reads (their value now is what it reads)."""
+    """A q / k / v projection: remember the neurons it reads (their value now is what it reads). Its edges come at
+    the attention, so the read stays pending till then: an operation in between (a pooling of the same neurons
+    for the keys) must not change what the projection reads."""
     src = ctx.as_features(node, x, ctx.module(node).in_features)
     ctx.builder.observe(src)
+    ctx.builder.add_pending(src, 1)
+    match.held.append(src)
     for r in role:  # the roles this projection serves: "q", "kv", "qkv", ...
         match.src[r] = src
     return Val(None, "attention")
@@ -653,6 +658,8 @@ def _attend(match: _Match, ctx, node, *args, **kwargs) -> Val:
         e = br.heads * br.head_dim  # a packed projection holds its parts as consecutive blocks of E rows
         projs.append(Projection(match.src[role], weight, br.part * e * match.src[role].numel(), bias, br.part * e))
     match.heads, _ = attention_heads(ctx, node, match.q.heads, match.q.head_dim, *projs)
+    for src in match.held:
+        ctx.builder.add_pending(src, -1)
     return Val(None, "attention")
 
 

@@ -311,10 +311,13 @@ class _Run:
     def _split(self, e: Tensor, how: str):
         """Edges ``e`` grouped by the shape of their sources' reads. Yields ``(sel, targets, sl, dl, stack)``:
         the positions in ``e`` of the group's edges, its distinct targets, the local source / target index of
-        each of its edges, and the stacked source reads ``[Cs, B, *S]``."""
+        each of its edges, and the stacked source reads ``[Cs, B, *S]``; a map read of a feature ``[B]`` (a Linear
+        of a one-position map) is a one-position map ``[Cs, B, 1, ...]``."""
         src, dst = self.src_t[e], self.dst_t[e]
         usrc, sinv = torch.unique(src, return_inverse=True)
         for pos, stack in self.stacked(usrc.tolist(), how):
+            if how == "map" and stack.dim() == 2:
+                stack = stack.view(*stack.shape, *([1] * len(self.mk)))
             local = torch.full((usrc.numel(),), -1, dtype=torch.long)
             local[torch.tensor(pos)] = torch.arange(len(pos))
             sl = local[sinv]

@@ -1013,3 +1013,21 @@ def test_queries_read_the_tokens_their_keys_pool(q_first):
     pooled tokens too: a refusal at execute, or a silently different function)."""
     m = randomize(PooledKeys(q_first)).eval()
     check(m, torch.randn(2, 3, 4, 4), example=True)
+
+
+class ChannelLastMixer(nn.Module):
+    """MambaOut / ConvNeXt style: a channel-last Linear between two convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 4), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(self.fc(self.c1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)).mean((2, 3))
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_a_convolution_reads_a_one_position_channel_last_map(size):
+    """At a 1 x 1 map the Linear's neurons hold features ``[B]``; the convolution after it reads them as a
+    one-position map (the executor raised KeyError: timm mambaout at 32 px, found by the real-model sweep)."""
+    check(randomize(ChannelLastMixer()).eval(), torch.randn(2, 3, size, size), example=True)

@@ -382,6 +382,7 @@ class TraceContext:
     # ---------------------------------------------------------------------------------- inputs
     def as_features(self, node: fx.Node, v: Val, n: int) -> Tensor:
         """Nodes feeding ``n`` features (a Linear's input), resolving inputs and flattened maps."""
+        self._require_value(node, v)
         b = self.builder
         if v.kind == "input":
             v.nodes, v.kind = b.add_inputs(n), "vec"
@@ -407,8 +408,16 @@ class TraceContext:
         b.record_features(v.name, virt)
         return virt
 
+    def _require_value(self, node: fx.Node, v: Any) -> None:
+        if isinstance(v, Param):
+            raise self.unsupported(node, f"its input is the parameter {v.name!r} (a learned query or latent token "
+                                         "projected in forward, e.g. attention pooling with a latent query, timm "
+                                         "AttentionPoolLatent / global_pool='map'), not a neuron value; a layer of a "
+                                         "neural graph reads neurons")
+
     def as_map(self, node: fx.Node, v: Val, channels: int, sdims: int) -> Tensor:
         """Nodes of a ``channels``-channel feature map (a conv's input)."""
+        self._require_value(node, v)
         if v.kind == "input":
             v.nodes, v.kind, v.sdims = self.builder.add_inputs(channels), "map", sdims
         elif v.kind != "map":

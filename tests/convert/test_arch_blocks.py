@@ -1031,3 +1031,27 @@ def test_a_convolution_reads_a_one_position_channel_last_map(size):
     """At a 1 x 1 map the Linear's neurons hold features ``[B]``; the convolution after it reads them as a
     one-position map (the executor raised KeyError: timm mambaout at 32 px, found by the real-model sweep)."""
     check(randomize(ChannelLastMixer()).eval(), torch.randn(2, 3, size, size), example=True)
+
+
+class LatentQueryPool(nn.Module):
+    """timm's ``AttentionPoolLatent`` in small: the query projects a learned latent token, keys and values the
+    input tokens."""
+
+    def __init__(self, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads, self.embed = heads, nn.Linear(4, dim)
+        self.latent = nn.Parameter(torch.randn(1, 1, dim))
+        self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, self.heads, C // self.heads).transpose(1, 2)
+        k, v = self.kv(x).reshape(B, N, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)[:, 0]
+
+
+def test_a_projection_of_a_learned_latent_is_refused_by_name():
+    """It crashed (AttributeError on a Param, found by the real-model sweep on timm test_vit3)."""
+    with pytest.raises(UnsupportedModuleError, match=r"q \(.*Linear\): its input is the parameter 'latent'"):
+        to_neural_graph(LatentQueryPool().eval(), example_input=torch.randn(2, 5, 4))

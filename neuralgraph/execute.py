@@ -107,8 +107,8 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         ValueError: a batch of graphs, a graph that is not feed-forward (self-loops, edges into input neurons or
             edges that do not go forward in ``node_layer``: what message-passing transforms add), a ``max_kernel``
             that does not match the graph, an input whose channel count (dim 1, or the last dim of token
-            sequences) differs from the graph's input channels, or an input layout the graph leaves open (see
-            ``tokens``).
+            sequences) differs from the graph's input channels, an input layout the graph leaves open (see
+            ``tokens``), or outputs of different shapes (a module returning several scales).
     """
     if getattr(graph, "num_graphs", 1) > 1:
         raise ValueError(f"execute runs one graph; got a batch of {graph.num_graphs}: run "
@@ -661,5 +661,15 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs(self) -> Tensor:
-        outs = [self.read(i, "value") for i in self.g.output_nodes().tolist()]
+        nodes = self.g.output_nodes().tolist()
+        outs = [self.read(i, "value") for i in nodes]
+        shapes = {tuple(o.shape[1:]) for o in outs}
+        if len(shapes) > 1:
+            first = {}
+            for i, o in zip(nodes, outs):
+                first.setdefault(tuple(o.shape[1:]), i)
+            raise ValueError("execute: the graph's outputs have different shapes (" + ", ".join(
+                f"{list(s)} from output neuron {i}" for s, i in first.items()) + "): a module returning maps of "
+                "several scales, or a map and a vector; execute returns all outputs as one tensor, so it runs "
+                "graphs whose outputs share a shape (convert the part of the module you want to run)")
         return torch.stack(outs, dim=-1 if self.tokens else 1)

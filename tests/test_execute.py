@@ -113,3 +113,22 @@ def test_graphs_transformed_for_message_passing_are_refused():
     big = to_neural_graph(_net())  # maps: a reversed conv edge is refused the same way
     with pytest.raises(ValueError, match=f"edges into input neurons.*{fix}"):
         execute(CheckedTransform(ToUndirected())(big), torch.randn(1, 3, 8, 8))
+
+
+class _TwoScales(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 5, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        return {"low": y, "high": self.d(y)}
+
+
+def test_outputs_of_different_shapes_are_refused_by_execute():
+    """A multi-scale backbone converts (its graph is the module's), but execute returns one tensor: it names the
+    shapes instead of failing inside torch.stack (found by the real-model sweep on torchvision's LRASPP backbone)."""
+    x = torch.randn(2, 3, 8, 8)
+    g = to_neural_graph(_TwoScales().eval(), example_input=x)
+    with pytest.raises(ValueError, match=r"outputs have different shapes \(\[8, 8\] from output neuron \d+, \[4, 4\]"):
+        execute(g, x)

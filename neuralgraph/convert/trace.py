@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
@@ -468,7 +469,7 @@ def trace_module(model: nn.Module, example_input: Any, config: ConvertConfig,
         buffers = {k: b.clone() for k, b in model.named_buffers()} if training else {}
         try:
             with torch.no_grad():
-                traced = ShapeProp(fx.GraphModule(model, graph)).propagate(*_copies(inputs))
+                traced = _ShapeProp(fx.GraphModule(model, graph)).propagate(*_copies(inputs))
         except Exception as err:  # noqa: BLE001 - the user's input does not fit the model
             raise ValueError(f"running the model on example_input failed ({type(err).__name__}: {err}); "
                              "pass an input of the shape the model expects") from err
@@ -583,6 +584,25 @@ def _mutated(ctx: TraceContext, node: fx.Node) -> fx.Node | None:
     except (TypeError, ValueError):
         return None
     return first if bound.arguments.get("inplace") is True else None
+
+
+class _ShapeProp(ShapeProp):
+    """``ShapeProp`` calling functions with plain lists and dicts: the fx interpreter hands over its immutable
+    containers, which a wrapped function that edits its list argument (torchvision's video Swin clips its window
+    size in place) cannot take, though the eager forward can."""
+
+    def call_function(self, target, args, kwargs):
+        return super().call_function(target, _mutable(args), _mutable(kwargs))
+
+
+def _mutable(v: Any) -> Any:
+    if isinstance(v, list) and type(v) in (list, immutable_list):
+        return [_mutable(x) for x in v]
+    if isinstance(v, dict) and type(v) in (dict, immutable_dict):
+        return {k: _mutable(x) for k, x in v.items()}
+    if type(v) is tuple:
+        return tuple(_mutable(x) for x in v)
+    return v
 
 
 def _copies(inputs: tuple) -> tuple:

@@ -1,6 +1,8 @@
 """Everything the converter cannot represent fails loudly, naming the culprit and the fix."""
 import pytest
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from neuralgraph import UnsupportedModuleError, to_neural_graph
@@ -193,3 +195,30 @@ def test_nonfinite_parameters_allowed_explicitly():
         plan.graph(m)
     assert plan.graph(dict(m.named_parameters()), allow_nonfinite=True).x.isnan().any()
     del assert_state_equal
+
+
+def _clip_window(window, size):
+    """torchvision video Swin's ``_get_window_and_shift_size`` in small: it edits its list argument in place."""
+    for i in range(2):
+        if size[i] <= window[i]:
+            window[i] = size[i]
+    return window
+
+
+torch.fx.wrap("_clip_window")
+
+
+class SizedPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return F.avg_pool2d(self.conv(x), _clip_window([7, 7], [x.shape[2], x.shape[3]]))
+
+
+def test_a_wrapped_function_editing_its_list_argument_runs_in_the_shape_pass():
+    """The shape pass hands a wrapped function plain lists (it blamed the input: "pass an input of the shape the
+    model expects"), so the refusal names the real cause: a pooling window computed from sizes in forward."""
+    with pytest.raises(UnsupportedModuleError, match="pooling kernel_size is computed in forward"):
+        to_neural_graph(SizedPool().eval(), example_input=torch.randn(2, 3, 4, 4))

@@ -514,6 +514,9 @@ def _pooled(ctx, nodes, name: str, window: tuple[int, ...] | None = None):
 
 
 def _per_dim(ctx, node, what: str, value, sdims: int) -> tuple[int, ...]:
+    if not isinstance(value, (int, tuple, list)):
+        raise ctx.unsupported(node, f"pooling {what} is computed in forward ({type(value).__name__}), not constant ints: "
+                                    "a graph holds its pooling geometry; compute it in __init__")
     values = (value,) * sdims if isinstance(value, int) else tuple(value)
     if len(values) == 1 and sdims > 1:
         values = values * sdims

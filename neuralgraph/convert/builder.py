@@ -58,6 +58,16 @@ class Val:
     def channels(self) -> int:
         return 0 if self.nodes is None else self.nodes.numel()
 
+    @property
+    def what(self) -> str:
+        """The value's kind in words, for messages."""
+        return _KIND_WORDS.get(self.kind, f"a {self.kind} value")
+
+
+_KIND_WORDS = {"map": "a feature map (channels at dim 1)", "flat": "a flattened feature map", "input": "a model input",
+               "vec": "a vector, channel-last map or token sequence (features on the last dim)",
+               "index": "embedding indices", "attention": "an attention intermediate"}
+
 
 @dataclass
 class Param:

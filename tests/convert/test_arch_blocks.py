@@ -319,7 +319,7 @@ def test_features_viewed_as_a_map_are_not_read_by_a_convolution():
         def forward(self, x):
             return self.conv(self.fc(x).view(x.size(0), 4, 1, 1).expand(-1, -1, 3, 3)).flatten(1)
 
-    with pytest.raises(UnsupportedModuleError, match="expands a vec value|needs a feature map input"):
+    with pytest.raises(UnsupportedModuleError, match="expands a vector, channel-last map|needs a feature map input"):
         to_neural_graph(ConvOnFeatures(), example_input=torch.randn(2, 3))
 
 

@@ -396,7 +396,7 @@ def test_a_channel_linear_is_a_1x1_convolution():
 
 
 @pytest.mark.parametrize("forward,match", [
-    (lambda s, x: s.conv(x).permute(0, 3, 2, 1), r"permutes the dims of a map value to \(0, 3, 2, 1\)"),
+    (lambda s, x: s.conv(x).permute(0, 3, 2, 1), r"permutes the dims of a feature map \(channels at dim 1\) to \(0, 3, 2, 1\)"),
     (lambda s, x: s.conv(x) * s.p, r"parameter 'p' of shape \(2, 4, 4\)"),
     (lambda s, x: s.conv(x) * s.p.sum(0), r"computes 'sum' on parameter 'p'"),
 ])
@@ -485,7 +485,7 @@ def test_split_with_sizes_and_unsupported_splits():
             a, b = torch.split(self.conv(x), [2, 3], dim=self.dim)
             return self.fc(torch.relu(b).mean((2, 3))) + a.mean((2, 3)).sum(1, keepdim=True)
 
-    with pytest.raises(UnsupportedModuleError, match=r"splits dim 2 of a map value"):
+    with pytest.raises(UnsupportedModuleError, match=r"splits dim 2 of a feature map"):
         to_neural_graph(Split(2))
 
 

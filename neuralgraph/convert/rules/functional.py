@@ -110,7 +110,7 @@ def per_channel(ctx, node, v: Val, p: Param, what: str) -> tuple[str, torch.Tens
     else:
         ok = len(shape) == 1 and shape[0] == c
     if not ok:
-        raise ctx.unsupported(node, f"{what} of a {c}-channel {v.kind} value by parameter {p.name!r} of shape "
+        raise ctx.unsupported(node, f"{what} of {v.what} with {c} channels by parameter {p.name!r} of shape "
                                     f"{p.shape}: only one value per channel (shape [C, 1, 1] for a map, [C] for "
                                     "features) or one for all ([1]) can be stored on the graph")
     return p.name, torch.arange(c)
@@ -184,7 +184,7 @@ def product(ctx, node, a: Val, b: Val) -> Val:
                                     "gate) or with a one-channel value is supported")
     kinds = {a.kind, b.kind}
     if len(kinds) > 1 and kinds != {"map", "vec"}:
-        raise ctx.unsupported(node, f"multiplies a {a.kind} value and a {b.kind} value")
+        raise ctx.unsupported(node, f"multiplies {a.what} and {b.what}")
     c = max(a.channels, b.channels)
     out = bld.add_nodes(c, bld.next_layer(a.nodes, b.nodes))
     for v in (a, b):
@@ -265,7 +265,7 @@ def add(ctx, node, a, b, sign: float = 1.0, **kwargs) -> Val:
         raise ctx.unsupported(node, f"adds values with {a.channels} and {b.channels} channels; slice both "
                                     "to the joined channels first (x[:, :m] + y[:, :m])")
     if a.kind != b.kind and "flat" not in (a.kind, b.kind):
-        raise ctx.unsupported(node, f"adds a {a.kind} value and a {b.kind} value")
+        raise ctx.unsupported(node, f"adds {a.what} and {b.what}")
     if a.channels != b.channels:  # a one-channel value broadcast over the other's channels (x - x.mean(1, True))
         c = max(a.channels, b.channels)
         out = bld.add_nodes(c, bld.next_layer(a.nodes, b.nodes))
@@ -304,7 +304,7 @@ def _channel_dim(ctx, node, v: Val, dim: int, rank: int | None = None) -> None:
     else:
         ok = dim == 1 or (v.kind in ("vec", "flat") and dim == -1)
     if not ok:
-        raise ctx.unsupported(node, f"operates on dim {dim} of a {v.kind} value; only the channel / "
+        raise ctx.unsupported(node, f"operates on dim {dim} of {v.what}; only the channel / "
                                     "feature dim (1 for maps, the last one for features) is supported")
 
 
@@ -443,7 +443,7 @@ def _unflatten(ctx, node, x: Val, dim: int, sizes) -> Val:
     positions laid out as a map (:func:`~.layout.respaced`)."""
     moved = layout.respaced(ctx, node, ctx.materialize(node, node.all_input_nodes[0], x), ctx.shape(node))
     if moved is None:
-        raise ctx.unsupported(node, f"unflatten({dim}, {sizes!r}) of a {x.kind} value is not supported; only "
+        raise ctx.unsupported(node, f"unflatten({dim}, {sizes!r}) of {x.what} is not supported; only "
                                     "splitting the positions of a map or token sequence into a map is (shapes "
                                     "known: pass example_input=...)")
     return moved
@@ -530,7 +530,7 @@ def _local_pool(ctx, node, x: Val, kind: str, kernel_size, stride=None, padding=
     """A max / avg pooling over windows: recorded on the neurons with its geometry (``node_window``)."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     if x.kind != "map":
-        raise ctx.unsupported(node, f"{kind} pooling of a {x.kind} value is not supported; pool feature maps")
+        raise ctx.unsupported(node, f"{kind} pooling of {x.what} is not supported; pool feature maps")
     if return_indices:
         raise ctx.unsupported(node, "return_indices=True returns the argmax positions, which a neural graph cannot "
                                     "represent; pool without return_indices")
@@ -552,7 +552,7 @@ def _adaptive_pool(ctx, node, x: Val, kind: str, output_size) -> Val:
     """Adaptive pooling: to one position a global pooling, else recorded with its output size."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     if x.kind != "map":
-        raise ctx.unsupported(node, f"pooling a {x.kind} value is not supported; pool feature maps")
+        raise ctx.unsupported(node, f"pooling {x.what} is not supported; pool feature maps")
     sd, dims = x.sdims, len(ctx.config.max_kernel)
     sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * sd
     if None in sizes:  # None keeps that input size

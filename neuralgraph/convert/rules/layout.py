@@ -48,7 +48,7 @@ def _move(ctx, node, x: Val, dims: tuple[int, ...]) -> Val:
         return Val(x.nodes, "vec", 0, x.positions)
     if x.kind == "vec" and n >= 3 and dims == (0, n - 1) + tuple(range(1, n - 1)):
         return Val(x.nodes, "map", n - 2, x.positions)
-    raise ctx.unsupported(node, f"permutes the dims of a {x.kind} value to {dims}; only moving the channel dim to "
+    raise ctx.unsupported(node, f"permutes the dims of {x.what} to {dims}; only moving the channel dim to "
                                 "the end (x.permute(0, 2, 3, 1), a channel-last map or a token sequence) or back "
                                 "is supported: other permutations (spatial windows, the batch) move values "
                                 "between positions, which a neural graph does not record")
@@ -152,7 +152,7 @@ def _unsqueeze(ctx, node, x: Val, dim: int) -> Val:
     shape = ctx.shape(node.all_input_nodes[0])
     rank = len(shape) if shape is not None else 2
     if not _features(ctx, node.all_input_nodes[0], x) or not isinstance(dim, int) or dim % (rank + 1) != rank:
-        raise ctx.unsupported(node, f"unsqueeze({dim}) of a {x.kind} value is not supported; only adding trailing "
+        raise ctx.unsupported(node, f"unsqueeze({dim}) of {x.what} is not supported; only adding trailing "
                                     "size-1 dims to [B, C] features (a gate viewed as [B, C, 1, 1]) is")
     return Val(x.nodes, "vec")
 
@@ -164,7 +164,7 @@ def _expand(ctx, node, x: Val, *sizes) -> Val:
     is refused."""
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     if not _features(ctx, node.all_input_nodes[0], x):
-        raise ctx.unsupported(node, f"expands a {x.kind} value; only [B, C, 1, 1] features (a gate) can be "
+        raise ctx.unsupported(node, f"expands {x.what}; only [B, C, 1, 1] features (a gate) can be "
                                     "expanded, for a product that broadcasts them anyway")
     return Val(x.nodes, "vec")
 
@@ -219,7 +219,7 @@ def _split(ctx, node, x: Val, split, dim: int, chunks: bool) -> tuple[Val, ...]:
     rank = len(shape) if shape is not None else (2 + x.sdims if x.kind == "map" else None)
     channel = dim == 1 if x.kind == "map" else (dim == -1 or (rank is not None and dim == rank - 1))
     if not channel:
-        raise ctx.unsupported(node, f"splits dim {dim} of a {x.kind} value; only the channel / feature dim (1 for "
+        raise ctx.unsupported(node, f"splits dim {dim} of {x.what}; only the channel / feature dim (1 for "
                                     "maps, the last one for features) is supported")
     out, start = [], 0
     for size in _sizes(ctx, node, x, split, dim, chunks):

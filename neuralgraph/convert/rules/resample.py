@@ -33,7 +33,7 @@ def _lead(ctx, sdims: int) -> int:
 def _map(ctx, node, x: Val, what: str) -> Val:
     x = ctx.materialize(node, node.all_input_nodes[0], x)
     if x.kind != "map":
-        raise ctx.unsupported(node, f"{what} of a {x.kind} value is not supported; it acts on feature maps")
+        raise ctx.unsupported(node, f"{what} of {x.what} is not supported; it acts on channel-first feature maps")
     if x.sdims > len(ctx.config.max_kernel):
         raise ctx.unsupported(node, f"a {x.sdims}-d {what} needs a max_kernel with {x.sdims} dims; convert with "
                                     f"max_kernel={(3,) * x.sdims}")

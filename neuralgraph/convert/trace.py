@@ -1,6 +1,7 @@
 """Discover a module's dataflow with ``torch.fx`` and walk it, calling one rule per operation."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -206,7 +207,8 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> tuple[fx.Graph, boo
             f"to_neural_graph(nn.Sequential(layer)) for a one-input layer")
     constants, sized = _constant_defaults(model), False
     try:
-        graph = tracer.trace(model, concrete_args=constants)
+        with _containers_kept(model):
+            graph = tracer.trace(model, concrete_args=constants)
     except Exception as err:  # noqa: BLE001 - re-raised with the culprit named
         graph, again = _shape_trace(model, example_input, constants)
         if graph is None:
@@ -232,6 +234,26 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> tuple[fx.Graph, boo
     return graph, sized
 
 
+@contextlib.contextmanager
+def _containers_kept(model: nn.Module):
+    """Trace without leaving traces: a forward that fills a cache on its module (timm's eval-mode attention bias
+    cache keyed by ``str(x.device)``) would store proxies in the user's model, and a second trace would read them
+    back. The dicts, lists and sets in the modules' attributes get their contents back afterwards."""
+    kept = [(v, list(v.items()) if isinstance(v, dict) else list(v)) for m in model.modules()
+            for k, v in vars(m).items() if not k.startswith("_") and type(v) in (dict, list, set)]
+    try:
+        yield
+    finally:
+        for v, items in kept:
+            v.clear()
+            if isinstance(v, dict):
+                v.update(items)
+            elif isinstance(v, list):
+                v.extend(items)
+            else:
+                v.update(items)
+
+
 def _shape_trace(model: nn.Module, example_input: Any,
                  constants: dict[str, Any] | None) -> tuple[fx.Graph | None, str | None]:
     """``model`` traced with ``example_input``'s sizes as numbers (:class:`_ShapeTracer`); ``(None, why)`` if there
@@ -245,7 +267,7 @@ def _shape_trace(model: nn.Module, example_input: Any,
 
     def trace(batch: int) -> fx.Graph:
         meta = {n: t.new_empty((batch, *t.shape[1:]), device="meta") for n, t in zip(names, inputs)}
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _containers_kept(model):
             warnings.simplefilter("ignore")  # "could not compute metadata": that value's sizes stay symbolic
             return _ShapeTracer().trace(model, meta, concrete_args=constants)
 

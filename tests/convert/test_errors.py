@@ -222,3 +222,27 @@ def test_a_wrapped_function_editing_its_list_argument_runs_in_the_shape_pass():
     model expects"), so the refusal names the real cause: a pooling window computed from sizes in forward."""
     with pytest.raises(UnsupportedModuleError, match="pooling kernel_size is computed in forward"):
         to_neural_graph(SizedPool().eval(), example_input=torch.randn(2, 3, 4, 4))
+
+
+class CachedBias(nn.Module):
+    """timm EfficientViT (MSRA) / LeViT: an eval-mode cache keyed by ``str(x.device)`` filled in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bias, self.cache = nn.Linear(4, 4), nn.Parameter(torch.randn(4)), {}
+        self.register_buffer("idx", torch.tensor([1, 0, 3, 2]), persistent=False)
+
+    def forward(self, x):
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.bias[self.idx]
+        return self.fc(x) + self.cache[key]
+
+
+def test_tracing_leaves_no_proxies_in_the_users_model():
+    """The symbolic trace stored an fx Proxy under the key 'Proxy(...)' in the model's cache (and a second trace
+    read it back); the conversion's refusal must leave the model as an eager forward would."""
+    m = CachedBias().eval()
+    with pytest.raises(UnsupportedModuleError, match="'getitem' on parameter 'bias'"):
+        to_neural_graph(m, example_input=torch.randn(2, 4))
+    assert all(isinstance(v, torch.Tensor) for v in m.cache.values()) and list(m.cache) in ([], ["cpu"])

@@ -42,13 +42,13 @@ def shifted_window_attention(input, qkv_weight, proj_weight, relative_position_b
     ph, pw = h + (-h) % wh, w + (-w) % ww
     x = F.pad(input, (0, 0, 0, pw - w, 0, ph - h))
     shift = [0 if wh >= ph else shift_size[0], 0 if ww >= pw else shift_size[1]]
-    if any(shift):
+    if sum(shift) > 0:  # as torchvision: no roll, no mask unless the shifts sum above 0
         x = x.roll((-shift[0], -shift[1]), (1, 2))
     nh, nw = ph // wh, pw // ww
     win = x.reshape(b, nh, wh, nw, ww, c).transpose(2, 3).reshape(b * nh * nw, wh * ww, c)
     q, k, v = F.linear(win, qkv_weight, qkv_bias).reshape(win.shape[0], wh * ww, 3, num_heads, d).unbind(2)
     scores = torch.einsum("bihd,bjhd->bhij", q, k) / d ** 0.5 + relative_position_bias
-    if any(shift):
+    if sum(shift) > 0:
         region = torch.zeros(ph, pw)
         for i, rows in enumerate((slice(0, ph - wh), slice(ph - wh, ph - shift[0]), slice(ph - shift[0], ph))):
             for j, cols in enumerate((slice(0, pw - ww), slice(pw - ww, pw - shift[1]), slice(pw - shift[1], pw))):
@@ -59,7 +59,7 @@ def shifted_window_attention(input, qkv_weight, proj_weight, relative_position_b
     out = torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(win.shape[0], wh * ww, c)
     out = F.linear(out, proj_weight, proj_bias)
     out = out.reshape(b, nh, nw, wh, ww, c).transpose(2, 3).reshape(b, ph, pw, c)
-    if any(shift):
+    if sum(shift) > 0:
         out = out.roll(tuple(shift), (1, 2))
     return out[:, :h, :w]
 
@@ -229,3 +229,26 @@ def test_window_attention_refuses_what_it_cannot_represent():
 
     with pytest.raises(UnsupportedModuleError, match="Swin V2"):
         to_neural_graph(nn.Sequential(nn.Linear(4, 4), V2(4, (3, 3), (0, 0), 2)), example_input=torch.randn(1, 3, 3, 4))
+
+
+@pytest.mark.parametrize("shift", [(1, -1), (-1, -1), (0, -2)], ids=["sum-zero", "both-negative", "one-negative"])
+def test_shifts_summing_to_at_most_zero_do_not_shift(shift):
+    """torchvision rolls and masks only when the shifts sum above 0: negative shifts that do not are no shift at
+    all, and the graph must not roll the map either."""
+    m = _randomized(WindowAttention(4, (2, 2), shift, 2))
+    x = torch.randn(2, 6, 8, 4)
+    g = to_neural_graph(nn.Sequential(m), example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)
+        unshifted = copy.deepcopy(m)
+        unshifted.shift_size = [0, 0]
+        torch.testing.assert_close(m(x), unshifted(x))
+
+
+@pytest.mark.parametrize("shift", [(2, -1), (7, 1), (1, 9)], ids=["negative", "beyond-rows", "beyond-cols"])
+def test_shifts_whose_mask_is_not_swins_are_refused(shift):
+    """A negative shift (with a positive sum) or one beyond the padded map: torchvision's mask slices then are
+    not the regions of the rolled map, which is all a graph's window geometry holds."""
+    m = _randomized(WindowAttention(4, (2, 2), shift, 2))
+    with pytest.raises(UnsupportedModuleError, match=r"shift .* on a 6 x 8 \(padded\) map"):
+        to_neural_graph(nn.Sequential(m), example_input=torch.randn(2, 6, 8, 4))

@@ -11,7 +11,8 @@ torchvision's ``ShiftedWindowAttention`` and ``PatchMerging`` call three module-
   from the packed ``qkv`` projection, the output projection as a linear layer), plus per key -> query offset one
   **offset constant neuron** (role virtual, constant 1) with a ``window_bias`` edge into each virtual head neuron
   carrying ``table[offset, head]``; the edges' geometry (:func:`~neuralgraph.data.graph.window_geometry`) holds the
-  offset, the window, the shift torchvision applies at this map size (none along a dim the window covers) and the
+  offset, the window, the shift torchvision applies at this map size (none along a dim the window covers, none
+  at all if the shifts sum to 0 or less; a negative shift or one beyond the map otherwise is refused) and the
   map size. The executor pads the map to whole windows, rolls it by ``-shift``, attends within each window with the
   bias and Swin's -100 mask between the rolled regions, and rolls back (the padded positions take part as keys
   with their projection biases, as in torchvision).
@@ -124,6 +125,12 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
     pad_h, pad_w = -h % window[0] + h, -w % window[1] + w
     shift = tuple(0 if win >= padded else int(s)
                   for win, padded, s in zip(window, (pad_h, pad_w), a.get("shift_size") or (0, 0)))
+    if sum(shift) <= 0:
+        shift = (0, 0)  # torchvision rolls and masks only when the shifts sum to more than 0
+    elif any(s < 0 or s > padded for s, padded in zip(shift, (pad_h, pad_w))):
+        raise ctx.unsupported(node, f"shift {list(a['shift_size'])} on a {pad_h} x {pad_w} (padded) map: torchvision's "
+                                    "mask of a negative shift, or one beyond the map, is not the shifted-window mask "
+                                    "(regions of the rolled map); shifts in [0, map size] convert")
     b.register_param(bias.table.name, tuple(bias.table.shape))
     layer = b.layer[int(virtual[0])] - 1
     wh, ww = window

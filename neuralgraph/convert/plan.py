@@ -546,6 +546,13 @@ class ConversionPlan:
             wrong.append("edge_index connects other nodes")
         if graph.num_nodes != self.num_nodes:
             wrong.append(f"num_nodes is {graph.num_nodes}, not {self.num_nodes}")
+        if not wrong:  # the same shape and edges, but neurons / edges of other kinds or geometry (a convolution's
+            # stride, a window attention's shift): a graph of another architecture that has this one's shape
+            for k, want_k in self.categories.items():
+                got = getattr(graph, k, None)
+                if isinstance(got, Tensor) and (got.shape != want_k.shape or not torch.equal(got.cpu().to(
+                        want_k.dtype), want_k)):
+                    wrong.append(f"{k} differs")
         if wrong:
             raise ValueError(f"the graph does not belong to this architecture/configuration (the template model's "
                              f"graphs have {self.num_nodes} nodes x {self.config.node_dim}, {self.num_edges} edges x "

@@ -252,3 +252,21 @@ def test_shifts_whose_mask_is_not_swins_are_refused(shift):
     m = _randomized(WindowAttention(4, (2, 2), shift, 2))
     with pytest.raises(UnsupportedModuleError, match=r"shift .* on a 6 x 8 \(padded\) map"):
         to_neural_graph(nn.Sequential(m), example_input=torch.randn(2, 6, 8, 4))
+
+
+def test_a_graph_is_not_read_back_into_a_model_of_another_shift_or_stride():
+    """Two architectures whose graphs have the same nodes and edges but other edge geometry (a window attention's
+    shift, a convolution's stride): reading one's graph into the other would give a module computing another
+    function than the graph, so it is refused, naming the field."""
+    m = _randomized(WindowAttention(4, (2, 2), (0, 0), 2))
+    x = torch.randn(2, 6, 8, 4)
+    g = to_neural_graph(nn.Sequential(m), example_input=x)
+    shifted = copy.deepcopy(m)
+    shifted.shift_size = [1, 1]
+    with pytest.raises(ValueError, match="geometry differs"):
+        from_neural_graph(g, nn.Sequential(_nan_copy(shifted)), example_input=x)
+    assert_state_equal(from_neural_graph(g, nn.Sequential(_nan_copy(m)), example_input=x), nn.Sequential(m))
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3, stride=1), nn.ReLU(), nn.Conv2d(3, 2, 3))
+    strided = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2), nn.ReLU(), nn.Conv2d(3, 2, 3))
+    with pytest.raises(ValueError, match="geometry differs"):
+        from_neural_graph(to_neural_graph(conv), strided)

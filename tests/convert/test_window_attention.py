@@ -270,3 +270,15 @@ def test_a_graph_is_not_read_back_into_a_model_of_another_shift_or_stride():
     strided = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2), nn.ReLU(), nn.Conv2d(3, 2, 3))
     with pytest.raises(ValueError, match="geometry differs"):
         from_neural_graph(to_neural_graph(conv), strided)
+
+
+def test_patch_merging_holds_at_every_map_size():
+    """Patch merging's graph does not depend on the parity of the map it was converted at (review finding: a
+    graph converted at an even width dropped the last column of an odd one, returning a narrower map)."""
+    m = _randomized(nn.Sequential(PatchMerging(4)))
+    for traced in ((5, 6), (6, 5)):
+        g = to_neural_graph(m, example_input=torch.randn(2, *traced, 4))
+        for size in ((5, 6), (6, 5), (5, 5), (6, 6), (1, 3), (7, 4)):
+            x = torch.randn(2, *size, 4)
+            with torch.no_grad():
+                torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)

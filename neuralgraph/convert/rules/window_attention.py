@@ -18,7 +18,8 @@ torchvision's ``ShiftedWindowAttention`` and ``PatchMerging`` call three module-
   with their projection biases, as in torchvision).
 * ``_patch_merging_pad(x)``: the 2 x 2 neighbourhoods of a channel-last map as ``4 C`` channels (zero-padded to
   an even size), channel ``k * C + c`` the position ``(k % 2, k // 2)`` of each neighbourhood of channel ``c``:
-  one ``subsample`` edge per new channel (stride 2), as ``nn.PixelUnshuffle``.
+  one ``subsample`` edge per new channel (stride 2, one zero of padding read only past an odd size: the same edges
+  at every map size), as ``nn.PixelUnshuffle``.
 
 Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused by name.
 """
@@ -155,9 +156,9 @@ def _patch_merging_pad(ctx, node, x: Val) -> Val:
     src = ctx.as_features(node, x, c)
     b = ctx.builder
     new = b.add_nodes(4 * c, b.next_layer(src)).view(4, c)                          # [k, C]: channel k * C + c
-    pad = tuple(n % 2 for n in shape[1:3])  # an odd size is zero-padded at the bottom / right
     for k, offset in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
-        # stride 2, offset (padding columns) shifted by the zero padding, span 2 (3 with padding)
-        geometry = (2, 2) + tuple(o + p for o, p in zip(offset, pad)) + pad + tuple(2 + p for p in pad)
+        # stride 2, offset shifted by one zero of padding, span 3: ceil(n / 2) positions reading 2 o + offset, the
+        # padding read only past the bottom / right of an odd size, so the graph holds at every map size
+        geometry = (2, 2) + tuple(o + 1 for o in offset) + (1, 1) + (3, 3)
         b.add_edges(src, new[k], "subsample", geometry=geometry, const=1.0)
     return Val(new.reshape(-1), "vec")

@@ -59,6 +59,14 @@ class Val:
         return 0 if self.nodes is None else self.nodes.numel()
 
 
+class HandedOn:
+    """A rule's result that is no neuron value but an input of one other function's rule (Swin's relative position
+    bias, read by its window attention). The tracer refuses any other operation on it; subclasses set ``reader``,
+    that function's qualified name."""
+
+    reader: str = ""
+
+
 @dataclass
 class Param:
     """A parameter or floating buffer of the module read directly in forward (an fx ``get_attr`` node, e.g. a

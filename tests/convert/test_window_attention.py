@@ -282,3 +282,23 @@ def test_patch_merging_holds_at_every_map_size():
             x = torch.randn(2, *size, 4)
             with torch.no_grad():
                 torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use", ["method", "add", "slice"])
+def test_the_relative_position_bias_read_by_another_operation_is_refused(use):
+    """The gathered bias table is handed to the window attention only; another operation on it is refused
+    (review finding: ``bias.mean()`` crashed with an AttributeError inside the tracer)."""
+
+    class Misused(WindowAttention):
+        def forward(self, x):
+            bias = _get_relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                               self.window_size)
+            if use == "method":
+                return self.proj(x) + bias.mean()
+            if use == "add":
+                return self.proj(x) + bias
+            return shifted_window_attention(x, self.qkv.weight, self.proj.weight, bias[:, :, :, :], self.window_size,
+                                            self.num_heads, self.shift_size, training=False)
+
+    with pytest.raises(UnsupportedModuleError, match="reads a RelativeBias, which only .*shifted_window_attention"):
+        to_neural_graph(_randomized(Misused(4, (2, 2), (1, 1), 2)), example_input=torch.randn(2, 2, 4, 4))

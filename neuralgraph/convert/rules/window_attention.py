@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralgraph.convert.builder import Param, Val
+from neuralgraph.convert.builder import HandedOn, Param, Val
 from neuralgraph.convert.registry import function_rule, reads_params_only, takes_params
 from neuralgraph.convert.rules.attention import Projection, attention_heads
 from neuralgraph.convert.rules.linear import linear
@@ -40,12 +40,13 @@ _SWIN = "torchvision.models.swin_transformer."
 
 
 @dataclass
-class RelativeBias:
+class RelativeBias(HandedOn):
     """A relative position bias table read by a window attention: ``table`` (a ``[(2wh - 1)(2ww - 1), heads]``
     parameter) for windows of ``window``."""
 
     table: Param
     window: tuple[int, int]
+    reader = _SWIN + "shifted_window_attention"
 
 
 def relative_position_index(window: tuple[int, int]) -> torch.Tensor:

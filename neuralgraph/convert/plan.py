@@ -686,6 +686,12 @@ def _input_key(example_input: Any) -> Any:
 _PLANS: "OrderedDict[tuple, ConversionPlan]" = OrderedDict()
 
 
+def _guards_hold(plan: ConversionPlan, model: nn.Module) -> bool:
+    """Whether ``model``'s buffers that ``plan``'s rules read as structure (an index table) hold the values the plan
+    was traced with (a template whose buffers differ computes another function than the plan's graphs)."""
+    return all(torch.equal(model.get_buffer(n).cpu(), v) for n, v in plan.guards.items())
+
+
 def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
     _require_module(model)
@@ -694,7 +700,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     arch = architecture_key(model)
     key = (arch, _input_key(example_input), cfg, activations.VERSION)
     plan = _PLANS.get(key)
-    if plan is not None and not all(torch.equal(model.get_buffer(n).cpu(), v) for n, v in plan.guards.items()):
+    if plan is not None and not _guards_hold(plan, model):
         plan = None  # a buffer its rules read as structure (an index table) differs: trace this model anew
     if plan is None:
         tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
@@ -830,7 +836,8 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
         arch = architecture_key(model)
         for (a, _, _, version), cand in reversed(_PLANS.items()):
             if a == arch and version == activations.VERSION and cand.num_nodes == graph.num_nodes \
-                    and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1):
+                    and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1) \
+                    and _guards_hold(cand, model):
                 return cand
     return get_plan(model, example_input, _read_only=True, **config)
 

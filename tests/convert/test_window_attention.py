@@ -302,3 +302,19 @@ def test_the_relative_position_bias_read_by_another_operation_is_refused(use):
 
     with pytest.raises(UnsupportedModuleError, match="reads a RelativeBias, which only .*shifted_window_attention"):
         to_neural_graph(_randomized(Misused(4, (2, 2), (1, 1), 2)), example_input=torch.randn(2, 2, 4, 4))
+
+
+def test_a_graph_is_not_read_back_into_a_template_whose_index_differs():
+    """The relative position index is an integer buffer: the graph does not hold it and the read-back module keeps
+    the template's. A template whose index is not the one the graph was converted with must not be found by the
+    cached plan of its architecture (review finding: without example_input it was, and the module read back
+    computed another function than the graph)."""
+    m = nn.Sequential(_randomized(WindowAttention(4, (2, 2), (1, 1), 2)))
+    x = torch.randn(2, 4, 6, 4)
+    g = to_neural_graph(m, example_input=x)
+    bad = _nan_copy(m)
+    bad[0].relative_position_index = swin_index((2, 2)).flip(0)
+    for example in (None, x):
+        with pytest.raises(UnsupportedModuleError, match="relative position index .* is not Swin's"):
+            from_neural_graph(g, bad, example_input=example)
+    assert_state_equal(from_neural_graph(g, _nan_copy(m)), m)

@@ -238,7 +238,9 @@ class _Run:
         if n_in != len(cols):
             where = "the last dim (token sequences)" if self.tokens else "dim 1 (channels)"
             hint = "; for [B, T, d] token sequences pass tokens=True" if not (self.tokens or self.maps_in) and any(
-                t.dim() >= 3 for t in self.xs) and sum(t.size(-1) for t in self.xs) == n_in else ""
+                t.dim() >= 3 for t in self.xs) and sum(t.size(-1) for t in self.xs) == n_in else \
+                "; for [B, C, *S] maps (channels at dim 1) pass tokens=False" if self.tokens and any(
+                    t.dim() >= 3 for t in self.xs) and sum(t.size(1) for t in self.xs) == n_in else ""
             raise ValueError(f"execute: the graph has {n_in} input channels, the input "
                              f"{[tuple(t.shape) for t in self.xs]} has {len(cols)} along {where}{hint}")
         dims = len(self.mk)

@@ -318,3 +318,25 @@ def test_a_graph_is_not_read_back_into_a_template_whose_index_differs():
         with pytest.raises(UnsupportedModuleError, match="relative position index .* is not Swin's"):
             from_neural_graph(g, bad, example_input=example)
     assert_state_equal(from_neural_graph(g, _nan_copy(m)), m)
+
+
+def test_a_map_input_permuted_channel_last_inside_the_module_is_executed_with_tokens_false():
+    """A window attention reading the model's [B, C, H, W] input permuted channel-last: execute guesses token
+    sequences (an attention graph whose inputs no map edge reads); the error says to pass tokens=False, which
+    reproduces the module (its output channel-first, as execute stacks outputs of maps)."""
+
+    class FromMap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.head = WindowAttention(4, (2, 3), (1, 1), 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.attn(x.permute(0, 2, 3, 1)))
+
+    m = _randomized(FromMap())
+    x = torch.randn(2, 4, 5, 6)
+    g = to_neural_graph(m, example_input=x)
+    with pytest.raises(ValueError, match="pass tokens=False"):
+        execute(g, x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=False), m(x).permute(0, 3, 1, 2), atol=1e-5, rtol=1e-4)

@@ -21,7 +21,8 @@ torchvision's ``ShiftedWindowAttention`` and ``PatchMerging`` call three module-
   one ``subsample`` edge per new channel (stride 2, one zero of padding read only past an odd size: the same edges
   at every map size), as ``nn.PixelUnshuffle``.
 
-Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused by name.
+Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused: a call with a logit
+scale by name (torchvision's ``swin_v2_*`` already at its bias MLP, a Linear computing on a parameter table).
 """
 from __future__ import annotations
 

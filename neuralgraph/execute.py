@@ -640,12 +640,13 @@ class _Run:
             t = torch.roll(t, (-shift[0], -shift[1]), (2, 3)) if any(shift) else t
             windows.append(t.view(d, b, nh, wh, nw, ww).permute(1, 2, 4, 3, 5, 0).reshape(b, nh * nw, n, d))
         q, k, v = windows                                                             # [B, nW, N, d]
-        y, x = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        y, x = torch.meshgrid(torch.arange(wh, device=table.device), torch.arange(ww, device=table.device),
+                              indexing="ij")
         y, x = y.reshape(-1), x.reshape(-1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(d) + table[y[:, None] - y[None, :] + wh - 1,
                                                                  x[:, None] - x[None, :] + ww - 1]
         if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
-            region = torch.zeros(ph, pw, dtype=torch.long)
+            region = torch.zeros(ph, pw, dtype=torch.long, device=scores.device)
             cuts = [((0, ph - wh), (ph - wh, ph - shift[0]), (ph - shift[0], ph)),
                     ((0, pw - ww), (pw - ww, pw - shift[1]), (pw - shift[1], pw))]
             for i, (a0, a1) in enumerate(cuts[0]):

@@ -340,3 +340,13 @@ def test_a_map_input_permuted_channel_last_inside_the_module_is_executed_with_to
         execute(g, x)
     with torch.no_grad():
         torch.testing.assert_close(execute(g, x, tokens=False), m(x).permute(0, 3, 1, 2), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_window_attention_executes_on_the_graphs_device():
+    """The shifted-window mask and the bias lookup are built on the device of the graph and the input."""
+    m = _randomized(TinySwin())
+    x = torch.randn(2, 3, 20, 16)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g.to("cuda"), x.cuda()).cpu(), m(x), atol=1e-4, rtol=1e-4)

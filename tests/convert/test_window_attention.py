@@ -210,6 +210,8 @@ def test_window_attention_refuses_what_it_cannot_represent():
         execute(g, torch.randn(2, 3, 20, 20))
     with pytest.raises(UnsupportedModuleError, match="2-d max_kernel"):
         to_neural_graph(m, example_input=x, max_kernel=(3,))
+    with pytest.raises(UnsupportedModuleError, match="at least 3 edge features"):  # was "needs a 2-d max_kernel"
+        to_neural_graph(m, example_input=x, max_kernel=(1, 1))
     odd = _randomized(TinySwin())
     odd.blocks[0].attn.relative_position_index = swin_index((3, 3)).flip(0)
     with pytest.raises(UnsupportedModuleError, match="relative position index .* is not Swin's"):

@@ -104,7 +104,7 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
     if shape is None or len(shape) != 4:
         raise ctx.unsupported(node, "window attention needs the traced [B, H, W, C] shape of its input; pass "
                                     "example_input=... to to_neural_graph")
-    if len(ctx.config.max_kernel) != 2 or ctx.config.edge_dim < 3:
+    if len(ctx.config.max_kernel) != 2:  # (too few taps for q, k, v: attention_heads says so)
         raise ctx.unsupported(node, f"window attention needs a 2-d max_kernel (its edges' geometry holds a 2-d "
                                     f"window), got max_kernel={ctx.config.max_kernel}")
     _, h, w, c = shape

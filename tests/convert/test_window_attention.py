@@ -352,3 +352,18 @@ def test_window_attention_executes_on_the_graphs_device():
     g = to_neural_graph(m, example_input=x)
     with torch.no_grad():
         torch.testing.assert_close(execute(g.to("cuda"), x.cuda()).cpu(), m(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_window_computed_from_the_input_size_is_refused():
+    """A window / shift computed from the input's sizes is symbolic in the trace (review finding: int() of it
+    crashed with a TypeError); the graph holds numbers, so it is refused naming the argument."""
+
+    class SizedWindow(WindowAttention):
+        def forward(self, x):
+            bias = _get_relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                               self.window_size)
+            return shifted_window_attention(x, self.qkv.weight, self.proj.weight, bias, [2, x.shape[2] // 3],
+                                            self.num_heads, [1, 1], training=False)
+
+    with pytest.raises(UnsupportedModuleError, match=r"window_size \[2, Sym\(\)\] is computed from the input's"):
+        to_neural_graph(_randomized(SizedWindow(4, (2, 2), (1, 1), 2)), example_input=torch.randn(2, 4, 6, 4))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralgraph.convert.builder import HandedOn, Param, Val
+from neuralgraph.convert.builder import HandedOn, Param, Sym, Val
 from neuralgraph.convert.registry import function_rule, reads_params_only, takes_params
 from neuralgraph.convert.rules.attention import Projection, attention_heads
 from neuralgraph.convert.rules.linear import linear
@@ -50,6 +50,15 @@ class RelativeBias(HandedOn):
     reader = _SWIN + "shifted_window_attention"
 
 
+def _numbers(ctx, node, **values) -> None:
+    """Refuse window sizes, shifts or head counts that are not numbers at conversion (computed from the input's
+    sizes in a symbolic trace): the graph holds them as numbers."""
+    for name, v in values.items():
+        if any(isinstance(i, Sym) for i in (v if isinstance(v, (list, tuple)) else [v])):
+            raise ctx.unsupported(node, f"{name} {v} is computed from the input's sizes; a window attention's graph "
+                                        "holds its window, shift and heads as numbers: pass them as constants")
+
+
 def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
     """Swin's relative position index of a window: for query ``i`` and key ``j`` (row-major positions), the table
     row of the offset ``pos(i) - pos(j)``: ``(dy + wh - 1) * (2 ww - 1) + dx + ww - 1``; ``[N * N]``."""
@@ -65,6 +74,7 @@ def _relative_position_bias(ctx, node, table, index, window_size) -> RelativeBia
     if not isinstance(table, Param) or not isinstance(index, Param):
         raise ctx.unsupported(node, "the relative position bias table and index must be the module's parameter and "
                                     "buffer")
+    _numbers(ctx, node, window_size=window_size)
     window = tuple(int(w) for w in window_size)
     expected = relative_position_index(window)
     got = ctx.root.get_buffer(index.name)
@@ -92,6 +102,7 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
                                     "has no graph; Swin V1 converts")
     if a.get("training") and (a.get("attention_dropout", 0.0) or a.get("dropout", 0.0)):
         raise ctx.unsupported(node, "window attention with dropout in training mode is random; call model.eval()")
+    _numbers(ctx, node, window_size=a.get("window_size"), num_heads=a.get("num_heads"), shift_size=a.get("shift_size"))
     x, bias = a["input"], a["relative_position_bias"]
     params = [a.get(k) for k in ("qkv_weight", "proj_weight")]
     optional = [a.get(k) for k in ("qkv_bias", "proj_bias")]

@@ -238,7 +238,9 @@ class _Run:
         if n_in != len(cols):
             where = "the last dim (token sequences)" if self.tokens else "dim 1 (channels)"
             hint = "; for [B, T, d] token sequences pass tokens=True" if not (self.tokens or self.maps_in) and any(
-                t.dim() >= 3 for t in self.xs) and sum(t.size(-1) for t in self.xs) == n_in else ""
+                t.dim() >= 3 for t in self.xs) and sum(t.size(-1) for t in self.xs) == n_in else \
+                "; for [B, C, *S] maps (channels at dim 1) pass tokens=False" if self.tokens and any(
+                    t.dim() >= 3 for t in self.xs) and sum(t.size(1) for t in self.xs) == n_in else ""
             raise ValueError(f"execute: the graph has {n_in} input channels, the input "
                              f"{[tuple(t.shape) for t in self.xs]} has {len(cols)} along {where}{hint}")
         dims = len(self.mk)
@@ -641,12 +643,13 @@ class _Run:
             t = torch.roll(t, (-shift[0], -shift[1]), (2, 3)) if any(shift) else t
             windows.append(t.view(d, b, nh, wh, nw, ww).permute(1, 2, 4, 3, 5, 0).reshape(b, nh * nw, n, d))
         q, k, v = windows                                                             # [B, nW, N, d]
-        y, x = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        y, x = torch.meshgrid(torch.arange(wh, device=table.device), torch.arange(ww, device=table.device),
+                              indexing="ij")
         y, x = y.reshape(-1), x.reshape(-1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(d) + table[y[:, None] - y[None, :] + wh - 1,
                                                                  x[:, None] - x[None, :] + ww - 1]
         if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
-            region = torch.zeros(ph, pw, dtype=torch.long)
+            region = torch.zeros(ph, pw, dtype=torch.long, device=scores.device)
             cuts = [((0, ph - wh), (ph - wh, ph - shift[0]), (ph - shift[0], ph)),
                     ((0, pw - ww), (pw - ww, pw - shift[1]), (pw - shift[1], pw))]
             for i, (a0, a1) in enumerate(cuts[0]):

@@ -69,6 +69,14 @@ _KIND_WORDS = {"map": "a feature map (channels at dim 1)", "flat": "a flattened 
                "index": "embedding indices", "attention": "an attention intermediate"}
 
 
+class HandedOn:
+    """A rule's result that is no neuron value but an input of one other function's rule (Swin's relative position
+    bias, read by its window attention). The tracer refuses any other operation on it; subclasses set ``reader``,
+    that function's qualified name."""
+
+    reader: str = ""
+
+
 @dataclass
 class Param:
     """A parameter or floating buffer of the module read directly in forward (an fx ``get_attr`` node, e.g. a

@@ -546,6 +546,13 @@ class ConversionPlan:
             wrong.append("edge_index connects other nodes")
         if graph.num_nodes != self.num_nodes:
             wrong.append(f"num_nodes is {graph.num_nodes}, not {self.num_nodes}")
+        if not wrong:  # the same shape and edges, but neurons / edges of other kinds or geometry (a convolution's
+            # stride, a window attention's shift): a graph of another architecture that has this one's shape
+            for k, want_k in self.categories.items():
+                got = getattr(graph, k, None)
+                if isinstance(got, Tensor) and (got.shape != want_k.shape or not torch.equal(got.cpu().to(
+                        want_k.dtype), want_k)):
+                    wrong.append(f"{k} differs")
         if wrong:
             raise ValueError(f"the graph does not belong to this architecture/configuration (the template model's "
                              f"graphs have {self.num_nodes} nodes x {self.config.node_dim}, {self.num_edges} edges x "
@@ -679,6 +686,12 @@ def _input_key(example_input: Any) -> Any:
 _PLANS: "OrderedDict[tuple, ConversionPlan]" = OrderedDict()
 
 
+def _guards_hold(plan: ConversionPlan, model: nn.Module) -> bool:
+    """Whether ``model``'s buffers that ``plan``'s rules read as structure (an index table) hold the values the plan
+    was traced with (a template whose buffers differ computes another function than the plan's graphs)."""
+    return all(torch.equal(model.get_buffer(n).cpu(), v) for n, v in plan.guards.items())
+
+
 def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
     _require_module(model)
@@ -687,7 +700,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
     arch = architecture_key(model)
     key = (arch, _input_key(example_input), cfg, activations.VERSION)
     plan = _PLANS.get(key)
-    if plan is not None and not all(torch.equal(model.get_buffer(n).cpu(), v) for n, v in plan.guards.items()):
+    if plan is not None and not _guards_hold(plan, model):
         plan = None  # a buffer its rules read as structure (an index table) differs: trace this model anew
     if plan is None:
         tensors = [n for n, _ in model.named_parameters()] + [n for n, b in model.named_buffers()
@@ -823,7 +836,8 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
         arch = architecture_key(model)
         for (a, _, _, version), cand in reversed(_PLANS.items()):
             if a == arch and version == activations.VERSION and cand.num_nodes == graph.num_nodes \
-                    and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1):
+                    and cand.num_edges == graph.edge_index.size(1) and cand.config.edge_dim == graph.edge_attr.size(1) \
+                    and _guards_hold(cand, model):
                 return cand
     return get_plan(model, example_input, _read_only=True, **config)
 

@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from neuralgraph.convert import activations as A
 from neuralgraph.convert import rules  # noqa: F401  (registers every rule)
-from neuralgraph.convert.builder import SYM, GraphBuilder, Param, Sym, Val
+from neuralgraph.convert.builder import SYM, GraphBuilder, HandedOn, Param, Sym, Val
 from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.data.graph import FieldRangeError, compact_field
@@ -736,6 +736,12 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     if claimed is not None:  # part of a pattern a graph pass matched (e.g. hand-written attention)
         return claimed(ctx, node, *args, **kwargs)
     flat = _flatten_args((args, kwargs))
+    handed = next((a for a in flat if isinstance(a, HandedOn)), None)
+    if handed is not None:  # a rule's result for one other function's rule (Swin's relative position bias)
+        op = getattr(node.target, "__qualname__", str(node.target))
+        if node.op != "call_function" or f"{getattr(node.target, '__module__', '')}.{op}" != handed.reader:
+            raise ctx.unsupported(node, f"{node.op} {op!r} reads a {type(handed).__name__}, which only "
+                                        f"{handed.reader} can read (as the module it comes from calls it)")
     has_val = any(isinstance(a, Val) for a in flat)
     params = [a for a in flat if isinstance(a, Param)]
     if params and not has_val:

@@ -42,13 +42,13 @@ def shifted_window_attention(input, qkv_weight, proj_weight, relative_position_b
     ph, pw = h + (-h) % wh, w + (-w) % ww
     x = F.pad(input, (0, 0, 0, pw - w, 0, ph - h))
     shift = [0 if wh >= ph else shift_size[0], 0 if ww >= pw else shift_size[1]]
-    if any(shift):
+    if sum(shift) > 0:  # as torchvision: no roll, no mask unless the shifts sum above 0
         x = x.roll((-shift[0], -shift[1]), (1, 2))
     nh, nw = ph // wh, pw // ww
     win = x.reshape(b, nh, wh, nw, ww, c).transpose(2, 3).reshape(b * nh * nw, wh * ww, c)
     q, k, v = F.linear(win, qkv_weight, qkv_bias).reshape(win.shape[0], wh * ww, 3, num_heads, d).unbind(2)
     scores = torch.einsum("bihd,bjhd->bhij", q, k) / d ** 0.5 + relative_position_bias
-    if any(shift):
+    if sum(shift) > 0:
         region = torch.zeros(ph, pw)
         for i, rows in enumerate((slice(0, ph - wh), slice(ph - wh, ph - shift[0]), slice(ph - shift[0], ph))):
             for j, cols in enumerate((slice(0, pw - ww), slice(pw - ww, pw - shift[1]), slice(pw - shift[1], pw))):
@@ -59,7 +59,7 @@ def shifted_window_attention(input, qkv_weight, proj_weight, relative_position_b
     out = torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(win.shape[0], wh * ww, c)
     out = F.linear(out, proj_weight, proj_bias)
     out = out.reshape(b, nh, nw, wh, ww, c).transpose(2, 3).reshape(b, ph, pw, c)
-    if any(shift):
+    if sum(shift) > 0:
         out = out.roll(tuple(shift), (1, 2))
     return out[:, :h, :w]
 
@@ -210,6 +210,8 @@ def test_window_attention_refuses_what_it_cannot_represent():
         execute(g, torch.randn(2, 3, 20, 20))
     with pytest.raises(UnsupportedModuleError, match="2-d max_kernel"):
         to_neural_graph(m, example_input=x, max_kernel=(3,))
+    with pytest.raises(UnsupportedModuleError, match="at least 3 edge features"):  # was "needs a 2-d max_kernel"
+        to_neural_graph(m, example_input=x, max_kernel=(1, 1))
     odd = _randomized(TinySwin())
     odd.blocks[0].attn.relative_position_index = swin_index((3, 3)).flip(0)
     with pytest.raises(UnsupportedModuleError, match="relative position index .* is not Swin's"):
@@ -229,3 +231,139 @@ def test_window_attention_refuses_what_it_cannot_represent():
 
     with pytest.raises(UnsupportedModuleError, match="Swin V2"):
         to_neural_graph(nn.Sequential(nn.Linear(4, 4), V2(4, (3, 3), (0, 0), 2)), example_input=torch.randn(1, 3, 3, 4))
+
+
+@pytest.mark.parametrize("shift", [(1, -1), (-1, -1), (0, -2)], ids=["sum-zero", "both-negative", "one-negative"])
+def test_shifts_summing_to_at_most_zero_do_not_shift(shift):
+    """torchvision rolls and masks only when the shifts sum above 0: negative shifts that do not are no shift at
+    all, and the graph must not roll the map either."""
+    m = _randomized(WindowAttention(4, (2, 2), shift, 2))
+    x = torch.randn(2, 6, 8, 4)
+    g = to_neural_graph(nn.Sequential(m), example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)
+        unshifted = copy.deepcopy(m)
+        unshifted.shift_size = [0, 0]
+        torch.testing.assert_close(m(x), unshifted(x))
+
+
+@pytest.mark.parametrize("shift", [(2, -1), (7, 1), (1, 9)], ids=["negative", "beyond-rows", "beyond-cols"])
+def test_shifts_whose_mask_is_not_swins_are_refused(shift):
+    """A negative shift (with a positive sum) or one beyond the padded map: torchvision's mask slices then are
+    not the regions of the rolled map, which is all a graph's window geometry holds."""
+    m = _randomized(WindowAttention(4, (2, 2), shift, 2))
+    with pytest.raises(UnsupportedModuleError, match=r"shift .* on a 6 x 8 \(padded\) map"):
+        to_neural_graph(nn.Sequential(m), example_input=torch.randn(2, 6, 8, 4))
+
+
+def test_a_graph_is_not_read_back_into_a_model_of_another_shift_or_stride():
+    """Two architectures whose graphs have the same nodes and edges but other edge geometry (a window attention's
+    shift, a convolution's stride): reading one's graph into the other would give a module computing another
+    function than the graph, so it is refused, naming the field."""
+    m = _randomized(WindowAttention(4, (2, 2), (0, 0), 2))
+    x = torch.randn(2, 6, 8, 4)
+    g = to_neural_graph(nn.Sequential(m), example_input=x)
+    shifted = copy.deepcopy(m)
+    shifted.shift_size = [1, 1]
+    with pytest.raises(ValueError, match="geometry differs"):
+        from_neural_graph(g, nn.Sequential(_nan_copy(shifted)), example_input=x)
+    assert_state_equal(from_neural_graph(g, nn.Sequential(_nan_copy(m)), example_input=x), nn.Sequential(m))
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3, stride=1), nn.ReLU(), nn.Conv2d(3, 2, 3))
+    strided = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2), nn.ReLU(), nn.Conv2d(3, 2, 3))
+    with pytest.raises(ValueError, match="geometry differs"):
+        from_neural_graph(to_neural_graph(conv), strided)
+
+
+def test_patch_merging_holds_at_every_map_size():
+    """Patch merging's graph does not depend on the parity of the map it was converted at (review finding: a
+    graph converted at an even width dropped the last column of an odd one, returning a narrower map)."""
+    m = _randomized(nn.Sequential(PatchMerging(4)))
+    for traced in ((5, 6), (6, 5)):
+        g = to_neural_graph(m, example_input=torch.randn(2, *traced, 4))
+        for size in ((5, 6), (6, 5), (5, 5), (6, 6), (1, 3), (7, 4)):
+            x = torch.randn(2, *size, 4)
+            with torch.no_grad():
+                torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use", ["method", "add", "slice"])
+def test_the_relative_position_bias_read_by_another_operation_is_refused(use):
+    """The gathered bias table is handed to the window attention only; another operation on it is refused
+    (review finding: ``bias.mean()`` crashed with an AttributeError inside the tracer)."""
+
+    class Misused(WindowAttention):
+        def forward(self, x):
+            bias = _get_relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                               self.window_size)
+            if use == "method":
+                return self.proj(x) + bias.mean()
+            if use == "add":
+                return self.proj(x) + bias
+            return shifted_window_attention(x, self.qkv.weight, self.proj.weight, bias[:, :, :, :], self.window_size,
+                                            self.num_heads, self.shift_size, training=False)
+
+    with pytest.raises(UnsupportedModuleError, match="reads a RelativeBias, which only .*shifted_window_attention"):
+        to_neural_graph(_randomized(Misused(4, (2, 2), (1, 1), 2)), example_input=torch.randn(2, 2, 4, 4))
+
+
+def test_a_graph_is_not_read_back_into_a_template_whose_index_differs():
+    """The relative position index is an integer buffer: the graph does not hold it and the read-back module keeps
+    the template's. A template whose index is not the one the graph was converted with must not be found by the
+    cached plan of its architecture (review finding: without example_input it was, and the module read back
+    computed another function than the graph)."""
+    m = nn.Sequential(_randomized(WindowAttention(4, (2, 2), (1, 1), 2)))
+    x = torch.randn(2, 4, 6, 4)
+    g = to_neural_graph(m, example_input=x)
+    bad = _nan_copy(m)
+    bad[0].relative_position_index = swin_index((2, 2)).flip(0)
+    for example in (None, x):
+        with pytest.raises(UnsupportedModuleError, match="relative position index .* is not Swin's"):
+            from_neural_graph(g, bad, example_input=example)
+    assert_state_equal(from_neural_graph(g, _nan_copy(m)), m)
+
+
+def test_a_map_input_permuted_channel_last_inside_the_module_is_executed_with_tokens_false():
+    """A window attention reading the model's [B, C, H, W] input permuted channel-last: execute guesses token
+    sequences (an attention graph whose inputs no map edge reads); the error says to pass tokens=False, which
+    reproduces the module (its output channel-first, as execute stacks outputs of maps)."""
+
+    class FromMap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.head = WindowAttention(4, (2, 3), (1, 1), 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.attn(x.permute(0, 2, 3, 1)))
+
+    m = _randomized(FromMap())
+    x = torch.randn(2, 4, 5, 6)
+    g = to_neural_graph(m, example_input=x)
+    with pytest.raises(ValueError, match="pass tokens=False"):
+        execute(g, x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=False), m(x).permute(0, 3, 1, 2), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_window_attention_executes_on_the_graphs_device():
+    """The shifted-window mask and the bias lookup are built on the device of the graph and the input."""
+    m = _randomized(TinySwin())
+    x = torch.randn(2, 3, 20, 16)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g.to("cuda"), x.cuda()).cpu(), m(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_window_computed_from_the_input_size_is_refused():
+    """A window / shift computed from the input's sizes is symbolic in the trace (review finding: int() of it
+    crashed with a TypeError); the graph holds numbers, so it is refused naming the argument."""
+
+    class SizedWindow(WindowAttention):
+        def forward(self, x):
+            bias = _get_relative_position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                               self.window_size)
+            return shifted_window_attention(x, self.qkv.weight, self.proj.weight, bias, [2, x.shape[2] // 3],
+                                            self.num_heads, [1, 1], training=False)
+
+    with pytest.raises(UnsupportedModuleError, match=r"window_size \[2, Sym\(\)\] is computed from the input's"):
+        to_neural_graph(_randomized(SizedWindow(4, (2, 2), (1, 1), 2)), example_input=torch.randn(2, 4, 6, 4))

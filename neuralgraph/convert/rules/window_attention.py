@@ -11,15 +11,18 @@ torchvision's ``ShiftedWindowAttention`` and ``PatchMerging`` call three module-
   from the packed ``qkv`` projection, the output projection as a linear layer), plus per key -> query offset one
   **offset constant neuron** (role virtual, constant 1) with a ``window_bias`` edge into each virtual head neuron
   carrying ``table[offset, head]``; the edges' geometry (:func:`~neuralgraph.data.graph.window_geometry`) holds the
-  offset, the window, the shift torchvision applies at this map size (none along a dim the window covers) and the
+  offset, the window, the shift torchvision applies at this map size (none along a dim the window covers, none
+  at all if the shifts sum to 0 or less; a negative shift or one beyond the map otherwise is refused) and the
   map size. The executor pads the map to whole windows, rolls it by ``-shift``, attends within each window with the
   bias and Swin's -100 mask between the rolled regions, and rolls back (the padded positions take part as keys
   with their projection biases, as in torchvision).
 * ``_patch_merging_pad(x)``: the 2 x 2 neighbourhoods of a channel-last map as ``4 C`` channels (zero-padded to
   an even size), channel ``k * C + c`` the position ``(k % 2, k // 2)`` of each neighbourhood of channel ``c``:
-  one ``subsample`` edge per new channel (stride 2), as ``nn.PixelUnshuffle``.
+  one ``subsample`` edge per new channel (stride 2, one zero of padding read only past an odd size: the same edges
+  at every map size), as ``nn.PixelUnshuffle``.
 
-Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused by name.
+Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused: a call with a logit
+scale by name (torchvision's ``swin_v2_*`` already at its bias MLP, a Linear computing on a parameter table).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralgraph.convert.builder import Param, Val
+from neuralgraph.convert.builder import HandedOn, Param, Sym, Val
 from neuralgraph.convert.registry import function_rule, reads_params_only, takes_params
 from neuralgraph.convert.rules.attention import Projection, attention_heads
 from neuralgraph.convert.rules.linear import linear
@@ -38,12 +41,22 @@ _SWIN = "torchvision.models.swin_transformer."
 
 
 @dataclass
-class RelativeBias:
+class RelativeBias(HandedOn):
     """A relative position bias table read by a window attention: ``table`` (a ``[(2wh - 1)(2ww - 1), heads]``
     parameter) for windows of ``window``."""
 
     table: Param
     window: tuple[int, int]
+    reader = _SWIN + "shifted_window_attention"
+
+
+def _numbers(ctx, node, **values) -> None:
+    """Refuse window sizes, shifts or head counts that are not numbers at conversion (computed from the input's
+    sizes in a symbolic trace): the graph holds them as numbers."""
+    for name, v in values.items():
+        if any(isinstance(i, Sym) for i in (v if isinstance(v, (list, tuple)) else [v])):
+            raise ctx.unsupported(node, f"{name} {v} is computed from the input's sizes; a window attention's graph "
+                                        "holds its window, shift and heads as numbers: pass them as constants")
 
 
 def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
@@ -61,6 +74,7 @@ def _relative_position_bias(ctx, node, table, index, window_size) -> RelativeBia
     if not isinstance(table, Param) or not isinstance(index, Param):
         raise ctx.unsupported(node, "the relative position bias table and index must be the module's parameter and "
                                     "buffer")
+    _numbers(ctx, node, window_size=window_size)
     window = tuple(int(w) for w in window_size)
     expected = relative_position_index(window)
     got = ctx.root.get_buffer(index.name)
@@ -88,6 +102,7 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
                                     "has no graph; Swin V1 converts")
     if a.get("training") and (a.get("attention_dropout", 0.0) or a.get("dropout", 0.0)):
         raise ctx.unsupported(node, "window attention with dropout in training mode is random; call model.eval()")
+    _numbers(ctx, node, window_size=a.get("window_size"), num_heads=a.get("num_heads"), shift_size=a.get("shift_size"))
     x, bias = a["input"], a["relative_position_bias"]
     params = [a.get(k) for k in ("qkv_weight", "proj_weight")]
     optional = [a.get(k) for k in ("qkv_bias", "proj_bias")]
@@ -100,7 +115,7 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
     if shape is None or len(shape) != 4:
         raise ctx.unsupported(node, "window attention needs the traced [B, H, W, C] shape of its input; pass "
                                     "example_input=... to to_neural_graph")
-    if len(ctx.config.max_kernel) != 2 or ctx.config.edge_dim < 3:
+    if len(ctx.config.max_kernel) != 2:  # (too few taps for q, k, v: attention_heads says so)
         raise ctx.unsupported(node, f"window attention needs a 2-d max_kernel (its edges' geometry holds a 2-d "
                                     f"window), got max_kernel={ctx.config.max_kernel}")
     _, h, w, c = shape
@@ -124,6 +139,12 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
     pad_h, pad_w = -h % window[0] + h, -w % window[1] + w
     shift = tuple(0 if win >= padded else int(s)
                   for win, padded, s in zip(window, (pad_h, pad_w), a.get("shift_size") or (0, 0)))
+    if sum(shift) <= 0:
+        shift = (0, 0)  # torchvision rolls and masks only when the shifts sum to more than 0
+    elif any(s < 0 or s > padded for s, padded in zip(shift, (pad_h, pad_w))):
+        raise ctx.unsupported(node, f"shift {list(a['shift_size'])} on a {pad_h} x {pad_w} (padded) map: torchvision's "
+                                    "mask of a negative shift, or one beyond the map, is not the shifted-window mask "
+                                    "(regions of the rolled map); shifts in [0, map size] convert")
     b.register_param(bias.table.name, tuple(bias.table.shape))
     layer = b.layer[int(virtual[0])] - 1
     wh, ww = window
@@ -148,9 +169,9 @@ def _patch_merging_pad(ctx, node, x: Val) -> Val:
     src = ctx.as_features(node, x, c)
     b = ctx.builder
     new = b.add_nodes(4 * c, b.next_layer(src)).view(4, c)                          # [k, C]: channel k * C + c
-    pad = tuple(n % 2 for n in shape[1:3])  # an odd size is zero-padded at the bottom / right
     for k, offset in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
-        # stride 2, offset (padding columns) shifted by the zero padding, span 2 (3 with padding)
-        geometry = (2, 2) + tuple(o + p for o, p in zip(offset, pad)) + pad + tuple(2 + p for p in pad)
+        # stride 2, offset shifted by one zero of padding, span 3: ceil(n / 2) positions reading 2 o + offset, the
+        # padding read only past the bottom / right of an odd size, so the graph holds at every map size
+        geometry = (2, 2) + tuple(o + 1 for o in offset) + (1, 1) + (3, 3)
         b.add_edges(src, new[k], "subsample", geometry=geometry, const=1.0)
     return Val(new.reshape(-1), "vec")

@@ -14,6 +14,7 @@ the registered names.
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable
 
 import torch
@@ -49,7 +50,9 @@ FUNCTION_ACTIVATIONS: dict[Callable, str] = {
     torch.sin: "sin", F.softmax: "softmax", torch.softmax: "softmax", F.log_softmax: "log_softmax",
     torch.log_softmax: "log_softmax",
     torch.square: "square", torch.sqrt: "sqrt", torch.reciprocal: "reciprocal", torch.exp: "exp", torch.abs: "abs",
-    torch.erf: "erf", torch.special.erf: "erf", torch.cos: "cos", torch.log1p: "log1p",
+    torch.erf: "erf", torch.special.erf: "erf", torch.cos: "cos", torch.log1p: "log1p", torch.special.log1p: "log1p",
+    torch.absolute: "abs", operator.abs: "abs", torch.exp_: "exp", torch.abs_: "abs", torch.cos_: "cos",
+    torch.erf_: "erf", torch.log1p_: "log1p",
 }
 
 #: tensor method name -> activation name (``x.relu()``, ``x.sigmoid()``, ...)
@@ -57,7 +60,8 @@ METHOD_ACTIVATIONS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
     "sigmoid_": "sigmoid", "sin": "sin", "softmax": "softmax", "log_softmax": "log_softmax",
     "square": "square", "sqrt": "sqrt", "reciprocal": "reciprocal", "exp": "exp", "abs": "abs", "erf": "erf",
-    "cos": "cos", "log1p": "log1p",
+    "cos": "cos", "log1p": "log1p", "absolute": "abs", "exp_": "exp", "abs_": "abs", "absolute_": "abs",
+    "erf_": "erf", "cos_": "cos", "log1p_": "log1p", "sqrt_": "sqrt", "reciprocal_": "reciprocal", "square_": "square",
 }
 
 

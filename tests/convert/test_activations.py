@@ -143,6 +143,10 @@ def test_prelu_slope_is_a_per_neuron_parameter(per_channel):
 ELEMENTWISE = [  # (function spelling, tensor-method spelling, family): each named, each run by the executor
     (torch.exp, lambda h: h.exp(), "exp"),
     (torch.abs, lambda h: h.abs(), "abs"),
+    (abs, torch.absolute, "abs"),
+    (lambda h: torch.abs_(h.clone()), lambda h: h.clone().abs_(), "abs"),  # in place
+    (lambda h: torch.exp_(h.clone()), lambda h: h.clone().exp_(), "exp"),
+    (lambda h: torch.special.log1p(torch.sigmoid(h)), lambda h: h.sigmoid().log1p_(), "log1p"),
     (torch.erf, lambda h: h.erf(), "erf"),
     (torch.cos, lambda h: h.cos(), "cos"),
     (lambda h: torch.log1p(torch.sigmoid(h)), lambda h: h.sigmoid().log1p(), "log1p"),  # log1p needs h > -1

@@ -44,15 +44,16 @@ SMALL = {"ng-t": dict(node_dim=16, edge_dim=8, num_layers=2, readout="mean"),
          "sne": dict(logit_invariance=False), "nfn-np": {}}
 
 
-#: Initialisation seed of the metric comparison. This tiny task is seed-sensitive for NG-T (float32 validation R^2
-#: after 15 epochs, mean readout, seeds 0-3: dense 0.32, 0.58, 0.81, 0.66; sparse 0.46, 0.62, 0.43, 0.71); the
-#: comparison needs a float32 run that learns it, and seed 3 does for every model here.
-SEED = 3
+#: Initialisation seeds of the metric comparison, tried in order. This tiny task is seed-sensitive for NG-T (float32
+#: validation R^2 after 15 epochs, mean readout, seeds 0-3 in session 7: dense 0.32, 0.58, 0.81, 0.66; sparse 0.46,
+#: 0.62, 0.43, 0.71), and which seeds learn moves with the parameters drawn before them (session 9 grew the
+#: activation and edge-kind tables): the comparison runs at the first seed whose float32 run learns the task.
+SEEDS = (3, 1, 2, 0)
 
 
-def _train(name: str, amp: str, epochs: int, **kw) -> dict:
+def _train(name: str, amp: str, epochs: int, seed: int, **kw) -> dict:
     task = OutputBiasTask(None)
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = create_model(name, **{**task.model_kwargs(name), **SMALL[name], **kw})
     return fit(model, task, TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, amp=amp), None, progress=False)
 
@@ -64,9 +65,12 @@ def _train(name: str, amp: str, epochs: int, **kw) -> dict:
     ("nfn-np", {}),
 ])
 def test_bf16_training_reaches_the_float32_validation_metric(name, kw):
-    full = _train(name, "off", 15, **kw)
-    half = _train(name, "bf16", 15, **kw)
-    assert full["val"]["r2"] > 0.5, "the float32 run must learn the task for the comparison to mean anything"
+    for seed in SEEDS:
+        full = _train(name, "off", 15, seed, **kw)
+        if full["val"]["r2"] > 0.5:
+            break
+    assert full["val"]["r2"] > 0.5, "a float32 run must learn the task for the comparison to mean anything"
+    half = _train(name, "bf16", 15, seed, **kw)
     assert abs(half["val"]["r2"] - full["val"]["r2"]) <= R2_TOLERANCE, (half["val"], full["val"])
     assert half["history"] != full["history"]  # bf16 really ran (it rounds differently)
 

@@ -76,11 +76,14 @@ def _relative_position_bias(ctx, node, table, index, window_size) -> RelativeBia
                                     "buffer")
     _numbers(ctx, node, window_size=window_size)
     window = tuple(int(w) for w in window_size)
+    if len(window) != 2:
+        raise ctx.unsupported(node, f"a {len(window)}-d window {window} (video Swin): window attention converts on "
+                                    "2-d maps")
     expected = relative_position_index(window)
     got = ctx.root.get_buffer(index.name)
     ctx.builder.guard(index.name, got)
     rows = (2 * window[0] - 1) * (2 * window[1] - 1)
-    if len(window) != 2 or len(table.shape) != 2 or table.shape[0] != rows or not torch.equal(got.cpu(), expected):
+    if len(table.shape) != 2 or table.shape[0] != rows or not torch.equal(got.cpu(), expected):
         raise ctx.unsupported(node, f"the relative position index {index.name!r} or table {table.name!r} "
                                     f"{tuple(table.shape)} is not Swin's for window {window} (a [{rows}, heads] table "
                                     "indexed by the query - key offset); other indexings have no graph")

@@ -393,8 +393,11 @@ class TraceContext:
             try:
                 t = self.root.get_buffer(node.target)
             except AttributeError:
-                raise self.unsupported(node, f"reads the tensor constant {node.target!r} in forward; only parameters "
-                                             "and buffers of the model can be represented") from None
+                what = ("a tensor created in forward (torch.tensor(...))" if str(node.target).startswith(
+                    "_tensor_constant") else f"the plain tensor attribute {node.target!r}")
+                raise self.unsupported(node, f"reads {what}, which is neither a parameter nor a buffer of the model; "
+                                             "only those can be represented (register it: "
+                                             "self.register_buffer(name, tensor))") from None
         self.builder.register_param(node.target, tuple(t.shape))
         return Param(node.target, tuple(t.shape))
 

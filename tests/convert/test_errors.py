@@ -246,3 +246,17 @@ def test_tracing_leaves_no_proxies_in_the_users_model():
     with pytest.raises(UnsupportedModuleError, match="'getitem' on parameter 'bias'"):
         to_neural_graph(m, example_input=torch.randn(2, 4))
     assert all(isinstance(v, torch.Tensor) for v in m.cache.values()) and list(m.cache) in ([], ["cpu"])
+
+
+class PlainTensorAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.shift = nn.Linear(4, 4), torch.ones(4)  # not registered: fx names it _tensor_constant0
+
+    def forward(self, x):
+        return self.fc(x) + self.shift
+
+
+def test_an_unregistered_tensor_is_named_for_what_it_is():
+    with pytest.raises(UnsupportedModuleError, match=r"neither a parameter nor a buffer .*register_buffer"):
+        to_neural_graph(PlainTensorAttribute())

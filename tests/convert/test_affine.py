@@ -124,7 +124,7 @@ def test_hidden_permutation_gives_an_isomorphic_graph():
 @pytest.mark.parametrize("forward,match", [
     (lambda s, x: s.fc(x) / 0.0, "non-zero Python number"),
     (lambda s, x: 2.0 / s.fc(x), "non-zero Python number"),
-    (lambda s, x: s.fc(x) + torch.ones(3), "reads the tensor"),
+    (lambda s, x: s.fc(x) + torch.ones(3), "reads a tensor created in forward"),
     (lambda s, x: torch.add(s.fc(x), 1.0, alpha=2.0), "alpha != 1"),
 ])
 def test_unrepresentable_forms_are_refused(forward, match):

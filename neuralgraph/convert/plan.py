@@ -694,7 +694,7 @@ def _guards_hold(plan: ConversionPlan, model: nn.Module) -> bool:
 
 def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
-    _require_module(model)
+    model = _as_module(model)
     read_only = config.pop("_read_only", False)  # a plan to read graphs back with: no graph is built from it
     cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
     arch = architecture_key(model)
@@ -733,12 +733,22 @@ def _consecutive(elem: Tensor) -> bool:
     return flat.numel() > 0 and int(flat[-1] - flat[0]) == flat.numel() - 1 and bool((flat.diff() == 1).all())
 
 
-def _require_module(model: Any) -> None:
+def _as_module(model: Any) -> nn.Module:
+    """``model`` as the eager module to trace: a ``torch.compile``'d module is its original module (the same
+    parameters); a TorchScript module, which has no Python forward left, and anything else are refused."""
     if not isinstance(model, nn.Module):
         fix = (" (a state dict: load it into a module of its architecture first, model.load_state_dict(sd))"
                if isinstance(model, Mapping) else "")
         raise TypeError(f"expected the network as a torch.nn.Module, got {type(model).__name__} "
                         f"{str(model)[:60]!r}{fix}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedModuleError(f"<root> ({type(model).__name__}) is a TorchScript module (torch.jit.script / "
+                                     "torch.jit.trace): its Python forward, which the converter traces, is gone; "
+                                     "convert the nn.Module it was made from")
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner  # torch.compile(model): the module it wraps
+    return model
 
 
 def _require_graph(graph: Any) -> None:
@@ -768,7 +778,9 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
     """Convert a torch module into its :class:`NeuralGraph`.
 
     Args:
-        model (nn.Module): the network; its dataflow is discovered with ``torch.fx``.
+        model (nn.Module): the network; its dataflow is discovered with ``torch.fx`` (a ``torch.compile``'d
+            module converts as the module it wraps; a TorchScript module is refused: convert the module it was
+            made from).
         example_input (Tensor or tuple, optional): an input to run shape propagation with, needed when
             sizes can only be known by running the model (e.g. a flatten before a linear layer that
             cannot be resolved from layer sizes alone). (default: ``None``)
@@ -786,6 +798,7 @@ def to_neural_graph(model: nn.Module, example_input: Any = None, *, allow_nonfin
         UserWarning: the model is in training mode and has modules whose function depends on it (BatchNorm,
             dropout): the graph is the eval-mode function.
     """
+    model = _as_module(model)
     plan = get_plan(model, example_input, **config)
     # a large plan is not kept: its index tensors become the graph's own (half the memory of a cached plan plus a copy)
     large = _forget_if_large(plan)
@@ -830,7 +843,7 @@ def find_plan(graph: NeuralGraph, model: nn.Module, example_input: Any = None, *
     is used (so graphs converted with non-default options are found too); otherwise the plan of
     ``get_plan(model, example_input, **config)``.
     """
-    _require_module(model)
+    model = _as_module(model)
     _require_graph(graph)
     if example_input is None and not config:
         arch = architecture_key(model)
@@ -864,6 +877,7 @@ def from_neural_graph(graph: NeuralGraph, model: nn.Module, example_input: Any =
             each; or a NaN / Inf value (unless ``allow_nonfinite``), naming the parameter, its element and
             the graph position.
     """
+    model = _as_module(model)
     plan = find_plan(graph, model, example_input, **config)
     if graph.x.dim() == 2 and graph.x.size(1) > plan.config.node_dim:  # features appended by a transform
         graph = copy.copy(graph)

@@ -5,7 +5,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, to_neural_graph
+from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
 from neuralgraph.convert import activation_id, register_activation
 from neuralgraph.data.graph import EDGE_KIND
 
@@ -260,3 +260,18 @@ class PlainTensorAttribute(nn.Module):
 def test_an_unregistered_tensor_is_named_for_what_it_is():
     with pytest.raises(UnsupportedModuleError, match=r"neither a parameter nor a buffer .*register_buffer"):
         to_neural_graph(PlainTensorAttribute())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_compiled_and_scripted_modules():
+    """``torch.compile(model)`` converts as the module it wraps (same graph, read back into either); a TorchScript
+    module has no Python forward left and is refused by name (a traced one crashed with a ValueError)."""
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    g = to_neural_graph(m)
+    compiled = torch.compile(m)
+    assert torch.equal(to_neural_graph(compiled).edge_attr, g.edge_attr)
+    back = from_neural_graph(g, compiled)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), m.state_dict().values()))
+    for scripted in (torch.jit.script(m), torch.jit.trace(m, torch.randn(2, 3))):
+        with pytest.raises(UnsupportedModuleError, match="is a TorchScript module .* convert the nn.Module"):
+            to_neural_graph(scripted)

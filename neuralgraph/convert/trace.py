@@ -58,6 +58,11 @@ _HINTS: dict[type, str] = {
 
 def _hint(mod: nn.Module) -> str:
     """Why ``mod`` is not supported and the closest supported alternative, when known."""
+    if torch.nn.utils.parametrize.is_parametrized(mod):
+        names = ", ".join(mod.parametrizations.keys())
+        return (f" (its {names} is parametrized, e.g. weight_norm / spectral_norm: computed in forward, not stored; "
+                f"a neural graph stores parameters: remove the parametrization first, "
+                f"torch.nn.utils.parametrize.remove_parametrizations(module, {next(iter(mod.parametrizations))!r}))")
     for cls, hint in _HINTS.items():
         if isinstance(mod, cls):
             return hint

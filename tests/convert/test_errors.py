@@ -275,3 +275,15 @@ def test_compiled_and_scripted_modules():
     for scripted in (torch.jit.script(m), torch.jit.trace(m, torch.randn(2, 3))):
         with pytest.raises(UnsupportedModuleError, match="is a TorchScript module .* convert the nn.Module"):
             to_neural_graph(scripted)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+def test_parametrized_weights_are_refused_with_the_fix():
+    """weight_norm / spectral_norm compute the weight in forward: the refusal says how to remove each form."""
+    new = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 2)))
+    with pytest.raises(UnsupportedModuleError, match=r"its weight is parametrized.*remove_parametrizations\(module, "
+                                                     r"'weight'\)"):
+        to_neural_graph(new)
+    old = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), torch.nn.utils.weight_norm(nn.Conv2d(4, 2, 3)))
+    with pytest.raises(UnsupportedModuleError, match="computed in forward.*remove_weight_norm"):
+        to_neural_graph(old)

@@ -50,7 +50,8 @@ def conv_module(ctx, node, x: Val) -> Val:
     if weight is None:
         raise ctx.unsupported(node, "its weight is not a parameter but computed in forward (a parametrization such "
                                     "as weight_norm?); a neural graph stores parameters: remove the parametrization "
-                                    "first (torch.nn.utils.parametrize.remove_parametrizations)")
+                                    "first (torch.nn.utils.parametrize.remove_parametrizations, or torch.nn.utils.remove_weight_norm "
+                                    "for the old weight_norm hook)")
     return conv(ctx, node, x, weight, ctx.param(node, "bias"), tuple(mod.weight.shape),
                 mod.stride, mod.padding, mod.dilation, mod.groups)
 

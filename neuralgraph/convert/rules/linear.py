@@ -16,7 +16,8 @@ def linear_module(ctx, node, x: Val) -> Val:
     if weight is None:
         raise ctx.unsupported(node, "its weight is not a parameter but computed in forward (a parametrization such "
                                     "as weight_norm?); a neural graph stores parameters: remove the parametrization "
-                                    "first (torch.nn.utils.parametrize.remove_parametrizations)")
+                                    "first (torch.nn.utils.parametrize.remove_parametrizations, or torch.nn.utils.remove_weight_norm "
+                                    "for the old weight_norm hook)")
     return linear(ctx, node, x, weight, ctx.param(node, "bias"), tuple(mod.weight.shape))
 
 

@@ -739,6 +739,13 @@ def _reads(user: fx.Node, v: Val, shape: Sequence | None) -> Tensor:
     return v.nodes
 
 
+#: operations that draw random numbers (a refusal says to convert in eval mode) and reductions (never element-wise)
+_RANDOM_OPS = {"new_empty", "bernoulli", "bernoulli_", "rand", "rand_like", "randn", "randn_like", "randint",
+               "uniform_", "normal_", "dropout", "native_dropout"}
+_REDUCTIONS = {"sum", "prod", "var", "std", "var_mean", "std_mean", "norm", "logsumexp", "cumsum", "cumprod", "median",
+               "argmax", "argmin", "max", "min", "amax", "amin", "mean", "all", "any"}
+
+
 def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     claimed = node.meta.get(CLAIM)
     if claimed is not None:  # part of a pattern a graph pass matched (e.g. hand-written attention)
@@ -795,8 +802,14 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         return SYM
     name = getattr(node.target, "__name__", str(node.target))
     one_value = isinstance(args[0], Val) and sum(isinstance(a, Val) for a in flat) == 1 if args else False
-    fix = (f"If it is element-wise, register it: neuralgraph.convert.register_activation({name}, {name!r})"
-           if one_value else "It combines several values (or a value inside a container), which no rule represents")
+    if name in _RANDOM_OPS:
+        fix = ("It draws random numbers (a stochastic depth / DropPath or dropout in training mode?), which no graph "
+               "computes: call model.eval() before converting")
+    elif name in _REDUCTIONS:
+        fix = "It reduces over a dim of neuron values, which no rule represents there"
+    else:
+        fix = (f"If it is element-wise, register it: neuralgraph.convert.register_activation({name}, {name!r})"
+               if one_value else "It combines several values (or a value inside a container), which no rule represents")
     raise ctx.unsupported(node, f"the operation {name!r} ({node.op}) on neuron values is not supported. "
                                 "Supported: layers with rules, element-wise activations, residual "
                                 "additions, constant scales, channel slicing/concatenation, token operations, "

@@ -5,7 +5,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from neuralgraph import UnsupportedModuleError, from_neural_graph, to_neural_graph
+from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import activation_id, register_activation
 from neuralgraph.data.graph import EDGE_KIND
 
@@ -287,3 +287,64 @@ def test_parametrized_weights_are_refused_with_the_fix():
     old = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), torch.nn.utils.weight_norm(nn.Conv2d(4, 2, 3)))
     with pytest.raises(UnsupportedModuleError, match="computed in forward.*remove_weight_norm"):
         to_neural_graph(old)
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self, training_arg: bool):
+        super().__init__()
+        self.training_arg, self.a, self.b = training_arg, nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = F.dropout(h, 0.5, training=self.training) if self.training_arg else F.dropout(h, 0.5)
+        return self.b(h)
+
+
+def test_functional_dropout_that_drops_is_refused():
+    """``F.dropout`` in training mode (or without ``training=``, whose default is True) zeroes values at random: it
+    was converted silently as the identity (off by 0.36 from the train-mode module; found by the second sweep). In
+    eval mode with ``training=self.training`` it is the identity."""
+    with pytest.raises(UnsupportedModuleError, match=r"dropout\(p=0.5\) with training=True .* model.eval\(\)"):
+        to_neural_graph(FunctionalDropout(True).train())
+    with pytest.raises(UnsupportedModuleError, match="defaults to training=True"):
+        to_neural_graph(FunctionalDropout(False).eval())
+    m = FunctionalDropout(True).eval()
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(execute(to_neural_graph(m), x), m(x))
+
+
+class DropPathLike(nn.Module):
+    """timm's DropPath: a per-sample keep mask drawn in forward (training mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.training:
+            keep = h.new_empty((h.shape[0], 1)).bernoulli_(0.9)
+            h = h * keep / 0.9
+        return x + h
+
+
+def test_random_operations_and_reductions_get_their_own_advice():
+    """Random numbers drawn in training mode are refused with 'call model.eval()', a reduction without the
+    advice to register it as an element-wise activation (both were told to register_activation)."""
+    with pytest.raises(UnsupportedModuleError, match=r"'new_empty' .* draws random numbers .* model.eval\(\)"):
+        to_neural_graph(DropPathLike().train())
+    x = torch.randn(4, 3)
+    m = DropPathLike().eval()
+    torch.testing.assert_close(execute(to_neural_graph(m), x), m(x))
+
+    class Var(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x).var(1, keepdim=True)
+
+    with pytest.raises(UnsupportedModuleError, match="reduces over a dim") as err:
+        to_neural_graph(Var())
+    assert "register_activation" not in str(err.value)

@@ -25,8 +25,21 @@ def _identity_module(ctx, node, x: Val, *args, **kwargs) -> Val:
     return Val(x.nodes, x.kind, x.sdims, x.positions)
 
 
-@function_rule(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, torch.clone)
+@function_rule(torch.clone)
 def _identity_function(ctx, node, x: Val, *args, **kwargs) -> Val:
+    return Val(x.nodes, x.kind, x.sdims, x.positions)
+
+
+@function_rule(F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
+def _dropout_function(ctx, node, x: Val, p: float = 0.5, training=None, inplace: bool = False) -> Val:
+    """``F.dropout(x, p, training=self.training)``: the identity in eval mode. In training mode (and by default:
+    ``F.dropout``'s ``training`` is ``True`` unless passed) it zeroes values at random, which no graph computes."""
+    if training is None:
+        training = node.target is not F.alpha_dropout  # the functions' defaults
+    if training is not False and p > 0:
+        raise ctx.unsupported(node, f"{node.target.__name__}(p={p}) with training=True zeroes values at random (F.dropout "
+                                    "defaults to training=True); the graph stores the eval-mode function: pass "
+                                    "training=self.training and call model.eval() first")
     return Val(x.nodes, x.kind, x.sdims, x.positions)
 
 

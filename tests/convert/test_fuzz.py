@@ -1026,7 +1026,7 @@ class Case:
         if math.prod(mk) < 4 and any(isinstance(m, norms) and m.eps != 1e-5 for m in self.module.modules()):
             return "eps_without_tap"
         for conv in self.module.modules():
-            if isinstance(conv, (nn.Conv1d, nn.Conv2d)):
+            if isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
                 if conv.padding == "same" and any(d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size)):
                     return "asymmetric_same_padding"
                 if len(conv.kernel_size) > len(mk):  # a larger kernel converts, one with more dims is refused

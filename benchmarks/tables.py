@@ -239,6 +239,9 @@ def run(name: str, results: str, seeds: list[int], only: str | None = None, dry_
         if lock is None:
             print(f"skipped (another driver is running it): {row.label} seed {seed}", flush=True)
             continue
+        if os.path.exists(os.path.join(path, "metrics.json")):  # another driver finished it while this one waited
+            os.remove(lock)
+            continue
         print(" ".join(cmd[1:]), flush=True)
         running[subprocess.Popen(cmd, env=env)] = (row, seed, time.time(), lock)
     wait_below(0)

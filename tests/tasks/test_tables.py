@@ -130,3 +130,21 @@ def test_a_failed_run_stops_the_driver_with_its_name(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"failed: mlp seed 0 \(exit 3\)"):
         T.run("inr", str(tmp_path), [0], "inr-cls", rows=["mlp", "statnn"])
     assert not list(tmp_path.rglob(".tables-lock"))
+
+
+def test_a_pair_another_driver_finished_meanwhile_is_not_run_again(tmp_path, monkeypatch):
+    """A driver waiting for its own run saw a pair unfinished, then claimed it after the other driver had finished
+    it and released its lock, and ran it again (two lines in tables.jsonl for one pair): the claim re-checks."""
+    _fake_runs(monkeypatch, tmp_path)
+    claim = T._claim
+
+    def finished_by_another(path):
+        lock = claim(path)
+        if "statnn" in path:  # the other driver finished it while this one waited
+            with open(os.path.join(path, "metrics.json"), "w") as f:
+                json.dump({"test": {}}, f)
+        return lock
+    monkeypatch.setattr(T, "_claim", finished_by_another)
+    T.run("inr", str(tmp_path), [0], "inr-cls", rows=["mlp", "statnn"])
+    assert [json.loads(line)["row"] for line in open(tmp_path / "tables.jsonl")] == ["mlp"]
+    assert not list(tmp_path.rglob(".tables-lock"))

@@ -57,7 +57,10 @@ def cross_dataset_matrix(summaries: list[dict[str, Any]], metric: str = "kendall
     blocks = []
     for (model, arch), rows in sorted(by_model.items()):
         cols = sorted({k.split("/", 1)[1] for s in rows for k in s["summary"] if k.startswith("test/")})
-        lines = [f"**{model}** on {arch} zoos (Kendall τ, mean ± std over seeds)", "",
+        counts = sorted({len(s["seeds"]) for s in rows})
+        seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        lines = [f"**{model}** on {arch} zoos (Kendall τ, mean ± std over {seeds} seed{'s' if counts[-1] > 1 else ''} "
+                 "per training zoo)", "",
                  "| train \\ test | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         means: dict[str, list[float]] = defaultdict(list)
         for s in sorted(rows, key=lambda r: r["config"]["task"]["train_on"]):

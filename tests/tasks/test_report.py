@@ -39,3 +39,14 @@ def test_the_default_report_goes_into_the_results_directory(tmp_path, capsys):
     _summary(results, 0.7)
     main(["--results", str(results)])
     assert "| ng-t | 2 | 0.700 ± 0.010 |" in (results / "report.md").read_text()
+
+
+def test_the_cross_dataset_matrix_says_how_many_seeds_each_cell_has():
+    """A cell of one seed shows ± 0.000: the header says over how many seeds (a partial matrix read as certain)."""
+    from benchmarks.report import cross_dataset_matrix
+
+    stats = {"kendall_tau": {"mean": 0.5, "std": 0.0}}
+    rows = [{"model": "statnn", "seeds": list(range(n)), "config": {"task": {"train_on": z}},
+             "summary": {"test/digits": stats}} for z, n in (("digits", 1), ("shapes", 3))]
+    assert "mean ± std over 1-3 seeds per training zoo" in cross_dataset_matrix(rows)
+    assert "over 1 seed per" in cross_dataset_matrix(rows[:1])

@@ -206,9 +206,11 @@ class _Run:
             rows = geom[mine]
             spec = rows[:, 2:8].unique(dim=0)
             wh, ww = spec[0, :2].tolist()
-            offsets = rows[:, :2] + torch.tensor([wh - 1, ww - 1])
-            if spec.size(0) != 1 or mine.numel() != (2 * wh - 1) * (2 * ww - 1) or offsets.unique(dim=0).size(0) != \
-                    mine.numel() or bool((offsets < 0).any()) or bool((offsets >= torch.tensor([2 * wh - 1, 2 * ww - 1])).any()):
+            offsets = rows[:, :2] + torch.tensor([wh - 1, ww - 1])                      # table row / column
+            size = torch.tensor([2 * wh - 1, 2 * ww - 1])
+            inside = bool(((offsets >= 0) & (offsets < size)).all())
+            one_each = mine.numel() == int(size.prod()) and offsets.unique(dim=0).size(0) == mine.numel()
+            if spec.size(0) != 1 or not inside or not one_each:
                 raise ValueError(f"virtual head neuron {h}: its window_bias edges do not hold one bias per offset of one "
                                  "window (a corrupt graph)")
             table = g.edge_attr.new_zeros(2 * wh - 1, 2 * ww - 1)

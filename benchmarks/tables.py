@@ -2,7 +2,7 @@
 
     python -m benchmarks.tables run   SET [--seeds 0 1 2] [--only TASK] [--rows LABEL ...] [--results DIR]
                                           [--device cpu|cuda] [--jobs N] [--dry-run]
-    python -m benchmarks.tables table SET [--results DIR] [--write docs/results.md]
+    python -m benchmarks.tables table SET [--only TASK] [--results DIR] [--write docs/results.md]
 
 Sets (:data:`TABLES`): ``inr`` (issue 16: ``inr-cls`` / ``inr-edit`` on the ``inr-glyphs`` zoo) and ``zoo``
 (issue 15: ``wildpark``, ``cnn-zoo``, ``cross-dataset``, ``cross-arch`` on the ``-large`` zoos).
@@ -18,7 +18,9 @@ left to it. Each finished (row, seed) appends one JSON line (task, row, seed, gi
 ``table`` renders what is complete as markdown: for ``inr`` one table per task (mean ± std over the seeds
 done, the seed count, the best epoch, the training time, the commits; rows without a finished seed are
 listed as pending), for ``zoo`` the tables of :mod:`benchmarks.report` (Kendall τ and R², the cross-dataset
-matrix). With ``--write FILE`` they replace the text between the set's markers in ``FILE``.
+matrix). With ``--write FILE`` they replace the text between the set's markers in ``FILE``; each task's tables
+have markers of their own inside, so ``--only TASK --write FILE`` re-renders one task and keeps the others (rows
+whose results are in another directory, or on another machine).
 
 Budgets are sized for one CPU core and say so next to the rows; the papers' settings are the presets of
 ``--config`` (docs/models.md).
@@ -187,6 +189,14 @@ def _claim(path: str) -> str | None:
     return None
 
 
+def _tasks(name: str, only: str | None) -> list[str]:
+    """The tasks of table set ``name`` in run order; with ``only``, that one task (checked)."""
+    tasks = list(dict.fromkeys(r.task for r in TABLES[name]))
+    if only is not None and only not in tasks:
+        raise SystemExit(f"--only {only}: the {name} tables have the tasks {tasks}")
+    return tasks if only is None else [only]
+
+
 def run(name: str, results: str, seeds: list[int], only: str | None = None, dry_run: bool = False,
         rows: list[str] | None = None, device: str = "cpu", jobs: int = 1) -> None:
     """Run (or resume) the unfinished (row, seed) pairs of table set ``name``: task by task, seed by seed.
@@ -196,12 +206,10 @@ def run(name: str, results: str, seeds: list[int], only: str | None = None, dry_
     lock file names a live process) is left to it, so several drivers can share one results directory."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     table_rows = TABLES[name]
-    tasks = list(dict.fromkeys(r.task for r in table_rows))
-    if only is not None and only not in tasks:
-        raise SystemExit(f"--only {only}: the {name} tables have the tasks {tasks}")
+    tasks = _tasks(name, only)
     if jobs < 1:
         raise SystemExit(f"--jobs {jobs}: at least 1")
-    todo = [(row, seed) for task in tasks if only is None or task == only for seed in seeds
+    todo = [(row, seed) for task in tasks for seed in seeds
             for row in table_rows if row.task == task and (rows is None or row.label in rows)]
     running: dict[subprocess.Popen, tuple[Row, int, float, str]] = {}
     failed: list[str] = []
@@ -267,73 +275,85 @@ def _finished(results: str, row: Row) -> list[tuple[int, dict]]:
     return done
 
 
-def inr_table(results: str) -> str:
-    """Markdown tables of the finished ``inr`` rows: ``inr-cls`` accuracy and ``inr-edit`` MSE."""
+def inr_table(results: str, task: str) -> str:
+    """Markdown table of the finished rows of ``inr`` task ``task``: ``inr-cls`` accuracy, ``inr-edit`` MSE."""
     log = {}
     if os.path.exists(_log(results)):
         with open(_log(results)) as f:
             for line in f:
                 r = json.loads(line)
                 log[(r["task"], r["row"], r["seed"])] = r["commit"]
-    parts = []
-    for task, metric, head in (("inr-cls", "accuracy", "test accuracy"),
-                               ("inr-edit", "mse", "test MSE (×1e-2)")):
-        lines = [f"**{task}**", "", f"| model | settings | seeds done | {head} | val | best epoch | train s / seed "
-                 "| commits |", "|---|---|---|---|---|---|---|---|"]
-        for row in (r for r in INR_ROWS if r.task == task):
-            done = _finished(results, row)
-            settings = ", ".join(s.split("=", 1)[0].split(".")[-1] + "=" + s.split("=", 1)[1]
-                                 for s in row.sets if s not in INR_COMMON and not s.startswith("train."))
-            if not done:
-                lines.append(f"| {row.model} | {settings or 'defaults'} | 0 (pending) | – | – | – | – | – |")
-                continue
-            scale = 100.0 if task == "inr-edit" else 1.0
-            test = [m["test"][metric] for _, m in done]
-            val = [m["val"][metric] for _, m in done]
-            commits = sorted({log.get((task, row.label, s), "?") for s, _ in done})
-            lines.append(f"| {row.model} | {settings or 'defaults'} | {len(done)} "
-                         f"({', '.join(str(s) for s, _ in done)}) | {_cell(test, scale)} | {_cell(val, scale)} | "
-                         f"{', '.join(str(m['best_epoch'] + 1) + '/' + str(m['epochs_run']) for _, m in done)} | "
-                         f"{np.mean([m['train_seconds'] for _, m in done]):.0f} | {', '.join(commits)} |")
-        if task == "inr-edit":
-            ref = [m["test"]["mse_unedited"] * 100 for row in INR_ROWS if row.task == task
-                   for _, m in _finished(results, row)[:1]]
-            if ref:
-                lines += ["", "Unedited INRs against the dilated images (doing nothing): test MSE "
-                          f"{ref[0]:.3f} ×1e-2."]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    metric, head = {"inr-cls": ("accuracy", "test accuracy"), "inr-edit": ("mse", "test MSE (×1e-2)")}[task]
+    lines = [f"**{task}**", "", f"| model | settings | seeds done | {head} | val | best epoch | train s / seed "
+             "| commits |", "|---|---|---|---|---|---|---|---|"]
+    for row in (r for r in INR_ROWS if r.task == task):
+        done = _finished(results, row)
+        settings = ", ".join(s.split("=", 1)[0].split(".")[-1] + "=" + s.split("=", 1)[1]
+                             for s in row.sets if s not in INR_COMMON and not s.startswith("train."))
+        if not done:
+            lines.append(f"| {row.model} | {settings or 'defaults'} | 0 (pending) | – | – | – | – | – |")
+            continue
+        scale = 100.0 if task == "inr-edit" else 1.0
+        test = [m["test"][metric] for _, m in done]
+        val = [m["val"][metric] for _, m in done]
+        commits = sorted({log.get((task, row.label, s), "?") for s, _ in done})
+        lines.append(f"| {row.model} | {settings or 'defaults'} | {len(done)} "
+                     f"({', '.join(str(s) for s, _ in done)}) | {_cell(test, scale)} | {_cell(val, scale)} | "
+                     f"{', '.join(str(m['best_epoch'] + 1) + '/' + str(m['epochs_run']) for _, m in done)} | "
+                     f"{np.mean([m['train_seconds'] for _, m in done]):.0f} | {', '.join(commits)} |")
+    if task == "inr-edit":
+        ref = [m["test"]["mse_unedited"] * 100 for row in INR_ROWS if row.task == task
+               for _, m in _finished(results, row)[:1]]
+        if ref:
+            lines += ["", "Unedited INRs against the dilated images (doing nothing): test MSE "
+                      f"{ref[0]:.3f} ×1e-2."]
+    return "\n".join(lines) + "\n\n"
 
 
-def zoo_table(results: str) -> str:
-    """Markdown tables of the finished ``zoo`` rows, laid out by :mod:`benchmarks.report` (Kendall τ and R²
-    per test split; the cross-dataset matrix), mean ± std over the finished seeds; pending rows listed."""
+def zoo_table(results: str, task: str) -> str:
+    """Markdown tables of the finished rows of ``zoo`` task ``task``, laid out by :mod:`benchmarks.report`
+    (Kendall τ and R² per test split; the cross-dataset matrix), mean ± std over the finished seeds; rows
+    without a finished seed listed as pending."""
     from benchmarks.report import cross_dataset_matrix, task_table
     from benchmarks.run import summarize
 
-    parts, pending = [], []
-    for task in dict.fromkeys(r.task for r in ZOO_ROWS):
-        summaries = []
-        for row in (r for r in ZOO_ROWS if r.task == task):
-            done = _finished(results, row)
-            if not done:
-                pending.append(f"{row.subdir or row.task}/{row.label}")
-                continue
-            with open(os.path.join(seed_dir(results, row, done[0][0]), "config.yaml")) as f:
-                config = yaml.safe_load(f)
-            summaries.append({"dir": f"{row.subdir or row.task}/{row.label}", "model": row.label,
-                              "seeds": [s for s, _ in done], "config": config,
-                              "summary": summarize([m for _, m in done])})
-        if summaries:
-            parts += [f"**{task}**", "", cross_dataset_matrix(summaries) if task == "cross-dataset"
-                      else task_table(summaries), ""]
+    summaries, pending = [], []
+    for row in (r for r in ZOO_ROWS if r.task == task):
+        done = _finished(results, row)
+        if not done:
+            pending.append(f"{row.subdir or row.task}/{row.label}")
+            continue
+        with open(os.path.join(seed_dir(results, row, done[0][0]), "config.yaml")) as f:
+            config = yaml.safe_load(f)
+        summaries.append({"dir": f"{row.subdir or row.task}/{row.label}", "model": row.label,
+                          "seeds": [s for s, _ in done], "config": config,
+                          "summary": summarize([m for _, m in done])})
+    parts = [f"**{task}**", ""]
+    if summaries:
+        parts += [cross_dataset_matrix(summaries) if task == "cross-dataset" else task_table(summaries), ""]
     if pending:
-        parts.append(f"Pending (no finished seed): {', '.join(pending)}.")
-    return "\n".join(parts) + "\n"
+        parts += [f"Pending (no finished seed): {', '.join(pending)}.", ""]
+    return "\n".join(parts)
 
 
-#: the renderer of each table set
+#: the renderer of each table set: the markdown of one of its tasks
 RENDER = {"inr": inr_table, "zoo": zoo_table}
+
+
+def render(name: str, results: str, only: str | None = None) -> dict[str, str]:
+    """The markdown of table set ``name`` by marker block: ``{name: every task}``, or with ``only`` the one
+    task's block ``{name/task: its tables}``. Each task's tables sit between their own markers
+    (``<!-- name/task-tables:begin/end -->``) inside the set's, so one task can be re-rendered alone."""
+    tasks = _tasks(name, only)
+    blocks = {f"{name}/{task}": RENDER[name](results, task) for task in tasks}
+    if only is not None:
+        return blocks
+
+    def wrapped(block: str, text: str) -> str:
+        begin, end = markers(block)
+        return f"{begin}\n{text}{end}\n"
+
+    return {name: "".join(wrapped(b, t) for b, t in blocks.items())}
 
 
 def write_between_markers(path: str, name: str, text: str) -> None:
@@ -343,7 +363,8 @@ def write_between_markers(path: str, name: str, text: str) -> None:
         doc = f.read()
     i, j = doc.find(begin), doc.find(end)
     if i < 0 or j < i:
-        raise ValueError(f"{path} has no {begin} ... {end} block to replace; add the two marker lines first")
+        raise ValueError(f"{path} has no {begin} ... {end} block to replace; add the two marker lines first "
+                         "(a task's block: write its whole set once)")
     atomic_write_text(path, doc[:i + len(begin)] + "\n" + text + doc[j:])
 
 
@@ -364,16 +385,17 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="render the finished runs as markdown")
     t.add_argument("set", choices=sorted(TABLES))
     t.add_argument("--results", default="results")
+    t.add_argument("--only", default=None, metavar="TASK", help="one task's tables (its own marker block)")
     t.add_argument("--write", default=None, help="replace the set's <!-- SET-tables:begin/end --> block of "
-                                                  "this file")
+                                                  "this file (with --only: <!-- SET/TASK-tables:... -->)")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         run(args.set, args.results, args.seeds, args.only, args.dry_run, args.rows, args.device, args.jobs)
     else:
-        text = RENDER[args.set](args.results)
-        if args.write:
-            write_between_markers(args.write, args.set, text)
-        print(text)
+        for block, text in render(args.set, args.results, args.only).items():
+            if args.write:
+                write_between_markers(args.write, block, text)
+            print(text)
 
 
 if __name__ == "__main__":

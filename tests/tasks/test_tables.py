@@ -30,7 +30,7 @@ def test_run_skips_finished_pairs_and_table_shows_only_finished_seeds(tmp_path, 
     assert len(printed) == 2 * len(cls_rows) - 2                      # the first row is done for both seeds
     assert all("--task inr-cls" in line for line in printed)
     assert f"--model {first.model} --seeds 0" not in "\n".join(printed)
-    table = T.inr_table(str(tmp_path))
+    table = T.render("inr", str(tmp_path))["inr"]
     assert f"| {first.model} | defaults | 2 (0, 1) | 0.600 ± 0.100 |" in table
     assert table.count("0 (pending)") == len(T.INR_ROWS) - 1
 
@@ -48,7 +48,7 @@ def test_zoo_table_aggregates_seeds_and_lists_pending_rows(tmp_path):
     cross = [r for r in T.ZOO_ROWS if r.task == "cross-dataset" and r.model == "sne"]
     _finish(tmp_path, cross[0], 0, {"test/digits": {"kendall_tau": 0.3}, "test/shapes": {"kendall_tau": 0.2},
                                      "val": {"kendall_tau": 0.3}})
-    table = T.zoo_table(str(tmp_path))
+    table = T.render("zoo", str(tmp_path))["zoo"]
     assert "| statnn | 2 | 0.600 ± 0.100 | 0.100 ± 0.000 |" in table    # task_table's row
     assert "| digits | 0.300 ± 0.000 | 0.200 ± 0.000 |" in table                  # the cross-dataset matrix
     assert "Pending" in table and "wildpark/ng-t" in table and "wildpark/statnn," not in table
@@ -68,6 +68,27 @@ def test_write_replaces_only_the_marked_block(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="inr-tables:begin"):
         T.write_between_markers(str(doc), "inr", "new\n")
+
+
+def test_one_task_is_rendered_into_its_own_block_and_the_other_tasks_stay(tmp_path, capsys):
+    row = next(r for r in T.ZOO_ROWS if r.task == "cross-dataset" and r.model == "statnn")
+    doc = tmp_path / "results.md"
+    begin, end = T.markers("zoo")
+    doc.write_text(f"head\n{begin}\nold\n{end}\ntail\n")
+    T.main(["table", "zoo", "--results", str(tmp_path / "empty"), "--write", str(doc)])  # adds every task's block
+    full = doc.read_text()
+    for task in ("wildpark", "cnn-zoo", "cross-dataset", "cross-arch"):
+        assert full.count(T.markers(f"zoo/{task}")[0]) == 1 and f"**{task}**" in full
+    kept = full.split(T.markers("zoo/cross-dataset")[0])[0]       # everything before the cross-dataset block
+    _finish(tmp_path / "later", row, 0, {"test/digits": {"kendall_tau": 0.25}, "val": {"kendall_tau": 0.3}})
+    T.main(["table", "zoo", "--only", "cross-dataset", "--results", str(tmp_path / "later"), "--write", str(doc)])
+    now = doc.read_text()
+    assert now.startswith(kept) and now.endswith(full.split(T.markers("zoo/cross-dataset")[1])[1])
+    assert "0.250 ± 0.000" in now and "0.250" not in full
+    block = now.split(T.markers("zoo/cross-dataset")[0])[1].split(T.markers("zoo/cross-dataset")[1])[0]
+    assert "train-mnist1d/statnn" in block and "train-digits/statnn" not in block   # pending: only the others
+    with pytest.raises(SystemExit, match="the zoo tables have the tasks"):
+        T.main(["table", "zoo", "--only", "inr-cls", "--results", str(tmp_path)])
 
 
 def test_rows_filter_keeps_priority_order(capsys):

@@ -287,8 +287,8 @@ def _shape_trace(model: nn.Module, example_input: Any,
         differs = _first_difference(graph, other, batch, b)
         if differs is not None:
             raise UnsupportedModuleError(
-                f"<root> ({_type_name(type(model))}): its forward computes with input sizes and its dataflow depends "
-                f"on the batch size (traced at batch {batch} and {b}, it differs at {differs}); a neural graph "
+                f"{_where(differs, model)}: its forward computes with input sizes and its dataflow depends on the "
+                f"batch size (traced at batch {batch} and {b}, it differs at {differs.name}); a neural graph "
                 "computes each sample alone, so it cannot represent that")
     shapes = ", ".join(str(tuple(t.shape[1:])) for t in inputs)
     warnings.warn(f"{type(model).__name__}'s forward computes with its input's sizes (symbolic tracing failed), so it "
@@ -297,9 +297,9 @@ def _shape_trace(model: nn.Module, example_input: Any,
     return graph, None
 
 
-def _first_difference(g1: fx.Graph, g2: fx.Graph, b1: int, b2: int) -> str | None:
-    """The first operation where two traces of one forward at batch sizes ``b1`` / ``b2`` differ (other than in the
-    batch size itself), ``None`` if they do not."""
+def _first_difference(g1: fx.Graph, g2: fx.Graph, b1: int, b2: int) -> fx.Node | None:
+    """The first operation of ``g1`` where two traces of one forward at batch sizes ``b1`` / ``b2`` differ (other
+    than in the batch size itself), ``None`` if they do not."""
     def same(u, v) -> bool:
         if isinstance(u, fx.Node) or isinstance(v, fx.Node):
             return isinstance(u, fx.Node) and isinstance(v, fx.Node) and u.name == v.name
@@ -316,8 +316,19 @@ def _first_difference(g1: fx.Graph, g2: fx.Graph, b1: int, b2: int) -> str | Non
     n1, n2 = list(g1.nodes), list(g2.nodes)
     for a, b in zip(n1, n2):
         if a.op != b.op or a.target != b.target or not same((a.args, a.kwargs), (b.args, b.kwargs)):
-            return a.name
-    return None if len(n1) == len(n2) else max(n1, n2, key=len)[min(len(n1), len(n2))].name
+            return a
+    return None if len(n1) == len(n2) else max(n1, n2, key=len)[min(len(n1), len(n2))]
+
+
+def _where(node: fx.Node, root: nn.Module) -> str:
+    """``path (type)`` of the module a traced node belongs to (the innermost on its module stack), for messages."""
+    if node.op == "call_module":
+        return f"{node.target} ({_type_name(type(root.get_submodule(node.target)))})"
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, (_, cls) = list(stack.items())[-1]
+        return f"{path} ({cls if isinstance(cls, str) else _type_name(cls)})"
+    return f"<root> ({_type_name(type(root))})"
 
 
 def _constant_defaults(model: nn.Module) -> dict[str, Any] | None:
@@ -365,14 +376,7 @@ class TraceContext:
 
     def where(self, node: fx.Node) -> str:
         """``path (type)`` of the module a node belongs to, for error messages."""
-        if node.op == "call_module":
-            return f"{node.target} ({_type_name(type(self.module(node)))})"
-        stack = node.meta.get("nn_module_stack") or {}
-        if stack:
-            path, (_, cls) = list(stack.items())[-1]
-            cls_name = cls if isinstance(cls, str) else _type_name(cls)
-            return f"{path} ({cls_name})"
-        return f"<root> ({_type_name(type(self.root))})"
+        return _where(node, self.root)
 
     def unsupported(self, node: fx.Node, why: str) -> UnsupportedModuleError:
         return UnsupportedModuleError(f"{self.where(node)}: {why}{self._traced_subclass(node)}")

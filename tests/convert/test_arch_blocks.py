@@ -626,6 +626,13 @@ def test_a_dataflow_that_depends_on_the_batch_size_is_refused(form, batch):
         to_neural_graph(BatchBranch(form).eval(), example_input=torch.randn(batch, 3, 2, 3))
 
 
+def test_the_batch_size_refusal_names_the_block_where_the_dataflow_differs():
+    """Not the root: in a real network (timm MobileViT) the root is the whole model and says nothing."""
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), BatchBranch("branch")).eval()
+    with pytest.raises(UnsupportedModuleError, match=r"^1 \(.*BatchBranch\): its forward computes with input sizes"):
+        to_neural_graph(model, example_input=torch.randn(2, 3, 2, 3))
+
+
 # ------------------------------------------------------------------------ GRN (ConvNeXt-V2, timm GlobalResponseNorm)
 class GRN(nn.Module):
     """timm's ``GlobalResponseNorm``: each channel's L2 norm over the positions, divided by its mean over the

@@ -426,6 +426,7 @@ class Custom(ViTBlock):
     def __init__(self, variant):
         super().__init__()
         self.variant = variant
+        self.attention_bias = nn.Parameter(torch.randn(2, 1, 1))  # per head (LeViT's are per head and offset)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -434,6 +435,8 @@ class Custom(ViTBlock):
         v = self.v(x).view(B, T, 2, 4).transpose(1, 2)
         if self.variant == "scale":
             a = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        elif self.variant == "bias":
+            a = torch.softmax(q @ k.transpose(-2, -1) * 0.5 + self.attention_bias, -1) @ v
         elif self.variant == "mask":
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif self.variant == "no_heads":
@@ -449,6 +452,7 @@ class Custom(ViTBlock):
 
 @pytest.mark.parametrize("variant, match", [
     ("scale", r"scales q kᵀ by 1, not by 1/sqrt\(head_dim\) = 0\.5"),
+    ("bias", r"a term is added to the attention scores \(add, the input of softmax\): an attention bias"),
     ("mask", r"causal \(masked\) attention is not supported"),
     ("no_heads", r"cannot prove that its value \(unsqueeze\) is a head-split nn\.Linear projection"),
     ("reuse", r"transpose_2 \(on the value path\) is also used elsewhere"),

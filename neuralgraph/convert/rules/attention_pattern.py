@@ -70,6 +70,14 @@ def op_kind(ctx, n: Any) -> str | None:
     return None
 
 
+def _is_sum(n: fx.Node) -> bool:
+    """``a + b`` / ``a - b`` in any spelling (operator, torch function, method, in place)."""
+    if n.op == "call_method":
+        return n.target in ("add", "add_", "sub", "sub_")
+    return n.op == "call_function" and n.target in (operator.add, operator.sub, operator.iadd, operator.isub,
+                                                     torch.add, torch.sub)
+
+
 def is_sdpa(n: fx.Node) -> bool:
     return n.op == "call_function" and n.target is F.scaled_dot_product_attention
 
@@ -526,6 +534,11 @@ def match_attention(ctx, site: fx.Node) -> _Match:
                 scalars_inner.append(n)
             n = _data_arg(ctx, n)
         if op_kind(ctx, n) != "matmul":
+            if _is_sum(n):
+                raise _fail(ctx, site, f"a term is added to the attention scores ({n.name}, the input of "
+                                       f"{softmax.name}): an attention bias or mask (LeViT / EfficientFormer attention "
+                                       "biases, a relative position bias, a mask) is a term a neural graph does not "
+                                       "store")
             raise _fail(ctx, site, f"the input of {softmax.name} is not q @ k.transpose(-2, -1) (times a scale)")
         scores = n
         inner.append(scores)

@@ -18,6 +18,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from neuralgraph.io import atomic_write_text
 
 
@@ -47,6 +49,51 @@ def task_table(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> 
         cells += [fmt(s["summary"].get(sp, {}).get("r2")) for sp in splits]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _datasets(rows: list[dict[str, Any]]) -> list[str]:
+    """The test zoos of cross-dataset results, in the task's ``datasets`` order (sorted when not recorded)."""
+    found = {k.split("/", 1)[1] for s in rows for k in s["summary"] if k.startswith("test/")}
+    order = next((s["config"]["task"]["datasets"] for s in rows if s["config"]["task"].get("datasets")), [])
+    return [d for d in order if d in found] + sorted(found - set(order))
+
+
+def cross_dataset_table(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> str:
+    """SNE table 1's layout: one row per ``train → test`` pair (each training zoo's own test split first), one
+    column per model (mean ± std over its seeds), and the ``average`` row: each model's mean ± std over the pairs.
+    An average over fewer pairs than the table has says over how many."""
+    by_arch: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        by_arch[s["config"]["task"].get("arch", "arch1")].append(s)
+    blocks = []
+    for arch, rows in sorted(by_arch.items()):
+        models = list(dict.fromkeys(s["model"] for s in rows))
+        zoos = _datasets(rows)
+        cell = {(s["model"], s["config"]["task"]["train_on"], c): s["summary"].get(f"test/{c}", {}).get(metric)
+                for s in rows for c in zoos}
+        trained = {s["config"]["task"]["train_on"] for s in rows}
+        trains = [z for z in zoos if z in trained] + sorted(trained - set(zoos))
+        pairs = [(a, b) for a in trains for b in [a] + [z for z in zoos if z != a]]
+        seeds = sorted({len(s["seeds"]) for s in rows})
+        count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        lines = [f"**{arch} zoos, train → test** (Kendall τ, mean ± std over {count} seed{'s' if seeds[-1] > 1 else ''}"
+                 " per cell; average: mean ± std over the pairs; SNE table 1 layout)", "",
+                 "| train → test | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        done: dict[str, list[float]] = defaultdict(list)
+        for a, b in pairs:
+            vals = [cell.get((m, a, b)) for m in models]
+            for m, v in zip(models, vals):
+                if v:
+                    done[m].append(v["mean"])
+            lines.append(f"| {a} → {b} | " + " | ".join(fmt(v) for v in vals) + " |")
+        avg = []
+        for m in models:
+            v = np.asarray(done[m])
+            part = "" if v.size == len(pairs) else f" ({v.size} of {len(pairs)} pairs)"
+            avg.append(f"{v.mean():.3f} ± {v.std():.3f}{part}" if v.size else "–")
+        lines.append("| average | " + " | ".join(avg) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def cross_dataset_matrix(summaries: list[dict[str, Any]], metric: str = "kendall_tau") -> str:
@@ -86,7 +133,8 @@ def render(root: str) -> str:
              "mean ± std over seeds of the test metric at the epoch with the best validation Kendall τ.", ""]
     for task in sorted(by_task):
         parts += [f"## {task}", ""]
-        parts.append(cross_dataset_matrix(by_task[task]) if task == "cross-dataset" else task_table(by_task[task]))
+        parts.append(cross_dataset_table(by_task[task]) + "\n\n" + cross_dataset_matrix(by_task[task])
+                     if task == "cross-dataset" else task_table(by_task[task]))
         parts.append("")
     if not summaries:
         parts.append("_No results yet: run `python -m benchmarks.run --task wildpark --model ng-t`._")

@@ -17,8 +17,8 @@ left to it. Each finished (row, seed) appends one JSON line (task, row, seed, gi
 
 ``table`` renders what is complete as markdown: for ``inr`` one table per task (mean ± std over the seeds
 done, the seed count, the best epoch, the training time, the commits; rows without a finished seed are
-listed as pending), for ``zoo`` the tables of :mod:`benchmarks.report` (Kendall τ and R², the cross-dataset
-matrix). With ``--write FILE`` they replace the text between the set's markers in ``FILE``; each task's tables
+listed as pending), for ``zoo`` the tables of :mod:`benchmarks.report` (Kendall τ and R²; cross-dataset as SNE's
+table 1, pairs by models with each model's average over the pairs, then a matrix per model). With ``--write FILE`` they replace the text between the set's markers in ``FILE``; each task's tables
 have markers of their own inside, so ``--only TASK --write FILE`` re-renders one task and keeps the others (rows
 whose results are in another directory, or on another machine).
 
@@ -314,7 +314,7 @@ def zoo_table(results: str, task: str) -> str:
     """Markdown tables of the finished rows of ``zoo`` task ``task``, laid out by :mod:`benchmarks.report`
     (Kendall τ and R² per test split; the cross-dataset matrix), mean ± std over the finished seeds; rows
     without a finished seed listed as pending."""
-    from benchmarks.report import cross_dataset_matrix, task_table
+    from benchmarks.report import cross_dataset_matrix, cross_dataset_table, task_table
     from benchmarks.run import summarize
 
     summaries, pending = [], []
@@ -330,7 +330,8 @@ def zoo_table(results: str, task: str) -> str:
                           "summary": summarize([m for _, m in done])})
     parts = [f"**{task}**", ""]
     if summaries:
-        parts += [cross_dataset_matrix(summaries) if task == "cross-dataset" else task_table(summaries), ""]
+        parts += [cross_dataset_table(summaries) + "\n\n" + cross_dataset_matrix(summaries)
+                  if task == "cross-dataset" else task_table(summaries), ""]
     if pending:
         parts += [f"Pending (no finished seed): {', '.join(pending)}.", ""]
     return "\n".join(parts)

@@ -81,10 +81,15 @@ def open_zoo(path: str | None, preset: str, runs: int | None) -> BaseZoo:
                             "cnn-zoo task")
 
 
+#: zoos of at least this many runs rank models (a test split of >= 100 runs at the usual 80 / 10 / 10 split)
+RANKING_RUNS = 1000
+
+
 def zoo_note(presets: Sequence[tuple[str, int | None]], large_option: str) -> str:
     """Which embedded zoos ``(preset, runs)`` a run used, and where to rank models (-large presets, results)."""
-    used = ", ".join(f"{p} ({counted(DEFAULT_RUNS[p] if r is None else r, 'run')})" for p, r in presets)
-    if all(p.endswith("-large") for p, _ in presets):
+    sizes = [(p, DEFAULT_RUNS[p] if r is None else r) for p, r in presets]
+    used = ", ".join(f"{p} ({counted(n, 'run')})" for p, n in sizes)
+    if all(n >= RANKING_RUNS for _, n in sizes):  # by size, not name: a -large preset cut to task.runs=64 is small
         return f"zoo: {used}"
     return (f"zoo: {used}, a small zoo for a quick run; its test split is too small to rank models. Rank them on "
             f"the -large presets (>= 1,000 runs: {large_option}) and see docs/results.md")

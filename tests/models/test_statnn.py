@@ -56,3 +56,41 @@ def test_invariance_is_exact_for_any_permutation_within_layers():
                            ws.biases)
     with torch.no_grad():
         torch.testing.assert_close(m(collate([ws])), m(collate([shuffled])), atol=1e-6, rtol=1e-6)
+
+
+def test_a_feature_constant_in_training_does_not_saturate_the_predictions():
+    """Cross-arch: trained on 3-layer networks (depth slots 0, 1, K-1), evaluated on 4-layer ones of other layer
+    shapes. Slot 2 (empty in training) and the shape features (one value in a homogeneous zoo) had running
+    variance ~0, so standardising scaled them ~300x and the MLP gave every test network one saturated prediction
+    (the cross-arch StatNN row: tau 0.000, the same R^2 for every seed). Features constant in training are 0 at
+    evaluation, as they were in training; the others are standardised as before."""
+    torch.manual_seed(0)
+    K = 6
+    m = create_model("statnn", max_layers=K, hidden=(16,))
+    train, test = collate(zoo("mlp", 8)), collate(zoo("cnn", 8, seed=1))
+    m.train()
+    with torch.no_grad():
+        for _ in range(200):                                          # the running statistics settle
+            m(train)
+    m.eval()
+    norm = m.norm
+    with torch.no_grad():
+        f = m.features(test)
+        plain = (f - norm.running_mean) / (norm.running_var + norm.eps).sqrt()
+        assert plain.abs().max() > 100                                # what the MLP used to get
+        x = norm(f)
+        assert x.abs().max() < 20                                     # what it gets
+        const = norm.train_max == norm.train_min
+        assert const.any() and x[:, const].eq(0).all()
+        torch.testing.assert_close(x[:, ~const], plain[:, ~const], atol=1e-4, rtol=1e-4)  # the others as before
+        out = m(test)
+    assert torch.isfinite(out).all() and out.std() > 1e-3
+    # the range is part of the state; a state dict saved before it loads, zeroing nothing
+    state = m.state_dict()
+    fresh = create_model("statnn", max_layers=K, hidden=(16,)).eval()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.norm.train_max == fresh.norm.train_min, const)
+    old = {k: v for k, v in state.items() if not k.startswith("norm.train_")}
+    fresh.load_state_dict(old)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.norm(f), plain, atol=1e-4, rtol=1e-4)

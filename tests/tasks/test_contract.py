@@ -266,6 +266,10 @@ def test_the_data_printout_counts_in_words():
 
     assert "wildpark-digits (1 run)" in zoo_note([("wildpark-digits", 1)], "")
     assert "wildpark-digits-large (1,280 runs)" in zoo_note([("wildpark-digits-large", None)], "")
+    assert "too small" not in zoo_note([("wildpark-digits-large", None)], "")
+    # judged by size, not name: --set task.large=true keeps the cross tasks' runs: 64 unless task.runs=null
+    cut = zoo_note([("arch1-digits-large", 64), ("arch2-digits-large", 64)], "--set task.runs=null")
+    assert "arch1-digits-large (64 runs)" in cut and "too small to rank models" in cut and "task.runs=null" in cut
 
     class OneRun:
         def __len__(self):

@@ -50,3 +50,32 @@ def test_the_cross_dataset_matrix_says_how_many_seeds_each_cell_has():
              "summary": {"test/digits": stats}} for z, n in (("digits", 1), ("shapes", 3))]
     assert "mean ± std over 1-3 seeds per training zoo" in cross_dataset_matrix(rows)
     assert "over 1 seed per" in cross_dataset_matrix(rows[:1])
+
+
+def test_cross_dataset_results_in_the_layout_of_sne_table_1(tmp_path):
+    """SNE table 1: rows train → test (each training zoo's own split first), columns models, and each model's
+    average over the pairs (mean ± std over the pairs); an average over fewer pairs than the table says so."""
+    from benchmarks.report import cross_dataset_table, render
+
+    def row(model, train_on, taus, seeds=3):
+        return {"task": "cross-dataset", "model": model, "seeds": list(range(seeds)),
+                "config": {"task": {"arch": "arch1", "train_on": train_on, "datasets": ["digits", "mnist1d"]}},
+                "summary": {f"test/{z}": {"kendall_tau": {"mean": t, "std": 0.01}} for z, t in taus.items()}}
+
+    rows = [row("statnn", "mnist1d", {"digits": 0.4, "mnist1d": 0.6}), row("statnn", "digits", {"digits": 0.8, "mnist1d": 0.5}),
+            row("sne", "digits", {"digits": 0.7, "mnist1d": 0.6})]
+    text = cross_dataset_table(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| train → test | statnn | sne |"
+    assert [line.split(" | ")[0] for line in lines[1:]] == [
+        "| digits → digits", "| digits → mnist1d", "| mnist1d → mnist1d", "| mnist1d → digits", "| average"]
+    assert lines[1] == "| digits → digits | 0.800 ± 0.010 | 0.700 ± 0.010 |"
+    assert lines[3] == "| mnist1d → mnist1d | 0.600 ± 0.010 | – |"
+    assert lines[-1] == "| average | 0.575 ± 0.148 | 0.650 ± 0.050 (2 of 4 pairs) |"
+    assert "over 3 seeds per cell" in text
+    for r in rows:                                                     # the report renders it first
+        d = tmp_path / "cross-dataset" / "arch1" / f"train-{r['config']['task']['train_on']}" / r["model"]
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(r))
+    report = render(str(tmp_path))
+    assert report.index("| train → test | sne | statnn |") < report.index("| train \\ test |")

@@ -51,6 +51,7 @@ def test_zoo_table_aggregates_seeds_and_lists_pending_rows(tmp_path):
     table = T.render("zoo", str(tmp_path))["zoo"]
     assert "| statnn | 2 | 0.600 ± 0.100 | 0.100 ± 0.000 |" in table    # task_table's row
     assert "| digits | 0.300 ± 0.000 | 0.200 ± 0.000 |" in table                  # the cross-dataset matrix
+    assert "| digits → shapes | 0.200 ± 0.000 |" in table                          # and SNE table 1's layout
     assert "Pending" in table and "wildpark/ng-t" in table and "wildpark/statnn," not in table
 
 

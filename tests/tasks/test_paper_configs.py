@@ -13,7 +13,7 @@ from neuralgraph.data.graph import EDGE_KIND
 from tests.nn.graphs import random_graph
 
 EXPECTED = {"ng-gnn-wildpark", "ng-t-wildpark", "statnn-wildpark", "ng-gnn-cifar10gs", "ng-t-cifar10gs",
-            "nfn-np-cifar10gs", "nfn-hnp-cifar10gs", "sne-cross-dataset"}
+            "nfn-np-cifar10gs", "nfn-hnp-cifar10gs", "sne-cross-dataset", "sne-cross-dataset-cpu"}
 
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "models.md"
@@ -64,6 +64,21 @@ def test_parameter_counts_beside_the_papers():
     assert len(EDGE_KIND) == 21
     assert count(gnn.encoder) == 2 * 16448 + 192 * 64 + 64 * (34 + 21 + 9 + 4 + 2 + 29) == 51520
     assert gnn.head.readout == "output_cat" and gnn.head.num_outputs == 10
+
+
+def test_sne_cpu_variant_reduces_only_the_chunk_encoder_width():
+    """sne-cross-dataset-cpu is the paper's configuration with the chunk encoder 16 wide instead of 512 (the
+    width that drives memory; docs/models.md), nothing else."""
+    _, _, paper, cfg, _ = build("sne-cross-dataset")
+    _, _, cpu, cpu_cfg, _ = build("sne-cross-dataset-cpu")
+    assert cpu_cfg["train"] == cfg["train"] and cpu_cfg["task"] == cfg["task"]
+    assert {k: v for k, v in cpu_cfg["model"].items() if k != "chunk_hidden"} == \
+        {k: v for k, v in cfg["model"].items() if k != "chunk_hidden"}
+    assert (cfg["model"]["chunk_hidden"], cpu_cfg["model"]["chunk_hidden"]) == (512, 16)
+    assert cpu.chunk_size == 32 and cpu.hidden == 512 and cpu_cfg["train"]["batch_size"] == 64
+    # the parts after the chunk encoder are the paper configuration's, parameter for parameter
+    for part in ("layer_encoder", "wb_encoder", "net_encoder", "head"):
+        assert count(getattr(cpu, part)) == count(getattr(paper, part)), part
 
 
 def test_config_for_another_model_is_refused():
@@ -127,3 +142,13 @@ def test_cifar10gs_config_standardises_a_small_cnn_zoo_directory(tmp_path, monke
     for l in layer.unique():
         v = value[layer == l]
         assert abs(v.mean().item()) < 1e-5 and abs(v.std(unbiased=False).item() - 1) < 1e-5, int(l)
+
+
+def test_paper_configs_tool_measures_apart_with_overrides():
+    """benchmarks.perf.paper_configs --memory builds each configuration in a fresh process and reports its peak
+    resident memory; --set overrides options as the runner's --set (how sne-cross-dataset-cpu was sized)."""
+    from benchmarks.perf.paper_configs import main
+
+    row, = main(["--only", "sne-cross-dataset", "--memory", "--set", "model.chunk_hidden=16"])
+    assert row["params"] == documented_counts()["sne-cross-dataset-cpu"][0]
+    assert row["set"] == ["model.chunk_hidden=16"] and 0.05 < row["peak_gb"] < 10

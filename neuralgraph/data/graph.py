@@ -156,6 +156,11 @@ POOL = {name: i for i, name in enumerate(POOLS)}
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
 DEFAULT_EPS = 1e-5
 
+#: tap of a virtual head neuron's ``attention`` edges holding the head's score scale dim ``D``: the scores are
+#: ``q . k / sqrt(D)`` (MaxViT: ``D = C``, its whole feature dim); 0 (or edges of 3 taps): ``D = d_H``, the scaled
+#: dot product
+ATTENTION_SCALE_TAP = 3
+
 
 def plain_geometry(dims: int) -> tuple[int, ...]:
     """``geometry`` row of an edge without geometry (linear, residual, norms, self-loops, ...): stride 1, padding 0,

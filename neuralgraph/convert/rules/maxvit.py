@@ -57,9 +57,10 @@ def _partition(ctx, node, mod: nn.Module, size: tuple[int, int]) -> tuple[tuple[
                                     f"{type(mod.departition_op).__name__}) are not torchvision's WindowPartition / "
                                     "WindowDepartition, whose windows the graph would hold")
     if not isinstance(p, int) or p < 1 or tuple(mod.grid_size) != (h, w) or h % p or w % p:
-        raise ctx.unsupported(node, f"its input is a {h} x {w} map, but the layer partitions a {tuple(mod.grid_size)} "
-                                    f"grid into {p} (its grid_size, fixed at construction, which its window departition "
-                                    "uses): convert the model at the input_size it was built for")
+        raise ctx.unsupported(node, f"its input is a {h} x {w} map, but the layer was built for a "
+                                    f"{mod.grid_size[0]} x {mod.grid_size[1]} map cut in parts of {p} (its grid_size, "
+                                    "fixed at construction, which its departition uses): convert the model at the "
+                                    "input_size it was built for")
     swaps = [mod.partition_swap, mod.departition_swap]
     if kind == "window" and all(isinstance(s, nn.Identity) for s in swaps):
         return (p, p), (1, 1)

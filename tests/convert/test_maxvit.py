@@ -274,6 +274,10 @@ def test_maxvit_refuses_what_it_cannot_represent():
     odd[1].partition_swap = nn.Identity()
     with pytest.raises(UnsupportedModuleError, match="partition_type 'grid' with partition swaps Identity"):
         to_neural_graph(odd, example_input=torch.randn(1, 3, 4, 4))
+    odd = _layer("grid")
+    odd[1].mlp_layer[2] = nn.Softmax(dim=1)  # over the windows of the partition, not the channels
+    with pytest.raises(UnsupportedModuleError, match=r"mlp_layer.2 .*a Softmax on the layer's \[B, windows, tokens, C\]"):
+        to_neural_graph(odd, example_input=torch.randn(1, 3, 4, 4))
     training = _layer("grid")
     training[1].stochastic_dropout.p = 0.2
     training.train()

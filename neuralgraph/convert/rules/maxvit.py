@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import Val
 from neuralgraph.convert.registry import module_rule
 from neuralgraph.convert.rules.attention import _apply, _child
@@ -73,6 +74,15 @@ def _partition(ctx, node, mod: nn.Module, size: tuple[int, int]) -> tuple[tuple[
     raise ctx.unsupported(node, f"partition_type {kind!r} with partition swaps {type(swaps[0]).__name__} / "
                                 f"{type(swaps[1]).__name__}: not torchvision's block ('window': no swap) or grid "
                                 "('grid': SwapAxes(-2, -3)) partition")
+
+
+def _per_position(mod: nn.Module) -> bool:
+    """Whether ``mod`` acts on each token of the ``[B, windows, tokens, C]`` partition alone, over its last dim (so
+    it is the same layer on the map's channel neurons): a LayerNorm, Linear, dropout, identity or element-wise
+    activation. Anything else (a BatchNorm or PReLU reading dim 1, the windows; a softmax over some dim) is refused."""
+    if type(mod) in A.MODULE_ACTIVATIONS:
+        return A.MODULE_ACTIVATIONS[type(mod)] not in ("softmax", "log_softmax")
+    return isinstance(mod, (nn.LayerNorm, nn.Linear, nn.Identity, nn.modules.dropout._DropoutNd))
 
 
 def _relative_attention(ctx, node, x: Val, size: tuple[int, int], window: tuple[int, int],
@@ -148,8 +158,13 @@ def partition_attention_layer(ctx, node, x: Val) -> Val:
         for name, child in getattr(mod, seq).named_children():
             if _is(child, _ATTENTION):
                 branch = _relative_attention(ctx, _child(node, f"{seq}.{name}"), branch, (h, w), window, dilation)
-            else:
+            elif _per_position(child):
                 branch = _apply(ctx, node, f"{seq}.{name}", branch)
+            else:
+                raise ctx.unsupported(_child(node, f"{seq}.{name}"), f"a {type(child).__name__} on the layer's "
+                                      "[B, windows, tokens, C] partition: only layers acting on each token's last dim "
+                                      "(LayerNorm, Linear, dropout, element-wise activations) and the attention convert "
+                                      "there")
         stream = add(ctx, _child(node), stream, branch)
     return Val(stream.nodes, "map", 2, x.positions)
 

@@ -626,12 +626,12 @@ class _Run:
             idx = (head == h).nonzero().view(-1)
             parts = [(torch.zeros_like(bias[r][idx]) if s_ is None else s_[idx], bias[r][idx])
                      for r, s_ in enumerate(sums)]
-            scale = 1 / math.sqrt(scale_dims.get(h) or idx.numel())
+            root = math.sqrt(scale_dims.get(h) or idx.numel())                      # sqrt(D), D = d_H by default
             if h in self.windows:
-                add(dst[idx].tolist(), self._window_attention(parts, *self.windows[h], scale))
+                add(dst[idx].tolist(), self._window_attention(parts, *self.windows[h], root))
                 continue
             q, k, v = ((t + b_.view(-1, *([1] * (t.dim() - 1)))).movedim(0, -1) for t, b_ in parts)  # [B, T, d_H]
-            out = torch.softmax(q @ k.transpose(-2, -1) * scale, -1) @ v
+            out = torch.softmax(q @ k.transpose(-2, -1) / root, -1) @ v
             add(dst[idx].tolist(), out.movedim(-1, 0))
 
     def _scale_dims(self, e: Tensor) -> dict[int, float]:
@@ -651,11 +651,11 @@ class _Run:
         return out
 
     def _window_attention(self, parts: list[tuple[Tensor, Tensor]], spec: tuple[int, ...], table: Tensor,
-                          scale: float) -> Tensor:
+                          root: float) -> Tensor:
         """One head's window attention over a map (Swin's shifted windows, MaxViT's blocks and grids): ``parts`` the
         (weighted sum of the sources ``[d, B, H, W]``, bias ``[d]``) of q, k and v (the zero-padded positions get the
         bias alone), ``spec`` the window, shift, map size (``data.graph.window_geometry``) and dilation, ``table`` the
-        bias by offset, ``scale`` the scores' factor; returns ``[d, B, H, W]``.
+        bias by offset, ``root`` what the scores are divided by (``sqrt(D)``); returns ``[d, B, H, W]``.
 
         The map is zero-padded at the bottom / right to whole dilated windows (``wh * dh`` rows), rolled by
         ``-shift``, and cut into windows: along a dim of window ``w`` and dilation ``dl``, blocks of ``w * dl``
@@ -664,7 +664,7 @@ class _Run:
         (wh, ww), shift, size, (dh, dw) = spec[:2], spec[2:4], spec[4:6], spec[6:8]
         if parts[0][0].dim() == 2 and tuple(size) == (1, 1):  # a one-position map is read as a feature [d, B]
             return self._window_attention([(t.view(*t.shape, 1, 1), b_) for t, b_ in parts], spec, table,
-                                          scale)[..., 0, 0]
+                                          root)[..., 0, 0]
         if parts[0][0].dim() != 4 or tuple(parts[0][0].shape[2:]) != tuple(size):
             raise ValueError(f"the graph's window attention attends over a {size[0]} x {size[1]} map (the "
                              f"conversion's size), but this input gives {tuple(parts[0][0].shape[2:])}: execute it "
@@ -689,8 +689,8 @@ class _Run:
         y, x = torch.meshgrid(torch.arange(wh, device=table.device), torch.arange(ww, device=table.device),
                               indexing="ij")
         y, x = y.reshape(-1), x.reshape(-1)
-        scores = q @ k.transpose(-2, -1) * scale + table[y[:, None] - y[None, :] + wh - 1,
-                                                         x[:, None] - x[None, :] + ww - 1]
+        scores = q @ k.transpose(-2, -1) / root + table[y[:, None] - y[None, :] + wh - 1,
+                                                        x[:, None] - x[None, :] + ww - 1]
         if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
             region = torch.zeros(ph, pw, dtype=torch.long, device=scores.device)
             cuts = [((0, ph - wh), (ph - wh, ph - shift[0]), (ph - shift[0], ph)),

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from neuralgraph.convert.activations import ACTIVATIONS, PARAM_COLUMNS
-from neuralgraph.data.graph import (DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, POOLS, ROLE, EdgeKind,
-                                    NeuralGraph, norm_taps)
+from neuralgraph.data.graph import (ATTENTION_SCALE_TAP, DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, POOLS, ROLE,
+                                    EdgeKind, NeuralGraph, norm_taps)
 
 #: activation family -> element-wise function (``softmax`` / ``log_softmax`` act over the neurons of a layer)
 ACTIVATION_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
@@ -194,8 +194,9 @@ class _Run:
             self._run_layer(layer_id, by_layer[layer_id].tolist())
 
     def _windows(self) -> dict[int, tuple[tuple[int, ...], Tensor]]:
-        """Per virtual head neuron of a window attention: its geometry (window, shift, map size) and its relative
-        position bias ``[2 wh - 1, 2 ww - 1]`` (by offset ``dy, dx``), from its ``window_bias`` edges."""
+        """Per virtual head neuron of a window attention: its geometry (window, shift, map size, then the partition's
+        dilation from the dilation columns of its ``node_window``) and its relative position bias
+        ``[2 wh - 1, 2 ww - 1]`` (by offset ``dy, dx``), from its ``window_bias`` edges."""
         g, out = self.g, {}
         e = (g.edge_kind == EDGE_KIND["window_bias"]).nonzero().view(-1).cpu()
         if e.numel() and len(self.mk) != 2:
@@ -213,9 +214,16 @@ class _Run:
             if spec.size(0) != 1 or not inside or not one_each:
                 raise ValueError(f"virtual head neuron {h}: its window_bias edges do not hold one bias per offset of one "
                                  "window (a corrupt graph)")
+            dilation = g.node_window[h, 6:8].tolist()                                 # the dilation columns (2-d)
+            shift, (mh, mw) = spec[0, 2:4].tolist(), spec[0, 4:6].tolist()
+            if min(wh, ww, *dilation) < 1 or (dilation != [1, 1] and (any(shift) or mh % (wh * dilation[0]) or
+                                                                       mw % (ww * dilation[1]))):
+                raise ValueError(f"virtual head neuron {h}: a window partition of dilation {dilation} needs windows of "
+                                 f"at least one position, no shift and a map of whole dilated windows; window "
+                                 f"{[wh, ww]}, shift {shift}, map {[mh, mw]} (a corrupt graph)")
             table = g.edge_attr.new_zeros(2 * wh - 1, 2 * ww - 1)
             table[offsets[:, 0], offsets[:, 1]] = g.edge_attr[e[mine], self.centre]
-            out[h] = (tuple(spec[0].tolist()), table)
+            out[h] = (tuple(spec[0].tolist()) + tuple(dilation), table)
         return out
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -613,43 +621,76 @@ class _Run:
                 weight = stack.new_zeros(n, stack.size(0)).index_put_((tgt, sl), wr, accumulate=True)
                 term = (weight @ flat).view(n, *stack.shape[1:])                      # [n, B, T]
                 sums[r] = term if sums[r] is None else sums[r] + term
+        scale_dims = self._scale_dims(e[virtual])
         for h in torch.unique(head).tolist():
             idx = (head == h).nonzero().view(-1)
             parts = [(torch.zeros_like(bias[r][idx]) if s_ is None else s_[idx], bias[r][idx])
                      for r, s_ in enumerate(sums)]
+            root = math.sqrt(scale_dims.get(h) or idx.numel())                      # sqrt(D), D = d_H by default
             if h in self.windows:
-                add(dst[idx].tolist(), self._window_attention(parts, *self.windows[h]))
+                add(dst[idx].tolist(), self._window_attention(parts, *self.windows[h], root))
                 continue
             q, k, v = ((t + b_.view(-1, *([1] * (t.dim() - 1)))).movedim(0, -1) for t, b_ in parts)  # [B, T, d_H]
-            out = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(idx.numel()), -1) @ v
+            out = torch.softmax(q @ k.transpose(-2, -1) / root, -1) @ v
             add(dst[idx].tolist(), out.movedim(-1, 0))
 
-    def _window_attention(self, parts: list[tuple[Tensor, Tensor]], spec: tuple[int, ...], table: Tensor) -> Tensor:
-        """One head's shifted-window attention over a map (Swin): ``parts`` the (weighted sum of the sources
-        ``[d, B, H, W]``, bias ``[d]``) of q, k and v (the zero-padded positions get the bias alone), ``spec`` the
-        window, shift and map size (``data.graph.window_geometry``), ``table`` the bias by offset; returns
-        ``[d, B, H, W]``."""
-        (wh, ww), shift, size = spec[:2], spec[2:4], spec[4:6]
+    def _scale_dims(self, e: Tensor) -> dict[int, float]:
+        """Per virtual head neuron (the sources of the attention edges ``e``): the scale dim ``D`` its edges hold on tap
+        ``ATTENTION_SCALE_TAP`` (scores ``q . k / sqrt(D)``); absent where 0 (``D = d_H``) or the edges are too short."""
+        if self.g.edge_attr.size(1) <= ATTENTION_SCALE_TAP or not e.numel():
+            return {}
+        dims = self.g.edge_attr[e, ATTENTION_SCALE_TAP]
+        out = {}
+        for h in torch.unique(self.src_t[e]).tolist():
+            mine = dims[self.src_t[e] == h]
+            if bool((mine != mine[0]).any()) or float(mine[0]) < 0:
+                raise ValueError(f"virtual head neuron {h}: its attention edges disagree on the scale dim (tap "
+                                 f"{ATTENTION_SCALE_TAP}) or hold a negative one (a corrupt graph)")
+            if float(mine[0]) > 0:
+                out[h] = float(mine[0])
+        return out
+
+    def _window_attention(self, parts: list[tuple[Tensor, Tensor]], spec: tuple[int, ...], table: Tensor,
+                          root: float) -> Tensor:
+        """One head's window attention over a map (Swin's shifted windows, MaxViT's blocks and grids): ``parts`` the
+        (weighted sum of the sources ``[d, B, H, W]``, bias ``[d]``) of q, k and v (the zero-padded positions get the
+        bias alone), ``spec`` the window, shift, map size (``data.graph.window_geometry``) and dilation, ``table`` the
+        bias by offset, ``root`` what the scores are divided by (``sqrt(D)``); returns ``[d, B, H, W]``.
+
+        The map is zero-padded at the bottom / right to whole dilated windows (``wh * dh`` rows), rolled by
+        ``-shift``, and cut into windows: along a dim of window ``w`` and dilation ``dl``, blocks of ``w * dl``
+        positions, and within a block window ``r < dl`` holds positions ``t * dl + r`` (``t < w``, its tokens in
+        that order): dilation 1 is a window of adjacent positions, a dilation of the map's ``n / w`` a grid."""
+        (wh, ww), shift, size, (dh, dw) = spec[:2], spec[2:4], spec[4:6], spec[6:8]
         if parts[0][0].dim() == 2 and tuple(size) == (1, 1):  # a one-position map is read as a feature [d, B]
-            return self._window_attention([(t.view(*t.shape, 1, 1), b_) for t, b_ in parts], spec, table)[..., 0, 0]
+            return self._window_attention([(t.view(*t.shape, 1, 1), b_) for t, b_ in parts], spec, table,
+                                          root)[..., 0, 0]
         if parts[0][0].dim() != 4 or tuple(parts[0][0].shape[2:]) != tuple(size):
             raise ValueError(f"the graph's window attention attends over a {size[0]} x {size[1]} map (the "
                              f"conversion's size), but this input gives {tuple(parts[0][0].shape[2:])}: execute it "
                              "at that size")
         d, b, h, w = parts[0][0].shape
-        ph, pw = -h % wh + h, -w % ww + w
-        nh, nw, n = ph // wh, pw // ww, wh * ww
+        ph, pw = -h % (wh * dh) + h, -w % (ww * dw) + w
+        nh, nw, n = ph // (wh * dh), pw // (ww * dw), wh * ww                          # blocks per dim, tokens
+
+        def partition(t: Tensor) -> Tensor:  # [..., pH, pW] -> [..., windows, tokens]
+            lead = t.shape[:-2]
+            t = t.reshape(*lead, nh, wh, dh, nw, ww, dw)
+            k = len(lead)
+            t = t.permute(*range(k), k, k + 2, k + 3, k + 5, k + 1, k + 4)              # blocks, dilations, window
+            return t.reshape(*lead, nh * dh * nw * dw, n)
+
         windows = []
         for t, bias in parts:
             t = F.pad(t, (0, pw - w, 0, ph - h)) + bias.view(-1, 1, 1, 1)              # [d, B, pH, pW]
             t = torch.roll(t, (-shift[0], -shift[1]), (2, 3)) if any(shift) else t
-            windows.append(t.view(d, b, nh, wh, nw, ww).permute(1, 2, 4, 3, 5, 0).reshape(b, nh * nw, n, d))
-        q, k, v = windows                                                             # [B, nW, N, d]
+            windows.append(partition(t).permute(1, 2, 3, 0))                          # [B, nW, N, d]
+        q, k, v = windows
         y, x = torch.meshgrid(torch.arange(wh, device=table.device), torch.arange(ww, device=table.device),
                               indexing="ij")
         y, x = y.reshape(-1), x.reshape(-1)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d) + table[y[:, None] - y[None, :] + wh - 1,
-                                                                 x[:, None] - x[None, :] + ww - 1]
+        scores = q @ k.transpose(-2, -1) / root + table[y[:, None] - y[None, :] + wh - 1,
+                                                        x[:, None] - x[None, :] + ww - 1]
         if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
             region = torch.zeros(ph, pw, dtype=torch.long, device=scores.device)
             cuts = [((0, ph - wh), (ph - wh, ph - shift[0]), (ph - shift[0], ph)),
@@ -657,10 +698,11 @@ class _Run:
             for i, (a0, a1) in enumerate(cuts[0]):
                 for j, (c0, c1) in enumerate(cuts[1]):
                     region[a0:a1, c0:c1] = 3 * i + j
-            region = region.view(nh, wh, nw, ww).permute(0, 2, 1, 3).reshape(nh * nw, n)
+            region = partition(region)                                                # [nW, N]
             scores = scores + (region[:, :, None] != region[:, None, :]).to(scores.dtype) * -100.0
         out = torch.softmax(scores, -1) @ v                                           # [B, nW, N, d]
-        out = out.view(b, nh, nw, wh, ww, d).permute(5, 0, 1, 3, 2, 4).reshape(d, b, ph, pw)
+        out = out.permute(3, 0, 1, 2).reshape(d, b, nh, dh, nw, dw, wh, ww)
+        out = out.permute(0, 1, 2, 6, 3, 4, 7, 5).reshape(d, b, ph, pw)                # the inverse of partition
         out = torch.roll(out, tuple(shift), (2, 3)) if any(shift) else out
         return out[:, :, :h, :w]
 

@@ -97,11 +97,11 @@ class ConversionPlan:
             ("node_pool", node_tensor(builder.pool)), ("node_spatial", node_tensor(builder.spatial)),
             ("node_window", torch.tensor(builder.window, dtype=torch.long).view(n_all, -1)[keep]))}
         _check_layer_groups(builder, layer, remap, keep)
-        x0 = torch.zeros(n, f_node)
-        x0[:, 1] = node_tensor(builder.has_bias).float()
-        x0[:, 0] = torch.tensor(builder.const, dtype=torch.float)[keep]   # constants (x + c); params overwrite
+        x0 = torch.zeros(n, f_node, dtype=torch.float64)  # float64: a constant is rounded once, to the graph's dtype
+        x0[:, 1] = node_tensor(builder.has_bias).double()
+        x0[:, 0] = torch.tensor(builder.const, dtype=torch.float64)[keep]   # constants (x + c); params overwrite
         for col in range(max(map(len, builder.act_param), default=0)):  # activation parameters (a slope, ...)
-            x0[:, 2 + col] = torch.tensor([p[col] if col < len(p) else 0.0 for p in builder.act_param])[keep]
+            x0[:, 2 + col] = torch.tensor([p[col] if col < len(p) else 0.0 for p in builder.act_param], dtype=torch.float64)[keep]
 
         # -- edges, constant taps and the parameter gather
         # every per-edge tensor is allocated once at its final size and filled block by block (no lists of parts
@@ -176,7 +176,7 @@ class ConversionPlan:
                                      "conversion rule is wrong (please report it with the module)")
             for tap, value in const_taps:
                 c_pos.append(edge_rows * f_edge + tap)
-                c_val.append(torch.full((m,), float(value)))
+                c_val.append(torch.full((m,), float(value), dtype=torch.float64))
             for (name, elem, taps), run in zip(sources, cont):
                 if run:
                     runs.append((rows, m, taps.tolist(), int(elem[0, 0]) + offset(name)))
@@ -205,7 +205,8 @@ class ConversionPlan:
             return torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
 
         # constant taps (identity edges, a normalization's eps): sparse, no dense template of edge_attr
-        self.const_pos, self.const_val = cat(c_pos), cat(c_val, torch.float)
+        # float64, like x0: a float64 graph holds eps = 1e-3 as 1e-3, not its float32 rounding
+        self.const_pos, self.const_val = cat(c_pos), cat(c_val, torch.float64)
         self.edge_runs = runs
         self._edge_src, self._edge_dst = edge_src, edge_dst  # the elements outside runs
         self.node_src, self.node_dst = cat(n_src), cat(n_dst)
@@ -225,7 +226,7 @@ class ConversionPlan:
         self.node_value, self.node_channel = value_of[:, 0].clone(), value_of[:, 1].clone()
         self.offsets = offsets
         self._read_maps: tuple | None = None  # read-back maps, built on first use
-        self._device_cache: dict = {}  # device (or ("read", device)) -> the plan's tensors on it
+        self._device_cache: dict = {}  # device (or ("read", device), ("constants", device, dtype)) -> the plan's tensors on it
         #: a plain feed-forward chain of linear / conv layers with element-wise maps between them
         #: (activations, constant scales and shifts): what NFN-style weight-space models assume
         self.feedforward = self._is_feedforward()
@@ -314,10 +315,17 @@ class ConversionPlan:
         if device not in self._device_cache:
             self._device_cache[device] = {
                 k: v.to(device) for k, v in dict(
-                    self.categories, edge_index=self.edge_index, x0=self.x0, const_pos=self.const_pos,
-                    const_val=self.const_val, edge_src=self._edge_src, edge_dst=self._edge_dst, node_src=self.node_src,
-                    node_dst=self.node_dst).items()}
+                    self.categories, edge_index=self.edge_index, const_pos=self.const_pos, edge_src=self._edge_src,
+                    edge_dst=self._edge_dst, node_src=self.node_src, node_dst=self.node_dst).items()}
         return self._device_cache[device]
+
+    def _constants(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The plan's constants (``x0``, the constant taps' values; float64) in ``dtype`` on ``device``, cast before
+        the move (a device may have no float64), once per device and dtype."""
+        key = ("constants", device, dtype)
+        if key not in self._device_cache:
+            self._device_cache[key] = (self.x0.to(dtype).to(device), self.const_val.to(dtype).to(device))
+        return self._device_cache[key]
 
     def _read_positions(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """:attr:`edge_param` and :attr:`node_param` on ``device`` (moved once, then cached: a training step
@@ -384,10 +392,11 @@ class ConversionPlan:
         t = self._on(tensors[0].device)
         lo, n_vals = (0, 1) if channels is None else (1, channels)  # first channel and count of the values
         width = lo + n_vals  # channels per slot
-        x = t["x0"].to(dtype).reshape(-1, 1)
+        x0, const_val = self._constants(tensors[0].device, dtype)
+        x = x0.reshape(-1, 1)
         x = x.clone() if width == 1 else torch.cat([x, x.new_zeros(x.size(0), width - 1)], 1)  # [N F_node, width]
         ea = torch.zeros(self.num_edges * self.config.edge_dim, width, dtype=dtype, device=x.device)
-        ea[t["const_pos"], 0] = t["const_val"].to(dtype)
+        ea[t["const_pos"], 0] = const_val
         # the parameters read element by element come first in gather order: only they are concatenated
         vec = torch.cat([v.reshape(-1, n_vals).to(dtype) for v in tensors[:self._num_gathered]]
                         or [ea.new_empty(0, n_vals)])                                    # [P, n_vals]

@@ -14,13 +14,14 @@ from typing import Callable
 
 from torch import nn
 
-MODULE_RULES: dict[type[nn.Module], Callable] = {}
+MODULE_RULES: dict[type[nn.Module] | str, Callable] = {}
 FUNCTION_RULES: dict[Callable | str, Callable] = {}
 METHOD_RULES: dict[str, Callable] = {}
 
 
-def module_rule(*types: type[nn.Module]) -> Callable[[Callable], Callable]:
-    """Register a rule for module types (they become leaves of the trace)."""
+def module_rule(*types: type[nn.Module] | str) -> Callable[[Callable], Callable]:
+    """Register a rule for module types (they become leaves of the trace); a string is the qualified name of a
+    class of a library the converter does not import (``"torchvision.models.maxvit.PartitionAttentionLayer"``)."""
 
     def deco(fn: Callable) -> Callable:
         for t in types:
@@ -89,8 +90,17 @@ _SAFE_OVERRIDES = {"__init__", "reset_parameters", "extra_repr", "__repr__", "__
                    "_save_to_state_dict"}
 
 
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _rule_of(cls: type) -> Callable | None:
+    """The rule registered for the class itself or for its qualified name."""
+    return MODULE_RULES.get(cls) or MODULE_RULES.get(_qualname(cls))
+
+
 def _ruled_class(module: nn.Module) -> type | None:
-    return next((cls for cls in type(module).__mro__ if cls in MODULE_RULES), None)
+    return next((cls for cls in type(module).__mro__ if _rule_of(cls) is not None), None)
 
 
 def overridden_rule(module: nn.Module) -> type | None:
@@ -112,7 +122,7 @@ def find_module_rule(module: nn.Module) -> Callable | None:
     ruled = _ruled_class(module)
     if ruled is None or overridden_rule(module) is not None:
         return None
-    return MODULE_RULES[ruled]
+    return _rule_of(ruled)
 
 
 def find_function_rule(fn: Callable) -> Callable | None:

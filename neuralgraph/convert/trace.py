@@ -35,7 +35,8 @@ def _type_name(t: type) -> str:
 
 
 def supported_modules() -> list[str]:
-    names = {t.__name__ for t in MODULE_RULES} | {t.__name__ for t in A.MODULE_ACTIVATIONS}
+    names = {t.rsplit(".", 1)[-1] if isinstance(t, str) else t.__name__ for t in MODULE_RULES}
+    names |= {t.__name__ for t in A.MODULE_ACTIVATIONS}
     return sorted(names)
 
 

@@ -16,7 +16,9 @@ field            shape/dtype   meaning
 ``edge_index``   [2, E] long   source -> target, forward dataflow
 ``edge_attr``    [E, F_edge]   the flattened, zero-padded, centred kernel (F_edge = prod of
                                ``max_kernel``); a linear weight or an identity edge sits on the
-                               centre tap; attention edges use the first 3 taps for (q, k, v)
+                               centre tap; attention edges use the first 3 taps for (q, k, v), a
+                               virtual head neuron's tap 3 for the head's score scale dim
+                               (:data:`ATTENTION_SCALE_TAP`)
 ``node_layer``   [N] long      dataflow depth: 0 for input neurons, 1 + the deepest source else
 ``node_role``    [N] int8      :data:`ROLES`
 ``node_pos``     [N] long      position id: index of an input / output neuron; the layer number
@@ -28,7 +30,10 @@ field            shape/dtype   meaning
                                count_include_pad, divisor_override (0: none); defaults otherwise.
                                An input neuron (which never pools) of a graph traced at
                                ``example_input``'s sizes: that input's spatial size in the
-                               kernel columns (right-aligned), stride columns 0
+                               kernel columns (right-aligned), stride columns 0. A window
+                               attention's virtual head neuron: its partition's dilation in the
+                               dilation columns (1: windows of adjacent positions; ``H / wh``:
+                               MaxViT's grid)
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] int8      :data:`EDGE_KINDS`
 ``edge_geom``    [E] int32     row of ``geometry`` holding the edge's geometry (offset by the rows of
@@ -104,7 +109,8 @@ EDGE_KIND_TABLE = (
     EdgeKind("instancenorm", True, True, "instancenorm", "value", ("tab:cyan", "--"),
              "InstanceNorm: running statistics if tracked, else over space"),
     EdgeKind("attention", True, False, "attention", "value", ("tab:orange", "-"),
-             "q, k, v weights (or biases from a virtual head neuron) on taps 0, 1, 2"),
+             "q, k, v weights (or biases from a virtual head neuron) on taps 0, 1, 2; from a virtual head neuron "
+             "tap 3 holds the score scale dim D (scores q . k / sqrt(D); 0: d_H)"),
     EdgeKind("flatten", False, True, "flatten", "map", ("tab:brown", ":"),
              "the source map at the target's position (node_spatial - 1)"),
     EdgeKind("embedding", True, True, "scalar", "linear", ("tab:olive", "-"),
@@ -137,9 +143,10 @@ EDGE_KIND_TABLE = (
              "a self-loop i -> i added for message passing (stock AddSelfLoops through CheckedTransform): no term "
              "of the network (execute refuses graphs with self-loops); plain geometry"),
     EdgeKind("window_bias", True, False, "none", "value", ("tab:orange", ":"),
-             "window attention (Swin): the relative position bias of one key -> query offset for one head, on the "
-             "centre, from the offset's constant neuron into the head's virtual neuron; geometry: the offset, the "
-             "window, the shift and the map size (window_geometry)"),
+             "window attention (Swin, MaxViT): the relative position bias of one key -> query offset for one head, "
+             "on the centre, from the offset's constant neuron into the head's virtual neuron; geometry: the offset, "
+             "the window, the shift and the map size (window_geometry); the partition's dilation (MaxViT's grid) in "
+             "the virtual neuron's node_window"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -147,7 +154,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 13
+FORMAT_VERSION = 14
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -155,6 +162,11 @@ POOL = {name: i for i, name in enumerate(POOLS)}
 
 #: ``eps`` of a normalization edge too short to store it (fewer than 4 taps)
 DEFAULT_EPS = 1e-5
+
+#: tap of a virtual head neuron's ``attention`` edges holding the head's score scale dim ``D``: the scores are
+#: ``q . k / sqrt(D)`` (MaxViT: ``D = C``, its whole feature dim); 0 (or edges of 3 taps): ``D = d_H``, the scaled
+#: dot product
+ATTENTION_SCALE_TAP = 3
 
 
 def plain_geometry(dims: int) -> tuple[int, ...]:
@@ -186,7 +198,14 @@ def window_geometry(offset: tuple[int, int], window: tuple[int, int], shift: tup
     ``(sh, sw)`` (0 where no shift) and the map size ``(H, W)`` the graph attends over (it holds the
     conversion's sizes, like a layout: ``execute`` refuses another). The map, zero-padded at the bottom / right
     to whole windows, is rolled by ``-shift``, cut into windows and attended within each window; positions from
-    different regions of the rolled map get -100 added to their scores (Swin's shifted-window mask)."""
+    different regions of the rolled map get -100 added to their scores (Swin's shifted-window mask).
+
+    The partition's dilation ``(dh, dw)`` is a property of the head: the dilation columns of its virtual neuron's
+    ``node_window`` (1 by default). Along a dim of window ``w`` and dilation ``d``, the map (padded to whole
+    ``w * d`` blocks) is cut into blocks of ``w * d`` positions, and window ``r < d`` of a block holds its
+    positions ``t * d + r`` (``t < w``, the tokens in that order, offsets counted in them): dilation 1 gives windows
+    of adjacent positions (Swin, MaxViT's block attention), ``H / wh`` one grid over the whole map (MaxViT's grid
+    attention: window ``r`` holds positions ``r, r + H / wh, ...``). A dilation other than 1 comes with no shift."""
     if dims != 2:
         raise ValueError(f"window attention geometry needs a 2-d max_kernel (8 columns), got {dims} dims")
     return (*offset, *window, *shift, *size)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from neuralgraph import from_neural_graph, to_neural_graph
+from neuralgraph import execute, from_neural_graph, to_neural_graph
 from neuralgraph.convert import clear_plan_cache, get_plan
 from neuralgraph.convert import plan as plan_mod
 from tests.helpers.nets import WildParkCNN
@@ -149,3 +149,21 @@ def test_parameters_the_forward_does_not_read_are_named_and_keep_the_templates_v
     template = WithAux()
     back = from_neural_graph(g, template)
     assert torch.equal(back.body.weight, m.body.weight) and torch.equal(back.aux.weight, template.aux.weight)
+
+
+def test_constants_are_rounded_once_to_the_graphs_dtype():
+    """A float64 graph holds its constants (a normalization's eps, a constant scale and shift, an activation's
+    slope) in float64, not their float32 rounding (review finding: eps = 1e-3 as float32 put the float64
+    executor 1e-10 off MaxViT); a float32 graph holds the float32 rounding, as before."""
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, eps=1e-3), nn.LeakyReLU(0.1), nn.Conv2d(3, 2, 1)).eval()
+    with torch.no_grad():
+        m[1].running_var.fill_(1e-3)  # eps matters: the variance is of its size
+    x = torch.randn(2, 2, 6, 6)
+    for dtype, tol in ((torch.float64, 1e-14), (torch.float32, 1e-5)):
+        md, xd = m.to(dtype), x.to(dtype)
+        g = to_neural_graph(md, example_input=xd)
+        assert g.edge_attr.dtype == g.x.dtype == dtype
+        assert float(g.edge_attr[g.edge_kind == 4][0, 2]) == float(torch.tensor(1e-3, dtype=dtype))  # eps on tap 2
+        assert float(g.x[:, 2].max()) == float(torch.tensor(0.1, dtype=dtype))  # the slope
+        with torch.no_grad():
+            assert (execute(g, xd) - md(xd)).abs().max() < tol

@@ -58,9 +58,12 @@ from neuralgraph.convert.builder import Val
 from neuralgraph.convert.registry import find_module_rule, module_rule
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import add
+from neuralgraph.data.graph import ATTENTION_SCALE_TAP
 
 #: taps of ``edge_attr`` holding (query, key, value) weights / biases on attention edges
 QKV_TAPS = (0, 1, 2)
+#: tap of a virtual head neuron's attention edges holding the head's score scale dim (see the format)
+SCALE_TAP = ATTENTION_SCALE_TAP
 
 
 # ============================================================================== the representation
@@ -83,13 +86,19 @@ class Projection:
 
 
 def attention_heads(ctx, node: fx.Node, heads: int, head_dim: int, q: Projection, k: Projection,
-                    v: Projection, min_layer: int = 1) -> tuple[Tensor, Tensor]:
+                    v: Projection, min_layer: int = 1, scale_dim: float | None = None) -> tuple[Tensor, Tensor]:
     """Add the head neurons (at ``min_layer`` or deeper), their virtual head neurons and attention edges;
-    returns the ``H * d_H`` head neurons (head-major) and the ``H`` virtual head neurons."""
+    returns the ``H * d_H`` head neurons (head-major) and the ``H`` virtual head neurons. ``scale_dim``: the
+    scores are ``q . k / sqrt(scale_dim)`` instead of ``/ sqrt(d_H)`` (MaxViT scales by the whole feature dim), a
+    constant on tap :data:`SCALE_TAP` of the virtual head neurons' edges."""
     b = ctx.builder
     if ctx.config.edge_dim < len(QKV_TAPS):
         raise ctx.unsupported(node, "attention edges need at least 3 edge features (q, k, v taps); convert "
                                     "with a max_kernel of 3 or more taps")
+    if scale_dim is not None and ctx.config.edge_dim <= SCALE_TAP:
+        raise ctx.unsupported(node, f"scores scaled by 1/sqrt({scale_dim}) instead of 1/sqrt(d_H = {head_dim}) are "
+                                    f"stored on edge tap {SCALE_TAP}, which needs at least {SCALE_TAP + 1} edge "
+                                    "features; convert with a larger max_kernel")
     e = heads * head_dim
     layer = max(b.next_layer(q.src, k.src, v.src), min_layer)
     virtual = b.add_nodes(heads, layer - 1, role="virtual")
@@ -112,7 +121,8 @@ def attention_heads(ctx, node: fx.Node, heads: int, head_dim: int, q: Projection
         b.add_edges(src.repeat(e), out.repeat_interleave(n_in), "attention", sources=sources)
     biases = [(p.bias, (p.b_base + torch.arange(e)).view(-1, 1), torch.tensor([t]))
               for t, p in zip(QKV_TAPS, projections) if p.bias is not None]
-    b.add_edges(virtual.repeat_interleave(head_dim), out, "attention", sources=biases)
+    b.add_edges(virtual.repeat_interleave(head_dim), out, "attention", sources=biases,
+                tap_consts=() if scale_dim is None else ((SCALE_TAP, float(scale_dim)),))
     return out, virtual
 
 
@@ -126,9 +136,13 @@ def _child(node: fx.Node, name: str | None = None) -> fx.Node:
 
 
 def _apply(ctx, node: fx.Node, name: str, x: Val) -> Val:
-    """Run the rule of submodule ``name`` of ``node``'s module on ``x``."""
+    """Run the rule of submodule ``name`` of ``node``'s module on ``x`` (an activation module: its activation)."""
     sub = _child(node, name)
-    rule = find_module_rule(ctx.module(sub))
+    mod = ctx.module(sub)
+    rule = find_module_rule(mod)
+    if rule is None and type(mod) in A.MODULE_ACTIVATIONS:
+        act, values = A.module_activation(A.MODULE_ACTIVATIONS[type(mod)], mod)
+        return activation(ctx, sub, x, act, getattr(mod, "dim", None), values)
     if rule is None:
         raise ctx.unsupported(sub, "has no conversion rule")
     return rule(ctx, sub, x)

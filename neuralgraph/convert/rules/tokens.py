@@ -86,8 +86,10 @@ def respace(ctx, node, x: Val, shape: tuple[int, ...], channel_last: bool) -> Va
     dims = len(ctx.config.max_kernel)
     if len(shape) > dims:
         raise ctx.unsupported(node, f"lays out positions as a {len(shape)}-d map {tuple(shape)}, beyond the "
-                                    f"{dims}-d maps of this conversion (max_kernel); splitting a map into windows "
-                                    "(Swin / MaxViT window partitions) is not supported")
+                                    f"{dims}-d maps of this conversion (max_kernel); splitting a map into windows in "
+                                    "forward (a hand-written window partition, timm's Swin) is not supported: "
+                                    "torchvision's Swin and MaxViT (PartitionAttentionLayer) convert by their own "
+                                    "rules")
     b, length = ctx.builder, math.prod(shape)
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
     b.add_edges(x.nodes, new, "tokens", const=1.0,

@@ -35,7 +35,7 @@ from neuralgraph.convert.builder import HandedOn, Param, Sym, Val
 from neuralgraph.convert.registry import function_rule, reads_params_only, takes_params
 from neuralgraph.convert.rules.attention import Projection, attention_heads
 from neuralgraph.convert.rules.linear import linear
-from neuralgraph.data.graph import window_geometry
+from neuralgraph.data.graph import compact_field, window_geometry
 
 _SWIN = "torchvision.models.swin_transformer."
 
@@ -132,13 +132,6 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
     if tuple(qkv_w.shape) != (3 * c, c) or tuple(proj_w.shape) != (c, c):
         raise ctx.unsupported(node, f"qkv weight {tuple(qkv_w.shape)} / proj weight {tuple(proj_w.shape)} are not "
                                     f"[3C, C] / [C, C] for C = {c}")
-    b = ctx.builder
-    src = ctx.as_features(node, x, c)
-    b.register_param(qkv_w.name, tuple(qkv_w.shape))
-    b.layers.append((qkv_w.name, qkv_b))
-    projs = [Projection(src, qkv_w.name, r * c * c, qkv_b, r * c) for r in range(3)]
-    # offset constant neurons sit one layer before the virtual head neurons, which sit one before the heads
-    out, virtual = attention_heads(ctx, node, heads, c // heads, *projs, min_layer=3)
     pad_h, pad_w = -h % window[0] + h, -w % window[1] + w
     shift = tuple(0 if win >= padded else int(s)
                   for win, padded, s in zip(window, (pad_h, pad_w), a.get("shift_size") or (0, 0)))
@@ -148,7 +141,35 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
         raise ctx.unsupported(node, f"shift {list(a['shift_size'])} on a {pad_h} x {pad_w} (padded) map: torchvision's "
                                     "mask of a negative shift, or one beyond the map, is not the shifted-window mask "
                                     "(regions of the rolled map); shifts in [0, map size] convert")
-    b.register_param(bias.table.name, tuple(bias.table.shape))
+    out = window_heads(ctx, node, ctx.as_features(node, x, c), heads, qkv_w.name, qkv_b, bias.table.name,
+                       tuple(bias.table.shape), window, shift, (h, w))
+    return linear(ctx, node, Val(out, "vec"), proj_w.name, proj_b, (c, c))
+
+
+def window_heads(ctx, node, src, heads: int, qkv_weight: str, qkv_bias: str | None, table: str,
+                 table_shape: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], size: tuple[int, int],
+                 dilation: tuple[int, int] = (1, 1), scale_dim: float | None = None):
+    """The heads of a window attention over an ``H x W`` map (``size``) of the ``C`` channel neurons ``src``: the
+    attention of :mod:`.attention` from the packed ``[3C, C]`` projection ``qkv_weight`` (rows q, k, v; head-major
+    within each), one offset constant neuron per key -> query offset with a ``window_bias`` edge into each virtual
+    head neuron carrying ``table[offset, head]`` (geometry :func:`~neuralgraph.data.graph.window_geometry`), and the
+    partition's ``dilation`` (1: windows of adjacent positions; ``H / wh``: a grid) in the dilation columns of the
+    virtual head neurons' ``node_window``. Returns the ``C`` head neurons (the caller adds the output projection)."""
+    b = ctx.builder
+    c = src.numel()
+    b.register_param(qkv_weight, (3 * c, c))
+    b.layers.append((qkv_weight, qkv_bias))
+    projs = [Projection(src, qkv_weight, r * c * c, qkv_bias, r * c) for r in range(3)]
+    # offset constant neurons sit one layer before the virtual head neurons, which sit one before the heads
+    out, virtual = attention_heads(ctx, node, heads, c // heads, *projs, min_layer=3, scale_dim=scale_dim)
+    if tuple(dilation) != (1, 1):
+        dims = b.dims
+        partition = b.default_window()
+        partition = partition[:3 * dims] + tuple(dilation) + partition[4 * dims:]
+        compact_field("node_window", partition, "the window partition's dilation")
+        for i in virtual.tolist():
+            b.window[i] = partition
+    b.register_param(table, table_shape)
     layer = b.layer[int(virtual[0])] - 1
     wh, ww = window
     centre = torch.tensor([ctx.config.centre_tap])
@@ -157,9 +178,9 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
         k = b.add_nodes(1, layer, role="virtual")
         b.add_node_const(k, 1.0)
         b.add_edges(k.repeat(heads), virtual, "window_bias",
-                    geometry=window_geometry(offset, window, shift, (h, w), 2),
-                    sources=[(bias.table.name, (row * heads + torch.arange(heads)).view(-1, 1), centre)])
-    return linear(ctx, node, Val(out, "vec"), proj_w.name, proj_b, (c, c))
+                    geometry=window_geometry(offset, window, shift, size, 2),
+                    sources=[(table, (row * heads + torch.arange(heads)).view(-1, 1), centre)])
+    return out
 
 
 @function_rule(_SWIN + "_patch_merging_pad")

@@ -73,6 +73,7 @@ CASES = [
     Case("torchvision/vgg11", size=224, convert={"max_kernel": (3, 3)}),
     Case("torchvision/swin_t"),  # 8 x 8 patches: one padded window per block, no shift
     Case("torchvision/swin_t", size=64),  # 16 x 16 patches: padded to 21 x 21, shifted windows with masks
+    Case("torchvision/maxvit_t", size=224, convert={"max_kernel": (3, 3)}),  # block and grid attention; 224 only
     Case("timm/resnet18"),
     Case("timm/resnet50d"),
     Case("timm/efficientnet_b0"),

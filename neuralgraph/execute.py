@@ -94,7 +94,10 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         tokens (bool, optional): read ``x`` as token sequences; by default when the graph has attention
             edges and its inputs are not read as maps (a ViT embeds an image). A graph whose inputs feed a
             Linear directly, run on a rank >= 3 input, must be told (an MLP on ``[B, T, d]`` and a map permuted
-            channel-last inside the module give the same graph). (default: ``None``)
+            channel-last inside the module give the same graph), and so must a graph with attention whose inputs are
+            read per position, on a rank >= 4 input holding the input channels both at dim 1 and along the last dim
+            (MaxViT's ``PartitionAttentionLayer`` on ``[B, C, H, W]`` and Swin's blocks on ``[B, H, W, C]`` give the
+            same graph). (default: ``None``)
 
     Returns:
         Tensor: the outputs, ``[B, n_out]`` (``[B, n_out, *S]`` for unpooled maps, ``[B, T, n_out]`` for token

@@ -94,7 +94,10 @@ def execute(graph: NeuralGraph, x: Tensor | Sequence[Tensor], *, max_kernel: Seq
         tokens (bool, optional): read ``x`` as token sequences; by default when the graph has attention
             edges and its inputs are not read as maps (a ViT embeds an image). A graph whose inputs feed a
             Linear directly, run on a rank >= 3 input, must be told (an MLP on ``[B, T, d]`` and a map permuted
-            channel-last inside the module give the same graph). (default: ``None``)
+            channel-last inside the module give the same graph), and so must a graph with attention whose inputs are
+            read per position, on a rank >= 4 input holding the input channels both at dim 1 and along the last dim
+            (MaxViT's ``PartitionAttentionLayer`` on ``[B, C, H, W]`` and Swin's blocks on ``[B, H, W, C]`` give the
+            same graph). (default: ``None``)
 
     Returns:
         Tensor: the outputs, ``[B, n_out]`` (``[B, n_out, *S]`` for unpooled maps, ``[B, T, n_out]`` for token
@@ -168,6 +171,16 @@ class _Run:
                 raise ValueError(f"execute: the graph's inputs feed a Linear directly and the input has shape "
                                  f"{tuple(self.xs[0].shape)}: pass tokens=True for [B, T, d] sequences (features "
                                  "last) or tokens=False for [B, C, *S] maps (channels at dim 1)")
+            elif tokens and any(t.dim() >= 4 for t in self.xs) and \
+                    sum(t.size(1) for t in self.xs) == sum(t.size(-1) for t in self.xs) == self._input_channels()[1]:
+                # inputs read per position (a norm, a residual) into attention: [B, H, W, C] token maps (Swin's
+                # blocks) and [B, C, H, W] maps (MaxViT's PartitionAttentionLayer) give the same graph, and this
+                # input's dim 1 and last dim both hold the graph's input channels: either reading would run
+                raise ValueError(f"execute: the graph's inputs are read per position into attention, and the input "
+                                 f"{[tuple(t.shape) for t in self.xs]} has the graph's input channels both at dim 1 "
+                                 "and along the last dim: pass tokens=False for [B, C, H, W] maps (channels at dim "
+                                 "1, e.g. a model starting with MaxViT's PartitionAttentionLayer) or tokens=True "
+                                 "for [B, H, W, C] token maps (features last, e.g. Swin's blocks)")
         self.tokens = tokens
         self.batch = self.xs[0].size(0)
         self.role, self.pool = g.node_role.tolist(), g.node_pool.tolist()
@@ -227,6 +240,19 @@ class _Run:
         return out
 
     # ------------------------------------------------------------------------------------------ inputs
+    def _input_channels(self) -> tuple[list[int], int]:
+        """The input channel each input neuron holds (in ``input_nodes`` order) and the number of input channels.
+        flatten="repeat" copies of an input channel (node_spatial = position + 1) follow the channel's own input
+        neuron, or stand in its place if nothing else reads it: they hold the channel's value at their position."""
+        spatial = self.g.node_spatial[self.g.input_nodes()].tolist()
+        channels, channel, after_original = [], -1, False
+        for pos in spatial:
+            if pos == 0 or (pos == 1 and not after_original):
+                channel += 1
+            channels.append(channel)
+            after_original = pos == 0
+        return channels, channel + 1
+
     def _set_inputs(self) -> None:
         g = self.g
         dim = -1 if self.tokens else 1
@@ -234,17 +260,8 @@ class _Run:
             raise ValueError(f"execute: inputs of shape {[tuple(t.shape) for t in self.xs]}; expected [B, C, *S], "
                              "[B, C] or [B, T, d] (a batch dim first)")
         cols = [t.select(dim, c) for t in self.xs for c in range(t.size(dim))]
-        # flatten="repeat" copies of an input channel (node_spatial = position + 1) follow the channel's own input
-        # neuron, or stand in its place if nothing else reads it: they hold the channel's value at their position
         inputs = g.input_nodes().tolist()
-        channels, channel, after_original = [], -1, False
-        for i in inputs:
-            pos = self.spatial[i]
-            if pos == 0 or (pos == 1 and not after_original):
-                channel += 1
-            channels.append(channel)
-            after_original = pos == 0
-        n_in = channel + 1
+        channels, n_in = self._input_channels()
         if n_in != len(cols):
             where = "the last dim (token sequences)" if self.tokens else "dim 1 (channels)"
             hint = "; for [B, T, d] token sequences pass tokens=True" if not (self.tokens or self.maps_in) and any(

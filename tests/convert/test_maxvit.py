@@ -296,6 +296,24 @@ def test_maxvit_refuses_what_it_cannot_represent():
         to_neural_graph(Alone(), example_input=torch.randn(1, 2, 4, 4))
 
 
+def test_a_layer_reading_the_input_is_not_executed_on_a_guessed_layout():
+    """A PartitionAttentionLayer reading the network's input per position gives the graph a channel-last block
+    (Swin's, on [B, H, W, C]) would give: on a [B, C, H, W] input of C = H = W, both layouts fit, and execute refuses
+    to guess (it read the map as tokens: another function) until told; told, it computes the module."""
+    m = _randomized(nn.Sequential(PartitionAttentionLayer(4, 2, 2, "grid", (4, 4))))
+    x = torch.randn(2, 4, 4, 4)
+    g = to_neural_graph(m, example_input=x)
+    with pytest.raises(ValueError, match="both at dim 1 and along the last dim: pass tokens=False"):
+        execute(g, x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=False), m(x), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(execute(g, x, tokens=True), m(x), atol=1e-3)
+        wide = _randomized(nn.Sequential(PartitionAttentionLayer(4, 2, 2, "window", (4, 8))))
+        xw = torch.randn(2, 4, 4, 8)
+        torch.testing.assert_close(execute(to_neural_graph(wide, example_input=xw), xw, tokens=False), wide(xw),
+                                   atol=1e-5, rtol=1e-4)
+
+
 def test_the_scale_dim_is_in_the_graph_and_zero_means_the_scaled_dot_product():
     """MaxViT's 1/sqrt(C) is tap 3 of the virtual head neurons' attention edges; one head of C channels needs none
     (1/sqrt(d_H) is the default), and a graph whose tap says otherwise computes another function."""

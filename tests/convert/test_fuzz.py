@@ -1031,6 +1031,10 @@ class Case:
                     return "asymmetric_same_padding"
                 if len(conv.kernel_size) > len(mk):  # a larger kernel converts, one with more dims is refused
                     return "kernel_dims_exceed_max_kernel"
+        # pooling and upsampling take their dims from the map, refused (naming the fix) like a convolution's
+        if any(v.startswith(("upsample", "maxpool", "avgpool")) and v.endswith("d") and int(v[-2]) > len(mk)
+               for v in self.net.variants):
+            return "resample_dims_exceed_max_kernel"
         return None
 
     def __repr__(self) -> str:

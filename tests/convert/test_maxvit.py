@@ -20,6 +20,7 @@ from torch import nn
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.data.graph import EDGE_KIND
 from neuralgraph.transforms import PermuteNeurons
+from tests.helpers.nets import nan_copy
 from tests.helpers.permute import assert_isomorphic, assert_state_equal, head_permutation, isomorphic
 
 _MAXVIT = "torchvision.models.maxvit"
@@ -154,15 +155,6 @@ def _randomized(m, seed=0):
     return m.eval()
 
 
-def _nan_copy(m):
-    blank = copy.deepcopy(m)
-    with torch.no_grad():
-        for t in list(blank.parameters()) + list(blank.buffers()):
-            if t.is_floating_point():
-                t.fill_(float("nan"))
-    return blank
-
-
 def _layer(kind, size=(4, 4), dim=4, head_dim=2, partition=2):
     return _randomized(nn.Sequential(nn.Conv2d(3, dim, 1), PartitionAttentionLayer(dim, head_dim, partition, kind, size)))
 
@@ -181,7 +173,7 @@ def test_maxvit_executes_like_the_module_and_reads_back(config):
         torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
         md, xd = copy.deepcopy(m).double(), x.double()
         assert (execute(to_neural_graph(md, example_input=xd), xd) - md(xd)).abs().max() < 1e-12
-    assert_state_equal(from_neural_graph(g, _nan_copy(m), example_input=x), m)
+    assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)
     heads = [l.n_heads for l in (m.block, m.grid, m.block2, m.grid2)]
     offsets = [(2 * l.attn_layer[1].size - 1) ** 2 for l in (m.block, m.grid, m.block2, m.grid2)]
     assert (g.edge_kind == EDGE_KIND["window_bias"]).sum() == sum(h * o for h, o in zip(heads, offsets))
@@ -205,7 +197,7 @@ def test_grid_windows_hold_positions_apart_and_blocks_adjacent_ones():
         torch.testing.assert_close(execute(gb, x), block(x), atol=1e-5, rtol=1e-4)
     assert not isomorphic(gg, gb)
     with pytest.raises(ValueError, match="node_window differs"):
-        from_neural_graph(gg, _nan_copy(block), example_input=x)
+        from_neural_graph(gg, nan_copy(block), example_input=x)
 
 
 @pytest.mark.parametrize("kind", ["window", "grid"])
@@ -361,4 +353,4 @@ def test_torchvision_maxvit_converts_exactly(config):
     g = to_neural_graph(m, example_input=x)
     with torch.no_grad():
         torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
-    assert_state_equal(from_neural_graph(g, _nan_copy(m), example_input=x), m)
+    assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)

@@ -17,6 +17,7 @@ from torch import nn
 from neuralgraph import UnsupportedModuleError, execute, from_neural_graph, to_neural_graph
 from neuralgraph.data.graph import EDGE_KIND
 from neuralgraph.transforms import PermuteNeurons
+from tests.helpers.nets import nan_copy
 from tests.helpers.permute import assert_state_equal
 
 _SWIN = "torchvision.models.swin_transformer"
@@ -140,15 +141,6 @@ def _randomized(m):
     return m.eval()
 
 
-def _nan_copy(m):
-    blank = copy.deepcopy(m)
-    with torch.no_grad():
-        for t in list(blank.parameters()) + list(blank.buffers()):
-            if t.is_floating_point():
-                t.fill_(float("nan"))
-    return blank
-
-
 @pytest.mark.parametrize("size", [(12, 12), (14, 10), (6, 6), (4, 4), (2, 2)],
                          ids=["windows-fit", "padded-odd-merge", "shift-on-two-windows", "window-covers-map",
                               "one-position-map"])
@@ -160,7 +152,7 @@ def test_swin_executes_like_the_module_and_reads_back(size):
     g = to_neural_graph(m, example_input=x)
     with torch.no_grad():
         torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
-    assert_state_equal(from_neural_graph(g, _nan_copy(m), example_input=x), m)
+    assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)
     kinds = g.edge_kind.tolist()
     assert kinds.count(EDGE_KIND["window_bias"]) == 3 * 25 * 2  # 3 blocks x (2 * 3 - 1)^2 offsets x 2 heads
 
@@ -266,8 +258,8 @@ def test_a_graph_is_not_read_back_into_a_model_of_another_shift_or_stride():
     shifted = copy.deepcopy(m)
     shifted.shift_size = [1, 1]
     with pytest.raises(ValueError, match="geometry differs"):
-        from_neural_graph(g, nn.Sequential(_nan_copy(shifted)), example_input=x)
-    assert_state_equal(from_neural_graph(g, nn.Sequential(_nan_copy(m)), example_input=x), nn.Sequential(m))
+        from_neural_graph(g, nn.Sequential(nan_copy(shifted)), example_input=x)
+    assert_state_equal(from_neural_graph(g, nn.Sequential(nan_copy(m)), example_input=x), nn.Sequential(m))
     conv = nn.Sequential(nn.Conv2d(2, 3, 3, stride=1), nn.ReLU(), nn.Conv2d(3, 2, 3))
     strided = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2), nn.ReLU(), nn.Conv2d(3, 2, 3))
     with pytest.raises(ValueError, match="geometry differs"):
@@ -314,12 +306,12 @@ def test_a_graph_is_not_read_back_into_a_template_whose_index_differs():
     m = nn.Sequential(_randomized(WindowAttention(4, (2, 2), (1, 1), 2)))
     x = torch.randn(2, 4, 6, 4)
     g = to_neural_graph(m, example_input=x)
-    bad = _nan_copy(m)
+    bad = nan_copy(m)
     bad[0].relative_position_index = swin_index((2, 2)).flip(0)
     for example in (None, x):
         with pytest.raises(UnsupportedModuleError, match="relative position index .* is not Swin's"):
             from_neural_graph(g, bad, example_input=example)
-    assert_state_equal(from_neural_graph(g, _nan_copy(m)), m)
+    assert_state_equal(from_neural_graph(g, nan_copy(m)), m)
 
 
 def test_a_map_input_permuted_channel_last_inside_the_module_is_executed_with_tokens_false():

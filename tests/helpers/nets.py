@@ -161,3 +161,13 @@ def permute_resnet(model: SmallResNet, gen: torch.Generator) -> SmallResNet:
         permute_out(blk.conv2, stream)
     permute_in(m.fc, stream)
     return m
+
+
+def nan_copy(m):
+    """A deep copy of ``m`` with every floating parameter and buffer NaN: a template for read-back tests."""
+    blank = copy.deepcopy(m)
+    with torch.no_grad():
+        for t in list(blank.parameters()) + list(blank.buffers()):
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+    return blank

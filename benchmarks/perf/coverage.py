@@ -169,10 +169,11 @@ def run_one(case: Case) -> dict:
         return row | {"converted": "crash", "why": f"{type(err).__name__}: {err}"}
     row.update(converted="yes", time_s=time.perf_counter() - start, peak_mb=_rss_mb(),
                nodes=g.num_nodes, edges=g.edge_index.size(1))
-    # round trip: every parameter and floating buffer read back bit for bit into a NaN-filled copy
+    # round trip: every parameter and floating buffer read back bit for bit into a NaN-filled copy (of what the state
+    # dict holds: non-persistent buffers, such as timm Swin's attention masks, are structure derived at construction)
     blank = copy.deepcopy(model)
     with torch.no_grad():
-        for t in list(blank.parameters()) + list(blank.buffers()):
+        for t in blank.state_dict(keep_vars=True).values():
             if t.is_floating_point():
                 t.fill_(float("nan"))
     try:

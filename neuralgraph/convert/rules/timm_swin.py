@@ -118,13 +118,13 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
         expected = swin_mask(window, shift, padded)
         if mask is None or tuple(mask.shape) != tuple(expected.shape) or \
                 not torch.equal(mask.detach().cpu().float(), expected):
-            got = "none" if mask is None else f"a {tuple(mask.shape)} mask"
+            got = "none" if mask is None else f"of shape {list(mask.shape)}"
             raise ctx.unsupported(node, f"its attention mask ({got}) is not Swin's shifted-window mask of window "
                                         f"{window} and shift {shift} on the {padded[0]} x {padded[1]} padded map "
-                                        f"{tuple(expected.shape)}: a static mask built for another input_resolution "
-                                        f"({tuple(block.input_resolution)}) than the converted map "
-                                        f"({size[0]} x {size[1]})? Convert at the size the model was built for, or "
-                                        "build it with dynamic_mask / strict_img_size=False")
+                                        f"({list(expected.shape)}): a static mask built for another input_resolution "
+                                        f"{tuple(block.input_resolution)} than the converted {size[0]} x {size[1]} "
+                                        "map? Convert at the size the model was built for, or build it with "
+                                        "strict_img_size=False (dynamic_mask)")
     elif mask is not None:
         raise ctx.unsupported(node, f"an attention mask {tuple(mask.shape)} on unshifted windows (shift {shift}): "
                                     "only Swin's shifted-window mask converts")
@@ -159,8 +159,7 @@ def swin_block(ctx, node, x: Val) -> Val:
                                                    "activation, dropout, LayerNorm / Identity)")
     for name in ("drop_path1", "drop_path2"):
         _drop_path(ctx, node, name)
-    x = ctx.materialize(node, node.args[0], x)
-    stream = Val(ctx.as_features(node, x, c), "vec")   # the map's channel neurons, read per position
+    stream = Val(ctx.as_features(node, x, c), "vec")   # the map's channel neurons, read per position (an input: [B, H, W, C])
     branch = _window_attention(ctx, node, _apply(ctx, node, "norm1", stream), (h, w))
     stream = add(ctx, _child(node), stream, branch)
     branch = _apply(ctx, node, "norm2", stream)
@@ -179,7 +178,7 @@ def patch_merging(ctx, node, x: Val) -> Val:
         if not _per_position(getattr(mod, name)):
             raise ctx.unsupported(_child(node, name), f"a {type(getattr(mod, name)).__name__}: only layers acting on "
                                                       "each position's channels convert there")
-    merged = merge_patches(ctx, node, ctx.materialize(node, node.args[0], x), ctx.shape(node.args[0]))
+    merged = merge_patches(ctx, node, x, ctx.shape(node.args[0]))
     return _apply(ctx, node, "reduction", _apply(ctx, node, "norm", merged))
 
 

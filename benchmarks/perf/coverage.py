@@ -74,6 +74,8 @@ CASES = [
     Case("torchvision/swin_t"),  # 8 x 8 patches: one padded window per block, no shift
     Case("torchvision/swin_t", size=64),  # 16 x 16 patches: padded to 21 x 21, shifted windows with masks
     Case("torchvision/maxvit_t", size=224, convert={"max_kernel": (3, 3)}),  # block and grid attention; 224 only
+    # timm's Swin V1 at 64 px: 16 x 16 patches, window 7 padded to 21 x 21 and shifted (timm rolls, then pads)
+    Case("timm/swin_tiny_patch4_window7_224", size=64, kwargs={"img_size": 64}),
     Case("timm/resnet18"),
     Case("timm/resnet50d"),
     Case("timm/efficientnet_b0"),

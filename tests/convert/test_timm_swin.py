@@ -306,6 +306,11 @@ def test_timm_swin_refuses_what_it_cannot_represent():
     training.train()
     with pytest.raises(UnsupportedModuleError, match="drop_path1 .*model.eval"):
         to_neural_graph(training, example_input=torch.randn(1, 5, 5, 4))
+    training = _block()
+    training[0].attn.attn_drop.p = 0.1
+    training.train()
+    with pytest.raises(UnsupportedModuleError, match="attn.attn_drop .*Dropout with p=0.1 .*model.eval"):
+        to_neural_graph(training, example_input=torch.randn(1, 5, 5, 4))
 
     class Sub(SwinTransformerBlock):  # a subclass redefining a method may compute something else: traced into
         def _attn(self, x):
@@ -367,7 +372,7 @@ def test_the_replica_is_timms_block():
     dict(img_size=24, patch_size=2, embed_dim=8, depths=(2, 2), num_heads=(2, 2), window_size=5,
          strict_img_size=False, drop_path_rate=0.2),
     dict(img_size=24, patch_size=2, embed_dim=8, depths=(2, 2, 2), num_heads=(2, 2, 2), window_size=5,
-         always_partition=True)], ids=["windows-fit", "padded-shifted-non-square", "dynamic-mask", "always-partition"])
+         always_partition=True, qkv_bias=False)], ids=["windows-fit", "padded-shifted-non-square", "dynamic-mask", "always-partition"])
 def test_timm_swin_converts_exactly(config):
     ts = _timm_swin()
     m = _randomized(ts.SwinTransformer(num_classes=5, **config))
@@ -379,3 +384,8 @@ def test_timm_swin_converts_exactly(config):
         md, xd = copy.deepcopy(m).double(), x.double()
         assert (execute(to_neural_graph(md, example_input=xd), xd) - md(xd)).abs().max() < 1e-12
     assert_state_equal(from_neural_graph(g, nan_copy(m, persistent_only=True), example_input=x), m)
+    permute = PermuteNeurons(seed=0)  # a function-preserving permutation of the hidden neurons (the MLPs, heads)
+    perm = permute.sample(g)
+    assert (perm != torch.arange(perm.numel())).any()
+    with torch.no_grad():
+        torch.testing.assert_close(execute(permute.apply(g, perm), x), m(x), atol=1e-5, rtol=1e-4)

@@ -93,7 +93,6 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
     if not att.fused_attn and att.scale != head_dim ** -0.5:  # the fused path scales by 1/sqrt(d_H) itself
         raise ctx.unsupported(att_node, f"scale {att.scale} is not 1/sqrt(head_dim = {head_dim}), the scaled dot "
                                         "product the graph holds")
-    _eval_mode(ctx, node, "attn.attn_drop", att.attn_drop, att.attn_drop.p)
     if tuple(att.window_size) != window or min(window) < 1 or any(s < 0 for s in shift):
         raise ctx.unsupported(att_node, f"its window {tuple(att.window_size)} is not the block's {window}, or the "
                                         f"block's shift {shift} is negative")
@@ -128,9 +127,13 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
     elif mask is not None:
         raise ctx.unsupported(node, f"an attention mask {tuple(mask.shape)} on unshifted windows (shift {shift}): "
                                     "only Swin's shifted-window mask converts")
-    out = window_heads(ctx, att_node, ctx.as_features(att_node, x, c), heads, ctx.param(_child(node, "attn.qkv"),
-                       "weight"), ctx.param(_child(node, "attn.qkv"), "bias"), ctx.param(att_node,
-                       "relative_position_bias_table"), (rows, heads), window, shift, size, roll_first=(1, 1))
+    qkv_node = _child(node, "attn.qkv")
+    qkv_w, table = ctx.param(qkv_node, "weight"), ctx.param(att_node, "relative_position_bias_table")
+    if qkv_w is None or table is None:
+        raise ctx.unsupported(qkv_node, "its weight or the bias table is not a parameter (a parametrization?); remove "
+                                        "it first")
+    out = window_heads(ctx, att_node, ctx.as_features(att_node, x, c), heads, qkv_w, ctx.param(qkv_node, "bias"),
+                       table, (rows, heads), window, shift, size, roll_first=(1, 1))
     out = _apply(ctx, node, "attn.proj", Val(out, "vec"))
     return _apply(ctx, node, "attn.proj_drop", out)
 
@@ -159,6 +162,9 @@ def swin_block(ctx, node, x: Val) -> Val:
                                                    "activation, dropout, LayerNorm / Identity)")
     for name in ("drop_path1", "drop_path2"):
         _drop_path(ctx, node, name)
+    for name, sub in mod.named_modules():  # attn_drop (on the attention weights), proj_drop, the Mlp's dropouts
+        if isinstance(sub, nn.modules.dropout._DropoutNd):
+            _eval_mode(ctx, node, name, sub, sub.p)
     stream = Val(ctx.as_features(node, x, c), "vec")   # the map's channel neurons, read per position (an input: [B, H, W, C])
     branch = _window_attention(ctx, node, _apply(ctx, node, "norm1", stream), (h, w))
     stream = add(ctx, _child(node), stream, branch)

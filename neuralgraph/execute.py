@@ -228,15 +228,19 @@ class _Run:
                 raise ValueError(f"virtual head neuron {h}: its window_bias edges do not hold one bias per offset of one "
                                  "window (a corrupt graph)")
             dilation = g.node_window[h, 6:8].tolist()                                 # the dilation columns (2-d)
+            roll_first = g.node_window[h, 4:6].tolist()                               # the padding columns (2-d)
             shift, (mh, mw) = spec[0, 2:4].tolist(), spec[0, 4:6].tolist()
             if min(wh, ww, *dilation) < 1 or (dilation != [1, 1] and (any(shift) or mh % (wh * dilation[0]) or
                                                                        mw % (ww * dilation[1]))):
                 raise ValueError(f"virtual head neuron {h}: a window partition of dilation {dilation} needs windows of "
                                  f"at least one position, no shift and a map of whole dilated windows; window "
                                  f"{[wh, ww]}, shift {shift}, map {[mh, mw]} (a corrupt graph)")
+            if any(r not in (0, 1) or (r and not s) for r, s in zip(roll_first, shift)):
+                raise ValueError(f"virtual head neuron {h}: its roll order {roll_first} (padding columns of node_window) "
+                                 f"is not 0 / 1 per dim, or 1 along a dim without shift {shift} (a corrupt graph)")
             table = g.edge_attr.new_zeros(2 * wh - 1, 2 * ww - 1)
             table[offsets[:, 0], offsets[:, 1]] = g.edge_attr[e[mine], self.centre]
-            out[h] = (tuple(spec[0].tolist()) + tuple(dilation), table)
+            out[h] = (tuple(spec[0].tolist()) + tuple(dilation) + tuple(roll_first), table)
         return out
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -675,10 +679,15 @@ class _Run:
         bias by offset, ``root`` what the scores are divided by (``sqrt(D)``); returns ``[d, B, H, W]``.
 
         The map is zero-padded at the bottom / right to whole dilated windows (``wh * dh`` rows), rolled by
-        ``-shift``, and cut into windows: along a dim of window ``w`` and dilation ``dl``, blocks of ``w * dl``
+        ``-shift`` (along a dim whose roll order ``spec[8:10]`` is 1, the map is rolled before it is padded: timm's
+        Swin), and cut into windows: along a dim of window ``w`` and dilation ``dl``, blocks of ``w * dl``
         positions, and within a block window ``r < dl`` holds positions ``t * dl + r`` (``t < w``, its tokens in
-        that order): dilation 1 is a window of adjacent positions, a dilation of the map's ``n / w`` a grid."""
+        that order): dilation 1 is a window of adjacent positions, a dilation of the map's ``n / w`` a grid. Shifted,
+        positions of different regions of the padded map (cut by Swin's slices ``[0, -w), [-w, -s), [-s, end)``
+        per dim, as Python slices: a dim of shift 0 is one region) attend with -100 added to their scores."""
         (wh, ww), shift, size, (dh, dw) = spec[:2], spec[2:4], spec[4:6], spec[6:8]
+        first = [bool(r) and bool(s) for r, s in zip(spec[8:10], shift)]             # dims rolled before padding
+        later = [s if not f else 0 for s, f in zip(shift, first)]                   # shifts rolled after padding
         if parts[0][0].dim() == 2 and tuple(size) == (1, 1):  # a one-position map is read as a feature [d, B]
             return self._window_attention([(t.view(*t.shape, 1, 1), b_) for t, b_ in parts], spec, table,
                                           root)[..., 0, 0]
@@ -699,8 +708,9 @@ class _Run:
 
         windows = []
         for t, bias in parts:
+            t = torch.roll(t, (-shift[0] * first[0], -shift[1] * first[1]), (2, 3)) if any(first) else t
             t = F.pad(t, (0, pw - w, 0, ph - h)) + bias.view(-1, 1, 1, 1)              # [d, B, pH, pW]
-            t = torch.roll(t, (-shift[0], -shift[1]), (2, 3)) if any(shift) else t
+            t = torch.roll(t, (-later[0], -later[1]), (2, 3)) if any(later) else t
             windows.append(partition(t).permute(1, 2, 3, 0))                          # [B, nW, N, d]
         q, k, v = windows
         y, x = torch.meshgrid(torch.arange(wh, device=table.device), torch.arange(ww, device=table.device),
@@ -710,18 +720,18 @@ class _Run:
                                                         x[:, None] - x[None, :] + ww - 1]
         if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
             region = torch.zeros(ph, pw, dtype=torch.long, device=scores.device)
-            cuts = [((0, ph - wh), (ph - wh, ph - shift[0]), (ph - shift[0], ph)),
-                    ((0, pw - ww), (pw - ww, pw - shift[1]), (pw - shift[1], pw))]
-            for i, (a0, a1) in enumerate(cuts[0]):
-                for j, (c0, c1) in enumerate(cuts[1]):
+            cuts = [((0, -wh), (-wh, -shift[0]), (-shift[0], None)), ((0, -ww), (-ww, -shift[1]), (-shift[1], None))]
+            for i, (a0, a1) in enumerate(cuts[0]):          # Python slices, as Swin writes them: -0 is 0, so a dim
+                for j, (c0, c1) in enumerate(cuts[1]):      # of shift 0 is one region (its last slice, the whole dim)
                     region[a0:a1, c0:c1] = 3 * i + j
             region = partition(region)                                                # [nW, N]
             scores = scores + (region[:, :, None] != region[:, None, :]).to(scores.dtype) * -100.0
         out = torch.softmax(scores, -1) @ v                                           # [B, nW, N, d]
         out = out.permute(3, 0, 1, 2).reshape(d, b, nh, dh, nw, dw, wh, ww)
         out = out.permute(0, 1, 2, 6, 3, 4, 7, 5).reshape(d, b, ph, pw)                # the inverse of partition
-        out = torch.roll(out, tuple(shift), (2, 3)) if any(shift) else out
-        return out[:, :, :h, :w]
+        out = torch.roll(out, tuple(later), (2, 3)) if any(later) else out
+        out = out[:, :, :h, :w]
+        return torch.roll(out, (shift[0] * first[0], shift[1] * first[1]), (2, 3)) if any(first) else out
 
     # ------------------------------------------------------------------------------------------ outputs
     def outputs(self) -> Tensor:

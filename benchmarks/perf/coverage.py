@@ -74,6 +74,8 @@ CASES = [
     Case("torchvision/swin_t"),  # 8 x 8 patches: one padded window per block, no shift
     Case("torchvision/swin_t", size=64),  # 16 x 16 patches: padded to 21 x 21, shifted windows with masks
     Case("torchvision/maxvit_t", size=224, convert={"max_kernel": (3, 3)}),  # block and grid attention; 224 only
+    # timm's Swin V1 at 64 px: 16 x 16 patches, window 7 padded to 21 x 21 and shifted (timm rolls, then pads)
+    Case("timm/swin_tiny_patch4_window7_224", size=64, kwargs={"img_size": 64}),
     Case("timm/resnet18"),
     Case("timm/resnet50d"),
     Case("timm/efficientnet_b0"),
@@ -169,10 +171,11 @@ def run_one(case: Case) -> dict:
         return row | {"converted": "crash", "why": f"{type(err).__name__}: {err}"}
     row.update(converted="yes", time_s=time.perf_counter() - start, peak_mb=_rss_mb(),
                nodes=g.num_nodes, edges=g.edge_index.size(1))
-    # round trip: every parameter and floating buffer read back bit for bit into a NaN-filled copy
+    # round trip: every parameter and floating buffer read back bit for bit into a NaN-filled copy (of what the state
+    # dict holds: non-persistent buffers, such as timm Swin's attention masks, are structure derived at construction)
     blank = copy.deepcopy(model)
     with torch.no_grad():
-        for t in list(blank.parameters()) + list(blank.buffers()):
+        for t in blank.state_dict(keep_vars=True).values():
             if t.is_floating_point():
                 t.fill_(float("nan"))
     try:

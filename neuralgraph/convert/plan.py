@@ -720,7 +720,7 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
         if not plan.param_names:
             raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
                                                                     "converter represents"))
-        unused = [t for t in tensors if t not in plan.param_names]
+        unused = [t for t in tensors if t not in plan.param_names and t not in plan.guards]  # guards: read as structure
         if unused and not read_only:
             named = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
             warnings.warn(f"{len(unused)} parameter(s) / buffer(s) of {type(model).__name__} are not read by its "

@@ -33,7 +33,8 @@ field            shape/dtype   meaning
                                kernel columns (right-aligned), stride columns 0. A window
                                attention's virtual head neuron: its partition's dilation in the
                                dilation columns (1: windows of adjacent positions; ``H / wh``:
-                               MaxViT's grid)
+                               MaxViT's grid), its roll order in the padding columns (1: the map
+                               is rolled before it is padded, timm's Swin)
 ``node_spatial`` [N] long      0, or 1 + the spatial position of a flatten node
 ``edge_kind``    [E] int8      :data:`EDGE_KINDS`
 ``edge_geom``    [E] int32     row of ``geometry`` holding the edge's geometry (offset by the rows of
@@ -145,8 +146,8 @@ EDGE_KIND_TABLE = (
     EdgeKind("window_bias", True, False, "none", "value", ("tab:orange", ":"),
              "window attention (Swin, MaxViT): the relative position bias of one key -> query offset for one head, "
              "on the centre, from the offset's constant neuron into the head's virtual neuron; geometry: the offset, "
-             "the window, the shift and the map size (window_geometry); the partition's dilation (MaxViT's grid) in "
-             "the virtual neuron's node_window"),
+             "the window, the shift and the map size (window_geometry); the partition's dilation (MaxViT's grid) and "
+             "roll order (timm's Swin: roll, then pad) in the virtual neuron's node_window"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -154,7 +155,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 14
+FORMAT_VERSION = 15
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")
@@ -205,7 +206,10 @@ def window_geometry(offset: tuple[int, int], window: tuple[int, int], shift: tup
     ``w * d`` blocks) is cut into blocks of ``w * d`` positions, and window ``r < d`` of a block holds its
     positions ``t * d + r`` (``t < w``, the tokens in that order, offsets counted in them): dilation 1 gives windows
     of adjacent positions (Swin, MaxViT's block attention), ``H / wh`` one grid over the whole map (MaxViT's grid
-    attention: window ``r`` holds positions ``r, r + H / wh, ...``). A dilation other than 1 comes with no shift."""
+    attention: window ``r`` holds positions ``r, r + H / wh, ...``). A dilation other than 1 comes with no shift.
+    The roll order is one too: the padding columns of the virtual neuron's ``node_window`` hold 1 along a dim whose
+    map is rolled *before* it is padded (timm's Swin; then cropped before it is rolled back), 0 for torchvision's
+    pad-then-roll; only a shifted, padded dim has a 1 (elsewhere the two orders are one function)."""
     if dims != 2:
         raise ValueError(f"window attention geometry needs a 2-d max_kernel (8 columns), got {dims} dims")
     return (*offset, *window, *shift, *size)

@@ -163,11 +163,15 @@ def permute_resnet(model: SmallResNet, gen: torch.Generator) -> SmallResNet:
     return m
 
 
-def nan_copy(m):
-    """A deep copy of ``m`` with every floating parameter and buffer NaN: a template for read-back tests."""
+def nan_copy(m, persistent_only: bool = False):
+    """A deep copy of ``m`` with every floating parameter and buffer NaN: a template for read-back tests.
+    ``persistent_only``: only what its state dict holds, not the non-persistent buffers a module derives at
+    construction (timm Swin's ``attn_mask``: structure the rules check, which the graph does not hold)."""
     blank = copy.deepcopy(m)
     with torch.no_grad():
-        for t in list(blank.parameters()) + list(blank.buffers()):
+        tensors = blank.state_dict(keep_vars=True).values() if persistent_only else \
+            list(blank.parameters()) + list(blank.buffers())
+        for t in tensors:
             if t.is_floating_point():
                 t.fill_(float("nan"))
     return blank

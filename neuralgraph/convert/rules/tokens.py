@@ -87,9 +87,9 @@ def respace(ctx, node, x: Val, shape: tuple[int, ...], channel_last: bool) -> Va
     if len(shape) > dims:
         raise ctx.unsupported(node, f"lays out positions as a {len(shape)}-d map {tuple(shape)}, beyond the "
                                     f"{dims}-d maps of this conversion (max_kernel); splitting a map into windows in "
-                                    "forward (a hand-written window partition, timm's Swin) is not supported: "
-                                    "torchvision's Swin and MaxViT (PartitionAttentionLayer) convert by their own "
-                                    "rules")
+                                    "forward (a hand-written window partition) is not supported: torchvision's Swin "
+                                    "and MaxViT (PartitionAttentionLayer) and timm's Swin V1 (SwinTransformerBlock) "
+                                    "convert by their own rules")
     b, length = ctx.builder, math.prod(shape)
     new = b.add_nodes(x.channels, b.next_layer(x.nodes))
     b.add_edges(x.nodes, new, "tokens", const=1.0,

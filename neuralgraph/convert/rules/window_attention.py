@@ -148,24 +148,29 @@ def _shifted_window_attention(ctx, node, *args, **kwargs) -> Val:
 
 def window_heads(ctx, node, src, heads: int, qkv_weight: str, qkv_bias: str | None, table: str,
                  table_shape: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], size: tuple[int, int],
-                 dilation: tuple[int, int] = (1, 1), scale_dim: float | None = None):
+                 dilation: tuple[int, int] = (1, 1), scale_dim: float | None = None,
+                 roll_first: tuple[int, int] = (0, 0)):
     """The heads of a window attention over an ``H x W`` map (``size``) of the ``C`` channel neurons ``src``: the
     attention of :mod:`.attention` from the packed ``[3C, C]`` projection ``qkv_weight`` (rows q, k, v; head-major
     within each), one offset constant neuron per key -> query offset with a ``window_bias`` edge into each virtual
     head neuron carrying ``table[offset, head]`` (geometry :func:`~neuralgraph.data.graph.window_geometry`), and the
     partition's ``dilation`` (1: windows of adjacent positions; ``H / wh``: a grid) in the dilation columns of the
-    virtual head neurons' ``node_window``. Returns the ``C`` head neurons (the caller adds the output projection)."""
+    virtual head neurons' ``node_window``, ``roll_first`` (1 along a dim whose shift rolls the map before it is padded
+    to whole windows: timm's Swin; 0: padded, then rolled, torchvision's) in its padding columns, set only where it
+    changes the function (a shifted dim that is padded), so the same function gives the same graph. Returns the
+    ``C`` head neurons (the caller adds the output projection)."""
     b = ctx.builder
     c = src.numel()
+    roll_first = tuple(int(bool(r and s and n % w)) for r, s, n, w in zip(roll_first, shift, size, window))
     b.register_param(qkv_weight, (3 * c, c))
     b.layers.append((qkv_weight, qkv_bias))
     projs = [Projection(src, qkv_weight, r * c * c, qkv_bias, r * c) for r in range(3)]
     # offset constant neurons sit one layer before the virtual head neurons, which sit one before the heads
     out, virtual = attention_heads(ctx, node, heads, c // heads, *projs, min_layer=3, scale_dim=scale_dim)
-    if tuple(dilation) != (1, 1):
+    if tuple(dilation) != (1, 1) or any(roll_first):
         dims = b.dims
         partition = b.default_window()
-        partition = partition[:3 * dims] + tuple(dilation) + partition[4 * dims:]
+        partition = partition[:2 * dims] + roll_first + tuple(dilation) + partition[4 * dims:]
         compact_field("node_window", partition, "the window partition's dilation")
         for i in virtual.tolist():
             b.window[i] = partition
@@ -185,7 +190,13 @@ def window_heads(ctx, node, src, heads: int, qkv_weight: str, qkv_bias: str | No
 
 @function_rule(_SWIN + "_patch_merging_pad")
 def _patch_merging_pad(ctx, node, x: Val) -> Val:
-    shape = ctx.shape(node.args[0])
+    return merge_patches(ctx, node, x, ctx.shape(node.args[0]))
+
+
+def merge_patches(ctx, node, x: Val, shape: tuple[int, ...] | None) -> Val:
+    """The 2 x 2 neighbourhoods of the channel-last ``[B, H, W, C]`` map ``x`` (of traced ``shape``) as ``4 C``
+    channels, channel ``k * C + c`` the position ``(k % 2, k // 2)`` of channel ``c`` (torchvision's and timm's
+    patch merging), zero-padded at the bottom / right to an even size."""
     if shape is None or len(shape) != 4 or len(ctx.config.max_kernel) != 2:
         raise ctx.unsupported(node, "patch merging needs the traced [B, H, W, C] shape of its input (pass "
                                     "example_input=...) and a 2-d max_kernel")

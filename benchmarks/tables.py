@@ -101,7 +101,8 @@ INR_ROWS: list[Row] = [
 #: the default configs' 30 epochs with patience 10 do not fit. NG-T runs sparse attention (dense: ~20
 #: graphs/s). SNE gets the same ~10 minutes as steps (an epoch does not fit): one 32-network step costs ~7 s
 #: on one core on wildpark-digits-large (50 steps: 1,600 training members, a third of an epoch) and ~2.6 s on
-#: the Arch1 zoos' smaller CNNs (200 steps: 6,400 members, about 1.5 epochs); it is ranked at that budget only.
+#: the Arch1 zoos' smaller CNNs, where the one-epoch budget ends first (128 steps of 4,095 members; the 200-step
+#: cap does not bind); it is ranked at that budget only (docs/results.md has a longer learning curve).
 ZOO_EPOCHS = {"ng-t": 10, "ng-gnn": 10, "statnn": 30, "mlp": 30, "nfn-np": 10, "nfn-hnp": 10, "nfn-pt": 10,
               "sne": 1, "pyg-gine": 10}
 ZOO_MODEL = {"ng-t": ("model.mode=sparse",)}

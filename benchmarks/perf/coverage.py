@@ -74,6 +74,9 @@ CASES = [
     Case("torchvision/swin_t"),  # 8 x 8 patches: one padded window per block, no shift
     Case("torchvision/swin_t", size=64),  # 16 x 16 patches: padded to 21 x 21, shifted windows with masks
     Case("torchvision/maxvit_t", size=224, convert={"max_kernel": (3, 3)}),  # block and grid attention; 224 only
+    # Swin V2: cosine attention, the bias MLP as neurons; 8 x 8 patches: one window per block (padded from stage 2)
+    Case("torchvision/swin_v2_t"),
+    Case("torchvision/swin_v2_t", size=64),  # 16 x 16 patches: 2 x 2 windows of 8, shifted, masked
     # timm's Swin V1 at 64 px: 16 x 16 patches, window 7 padded to 21 x 21 and shifted (timm rolls, then pads)
     Case("timm/swin_tiny_patch4_window7_224", size=64, kwargs={"img_size": 64}),
     Case("timm/resnet18"),

@@ -12,7 +12,8 @@ field            shape/dtype   meaning
 ===============  ============  ==============================================================
 ``x``            [N, F_node]   col 0: additive term (bias, BatchNorm shift); col 1: 1 if the
                                neuron has a learnable additive term; cols 2, 3: the parameters
-                               of its activation (``convert.activations.PARAMETERS``), else 0
+                               of its activation (``convert.activations.PARAMETERS``; a
+                               ``cosine_attention`` virtual head neuron: its logit scale), else 0
 ``edge_index``   [2, E] long   source -> target, forward dataflow
 ``edge_attr``    [E, F_edge]   the flattened, zero-padded, centred kernel (F_edge = prod of
                                ``max_kernel``); a linear weight or an identity edge sits on the

@@ -21,8 +21,15 @@ torchvision's ``ShiftedWindowAttention`` and ``PatchMerging`` call three module-
   one ``subsample`` edge per new channel (stride 2, one zero of padding read only past an odd size: the same edges
   at every map size), as ``nn.PixelUnshuffle``.
 
-Swin V2 (cosine attention with a logit scale, the continuous position bias MLP) is refused: a call with a logit
-scale by name (torchvision's ``swin_v2_*`` already at its bias MLP, a Linear computing on a parameter table).
+Swin V2 (torchvision's ``ShiftedWindowAttentionV2``, a leaf of the trace claimed by its qualified name): the same
+heads as cosine attention heads (virtual head neurons of activation ``cosine_attention``, the per-head
+``logit_scale`` in their first activation-parameter column; the key bias, zeroed in forward, stored as it is and
+ignored by the executor), and the relative position bias computed by the continuous position bias MLP as neurons:
+the coordinate table buffer (gathered like a parameter) on ``position`` edges from one token constant neuron per
+offset into 2 coordinate neurons, the MLP's layers on them (its hidden neurons real neurons), a sigmoid on its
+per-head outputs, and a ``bias_table`` edge (the constant 16) from each into its head's virtual neuron
+(:func:`window_heads` with a :class:`ContinuousBias`). A ``shifted_window_attention`` call with a logit scale
+elsewhere is refused.
 """
 from __future__ import annotations
 

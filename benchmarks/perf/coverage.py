@@ -79,6 +79,8 @@ CASES = [
     Case("torchvision/swin_v2_t", size=64),  # 16 x 16 patches: 2 x 2 windows of 8, shifted, masked
     # timm's Swin V1 at 64 px: 16 x 16 patches, window 7 padded to 21 x 21 and shifted (timm rolls, then pads)
     Case("timm/swin_tiny_patch4_window7_224", size=64, kwargs={"img_size": 64}),
+    # timm's Swin V2 at 64 px: 16 x 16 patches in windows of 8, shifted (the window cut to the map in later stages)
+    Case("timm/swinv2_tiny_window8_256", size=64, kwargs={"img_size": 64}),
     Case("timm/resnet18"),
     Case("timm/resnet50d"),
     Case("timm/efficientnet_b0"),

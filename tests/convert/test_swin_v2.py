@@ -339,3 +339,29 @@ def test_torchvision_swin_v2_converts_exactly(config):
         torch.testing.assert_close(execute(to_neural_graph(m64, example_input=x64), x64,
                                            **({} if config == "fit" else {"tokens": True})), m64(x64),
                                    atol=1e-12, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("config", ["fit", "padded-shifted-dynamic"])
+def test_timm_swin_v2_converts_exactly(config):
+    """timm's SwinTransformerV2 (roll, then pad; separate q / v biases and a zero key bias buffer; timm's GELU): windows
+    fitting the map, and a non-square window on padded, shifted maps with a mask built per forward."""
+    sv2 = pytest.importorskip("timm.models.swin_transformer_v2")
+    kw = dict(patch_size=2, embed_dim=8, depths=(2, 2), num_classes=5)
+    if config == "fit":
+        m, size = sv2.SwinTransformerV2(img_size=32, num_heads=(2, 4), window_size=4, **kw), 32
+    else:
+        m, size = sv2.SwinTransformerV2(img_size=28, num_heads=(2, 2), window_size=(3, 4), strict_img_size=False,
+                                        **kw), 28
+    m = _randomized(m)
+    x = torch.randn(2, 3, size, size)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
+    assert_state_equal(from_neural_graph(g, nan_copy(m, persistent_only=True), example_input=x), m)
+    assert (g.edge_kind == EDGE_KIND["bias_table"]).sum() == 2 * 2 + 2 * (4 if config == "fit" else 2)
+    nonzero = copy.deepcopy(m)
+    with torch.no_grad():
+        nonzero.layers[0].blocks[0].attn.k_bias.fill_(1.0)
+    with pytest.raises(UnsupportedModuleError, match="k_bias buffer is not zero"):
+        to_neural_graph(nonzero, example_input=x)

@@ -133,11 +133,13 @@ def build(case: Case):
 
 def _randomize_constants(model) -> None:
     """Replace every floating tensor whose elements are all equal (ones, zeros, a layer-scale constant) by
-    random values: positive ones by U(0.5, 1.5) (variances, scales stay positive), others by N(0, 0.1)."""
+    random values: positive ones by U(0.5, 1.5) (variances, scales stay positive), others by N(0, 0.1). Parameters
+    and persistent buffers only: a non-persistent buffer is structure the module derives at construction (timm Swin
+    V2's zero key bias, as its masks), which no checkpoint sets."""
     import torch
 
     with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in list(model.parameters()) + list(model.state_dict(keep_vars=True).values()):
             if t.is_floating_point() and t.numel() > 1 and bool((t == t.view(-1)[0]).all()):
                 if float(t.view(-1)[0]) > 0:
                     t.uniform_(0.5, 1.5)

@@ -21,6 +21,13 @@ per dim, the mask the executor applies (and is recorded as a plan guard, as the 
 position ``(k % 2, k // 2)`` of each 2 x 2 neighbourhood, torchvision's order) is
 :func:`~.window_attention.merge_patches`, then its ``norm`` and ``reduction``.
 
+timm's Swin V2 (``timm.models.swin_transformer_v2``) converts the same way: ``SwinTransformerV2Block`` is post-norm
+(``x + drop_path1(norm1(attn(x)))``, then ``x + drop_path2(norm2(mlp(x)))``), its ``PatchMerging`` reduces before its
+norm, and its ``WindowAttention`` gives the Swin V2 heads of :mod:`.window_attention` (cosine attention with the
+logit scale, the bias MLP ``attn.cpb_mlp`` as neurons on the gathered coordinate table; ``q_bias`` / ``v_bias`` on
+the q and v taps, the key bias buffer checked to be zero, a plan guard). timm's own ``GELU`` / ``GELUTanh`` modules in
+its ``Mlp`` are the activations ``gelu`` / ``gelu_tanh``.
+
 Refused by name: a block whose attention's heads do not split its channels (``head_dim`` set so that
 ``heads * head_dim != dim``), another scale than ``head_dim ** -0.5``, a relative position index or mask that is not
 Swin's at the converted map size (a static mask built for another ``input_resolution``), dropout or drop path in

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from neuralgraph.convert.activations import ACTIVATIONS, PARAM_COLUMNS
+from neuralgraph.convert.activations import ACTIVATIONS, HEAD_ACTIVATIONS, PARAM_COLUMNS
 from neuralgraph.data.graph import (ATTENTION_SCALE_TAP, DEFAULT_EPS, EDGE_KIND, EDGE_KIND_TABLE, POOL, POOLS, ROLE,
                                     EdgeKind, NeuralGraph, norm_taps)
 
@@ -146,6 +146,15 @@ def _check_feed_forward(g: NeuralGraph) -> None:
                      "graph computes: execute the graph before the transform")
 
 
+def _scores(q: Tensor, k: Tensor, root: float, logit: Tensor | None) -> Tensor:
+    """Attention scores of queries ``q`` against keys ``k`` (``[..., T, d]``): the scaled dot product ``q k^T / root``,
+    or for a cosine attention head (``logit``: ``exp(min(s, log 100))`` of its logit scale ``s``, Swin V2) the cosine
+    similarities (``F.normalize``) times ``logit``."""
+    if logit is None:
+        return q @ k.transpose(-2, -1) / root
+    return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * logit.to(q.dtype)
+
+
 class _Run:
     """One execution: per-node values, computed layer by layer."""
 
@@ -212,9 +221,19 @@ class _Run:
         ``[2 wh - 1, 2 ww - 1]`` (by offset ``dy, dx``), from its ``window_bias`` edges."""
         g, out = self.g, {}
         e = (g.edge_kind == EDGE_KIND["window_bias"]).nonzero().view(-1).cpu()
-        if e.numel() and len(self.mk) != 2:
-            raise ValueError("window_bias edges need a 2-d max_kernel")
+        et = (g.edge_kind == EDGE_KIND["bias_table"]).nonzero().view(-1).cpu()
+        if (e.numel() or et.numel()) and len(self.mk) != 2:
+            raise ValueError("window_bias / bias_table edges need a 2-d max_kernel")
         geom = g.geometry[g.edge_geom[e].long()].long().cpu() if e.numel() else None
+        tables = {}  # Swin V2: virtual head neuron -> (source neuron, w), its bias table read when the head runs
+        for i in et.tolist():
+            h = int(self.dst_t[i])
+            row = g.geometry[int(g.edge_geom[i])].long().tolist()
+            if h in tables or bool((self.dst_t[e] == h).any()) or row[:2] != [0, 0]:
+                raise ValueError(f"virtual head neuron {h}: more than one bias_table edge, or window_bias edges beside "
+                                 "it, or a bias_table edge with an offset (a corrupt graph)")
+            tables[h] = (int(self.src_t[i]), g.edge_attr[i, self.centre])
+            out[h] = self._partition(h, row[2:8], None)
         for h in torch.unique(self.dst_t[e]).tolist():
             mine = (self.dst_t[e] == h).nonzero().view(-1)
             rows = geom[mine]
@@ -227,21 +246,29 @@ class _Run:
             if spec.size(0) != 1 or not inside or not one_each:
                 raise ValueError(f"virtual head neuron {h}: its window_bias edges do not hold one bias per offset of one "
                                  "window (a corrupt graph)")
-            dilation = g.node_window[h, 6:8].tolist()                                 # the dilation columns (2-d)
-            roll_first = g.node_window[h, 4:6].tolist()                               # the padding columns (2-d)
-            shift, (mh, mw) = spec[0, 2:4].tolist(), spec[0, 4:6].tolist()
-            if min(wh, ww, *dilation) < 1 or (dilation != [1, 1] and (any(shift) or mh % (wh * dilation[0]) or
-                                                                       mw % (ww * dilation[1]))):
-                raise ValueError(f"virtual head neuron {h}: a window partition of dilation {dilation} needs windows of "
-                                 f"at least one position, no shift and a map of whole dilated windows; window "
-                                 f"{[wh, ww]}, shift {shift}, map {[mh, mw]} (a corrupt graph)")
-            if any(r not in (0, 1) or (r and not s) for r, s in zip(roll_first, shift)):
-                raise ValueError(f"virtual head neuron {h}: its roll order {roll_first} (padding columns of node_window) "
-                                 f"is not 0 / 1 per dim, or 1 along a dim without shift {shift} (a corrupt graph)")
             table = g.edge_attr.new_zeros(2 * wh - 1, 2 * ww - 1)
             table[offsets[:, 0], offsets[:, 1]] = g.edge_attr[e[mine], self.centre]
-            out[h] = (tuple(spec[0].tolist()) + tuple(dilation) + tuple(roll_first), table)
+            out[h] = self._partition(h, spec[0].tolist(), table)
+        self.tables = tables
         return out
+
+    def _partition(self, h: int, spec: list[int], table: Tensor | None) -> tuple[tuple[int, ...], Tensor | None]:
+        """A window attention head's geometry (window, shift, map size from its bias edges' ``spec``, then the
+        partition's dilation and roll order from its virtual neuron's ``node_window``), checked, with its bias
+        ``table`` (``None``: read from its ``bias_table`` source when the head runs)."""
+        g = self.g
+        (wh, ww), shift, (mh, mw) = spec[:2], spec[2:4], spec[4:6]
+        dilation = g.node_window[h, 6:8].tolist()                                     # the dilation columns (2-d)
+        roll_first = g.node_window[h, 4:6].tolist()                                   # the padding columns (2-d)
+        if min(wh, ww, *dilation) < 1 or (dilation != [1, 1] and (any(shift) or mh % (wh * dilation[0]) or
+                                                                   mw % (ww * dilation[1]))):
+            raise ValueError(f"virtual head neuron {h}: a window partition of dilation {dilation} needs windows of "
+                             f"at least one position, no shift and a map of whole dilated windows; window "
+                             f"{[wh, ww]}, shift {shift}, map {[mh, mw]} (a corrupt graph)")
+        if any(r not in (0, 1) or (r and not s) for r, s in zip(roll_first, shift)):
+            raise ValueError(f"virtual head neuron {h}: its roll order {roll_first} (padding columns of node_window) "
+                             f"is not 0 / 1 per dim, or 1 along a dim without shift {shift} (a corrupt graph)")
+        return tuple(spec) + tuple(dilation) + tuple(roll_first), table
 
     # ------------------------------------------------------------------------------------------ inputs
     def _input_channels(self) -> tuple[list[int], int]:
@@ -407,6 +434,8 @@ class _Run:
                 out = PARAMETRIC_ACTIVATIONS[family](z, p[:, 0], p[:, 1])
             elif family in ACTIVATION_FUNCTIONS:
                 out = ACTIVATION_FUNCTIONS[family](z)
+            elif family in HEAD_ACTIVATIONS:  # a virtual head neuron's score function: its attention applies it
+                out = z
             else:
                 raise ValueError(f"activation {ACTIVATIONS[act]!r} has no executor function; add it to "
                                  "ACTIVATION_FUNCTIONS in neuralgraph/execute.py")
@@ -648,12 +677,31 @@ class _Run:
             parts = [(torch.zeros_like(bias[r][idx]) if s_ is None else s_[idx], bias[r][idx])
                      for r, s_ in enumerate(sums)]
             root = math.sqrt(scale_dims.get(h) or idx.numel())                      # sqrt(D), D = d_H by default
+            logit = None
+            if ACTIVATIONS[int(self.g.node_act[h])] == "cosine_attention":  # Swin V2: no key bias, a logit scale
+                parts[1] = (parts[1][0], torch.zeros_like(parts[1][1]))
+                logit = self.g.x[h, PARAM_COLUMNS[0]].clamp(max=math.log(100.0)).exp()
             if h in self.windows:
-                add(dst[idx].tolist(), self._window_attention(parts, *self.windows[h], root))
+                spec, table = self.windows[h]
+                if table is None:
+                    table = self._bias_table(h, spec)
+                add(dst[idx].tolist(), self._window_attention(parts, spec, table, root, logit))
                 continue
             q, k, v = ((t + b_.view(-1, *([1] * (t.dim() - 1)))).movedim(0, -1) for t, b_ in parts)  # [B, T, d_H]
-            out = torch.softmax(q @ k.transpose(-2, -1) / root, -1) @ v
+            out = torch.softmax(_scores(q, k, root, logit), -1) @ v
             add(dst[idx].tolist(), out.movedim(-1, 0))
+
+    def _bias_table(self, h: int, spec: tuple[int, ...]) -> Tensor:
+        """The relative position bias table of the Swin V2 head whose virtual neuron is ``h``: ``w`` times the value of
+        its ``bias_table`` edge's source, ``[B, 2 wh - 1, 2 ww - 1]`` by offset."""
+        src, w = self.tables[h]
+        value = self.read(src, "value")
+        rows, cols = 2 * spec[0] - 1, 2 * spec[1] - 1
+        if value.dim() != 3 or tuple(value.shape[1:]) != (rows, cols):
+            raise ValueError(f"virtual head neuron {h}: its bias_table source {src} holds a value of shape "
+                             f"{tuple(value.shape)}, not the [B, {rows}, {cols}] table of window {list(spec[:2])} (a "
+                             "corrupt graph)")
+        return w.to(value.dtype) * value
 
     def _scale_dims(self, e: Tensor) -> dict[int, float]:
         """Per virtual head neuron (the sources of the attention edges ``e``): the scale dim ``D`` its edges hold on tap
@@ -672,11 +720,13 @@ class _Run:
         return out
 
     def _window_attention(self, parts: list[tuple[Tensor, Tensor]], spec: tuple[int, ...], table: Tensor,
-                          root: float) -> Tensor:
+                          root: float, logit: Tensor | None = None) -> Tensor:
         """One head's window attention over a map (Swin's shifted windows, MaxViT's blocks and grids): ``parts`` the
         (weighted sum of the sources ``[d, B, H, W]``, bias ``[d]``) of q, k and v (the zero-padded positions get the
         bias alone), ``spec`` the window, shift, map size (``data.graph.window_geometry``) and dilation, ``table`` the
-        bias by offset, ``root`` what the scores are divided by (``sqrt(D)``); returns ``[d, B, H, W]``.
+        bias by offset (``[2 wh - 1, 2 ww - 1]``, or per sample ``[B, 2 wh - 1, 2 ww - 1]``), ``root`` what the scores
+        are divided by (``sqrt(D)``), ``logit`` a cosine attention head's logit scale (:func:`_scores`); returns
+        ``[d, B, H, W]``.
 
         The map is zero-padded at the bottom / right to whole dilated windows (``wh * dh`` rows), rolled by
         ``-shift`` (along a dim whose roll order ``spec[8:10]`` is 1, the map is rolled before it is padded: timm's
@@ -690,7 +740,7 @@ class _Run:
         later = [s if not f else 0 for s, f in zip(shift, first)]                   # shifts rolled after padding
         if parts[0][0].dim() == 2 and tuple(size) == (1, 1):  # a one-position map is read as a feature [d, B]
             return self._window_attention([(t.view(*t.shape, 1, 1), b_) for t, b_ in parts], spec, table,
-                                          root)[..., 0, 0]
+                                          root, logit)[..., 0, 0]
         if parts[0][0].dim() != 4 or tuple(parts[0][0].shape[2:]) != tuple(size):
             raise ValueError(f"the graph's window attention attends over a {size[0]} x {size[1]} map (the "
                              f"conversion's size), but this input gives {tuple(parts[0][0].shape[2:])}: execute it "
@@ -716,8 +766,8 @@ class _Run:
         y, x = torch.meshgrid(torch.arange(wh, device=table.device), torch.arange(ww, device=table.device),
                               indexing="ij")
         y, x = y.reshape(-1), x.reshape(-1)
-        scores = q @ k.transpose(-2, -1) / root + table[y[:, None] - y[None, :] + wh - 1,
-                                                        x[:, None] - x[None, :] + ww - 1]
+        bias = table[..., y[:, None] - y[None, :] + wh - 1, x[:, None] - x[None, :] + ww - 1]    # [(B,) N, N]
+        scores = _scores(q, k, root, logit) + (bias[:, None] if bias.dim() == 3 else bias)
         if any(shift):  # Swin's mask: positions of different regions of the rolled map do not attend (-100)
             region = torch.zeros(ph, pw, dtype=torch.long, device=scores.device)
             cuts = [((0, -wh), (-wh, -shift[0]), (-shift[0], None)), ((0, -ww), (-ww, -shift[1]), (-shift[1], None))]

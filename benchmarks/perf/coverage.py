@@ -74,8 +74,13 @@ CASES = [
     Case("torchvision/swin_t"),  # 8 x 8 patches: one padded window per block, no shift
     Case("torchvision/swin_t", size=64),  # 16 x 16 patches: padded to 21 x 21, shifted windows with masks
     Case("torchvision/maxvit_t", size=224, convert={"max_kernel": (3, 3)}),  # block and grid attention; 224 only
+    # Swin V2: cosine attention, the bias MLP as neurons; 8 x 8 patches: one window per block (padded from stage 2)
+    Case("torchvision/swin_v2_t"),
+    Case("torchvision/swin_v2_t", size=64),  # 16 x 16 patches: 2 x 2 windows of 8, shifted, masked
     # timm's Swin V1 at 64 px: 16 x 16 patches, window 7 padded to 21 x 21 and shifted (timm rolls, then pads)
     Case("timm/swin_tiny_patch4_window7_224", size=64, kwargs={"img_size": 64}),
+    # timm's Swin V2 at 64 px: 16 x 16 patches in windows of 8, shifted (the window cut to the map in later stages)
+    Case("timm/swinv2_tiny_window8_256", size=64, kwargs={"img_size": 64}),
     Case("timm/resnet18"),
     Case("timm/resnet50d"),
     Case("timm/efficientnet_b0"),
@@ -128,11 +133,13 @@ def build(case: Case):
 
 def _randomize_constants(model) -> None:
     """Replace every floating tensor whose elements are all equal (ones, zeros, a layer-scale constant) by
-    random values: positive ones by U(0.5, 1.5) (variances, scales stay positive), others by N(0, 0.1)."""
+    random values: positive ones by U(0.5, 1.5) (variances, scales stay positive), others by N(0, 0.1). Parameters
+    and persistent buffers only: a non-persistent buffer is structure the module derives at construction (timm Swin
+    V2's zero key bias, as its masks), which no checkpoint sets."""
     import torch
 
     with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in list(model.parameters()) + list(model.state_dict(keep_vars=True).values()):
             if t.is_floating_point() and t.numel() > 1 and bool((t == t.view(-1)[0]).all()):
                 if float(t.view(-1)[0]) > 0:
                     t.uniform_(0.5, 1.5)

@@ -25,8 +25,13 @@ ACTIVATIONS: list[str] = [
     "none", "unknown", "relu", "leaky_relu", "gelu", "tanh", "sigmoid", "silu", "elu", "selu", "celu",
     "softplus", "mish", "hardswish", "hardsigmoid", "hardtanh", "relu6", "softsign", "tanhshrink",
     "logsigmoid", "sin", "softmax", "log_softmax", "prelu", "gelu_tanh", "sine", "square", "sqrt", "reciprocal",
-    "exp", "abs", "erf", "cos", "log1p",
+    "exp", "abs", "erf", "cos", "log1p", "cosine_attention",
 ]
+#: activations of a virtual head neuron that say how its head scores queries against keys (not element-wise
+#: functions of the neuron's own value, which nothing reads): ``cosine_attention`` (Swin V2) scores
+#: ``cos(q, k) * exp(min(s, log 100))`` with the head's logit scale ``s`` in the first activation-parameter column,
+#: and ignores the key bias
+HEAD_ACTIVATIONS = ("cosine_attention",)
 
 #: changes with every registration (part of the conversion plan cache key)
 VERSION = 0
@@ -125,6 +130,9 @@ def register_activation(fn_or_module: Callable | type | None, name: str) -> int:
         register_activation(Sine, "sine")
     """
     global VERSION
+    if name in HEAD_ACTIVATIONS:
+        raise ValueError(f"{name!r} is a window attention head's score function (HEAD_ACTIVATIONS), not an "
+                         "element-wise activation: choose another name")
     VERSION += 1  # plans traced before may have traced through it: they are keyed by the version
     if "(" in name:
         raise ValueError(f"{name!r}: activation parameters are numbers on the neurons, not names; a parametric "

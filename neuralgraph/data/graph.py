@@ -12,7 +12,8 @@ field            shape/dtype   meaning
 ===============  ============  ==============================================================
 ``x``            [N, F_node]   col 0: additive term (bias, BatchNorm shift); col 1: 1 if the
                                neuron has a learnable additive term; cols 2, 3: the parameters
-                               of its activation (``convert.activations.PARAMETERS``), else 0
+                               of its activation (``convert.activations.PARAMETERS``; a
+                               ``cosine_attention`` virtual head neuron: its logit scale), else 0
 ``edge_index``   [2, E] long   source -> target, forward dataflow
 ``edge_attr``    [E, F_edge]   the flattened, zero-padded, centred kernel (F_edge = prod of
                                ``max_kernel``); a linear weight or an identity edge sits on the
@@ -148,6 +149,11 @@ EDGE_KIND_TABLE = (
              "on the centre, from the offset's constant neuron into the head's virtual neuron; geometry: the offset, "
              "the window, the shift and the map size (window_geometry); the partition's dilation (MaxViT's grid) and "
              "roll order (timm's Swin: roll, then pad) in the virtual neuron's node_window"),
+    EdgeKind("bias_table", False, False, "none", "value", ("tab:orange", "-."),
+             "window attention (Swin V2): a head's whole relative position bias table, w (the constant 16 on the "
+             "centre) times the source's value, a (2wh - 1) x (2ww - 1) map by offset (dy + wh - 1, dx + ww - 1): from "
+             "the head's continuous position bias neuron (the bias MLP's output for that head, sigmoid) into its "
+             "virtual neuron; geometry as window_bias with offset 0 (window_geometry)"),
 )
 #: Edge kinds (``edge_kind``) by id, and ids by name.
 EDGE_KINDS = tuple(k.name for k in EDGE_KIND_TABLE)
@@ -155,7 +161,7 @@ EDGE_KIND = {name: i for i, name in enumerate(EDGE_KINDS)}
 
 #: Version of what graphs mean: bump it with any change to the fields or their meaning (a new edge kind, a
 #: new node field, a dtype), so that cached graphs (``ZooDataset``) are rebuilt.
-FORMAT_VERSION = 15
+FORMAT_VERSION = 16
 
 #: Pooling recorded on the neurons whose output map is pooled (``node_pool``).
 POOLS = ("none", "max", "avg", "global_avg", "global_max", "lp", "other", "adaptive_avg", "adaptive_max")

@@ -188,5 +188,5 @@ def test_hand_written_exact_gelu_is_the_function_of_its_parts():
 def test_every_named_activation_runs_in_the_executor():
     from neuralgraph.execute import ACTIVATION_FUNCTIONS, LAYER_ACTIVATIONS, PARAMETRIC_ACTIVATIONS
 
-    runnable = set(ACTIVATION_FUNCTIONS) | set(PARAMETRIC_ACTIVATIONS) | set(LAYER_ACTIVATIONS)
+    runnable = set(ACTIVATION_FUNCTIONS) | set(PARAMETRIC_ACTIVATIONS) | set(LAYER_ACTIVATIONS) | set(A.HEAD_ACTIVATIONS)
     assert [a for a in A.ACTIVATIONS if a != "unknown" and a not in runnable] == []

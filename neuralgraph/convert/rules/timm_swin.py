@@ -21,6 +21,13 @@ per dim, the mask the executor applies (and is recorded as a plan guard, as the 
 position ``(k % 2, k // 2)`` of each 2 x 2 neighbourhood, torchvision's order) is
 :func:`~.window_attention.merge_patches`, then its ``norm`` and ``reduction``.
 
+timm's Swin V2 (``timm.models.swin_transformer_v2``) converts the same way: ``SwinTransformerV2Block`` is post-norm
+(``x + drop_path1(norm1(attn(x)))``, then ``x + drop_path2(norm2(mlp(x)))``), its ``PatchMerging`` reduces before its
+norm, and its ``WindowAttention`` gives the Swin V2 heads of :mod:`.window_attention` (cosine attention with the
+logit scale, the bias MLP ``attn.cpb_mlp`` as neurons on the gathered coordinate table; ``q_bias`` / ``v_bias`` on
+the q and v taps, the key bias buffer checked to be zero, a plan guard). timm's own ``GELU`` / ``GELUTanh`` modules in
+its ``Mlp`` are the activations ``gelu`` / ``gelu_tanh``.
+
 Refused by name: a block whose attention's heads do not split its channels (``head_dim`` set so that
 ``heads * head_dim != dim``), another scale than ``head_dim ** -0.5``, a relative position index or mask that is not
 Swin's at the converted map size (a static mask built for another ``input_resolution``), dropout or drop path in
@@ -34,16 +41,25 @@ from torch import nn
 
 from neuralgraph.convert.builder import Val
 from neuralgraph.convert.registry import module_rule
+from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.attention import _apply, _child
 from neuralgraph.convert.rules.functional import add
 from neuralgraph.convert.rules.maxvit import _is, _per_position
-from neuralgraph.convert.rules.window_attention import merge_patches, relative_position_index, window_heads
+from neuralgraph.convert.rules.window_attention import (ContinuousBias, merge_patches, relative_position_index,
+                                                        window_heads)
 
 _TIMM = "timm.models.swin_transformer."
 _ATTENTION = _TIMM + "WindowAttention"
+_TIMM2 = "timm.models.swin_transformer_v2."
 _MLP = "timm.layers.mlp.Mlp"
 _DROP_PATH = "timm.layers.drop.DropPath"
 _MLP_PARTS = ("fc1", "act", "drop1", "norm", "fc2", "drop2")  # timm's Mlp.forward, in order
+#: timm's own activation modules (Swin V2's Mlp builds them by name): F.gelu(x) / F.gelu(x, approximate="tanh")
+_TIMM_ACTIVATIONS = {"timm.layers.activations.GELU": "gelu", "timm.layers.activations.GELUTanh": "gelu_tanh"}
+
+
+def _timm_activation(mod) -> str | None:
+    return _TIMM_ACTIVATIONS.get(f"{type(mod).__module__}.{type(mod).__qualname__}")
 
 
 def swin_mask(window: tuple[int, int], shift: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
@@ -73,13 +89,15 @@ def _drop_path(ctx, node, name: str) -> None:
     _eval_mode(ctx, node, name, mod, getattr(mod, "drop_prob", 0.0))
 
 
-def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
-    """``attn`` on the block's (rolled, padded) windows: window heads, then ``proj``."""
+def _window_attention(ctx, node, x: Val, size: tuple[int, int], v2: bool = False) -> Val:
+    """``attn`` on the block's (rolled, padded) windows: window heads, then ``proj``. ``v2``: Swin V2's attention
+    (cosine attention, the continuous position bias MLP, separate ``q_bias`` / ``v_bias`` and a zero key bias)."""
     block, att_node = ctx.module(node), _child(node, "attn")
     att = block.attn
-    if not _is(att, _ATTENTION):
+    if not _is(att, _TIMM2 + "WindowAttention" if v2 else _ATTENTION):
         raise ctx.unsupported(att_node, f"its attention is a {type(att).__module__}.{type(att).__qualname__}, not "
-                                        "timm's WindowAttention, whose function the graph would hold")
+                                        f"timm's {'Swin V2 ' if v2 else ''}WindowAttention, whose function the graph "
+                                        "would hold")
     c = x.channels
     window, shift = tuple(int(v) for v in block.window_size), tuple(int(v) for v in block.shift_size)
     qkv, proj, heads = att.qkv, att.proj, att.num_heads
@@ -90,7 +108,7 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
                                         f"Linear layers of C = {c} channels split into the heads (a head_dim with "
                                         "heads x head_dim != dim has no graph)")
     head_dim = c // heads
-    if not att.fused_attn and att.scale != head_dim ** -0.5:  # the fused path scales by 1/sqrt(d_H) itself
+    if not v2 and not att.fused_attn and att.scale != head_dim ** -0.5:  # fused: scaled by 1/sqrt(d_H) itself
         raise ctx.unsupported(att_node, f"scale {att.scale} is not 1/sqrt(head_dim = {head_dim}), the scaled dot "
                                         "product the graph holds")
     if tuple(att.window_size) != window or min(window) < 1 or any(s < 0 for s in shift):
@@ -100,12 +118,11 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
     index_name = f"{node.target}.attn.relative_position_index"
     index = ctx.root.get_buffer(index_name)
     ctx.builder.guard(index_name, index)
-    if tuple(att.relative_position_bias_table.shape) != (rows, heads) or \
-            not torch.equal(index.cpu().reshape(-1), relative_position_index(window)):
-        raise ctx.unsupported(att_node, f"the relative position index {index_name!r} or the table "
-                                        f"{tuple(att.relative_position_bias_table.shape)} is not Swin's for window "
-                                        f"{window} (a [{rows}, heads] table read by the query - key offset); other "
-                                        "indexings have no graph")
+    table_shape = (rows, heads) if v2 else tuple(att.relative_position_bias_table.shape)
+    if table_shape != (rows, heads) or not torch.equal(index.cpu().reshape(-1), relative_position_index(window)):
+        raise ctx.unsupported(att_node, f"the relative position index {index_name!r} or the table {table_shape} is "
+                                        f"not Swin's for window {window} (a [{rows}, heads] table read by the query - "
+                                        "key offset); other indexings have no graph")
     padded = tuple(-n % w + n for n, w in zip(size, window))
     if getattr(block, "dynamic_mask", False):
         mask = block.get_attn_mask(torch.zeros(1, *padded, 1))  # built per forward, for the padded (rolled) map
@@ -128,21 +145,41 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int]) -> Val:
         raise ctx.unsupported(node, f"an attention mask {tuple(mask.shape)} on unshifted windows (shift {shift}): "
                                     "only Swin's shifted-window mask converts")
     qkv_node = _child(node, "attn.qkv")
-    qkv_w, table = ctx.param(qkv_node, "weight"), ctx.param(att_node, "relative_position_bias_table")
+    qkv_w = ctx.param(qkv_node, "weight")
+    if v2:
+        table, qkv_b = _v2_bias(ctx, node, att_node, att, c, heads), None
+        if att.q_bias is not None:
+            qkv_b = ((ctx.param(att_node, "q_bias"), 0), None, (ctx.param(att_node, "v_bias"), 0))
+    else:
+        table, qkv_b = ctx.param(att_node, "relative_position_bias_table"), ctx.param(qkv_node, "bias")
     if qkv_w is None or table is None:
         raise ctx.unsupported(qkv_node, "its weight or the bias table is not a parameter (a parametrization?); remove "
                                         "it first")
-    out = window_heads(ctx, att_node, ctx.as_features(att_node, x, c), heads, qkv_w, ctx.param(qkv_node, "bias"),
-                       table, (rows, heads), window, shift, size, roll_first=(1, 1))
+    out = window_heads(ctx, node if v2 else att_node, ctx.as_features(att_node, x, c), heads, qkv_w, qkv_b, table,
+                       (rows, heads), window, shift, size, roll_first=(1, 1))
     out = _apply(ctx, node, "attn.proj", Val(out, "vec"))
     return _apply(ctx, node, "attn.proj_drop", out)
 
 
-@module_rule(_TIMM + "SwinTransformerBlock")
-def swin_block(ctx, node, x: Val) -> Val:
-    """``x + drop_path1(attention(norm1(x)))``, then ``x + drop_path2(mlp(norm2(x)))``, per position but for the
-    window attention (module docstring)."""
-    mod = ctx.module(node)
+def _v2_bias(ctx, node, att_node, att, c: int, heads: int) -> ContinuousBias:
+    """Swin V2's heads (:class:`~.window_attention.ContinuousBias`): the bias MLP ``attn.cpb_mlp`` on the coordinate
+    table buffer, the logit scale; the key bias buffer must be zero (the heads have none) and is a plan guard."""
+    logit_scale = ctx.param(att_node, "logit_scale")
+    if logit_scale is None or tuple(att.logit_scale.shape) != (heads, 1, 1):
+        raise ctx.unsupported(att_node, f"its logit_scale is not a [{heads}, 1, 1] parameter (one per head)")
+    if att.q_bias is not None:
+        k_bias = f"{node.target}.attn.k_bias"
+        ctx.builder.guard(k_bias, att.k_bias)
+        if not isinstance(att.q_bias, nn.Parameter) or not isinstance(att.v_bias, nn.Parameter) or \
+                tuple(att.q_bias.shape) != (c,) or tuple(att.v_bias.shape) != (c,) or bool(att.k_bias.any()):
+            raise ctx.unsupported(att_node, "its q_bias / v_bias are not [C] parameters, or its k_bias buffer is not "
+                                            "zero: Swin V2's heads have no key bias")
+    return ContinuousBias("attn.cpb_mlp", f"{node.target}.attn.relative_coords_table", logit_scale)
+
+
+def _block_shape(ctx, node, mod) -> tuple[int, int, int]:
+    """The checks every timm Swin block passes (its parts act per position but for the attention, dropout and drop
+    path in eval mode); returns the map's ``H, W, C``."""
     shape = ctx.shape(node.args[0])
     if shape is None or len(shape) != 4:
         raise ctx.unsupported(node, "timm's Swin block needs the traced [B, H, W, C] shape of its input (its windows "
@@ -150,13 +187,13 @@ def swin_block(ctx, node, x: Val) -> Val:
     if len(ctx.config.max_kernel) != 2:
         raise ctx.unsupported(node, f"window attention needs a 2-d max_kernel (its edges' geometry holds a 2-d "
                                     f"window), got max_kernel={ctx.config.max_kernel}")
-    _, h, w, c = shape
     for name in ("norm1", "norm2"):
         if not _per_position(getattr(mod, name)):
             raise ctx.unsupported(_child(node, name), f"a {type(getattr(mod, name)).__name__}: only layers acting on "
                                                       "each position's channels convert there")
     mlp = mod.mlp
-    if not _is(mlp, _MLP) or not all(_per_position(getattr(mlp, p, None)) for p in _MLP_PARTS):
+    if not _is(mlp, _MLP) or not all(_per_position(getattr(mlp, p, None)) or _timm_activation(getattr(mlp, p, None))
+                                     for p in _MLP_PARTS):
         raise ctx.unsupported(_child(node, "mlp"), f"a {type(mlp).__name__} that is not timm's Mlp of per-position "
                                                    "layers (fc1, act, drop1, norm, fc2, drop2: Linear, element-wise "
                                                    "activation, dropout, LayerNorm / Identity)")
@@ -165,13 +202,56 @@ def swin_block(ctx, node, x: Val) -> Val:
     for name, sub in mod.named_modules():  # attn_drop (on the attention weights), proj_drop, the Mlp's dropouts
         if isinstance(sub, nn.modules.dropout._DropoutNd):
             _eval_mode(ctx, node, name, sub, sub.p)
+    return shape[1], shape[2], shape[3]
+
+
+def _mlp(ctx, node, x: Val) -> Val:
+    for part in _MLP_PARTS:
+        name = _timm_activation(getattr(ctx.module(node).mlp, part))
+        x = activation(ctx, _child(node, f"mlp.{part}"), x, name) if name else _apply(ctx, node, f"mlp.{part}", x)
+    return x
+
+
+@module_rule(_TIMM2 + "SwinTransformerV2Block")
+def swin_v2_block(ctx, node, x: Val) -> Val:
+    """Swin V2's post-norm block: ``x + drop_path1(norm1(attention(x)))``, then ``x + drop_path2(norm2(mlp(x)))``,
+    per position but for the window attention (cosine attention, the bias MLP as neurons)."""
+    h, w, c = _block_shape(ctx, node, ctx.module(node))
+    stream = Val(ctx.as_features(node, x, c), "vec")
+    branch = _apply(ctx, node, "norm1", _window_attention(ctx, node, stream, (h, w), v2=True))
+    stream = add(ctx, _child(node), stream, branch)
+    stream = add(ctx, _child(node), stream, _apply(ctx, node, "norm2", _mlp(ctx, node, stream)))
+    return Val(stream.nodes, "vec")
+
+
+@module_rule(_TIMM2 + "PatchMerging")
+def patch_merging_v2(ctx, node, x: Val) -> Val:
+    """Swin V2's patch merging: the 2 x 2 neighbourhoods as ``4 C`` channels, ``reduction``, then ``norm``."""
+    mod = ctx.module(node)
+    for name in ("norm", "reduction"):
+        if not _per_position(getattr(mod, name)):
+            raise ctx.unsupported(_child(node, name), f"a {type(getattr(mod, name)).__name__}: only layers acting on "
+                                                      "each position's channels convert there")
+    merged = merge_patches(ctx, node, x, ctx.shape(node.args[0]))
+    return _apply(ctx, node, "norm", _apply(ctx, node, "reduction", merged))
+
+
+@module_rule(_TIMM2 + "WindowAttention")
+def window_attention_v2_alone(ctx, node, *args, **kwargs) -> Val:
+    raise ctx.unsupported(node, "timm's Swin V2 WindowAttention converts as part of timm's SwinTransformerV2Block, "
+                                "whose shifted window partition gives it its windows; called on its own it has no "
+                                "graph")
+
+
+@module_rule(_TIMM + "SwinTransformerBlock")
+def swin_block(ctx, node, x: Val) -> Val:
+    """``x + drop_path1(attention(norm1(x)))``, then ``x + drop_path2(mlp(norm2(x)))``, per position but for the
+    window attention (module docstring)."""
+    h, w, c = _block_shape(ctx, node, ctx.module(node))
     stream = Val(ctx.as_features(node, x, c), "vec")   # the map's channel neurons, read per position (an input: [B, H, W, C])
     branch = _window_attention(ctx, node, _apply(ctx, node, "norm1", stream), (h, w))
     stream = add(ctx, _child(node), stream, branch)
-    branch = _apply(ctx, node, "norm2", stream)
-    for part in _MLP_PARTS:
-        branch = _apply(ctx, node, f"mlp.{part}", branch)
-    stream = add(ctx, _child(node), stream, branch)
+    stream = add(ctx, _child(node), stream, _mlp(ctx, node, _apply(ctx, node, "norm2", stream)))
     return Val(stream.nodes, "vec")
 
 

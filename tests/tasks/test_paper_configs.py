@@ -60,9 +60,9 @@ def test_parameter_counts_beside_the_papers():
     _, _, gnn, _, _ = build("ng-gnn-wildpark")
     assert count(gnn.convs) + count(gnn.norms) + count(gnn.head) == PAPER_PARAMS["ng-gnn-wildpark"] + 1664
     # the encoder as docs/models.md breaks it down: Fourier projections, conv geometry, 64-wide embeddings
-    # (activation 32, edge kind 20 = one per kind, pooling 9, role 4, flatten position 2, position tables 29 rows)
-    assert len(EDGE_KIND) == 21
-    assert count(gnn.encoder) == 2 * 16448 + 192 * 64 + 64 * (34 + 21 + 9 + 4 + 2 + 29) == 51520
+    # (activation 35, edge kind 22 = one per kind, pooling 9, role 4, flatten position 2, position tables 29 rows)
+    assert len(EDGE_KIND) == 22
+    assert count(gnn.encoder) == 2 * 16448 + 192 * 64 + 64 * (35 + 22 + 9 + 4 + 2 + 29) == 51648
     assert gnn.head.readout == "output_cat" and gnn.head.num_outputs == 10
 
 

@@ -104,13 +104,14 @@ def _ruled_class(module: nn.Module) -> type | None:
 
 
 def overridden_rule(module: nn.Module) -> type | None:
-    """The registered class whose rule ``module`` would use, if ``module``'s class redefines one of its methods
-    (``forward``, ``_conv_forward``, ...): then the rule does not apply and the module is traced into."""
+    """The registered class whose rule ``module`` would use, if ``module``'s class (or ``module`` itself, an attribute
+    set on the instance) redefines one of its methods (``forward``, ``_conv_forward``, ...): then the rule does not
+    apply and the module is traced into."""
     ruled = _ruled_class(module)
     if ruled is None:
         return None
-    for cls in type(module).__mro__[:type(module).__mro__.index(ruled)]:
-        for name, value in vars(cls).items():
+    for scope in (vars(module), *map(vars, type(module).__mro__[:type(module).__mro__.index(ruled)])):
+        for name, value in scope.items():  # the instance's own attributes first: ``m.forward = ...`` redefines it too
             if callable(value) and name not in _SAFE_OVERRIDES and hasattr(ruled, name):
                 return ruled
     return None

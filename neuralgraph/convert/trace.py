@@ -111,6 +111,8 @@ class _Tracer(fx.Tracer):
         return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if "forward" in vars(m):  # a forward set on the instance (m.forward = ...) computes what it says: trace it
+            return False
         if find_module_rule(m) is not None or type(m) in A.MODULE_ACTIVATIONS:
             return True
         return super().is_leaf_module(m, qualname)

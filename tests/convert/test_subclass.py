@@ -94,3 +94,18 @@ def test_functional_layers_on_model_parameters():
     g = to_neural_graph(m)
     torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-5)
     assert_state_equal(m, from_neural_graph(g, m))
+
+
+def test_a_forward_set_on_the_instance_is_traced_not_claimed():
+    """``m.forward = ...`` on an instance redefines what it computes as a subclass would: the module is traced into
+    (here a Linear, a GELU and a conv, each scaled by 2, convert exactly), never converted by its class's rule
+    (before: silently the unscaled layer)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 5), nn.GELU())
+    for layer in (m[0], m[2], m[3]):
+        forward = layer.forward
+        layer.forward = lambda t, forward=forward: forward(t) * 2
+    x = torch.randn(2, 3, 4, 4)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)

@@ -25,7 +25,8 @@ from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.data.graph import FieldRangeError, compact_field
 from neuralgraph.convert.registry import (CLAIM, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
-                                          find_function_rule, find_module_rule, overridden_rule)
+                                          find_function_rule, find_module_rule, overridden_rule,
+                                          redefined_on_instance)
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice
 
@@ -111,7 +112,7 @@ class _Tracer(fx.Tracer):
         return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if "forward" in vars(m):  # a forward set on the instance (m.forward = ...) computes what it says: trace it
+        if redefined_on_instance(m):  # m.forward = ..., forward hooks: what it computes is in them, trace it
             return False
         if find_module_rule(m) is not None or type(m) in A.MODULE_ACTIVATIONS:
             return True
@@ -393,8 +394,9 @@ class TraceContext:
             except AttributeError:
                 continue
             if base is not None:
-                return (f" ({path} is a subclass of {_type_name(base)} that redefines its computation, so the "
-                        f"{base.__name__} rule does not apply and its forward was traced)")
+                how = "has its own forward or forward hooks" if redefined_on_instance(self.root.get_submodule(path)) \
+                    else f"is a subclass of {_type_name(base)} that redefines its computation"
+                return f" ({path} {how}, so the {base.__name__} rule does not apply and its forward was traced)"
         return ""
 
     def attribute(self, node: fx.Node) -> Param:

@@ -425,3 +425,12 @@ def test_timm_swin_converts_exactly(config):
     assert (perm != torch.arange(perm.numel())).any()
     with torch.no_grad():
         torch.testing.assert_close(execute(permute.apply(g, perm), x), m(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_block_with_a_forward_hook_is_not_claimed():
+    m = _block()
+    x = torch.randn(1, 5, 5, 4)
+    to_neural_graph(m, example_input=x)
+    m[0].register_forward_hook(lambda mod, inp, out: out * 2)
+    with pytest.raises(UnsupportedModuleError, match="0 has its own forward or forward hooks|0 .* cannot be traced"):
+        to_neural_graph(m, example_input=x)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 MODULE_RULES: dict[type[nn.Module] | str, Callable] = {}
 FUNCTION_RULES: dict[Callable | str, Callable] = {}
@@ -103,11 +105,16 @@ def _ruled_class(module: nn.Module) -> type | None:
     return next((cls for cls in type(module).__mro__ if _rule_of(cls) is not None), None)
 
 
+_WEIGHT_HOOKS = (WeightNorm, SpectralNorm)
+
+
 def redefined_on_instance(module: nn.Module) -> bool:
     """Whether ``module`` itself changes what its class computes: a ``forward`` set on the instance, or forward
     (pre-)hooks, which may replace its inputs or output. Such a module is traced into (its hooks with it), never
     converted by a rule of its class, which would silently drop them."""
-    return "forward" in vars(module) or bool(module._forward_hooks) or bool(module._forward_pre_hooks)
+    hooks = (*module._forward_pre_hooks.values(), *module._forward_hooks.values())
+    # torch's old weight_norm / spectral_norm pre-hooks compute a weight: the rules refuse it with the fix
+    return "forward" in vars(module) or any(not isinstance(h, _WEIGHT_HOOKS) for h in hooks)
 
 
 def overridden_rule(module: nn.Module) -> type | None:

@@ -139,7 +139,7 @@ def _sequential_graph(model: nn.Module, tracer: _Tracer) -> fx.Graph | None:
     def walk(m: nn.Module, prefix: str) -> bool:
         for name, child in m._modules.items():
             path = f"{prefix}{name}"
-            if type(child) is nn.Sequential:
+            if type(child) is nn.Sequential and not redefined_on_instance(child):  # hooks: a real trace
                 if not walk(child, path + "."):
                     return False
             elif child is not None and tracer.is_leaf_module(child, path):
@@ -206,6 +206,11 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> tuple[fx.Graph, boo
     any input size); a forward that computes with sizes in Python is traced again with ``example_input``'s sizes
     as numbers, which the graph then holds (the converted graph is that input size's; ``trace_module`` checks it
     reproduces the forward there and records the sizes on the input neurons)."""
+    if redefined_on_instance(model):  # torch.fx traces type(model).forward, without the instance's forward or hooks
+        raise UnsupportedModuleError(
+            f"<root> ({_type_name(type(model))}) has a forward set on the instance or forward hooks, which may change "
+            "what it computes and which tracing its class's forward would drop: remove them, or convert a module "
+            "that calls it, e.g. to_neural_graph(nn.Sequential(model)) (its hooks are then traced)")
     tracer = _Tracer()
     graph = _sequential_graph(model, tracer)
     if graph is not None:

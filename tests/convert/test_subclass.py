@@ -127,3 +127,24 @@ def test_forward_hooks_are_traced_with_their_module():
         h.remove()
     with torch.no_grad():
         torch.testing.assert_close(execute(to_neural_graph(m), x), m(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_root_with_its_own_forward_or_hooks_is_refused_or_wrapped():
+    """torch.fx traces the class's forward of the model itself, without a forward set on the instance or its hooks
+    (before: silently dropped, 0.5 relative error): refused, naming the fix; wrapped in nn.Sequential it converts."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    hooked = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    hooked.register_forward_hook(lambda mod, inp, out: out * 2)
+    own = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    forward = own.forward
+    own.forward = lambda t: forward(t) * 2
+    layer = nn.Linear(3, 2)
+    layer.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+    for m in (hooked, own, layer):
+        with pytest.raises(UnsupportedModuleError, match=r"<root> .*forward hooks.*nn\.Sequential\(model\)"):
+            to_neural_graph(m)
+        wrapped = nn.Sequential(m)
+        with torch.no_grad():
+            torch.testing.assert_close(execute(to_neural_graph(wrapped, example_input=x), x), wrapped(x), atol=1e-5,
+                                       rtol=1e-4)

@@ -676,6 +676,8 @@ def _describe(m: nn.Module, parts: list[Any]) -> None:
                 parts.append((k, v))
             else:
                 parts.append((k, _freeze(v)))
+    if m._forward_pre_hooks or m._forward_hooks:  # traced with the module (redefined_on_instance): part of its plan
+        parts.append(("forward hooks", tuple(map(id, (*m._forward_pre_hooks.values(), *m._forward_hooks.values())))))
     for k, p in m._parameters.items():
         parts.append((k, None if p is None else (p.shape, p.dtype)))
     for k, child in m._modules.items():

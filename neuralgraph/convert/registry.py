@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 MODULE_RULES: dict[type[nn.Module] | str, Callable] = {}
 FUNCTION_RULES: dict[Callable | str, Callable] = {}
@@ -103,14 +105,29 @@ def _ruled_class(module: nn.Module) -> type | None:
     return next((cls for cls in type(module).__mro__ if _rule_of(cls) is not None), None)
 
 
+_WEIGHT_HOOKS = (WeightNorm, SpectralNorm)
+
+
+def redefined_on_instance(module: nn.Module) -> bool:
+    """Whether ``module`` itself changes what its class computes: a ``forward`` set on the instance, or forward
+    (pre-)hooks, which may replace its inputs or output. Such a module is traced into (its hooks with it), never
+    converted by a rule of its class, which would silently drop them."""
+    hooks = (*module._forward_pre_hooks.values(), *module._forward_hooks.values())
+    # torch's old weight_norm / spectral_norm pre-hooks compute a weight: the rules refuse it with the fix
+    return "forward" in vars(module) or any(not isinstance(h, _WEIGHT_HOOKS) for h in hooks)
+
+
 def overridden_rule(module: nn.Module) -> type | None:
-    """The registered class whose rule ``module`` would use, if ``module``'s class redefines one of its methods
-    (``forward``, ``_conv_forward``, ...): then the rule does not apply and the module is traced into."""
+    """The registered class whose rule ``module`` would use, if ``module``'s class (or ``module`` itself, an attribute
+    set on the instance) redefines one of its methods (``forward``, ``_conv_forward``, ...) or ``module`` has forward
+    hooks (:func:`redefined_on_instance`): then the rule does not apply and the module is traced into."""
     ruled = _ruled_class(module)
     if ruled is None:
         return None
-    for cls in type(module).__mro__[:type(module).__mro__.index(ruled)]:
-        for name, value in vars(cls).items():
+    if redefined_on_instance(module):
+        return ruled
+    for scope in (vars(module), *map(vars, type(module).__mro__[:type(module).__mro__.index(ruled)])):
+        for name, value in scope.items():  # the instance's own attributes first: ``m.forward = ...`` redefines it too
             if callable(value) and name not in _SAFE_OVERRIDES and hasattr(ruled, name):
                 return ruled
     return None

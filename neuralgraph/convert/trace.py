@@ -25,7 +25,8 @@ from neuralgraph.convert.config import ConvertConfig
 from neuralgraph.convert.errors import UnsupportedModuleError
 from neuralgraph.data.graph import FieldRangeError, compact_field
 from neuralgraph.convert.registry import (CLAIM, GRAPH_PASSES, METHOD_RULES, MODULE_RULES,
-                                          find_function_rule, find_module_rule, overridden_rule)
+                                          find_function_rule, find_module_rule, overridden_rule,
+                                          redefined_on_instance)
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.functional import channel_slice
 
@@ -111,6 +112,8 @@ class _Tracer(fx.Tracer):
         return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if redefined_on_instance(m):  # m.forward = ..., forward hooks: what it computes is in them, trace it
+            return False
         if find_module_rule(m) is not None or type(m) in A.MODULE_ACTIVATIONS:
             return True
         return super().is_leaf_module(m, qualname)
@@ -136,7 +139,7 @@ def _sequential_graph(model: nn.Module, tracer: _Tracer) -> fx.Graph | None:
     def walk(m: nn.Module, prefix: str) -> bool:
         for name, child in m._modules.items():
             path = f"{prefix}{name}"
-            if type(child) is nn.Sequential:
+            if type(child) is nn.Sequential and not redefined_on_instance(child):  # hooks: a real trace
                 if not walk(child, path + "."):
                     return False
             elif child is not None and tracer.is_leaf_module(child, path):
@@ -203,6 +206,11 @@ def fx_trace(model: nn.Module, example_input: Any = None) -> tuple[fx.Graph, boo
     any input size); a forward that computes with sizes in Python is traced again with ``example_input``'s sizes
     as numbers, which the graph then holds (the converted graph is that input size's; ``trace_module`` checks it
     reproduces the forward there and records the sizes on the input neurons)."""
+    if redefined_on_instance(model):  # torch.fx traces type(model).forward, without the instance's forward or hooks
+        raise UnsupportedModuleError(
+            f"<root> ({_type_name(type(model))}) has a forward set on the instance or forward hooks, which may change "
+            "what it computes and which tracing its class's forward would drop: remove them, or convert a module "
+            "that calls it, e.g. to_neural_graph(nn.Sequential(model)) (its hooks are then traced)")
     tracer = _Tracer()
     graph = _sequential_graph(model, tracer)
     if graph is not None:
@@ -391,8 +399,9 @@ class TraceContext:
             except AttributeError:
                 continue
             if base is not None:
-                return (f" ({path} is a subclass of {_type_name(base)} that redefines its computation, so the "
-                        f"{base.__name__} rule does not apply and its forward was traced)")
+                how = "has its own forward or forward hooks" if redefined_on_instance(self.root.get_submodule(path)) \
+                    else f"is a subclass of {_type_name(base)} that redefines its computation"
+                return f" ({path} {how}, so the {base.__name__} rule does not apply and its forward was traced)"
         return ""
 
     def attribute(self, node: fx.Node) -> Param:

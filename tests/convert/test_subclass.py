@@ -94,3 +94,57 @@ def test_functional_layers_on_model_parameters():
     g = to_neural_graph(m)
     torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-5)
     assert_state_equal(m, from_neural_graph(g, m))
+
+
+def test_a_forward_set_on_the_instance_is_traced_not_claimed():
+    """``m.forward = ...`` on an instance redefines what it computes as a subclass would: the module is traced into
+    (here a Linear, a GELU and a conv, each scaled by 2, convert exactly), never converted by its class's rule
+    (before: silently the unscaled layer)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 5), nn.GELU())
+    for layer in (m[0], m[2], m[3]):
+        forward = layer.forward
+        layer.forward = lambda t, forward=forward: forward(t) * 2
+    x = torch.randn(2, 3, 4, 4)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
+
+
+def test_forward_hooks_are_traced_with_their_module():
+    """A forward hook may replace a module's output (or a pre-hook its input): the module is traced with its hooks,
+    not converted by its class's rule without them (before: silently the layer alone, 0.4 relative error), also when
+    a plan of the hook-free model is cached; timm's Swin block with a hook is refused, saying why it was traced."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    to_neural_graph(m)  # cached plan of the model without hooks
+    handles = [m[0].register_forward_hook(lambda mod, inp, out: out * 2),
+               m[2].register_forward_pre_hook(lambda mod, args: (args[0] + 1,))]
+    with torch.no_grad():
+        torch.testing.assert_close(execute(to_neural_graph(m), x), m(x), atol=1e-5, rtol=1e-4)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(execute(to_neural_graph(m), x), m(x), atol=1e-5, rtol=1e-4)
+
+
+def test_a_root_with_its_own_forward_or_hooks_is_refused_or_wrapped():
+    """torch.fx traces the class's forward of the model itself, without a forward set on the instance or its hooks
+    (before: silently dropped, 0.5 relative error): refused, naming the fix; wrapped in nn.Sequential it converts."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    hooked = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    hooked.register_forward_hook(lambda mod, inp, out: out * 2)
+    own = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    forward = own.forward
+    own.forward = lambda t: forward(t) * 2
+    layer = nn.Linear(3, 2)
+    layer.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+    for m in (hooked, own, layer):
+        with pytest.raises(UnsupportedModuleError, match=r"<root> .*forward hooks.*nn\.Sequential\(model\)"):
+            to_neural_graph(m)
+        wrapped = nn.Sequential(m)
+        with torch.no_grad():
+            torch.testing.assert_close(execute(to_neural_graph(wrapped, example_input=x), x), wrapped(x), atol=1e-5,
+                                       rtol=1e-4)

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from neuralgraph.convert.builder import Val
-from neuralgraph.convert.registry import module_rule
+from neuralgraph.convert import activations as A
+from neuralgraph.convert.registry import find_module_rule, module_rule
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.attention import _apply, _child
 from neuralgraph.convert.rules.functional import add
@@ -73,6 +74,32 @@ def swin_mask(window: tuple[int, int], shift: tuple[int, int], padded: tuple[int
             region[rows, cols] = 3 * i + j
     windows = region.view(ph // wh, wh, pw // ww, ww).transpose(1, 2).reshape(-1, wh * ww)
     return (windows[:, :, None] != windows[:, None, :]).float() * -100.0
+
+
+def _per_position_parts(ctx, node, names) -> None:
+    """The block's / patch merging's parts ``names`` (dotted paths), which the rule converts by their own rules on
+    each position's channels, not traced: each must act on each position alone and have a rule (a subclass
+    redefining its forward, timm's ``LayerNorm``, has none; timm's ``GELU`` / ``GELUTanh`` convert as
+    the activation they compute)."""
+    root = ctx.module(node)
+    for name in names:
+        mod = root.get_submodule(name)
+        kind = f"{type(mod).__module__}.{type(mod).__qualname__}"
+        if _timm_activation(mod):  # timm's GELU / GELUTanh: converted as the activation they compute (_mlp)
+            continue
+        if not _per_position(mod):
+            raise ctx.unsupported(_child(node, name), f"a {kind}: only layers known to act on each position's "
+                                                      "channels (nn.LayerNorm over the last dim, nn.Linear, the "
+                                                      "activation modules of the converter's vocabulary but softmax, "
+                                                      "dropout, nn.Identity) convert there; build the model with "
+                                                      "torch.nn classes (act_layer=nn.GELU, norm_layer=nn.LayerNorm) "
+                                                      "or register an element-wise module with "
+                                                      "neuralgraph.convert.register_activation")
+        if find_module_rule(mod) is None and type(mod) not in A.MODULE_ACTIVATIONS:
+            raise ctx.unsupported(_child(node, name), f"a {kind}, which redefines its parent's forward: timm's Swin "
+                                                      "block converts as one rule, its parts by their own rules "
+                                                      "(not traced), so use the torch.nn class there (e.g. "
+                                                      "norm_layer=nn.LayerNorm, act_layer=nn.GELU)")
 
 
 def _eval_mode(ctx, node, name: str, mod: nn.Module, p: float) -> None:
@@ -111,6 +138,19 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int], v2: bool = False
     if not v2 and not att.fused_attn and att.scale != head_dim ** -0.5:  # fused: scaled by 1/sqrt(d_H) itself
         raise ctx.unsupported(att_node, f"scale {att.scale} is not 1/sqrt(head_dim = {head_dim}), the scaled dot "
                                         "product the graph holds")
+    # the parts forward calls on the [windows, heads, N, N] scores: read here from attributes, not traced
+    softmax = getattr(att, "softmax", None)
+    if not getattr(att, "fused_attn", False) and not (type(softmax) is nn.Softmax and softmax.dim in (-1, 3)):
+        what = f"a Softmax over dim {softmax.dim}" if type(softmax) is nn.Softmax else f"a {type(softmax).__name__}"
+        raise ctx.unsupported(_child(att_node, "softmax"), f"{what}: the scores of timm's WindowAttention "
+                                                           "([windows, heads, N, N]) convert under nn.Softmax(dim=-1) "
+                                                           "alone, the softmax over the keys the graph holds")
+    for name in ("attn_drop", "proj_drop"):
+        part = getattr(att, name, None)
+        if not isinstance(part, (nn.Identity, nn.modules.dropout._DropoutNd)):
+            raise ctx.unsupported(_child(att_node, name), f"a {type(part).__name__}, not a dropout or nn.Identity: "
+                                                          "timm's WindowAttention with another module there has no "
+                                                          "graph")
     if tuple(att.window_size) != window or min(window) < 1 or any(s < 0 for s in shift):
         raise ctx.unsupported(att_node, f"its window {tuple(att.window_size)} is not the block's {window}, or the "
                                         f"block's shift {shift} is negative")
@@ -187,16 +227,12 @@ def _block_shape(ctx, node, mod) -> tuple[int, int, int]:
     if len(ctx.config.max_kernel) != 2:
         raise ctx.unsupported(node, f"window attention needs a 2-d max_kernel (its edges' geometry holds a 2-d "
                                     f"window), got max_kernel={ctx.config.max_kernel}")
-    for name in ("norm1", "norm2"):
-        if not _per_position(getattr(mod, name)):
-            raise ctx.unsupported(_child(node, name), f"a {type(getattr(mod, name)).__name__}: only layers acting on "
-                                                      "each position's channels convert there")
     mlp = mod.mlp
-    if not _is(mlp, _MLP) or not all(_per_position(getattr(mlp, p, None)) or _timm_activation(getattr(mlp, p, None))
-                                     for p in _MLP_PARTS):
-        raise ctx.unsupported(_child(node, "mlp"), f"a {type(mlp).__name__} that is not timm's Mlp of per-position "
-                                                   "layers (fc1, act, drop1, norm, fc2, drop2: Linear, element-wise "
-                                                   "activation, dropout, LayerNorm / Identity)")
+    if not _is(mlp, _MLP) or not all(isinstance(getattr(mlp, p, None), nn.Module) for p in _MLP_PARTS):
+        raise ctx.unsupported(_child(node, "mlp"), f"a {type(mlp).__module__}.{type(mlp).__qualname__} that is not "
+                                                   "timm's Mlp (fc1, act, drop1, norm, fc2, drop2: Linear, "
+                                                   "element-wise activation, dropout, LayerNorm / Identity)")
+    _per_position_parts(ctx, node, ("norm1", "norm2", "attn.proj", *(f"mlp.{p}" for p in _MLP_PARTS)))
     for name in ("drop_path1", "drop_path2"):
         _drop_path(ctx, node, name)
     for name, sub in mod.named_modules():  # attn_drop (on the attention weights), proj_drop, the Mlp's dropouts
@@ -227,11 +263,7 @@ def swin_v2_block(ctx, node, x: Val) -> Val:
 @module_rule(_TIMM2 + "PatchMerging")
 def patch_merging_v2(ctx, node, x: Val) -> Val:
     """Swin V2's patch merging: the 2 x 2 neighbourhoods as ``4 C`` channels, ``reduction``, then ``norm``."""
-    mod = ctx.module(node)
-    for name in ("norm", "reduction"):
-        if not _per_position(getattr(mod, name)):
-            raise ctx.unsupported(_child(node, name), f"a {type(getattr(mod, name)).__name__}: only layers acting on "
-                                                      "each position's channels convert there")
+    _per_position_parts(ctx, node, ("norm", "reduction"))
     merged = merge_patches(ctx, node, x, ctx.shape(node.args[0]))
     return _apply(ctx, node, "norm", _apply(ctx, node, "reduction", merged))
 
@@ -259,11 +291,7 @@ def swin_block(ctx, node, x: Val) -> Val:
 def patch_merging(ctx, node, x: Val) -> Val:
     """The 2 x 2 neighbourhoods as ``4 C`` channels (:func:`~.window_attention.merge_patches`), ``norm``,
     ``reduction``."""
-    mod = ctx.module(node)
-    for name in ("norm", "reduction"):
-        if not _per_position(getattr(mod, name)):
-            raise ctx.unsupported(_child(node, name), f"a {type(getattr(mod, name)).__name__}: only layers acting on "
-                                                      "each position's channels convert there")
+    _per_position_parts(ctx, node, ("norm", "reduction"))
     merged = merge_patches(ctx, node, x, ctx.shape(node.args[0]))
     return _apply(ctx, node, "reduction", _apply(ctx, node, "norm", merged))
 

@@ -275,6 +275,25 @@ def test_permute_neurons_moves_the_bias_mlp_and_keeps_the_function():
         torch.testing.assert_close(back(x), y, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mlp", ["two-activations", "activation-last", "activation-first", "no-activation"])
+def test_bias_mlp_variants_convert_exactly(mlp):
+    """Any nn.Sequential of Linear layers and element-wise activations converts: two activations in a row and an
+    activation last (before the sigmoid) each need an identity layer, which the heads' layer counts (was a crash)."""
+    m = _randomized(nn.Sequential(BlockV2(4, (3, 3), (1, 1), 2)))
+    m[0].attn.cpb_mlp = {
+        "two-activations": nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Tanh(), nn.Linear(5, 2)),
+        "activation-last": nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 2), nn.Tanh()),
+        "activation-first": nn.Sequential(nn.Tanh(), nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 2)),
+        "no-activation": nn.Sequential(nn.Linear(2, 5), nn.Linear(5, 2)),
+    }[mlp]
+    m = _randomized(m)
+    x = torch.randn(2, 6, 6, 4)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)
+    assert_state_equal(from_neural_graph(g, nan_copy(m)), m)
+
+
 def test_swin_v2_refuses_what_it_cannot_represent():
     x = torch.randn(2, 6, 6, 4)
     odd = _randomized(nn.Sequential(BlockV2(4, (3, 3), (1, 1), 2)))

@@ -294,6 +294,25 @@ def test_bias_mlp_variants_convert_exactly(mlp):
     assert_state_equal(from_neural_graph(g, nan_copy(m)), m)
 
 
+@pytest.mark.parametrize("shared", ["cpb_mlp", "logit_scale", "coords"])
+def test_bias_mlp_logit_scale_or_coordinates_shared_between_blocks(shared):
+    """One bias MLP, logit scale or coordinate buffer registered in two blocks is one tied parameter (was a
+    KeyError, and the plan cache mixed the variants up)."""
+    m = _randomized(nn.Sequential(BlockV2(4, (3, 3), (0, 0), 2), BlockV2(4, (3, 3), (1, 1), 2)))
+    a, b = m[0].attn, m[1].attn
+    if shared == "cpb_mlp":
+        b.cpb_mlp = a.cpb_mlp
+    elif shared == "logit_scale":
+        b.logit_scale = a.logit_scale
+    else:
+        b.register_buffer("relative_coords_table", a.relative_coords_table)
+    x = torch.randn(2, 6, 6, 4)
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x, tokens=True), m(x), atol=1e-5, rtol=1e-4)
+    assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)
+
+
 def test_swin_v2_refuses_what_it_cannot_represent():
     x = torch.randn(2, 6, 6, 4)
     odd = _randomized(nn.Sequential(BlockV2(4, (3, 3), (1, 1), 2)))

@@ -313,6 +313,21 @@ def test_bias_mlp_logit_scale_or_coordinates_shared_between_blocks(shared):
     assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)
 
 
+def test_a_float32_graph_executes_a_float64_input():
+    """Attention heads (Swin V2's window heads and a plain transformer layer's) run a float32 graph on a float64
+    input, as every other edge kind does (was a RuntimeError in index_put_)."""
+    m = _randomized(TinySwinV2())
+    g = to_neural_graph(m, example_input=torch.randn(2, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m.double()(x), atol=1e-5, rtol=1e-4)
+    layer = nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)).eval()
+    g = to_neural_graph(layer, example_input=torch.randn(2, 3, 8))
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), layer.double()(x), atol=1e-5, rtol=1e-4)
+
+
 def test_swin_v2_refuses_what_it_cannot_represent():
     x = torch.randn(2, 6, 6, 4)
     odd = _randomized(nn.Sequential(BlockV2(4, (3, 3), (1, 1), 2)))

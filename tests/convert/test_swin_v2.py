@@ -328,6 +328,22 @@ def test_a_float32_graph_executes_a_float64_input():
         torch.testing.assert_close(execute(g, x), layer.double()(x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("hook", ["cpb_mlp-forward-hook", "cpb_mlp-pre-hook", "cpb_mlp.0-forward-hook"])
+def test_hooks_inside_the_attention_are_refused(hook):
+    """The attention's rule reads its parts (the bias MLP's layers), not their calls: a hook forward would run is
+    refused by name (a hook on the MLP container was silent: 7e-2 relative)."""
+    m = _randomized(nn.Sequential(BlockV2(4, (3, 3), (1, 1), 2)))
+    cpb = m[0].attn.cpb_mlp
+    if hook == "cpb_mlp-forward-hook":
+        cpb.register_forward_hook(lambda mod, i, o: o + 1)
+    elif hook == "cpb_mlp-pre-hook":
+        cpb.register_forward_pre_hook(lambda mod, i: (i[0] * 2,))
+    else:
+        cpb[0].register_forward_hook(lambda mod, i, o: o * 2)
+    with pytest.raises(UnsupportedModuleError, match="cpb_mlp.* has forward hooks"):
+        to_neural_graph(m, example_input=torch.randn(2, 6, 6, 4))
+
+
 def test_swin_v2_refuses_what_it_cannot_represent():
     x = torch.randn(2, 6, 6, 4)
     odd = _randomized(nn.Sequential(BlockV2(4, (3, 3), (1, 1), 2)))
@@ -432,4 +448,16 @@ def test_timm_swin_v2_qkv_linear_with_its_own_bias_is_refused(separate, qkv_bias
     att.qkv, att.qkv_bias_separate = nn.Linear(8, 24, bias=True), separate
     m = _randomized(m)
     with pytest.raises(UnsupportedModuleError, match="qkv Linear with a bias of its own"):
+        to_neural_graph(m, example_input=torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("part", ["attn", "attn.cpb_mlp", "mlp", "norm1"])
+def test_timm_swin_v2_block_parts_with_hooks_are_refused(part):
+    """timm's block rule reads its parts; a part with a forward hook (which the block's forward runs) is refused by
+    name instead of dropped."""
+    sv2 = pytest.importorskip("timm.models.swin_transformer_v2")
+    m = _randomized(sv2.SwinTransformerV2(img_size=32, patch_size=2, embed_dim=8, depths=(2, 2), num_classes=5,
+                                          num_heads=(2, 4), window_size=4))
+    m.layers[0].blocks[0].get_submodule(part).register_forward_hook(lambda mod, i, o: o * 2)
+    with pytest.raises(UnsupportedModuleError, match="has forward hooks"):
         to_neural_graph(m, example_input=torch.randn(2, 3, 32, 32))

@@ -32,7 +32,7 @@ from neuralgraph.convert.builder import Val
 from neuralgraph.convert.registry import module_rule
 from neuralgraph.convert.rules.attention import _apply, _child
 from neuralgraph.convert.rules.functional import add
-from neuralgraph.convert.rules.window_attention import refuse_hooked_parts, relative_position_index, window_heads
+from neuralgraph.convert.rules.window_attention import relative_position_index, window_heads
 
 _MAXVIT = "torchvision.models.maxvit."
 _ATTENTION = _MAXVIT + "RelativePositionalMultiHeadAttention"
@@ -133,7 +133,6 @@ def _relative_attention(ctx, node, x: Val, size: tuple[int, int], window: tuple[
 def partition_attention_layer(ctx, node, x: Val) -> Val:
     """``x + attn_layer(x)``, then ``x + mlp_layer(x)``, on the windows of the layer's partition (module docstring)."""
     mod = ctx.module(node)
-    refuse_hooked_parts(ctx, node, "MaxViT's PartitionAttentionLayer")
     shape = ctx.shape(node.args[0])
     if shape is None or len(shape) != 4:
         raise ctx.unsupported(node, "MaxViT's partition attention needs the traced [B, C, H, W] shape of its input "

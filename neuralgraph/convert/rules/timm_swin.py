@@ -46,8 +46,8 @@ from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.attention import _apply, _child
 from neuralgraph.convert.rules.functional import add
 from neuralgraph.convert.rules.maxvit import _is, _per_position
-from neuralgraph.convert.rules.window_attention import (ContinuousBias, merge_patches, refuse_hooked_parts,
-                                                        relative_position_index, window_heads)
+from neuralgraph.convert.rules.window_attention import (ContinuousBias, merge_patches, relative_position_index,
+                                                        window_heads)
 
 _TIMM = "timm.models.swin_transformer."
 _ATTENTION = _TIMM + "WindowAttention"
@@ -224,7 +224,6 @@ def _v2_bias(ctx, node, att_node, att, c: int, heads: int) -> ContinuousBias:
 def _block_shape(ctx, node, mod) -> tuple[int, int, int]:
     """The checks every timm Swin block passes (its parts act per position but for the attention, dropout and drop
     path in eval mode); returns the map's ``H, W, C``."""
-    refuse_hooked_parts(ctx, node, "timm's Swin block")
     shape = ctx.shape(node.args[0])
     if shape is None or len(shape) != 4:
         raise ctx.unsupported(node, "timm's Swin block needs the traced [B, H, W, C] shape of its input (its windows "

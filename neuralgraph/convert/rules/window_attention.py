@@ -41,8 +41,7 @@ from torch import nn
 
 from neuralgraph.convert import activations as A
 from neuralgraph.convert.builder import HandedOn, Param, Sym, Val
-from neuralgraph.convert.registry import (function_rule, module_rule, reads_params_only, redefined_on_instance,
-                                          takes_params)
+from neuralgraph.convert.registry import function_rule, module_rule, reads_params_only, takes_params
 from neuralgraph.convert.rules.activation import activation
 from neuralgraph.convert.rules.attention import Projection, _apply, _child, attention_heads
 from neuralgraph.convert.rules.linear import linear
@@ -176,7 +175,6 @@ def shifted_window_attention_v2(ctx, node, x: Val) -> Val:
     mod = ctx.module(node)
     if mod.training and (mod.attention_dropout or mod.dropout):
         raise ctx.unsupported(node, "window attention with dropout in training mode is random; call model.eval()")
-    refuse_hooked_parts(ctx, node, "ShiftedWindowAttentionV2")
     shape = ctx.shape(node.args[0]) if node.args else None
     if shape is None or len(shape) != 4:
         raise ctx.unsupported(node, "window attention needs the traced [B, H, W, C] shape of its input; pass "
@@ -210,18 +208,6 @@ def shifted_window_attention_v2(ctx, node, x: Val) -> Val:
         raise ctx.unsupported(qkv_node, "its weight is not a parameter (a parametrization?); remove it first")
     out = window_heads(ctx, node, ctx.as_features(node, x, c), heads, qkv_w, qkv_b, cpb, None, window, shift, (h, w))
     return _apply(ctx, node, "proj", Val(out, "vec"))
-
-
-def refuse_hooked_parts(ctx, node, what: str) -> None:
-    """Refuse a leaf rule's module (``ctx.module(node)``, read part by part, not traced) one of whose submodules has
-    forward (pre-)hooks or a ``forward`` set on the instance: the module's forward runs them, the rule would drop
-    them."""
-    for name, sub in ctx.module(node).named_modules():
-        if name and redefined_on_instance(sub):
-            raise ctx.unsupported(_child(node, name), f"has forward hooks or a forward set on the instance, which "
-                                                      f"{what}'s forward may run; its rule reads the parts, not their "
-                                                      "calls, and would drop them: remove the hooks (or convert "
-                                                      "without them and apply them to the graph's function)")
 
 
 def _mlp_layers(mlp: nn.Module) -> int:

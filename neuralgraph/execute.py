@@ -665,7 +665,7 @@ class _Run:
             tgt = dl[rows]
             flat = stack.reshape(stack.size(0), -1)                                   # [Cs, B*T]
             for r in range(3):
-                wr = w[rows, r]
+                wr = w[rows, r].to(stack.dtype)  # a float32 graph run on a float64 input: its dtype
                 if not bool((wr != 0).any()):
                     continue  # a zero tap adds nothing (query edges have no key / value taps)
                 weight = stack.new_zeros(n, stack.size(0)).index_put_((tgt, sl), wr, accumulate=True)

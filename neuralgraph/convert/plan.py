@@ -659,9 +659,13 @@ def _freeze(v: Any) -> Any:
 
 def architecture_key(model: nn.Module) -> tuple:
     """A hashable description of everything but parameter values: module names and types,
-    hyperparameters and plain attributes a forward may branch on, and parameter shapes / dtypes."""
+    hyperparameters and plain attributes a forward may branch on, parameter shapes / dtypes, and which parameters /
+    buffers are one tensor registered at several paths."""
     parts: list[Any] = []
     _describe(model, parts)
+    alias = _aliases(model)
+    if alias:  # tensors registered at several paths (tied): which are one
+        parts.append(("tied", tuple(sorted(alias.items()))))
     return tuple(parts)
 
 
@@ -703,12 +707,42 @@ def _guards_hold(plan: ConversionPlan, model: nn.Module) -> bool:
     return all(torch.equal(model.get_buffer(n).cpu(), v) for n, v in plan.guards.items())
 
 
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """The further paths of parameters / buffers registered at more than one place (a module, or a tensor, shared:
+    ``nn.Sequential(lin, act, lin)``, a bias MLP shared by two blocks) -> the name ``named_parameters()`` /
+    ``named_buffers()`` give it (its first path)."""
+    alias: dict[str, str] = {}
+    for named in (model.named_parameters, model.named_buffers):
+        first: dict[int, str] = {}
+        for name, t in named(remove_duplicate=False):
+            alias[name] = first.setdefault(id(t), name)
+    return {a: c for a, c in alias.items() if a != c}
+
+
+def _canonical_names(builder: GraphBuilder, alias: dict[str, str]) -> GraphBuilder:
+    """Rename the parameters / buffers the rules registered under a further path of a shared tensor (``alias``) to
+    its first path, so that every use is a tied copy of one parameter of the model."""
+    if not alias:
+        return builder
+    for blk in builder.edges:
+        blk.sources = [(alias.get(n, n), elem, taps) for n, elem, taps in blk.sources]
+    for np_ in builder.node_params:
+        np_.param = alias.get(np_.param, np_.param)
+    shapes = {}
+    for n, shape in builder.param_shapes.items():
+        shapes[alias.get(n, n)] = shape
+    builder.param_shapes = shapes
+    builder.layers = [tuple(None if n is None else alias.get(n, n) for n in layer) for layer in builder.layers]
+    return builder
+
+
 def get_plan(model: nn.Module, example_input: Any = None, **config) -> ConversionPlan:
     """The (cached) conversion plan of ``model``'s architecture under the given converter options."""
     model = _as_module(model)
     read_only = config.pop("_read_only", False)  # a plan to read graphs back with: no graph is built from it
     cfg = config.pop("_config", None) or ConvertConfig.from_kwargs(**config)
     arch = architecture_key(model)
+    alias = _aliases(model)
     key = (arch, _input_key(example_input), cfg, activations.VERSION)
     plan = _PLANS.get(key)
     if plan is not None and not _guards_hold(plan, model):
@@ -718,7 +752,8 @@ def get_plan(model: nn.Module, example_input: Any = None, **config) -> Conversio
                                                                if b.is_floating_point()]
         if not tensors:
             raise UnsupportedModuleError(_nothing_to_convert(model, "has no parameters"))
-        plan = ConversionPlan(trace_module(model, example_input, cfg, for_graph=not read_only), tensors)
+        plan = ConversionPlan(_canonical_names(trace_module(model, example_input, cfg, for_graph=not read_only),
+                                               alias), tensors)
         if not plan.param_names:
             raise UnsupportedModuleError(_nothing_to_convert(model, "uses none of its parameters in layers the "
                                                                     "converter represents"))

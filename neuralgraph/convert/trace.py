@@ -760,6 +760,19 @@ _REDUCTIONS = {"sum", "prod", "var", "std", "var_mean", "std_mean", "norm", "log
                "argmax", "argmin", "max", "min", "amax", "amin", "mean", "all", "any"}
 
 
+def _refuse_hooked_parts(ctx, node, mod: nn.Module) -> None:
+    """A module a rule converts as a whole (a leaf of the trace) whose submodule has forward (pre-)hooks or a
+    ``forward`` set on the instance is refused by name: the module's forward may run them, and the rule reads its parts
+    (their parameters and attributes), not their calls, so it would drop them (Swin's bias MLP, MaxViT's to_qkv)."""
+    for name, sub in mod.named_modules():
+        if name and redefined_on_instance(sub):
+            raise UnsupportedModuleError(
+                f"{node.target}.{name} ({_type_name(type(sub))}): has forward hooks or a forward set on the instance, "
+                f"which the forward of {node.target} ({_type_name(type(mod))}) may run; that module converts by its "
+                "rule, which reads its parts, not their calls, and would drop them: remove the hooks (or convert "
+                "without them and apply them to the graph's function)")
+
+
 def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
     claimed = node.meta.get(CLAIM)
     if claimed is not None:  # part of a pattern a graph pass matched (e.g. hand-written attention)
@@ -789,6 +802,7 @@ def _call(ctx: TraceContext, node: fx.Node, args: tuple, kwargs: dict) -> Any:
                                          f"supported modules: {SUPPORTED_SUMMARY} (all: "
                                          "neuralgraph.convert.trace.supported_modules())")
         _check_params(ctx, node, rule, params)
+        _refuse_hooked_parts(ctx, node, mod)
         return rule(ctx, node, *args, **kwargs)
     if node.op == "call_function":
         rule = find_function_rule(node.target)

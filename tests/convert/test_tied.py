@@ -84,3 +84,29 @@ def test_a_large_graph_reads_back_in_blocks_and_still_checks_copies(monkeypatch)
     g.edge_attr[hits[0], 24] += 1.0  # the first use now differs from the second
     with pytest.raises(ValueError, match=r"parameter 'shared.weight'.*2 times.*element 13"):
         from_neural_graph(g, m)
+
+
+@pytest.mark.parametrize("shared", ["module", "parameter"])
+def test_a_module_or_parameter_registered_at_two_paths_is_one_tied_parameter(shared):
+    """``nn.Sequential(lin, act, lin)`` (one module at paths 0 and 2), or one Parameter assigned to two modules:
+    named_parameters() lists it once, at its first path; every use is a tied copy of it (was a KeyError on the
+    further path). The plan cache tells a tied model from an untied one of the same architecture."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    untied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    if shared == "module":
+        m = nn.Sequential(lin, nn.ReLU(), lin)
+    else:
+        m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+        m[2].weight = m[0].weight
+    x = torch.randn(5, 4)
+    to_neural_graph(untied)  # cached first: an architecture key without the tying would reuse its plan
+    g = to_neural_graph(m)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(execute(to_neural_graph(untied), x), untied(x), atol=1e-6, rtol=1e-6)
+    template = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    template = nn.Sequential(template[0], nn.ReLU(), template[0]) if shared == "module" else template
+    if shared == "parameter":
+        template[2].weight = template[0].weight
+    assert_state_equal(from_neural_graph(g, template), m)

@@ -187,6 +187,10 @@ def _window_attention(ctx, node, x: Val, size: tuple[int, int], v2: bool = False
     qkv_node = _child(node, "attn.qkv")
     qkv_w = ctx.param(qkv_node, "weight")
     if v2:
+        if qkv.bias is not None:  # timm builds it without: its forward adds it or not by q_bias / qkv_bias_separate
+            raise ctx.unsupported(qkv_node, "timm's Swin V2 qkv Linear with a bias of its own (timm builds it with "
+                                            "bias=False; the heads' biases are q_bias / v_bias, and forward adds the "
+                                            "Linear's own bias only on some paths): build it with bias=False")
         table, qkv_b = _v2_bias(ctx, node, att_node, att, c, heads), None
         if att.q_bias is not None:
             qkv_b = ((ctx.param(att_node, "q_bias"), 0), None, (ctx.param(att_node, "v_bias"), 0))

@@ -210,6 +210,20 @@ def shifted_window_attention_v2(ctx, node, x: Val) -> Val:
     return _apply(ctx, node, "proj", Val(out, "vec"))
 
 
+def _mlp_layers(mlp: nn.Module) -> int:
+    """The layers the continuous position bias MLP (and the sigmoid on its outputs) adds after the coordinate
+    neurons: one per Linear, and one per activation applied to neurons that already have one (an identity layer:
+    two activations in a row, or the sigmoid after an activation last in the MLP); an activation on fresh neurons
+    (the coordinates, a Linear's outputs) is theirs."""
+    count, fresh = 0, True
+    for m in [*mlp.children(), nn.Sigmoid()]:
+        if type(m) is nn.Linear:
+            count, fresh = count + 1, True
+        else:
+            count, fresh = count + (not fresh), False
+    return count
+
+
 @dataclass
 class ContinuousBias:
     """Swin V2's heads: cosine attention with a per-head logit scale, and a relative position bias computed in forward
@@ -249,7 +263,7 @@ def _continuous_bias(ctx, node, cpb: ContinuousBias, window: tuple[int, int], he
                                                      f"not [1, {rows}, {cols}, 2] for window {window}")
     b = ctx.builder
     b.register_param(cpb.coords, tuple(coords.shape))  # gathered like a parameter (and written back)
-    first = head_layer - 3 - len(linears)  # offsets, coordinates, one layer per Linear, then the virtual heads
+    first = head_layer - 3 - _mlp_layers(mlp)  # offsets, coordinates, the MLP's layers, then the virtual heads
     coord = b.add_nodes(2, first + 1)
     _place(ctx, Param(cpb.coords, tuple(coords.shape)), torch.arange(rows * cols) * 2, 0, coord, first + 1,
            (rows, cols))
@@ -293,8 +307,7 @@ def window_heads(ctx, node, src, heads: int, qkv_weight: str, qkv_bias, table: s
     cpb = table if isinstance(table, ContinuousBias) else None
     # the bias's neurons sit before the virtual head neurons, which sit one layer before the heads: V1 offset
     # constant neurons one layer before them; V2 the offset constants, the coordinates and the MLP's layers
-    min_layer = 3 if cpb is None else 4 + sum(type(m) is nn.Linear
-                                              for m in ctx.module(node).get_submodule(cpb.mlp).children())
+    min_layer = 3 if cpb is None else 4 + _mlp_layers(ctx.module(node).get_submodule(cpb.mlp))
     head_layer = max(b.next_layer(src), min_layer)
     bias_out = None if cpb is None else _continuous_bias(ctx, node, cpb, window, heads, head_layer)
     out, virtual = attention_heads(ctx, node, heads, c // heads, *projs, min_layer=head_layer, scale_dim=scale_dim)

@@ -124,6 +124,8 @@ ZOO_ROWS: list[Row] = [
       for m in ("ng-gnn", "ng-t")],
     # stock PyG layers on the same graphs: what the neural-graph models add
     _zoo("wildpark", "pyg-gine", ("task.preset=wildpark-digits-large",)),
+    # the ng-* paper configurations' per-layer standardisation (Neural Graphs §2), alone: the rows above run without
+    _zoo("wildpark", "ng-gnn", ("task.preset=wildpark-digits-large", "task.normalize_layers=true"), "norm"),
     *[_zoo("cnn-zoo", m, ("task.preset=arch1-digits-large",))
       for m in ("ng-t", "ng-gnn", "statnn", "nfn-np", "nfn-hnp", "nfn-pt", "mlp", "sne")],
     *[_zoo("cross-dataset", m, (*CROSS, f"task.train_on={ds}"), subdir=f"cross-dataset/arch1/train-{ds}")

@@ -697,6 +697,8 @@ class _Run:
         src, w = self.tables[h]
         value = self.read(src, "value")
         rows, cols = 2 * spec[0] - 1, 2 * spec[1] - 1
+        if (rows, cols) == (1, 1) and value.dim() == 1:  # a 1 x 1 window's one-offset table: its one-position map
+            value = value.view(-1, 1, 1)                 # is read as a feature [B] by the bias MLP's linear edges
         if value.dim() != 3 or tuple(value.shape[1:]) != (rows, cols):
             raise ValueError(f"virtual head neuron {h}: its bias_table source {src} holds a value of shape "
                              f"{tuple(value.shape)}, not the [B, {rows}, {cols}] table of window {list(spec[:2])} (a "

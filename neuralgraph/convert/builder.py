@@ -317,13 +317,15 @@ class GraphBuilder:
             return
         need, free = self.estimated_bytes(), available_memory()
         if free is not None and need > free:
+            taps = self.graph_taps  # 0 for a plan traced only to read graphs back: a smaller max_kernel saves nothing
             fewer = (f"a smaller max_kernel if the model's kernels fit it (edges get only its taps: max_kernel=(3, 3) "
-                     f"needs about {self.estimated_bytes(9) / 2**30:.1f} GB), " if cfg.edge_dim > 9 else "")
+                     f"needs about {self.estimated_bytes(9) / 2**30:.1f} GB), " if taps > 9 else "")
+            doing, per_edge = ("converting this model", f" x {taps} edge features, plus indices") if taps else (
+                "tracing this model's plan to read a graph back", ": indices and parameter positions, no edge features")
             raise GraphTooLargeError(
-                f"converting this model needs about {need / 2**30:.1f} GB ({self.num_edges:,} edges so far x "
-                f"{cfg.edge_dim} edge features, plus indices), more than the {free / 2**30:.1f} GB available; "
-                f"its edges were not allocated. Options: {fewer}a machine with more memory, or max_edges=... to "
-                "refuse such models early")
+                f"{doing} needs about {need / 2**30:.1f} GB ({self.num_edges:,} edges so far{per_edge}), more than "
+                f"the {free / 2**30:.1f} GB available; its edges were not allocated. Options: {fewer}a machine with "
+                "more memory, or max_edges=... to refuse such models early")
 
 
 

@@ -66,3 +66,20 @@ def test_large_graph_reads_back_with_memory_for_the_plan_only(monkeypatch):
     with pytest.raises(GraphTooLargeError, match=r"needs about 0\.5 GB"):
         to_neural_graph(m)
     assert_state_equal(m, from_neural_graph(g, m))
+
+
+def test_a_read_back_too_large_for_memory_says_so_and_offers_no_smaller_kernel(monkeypatch):
+    """Reading a large graph back traces a plan without edge features; when even that does not fit, the refusal says
+    it is the read-back's trace and does not offer ``max_kernel=(3, 3)``, which would need more (9 features per edge,
+    not 0). The sweep of session 12 saw "converting this model needs about 0.7 GB (... x 49 edge features ...) ...
+    max_kernel=(3, 3) needs about 1.5 GB" reading timm's focalnet_tiny_srf back under an address-space limit."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2000, 1100), nn.ReLU(), nn.Linear(1100, 3))  # 2.2M edges: the plan is not cached
+    g = to_neural_graph(m)
+    monkeypatch.setattr(builder, "available_memory", lambda: 20 * 2**20)  # below the read-back plan's ~60 MB
+    with pytest.raises(GraphTooLargeError) as err:
+        from_neural_graph(g, m)
+    msg = str(err.value)
+    assert "to read a graph back" in msg and "no edge features" in msg and "max_kernel" not in msg, msg
+    with pytest.raises(GraphTooLargeError, match=r"converting this model .* x 49 edge features"):
+        to_neural_graph(m)

@@ -274,6 +274,21 @@ def test_permute_neurons_moves_the_bias_mlp_and_keeps_the_function():
         assert_params_moved(m, back)
         torch.testing.assert_close(back(x), y, atol=1e-5, rtol=1e-4)
 
+@pytest.mark.parametrize("size", [(4, 4), (1, 1)], ids=["four-windows", "one-position-map"])
+def test_a_one_by_one_window_executes_like_the_module(size):
+    """A 1 x 1 window (timm's Swin V2 cuts its window to the map: ``swinv2_tiny_window8_256`` at 32 px has a 1 x 1 map
+    and window in its last stage): the bias table has one offset, the coordinate neurons' one-position map is read by
+    the bias MLP's linear edges as a feature ``[B]``; ``execute`` refused that graph as corrupt ("holds a value of
+    shape (2,), not the [B, 1, 1] table") although it is the module's function."""
+    m = _randomized(TinySwinV2(window=(1, 1)))
+    x = torch.randn(2, 3, 2 * size[0], 2 * size[1])
+    g = to_neural_graph(m, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
+    assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)
+    assert (g.edge_kind == EDGE_KIND["bias_table"]).sum() == 2 + 2 + 4
+
+
 
 @pytest.mark.parametrize("mlp", ["two-activations", "activation-last", "activation-first", "no-activation"])
 def test_bias_mlp_variants_convert_exactly(mlp):

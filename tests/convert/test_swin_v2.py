@@ -274,6 +274,7 @@ def test_permute_neurons_moves_the_bias_mlp_and_keeps_the_function():
         assert_params_moved(m, back)
         torch.testing.assert_close(back(x), y, atol=1e-5, rtol=1e-4)
 
+
 @pytest.mark.parametrize("size", [(4, 4), (1, 1)], ids=["four-windows", "one-position-map"])
 def test_a_one_by_one_window_executes_like_the_module(size):
     """A 1 x 1 window (timm's Swin V2 cuts its window to the map: ``swinv2_tiny_window8_256`` at 32 px has a 1 x 1 map
@@ -287,7 +288,6 @@ def test_a_one_by_one_window_executes_like_the_module(size):
         torch.testing.assert_close(execute(g, x), m(x), atol=1e-5, rtol=1e-4)
     assert_state_equal(from_neural_graph(g, nan_copy(m), example_input=x), m)
     assert (g.edge_kind == EDGE_KIND["bias_table"]).sum() == 2 + 2 + 4
-
 
 
 @pytest.mark.parametrize("mlp", ["two-activations", "activation-last", "activation-first", "no-activation"])
